@@ -1,0 +1,4 @@
+//! The agent's API: a Unix socket serving the CNI plugin and the CLI.
+pub mod client;
+pub mod proto;
+pub mod server;

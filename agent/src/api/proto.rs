@@ -1,0 +1,135 @@
+//! The agent's API: one JSON request per line on the Unix socket, one JSON response line back.
+//! The CNI plugin and the `status` command are its clients.
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A pod's attachment, as CNI names it: (container id, interface name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// CNI ADD: allocate an address, create the pod's interface, program the dataplane.
+    Add(AddRequest),
+    /// CNI DEL: undo ADD; idempotent.
+    Del(Attachment),
+    /// CNI CHECK: verify what ADD made is still there.
+    Check(CheckRequest),
+    /// CNI GC: release every attachment not in `valid`.
+    Gc { valid: Vec<Attachment> },
+    /// CNI STATUS: is the agent ready to ADD (and is the pool not empty)?
+    Ready { subnet: Option<String> },
+    /// `vnetd status`.
+    Status,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddRequest {
+    #[serde(flatten)]
+    pub attachment: Attachment,
+    /// `CNI_NETNS`, a path such as /run/netns/NAME or /proc/PID/ns/net.
+    pub netns: PathBuf,
+    /// The conflist's `subnet`: which subnet's pool to allocate from.
+    pub subnet: Option<String>,
+    /// `VNETD_CONTAINER_GROUP` from `CNI_ARGS`: attach this declared container group.
+    pub container_group: Option<String>,
+    pub k8s_namespace: Option<String>,
+    pub k8s_pod: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckRequest {
+    #[serde(flatten)]
+    pub attachment: Attachment,
+    pub netns: PathBuf,
+}
+
+/// What ADD made: enough for the plugin to write the CNI result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddResult {
+    pub host_ifname: String,
+    pub host_mac: [u8; 6],
+    pub pod_mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    /// The pods' default gateway, 169.254.1.1 (as Azure CNI's transparent mode).
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// An error the plugin passes on to the runtime, with a CNI error code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{msg}")]
+pub struct ApiError {
+    /// CNI's code: 4 invalid config, 7 invalid network config, 11 try again later, 50 not ready...
+    pub code: u32,
+    pub msg: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub details: String,
+}
+
+impl ApiError {
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    pub const NOT_READY: u32 = 50;
+    /// Plugin-specific (>= 100): the pool of the requested subnet is exhausted.
+    pub const POOL_EXHAUSTED: u32 = 100;
+    /// Plugin-specific: the interface already exists in the pod's namespace.
+    pub const INTERFACE_EXISTS: u32 = 101;
+    /// Plugin-specific: the dataplane or the kernel refused an operation.
+    pub const INTERNAL: u32 = 999;
+
+    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    pub fn internal(err: &anyhow::Error) -> Self {
+        Self {
+            code: Self::INTERNAL,
+            msg: err.to_string(),
+            details: format!("{err:#}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Added(AddResult),
+    Done,
+    Status(StatusReport),
+    Error(ApiError),
+}
+
+/// What `vnetd status` shows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub node: String,
+    pub uplink: String,
+    pub endpoints: Vec<EndpointStatus>,
+    /// Attached programs: (program, interface).
+    pub links: Vec<(String, String)>,
+    /// (path, packets, bytes)
+    pub traffic: Vec<(String, u64, u64)>,
+    /// (reason, packets)
+    pub drops: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    #[serde(flatten)]
+    pub attachment: Attachment,
+    pub ip: Ipv4Addr,
+    pub host_ifname: String,
+    pub container_group: Option<String>,
+    pub k8s_namespace: Option<String>,
+    pub k8s_pod: Option<String>,
+}

@@ -1,0 +1,707 @@
+//! Compilation tests: the contract example compiled by hand, then property tests holding the
+//! compiled NSG classifiers and route tables to the reference evaluators on random rule sets
+//! and packets.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use proptest::prelude::*;
+
+use super::nsg::{compile_classifier, default_rules};
+use super::reference::{self, Packet};
+use super::*;
+use crate::spec::{
+    Access, AddressPrefix, NetworkSecurityGroup, NextHopType, PortRange, Protocol, Route,
+    RouteTable, SecurityRule, ServiceTag, Spec, VirtualNetwork, parse_str,
+};
+
+const CONTRACT: &str = include_str!("../../../examples/contract.yaml");
+
+fn contract() -> Spec {
+    parse_str(CONTRACT).expect("the contract example parses")
+}
+
+fn ip(text: &str) -> Ipv4Addr {
+    text.parse().unwrap()
+}
+
+fn net(text: &str) -> Ipv4Net {
+    text.parse().unwrap()
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+
+#[test]
+fn contract_example_compiles() {
+    let compiled = compile(&contract(), "node-1").unwrap();
+    let node = &compiled.node;
+    assert_eq!(
+        (node.name.as_str(), node.interface.as_str()),
+        ("node-1", "eth0")
+    );
+    assert_eq!(
+        (node.primary_ip, node.primary_subnet_id, node.max_pods),
+        (ip("10.0.0.4"), 1, 30)
+    );
+    assert_eq!(node.pool.len(), 2);
+    assert_eq!(node.pool_in(2), ["10.0.1.10-10.0.1.40".parse().unwrap()]);
+    assert_eq!(node.pool_in(3), ["10.0.2.10-10.0.2.250".parse().unwrap()]);
+    assert_eq!(node.pool[0].size(), 31);
+
+    let names: Vec<(u32, &str, u32, u32, u32, u32, bool)> = compiled
+        .subnets
+        .iter()
+        .map(|s| {
+            (
+                s.id,
+                s.name.as_str(),
+                s.nsg_id,
+                s.inbound_classifier,
+                s.outbound_classifier,
+                s.route_table_id,
+                s.delegated,
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (1, "nodes", 0, 0, 0, 0, false),
+            (2, "aci", 2, 3, 4, 1, true),
+            (3, "apps", 1, 1, 2, 0, false)
+        ]
+    );
+    assert_eq!(compiled.subnet_of(ip("10.0.2.200")).unwrap().name, "apps");
+
+    assert_eq!(
+        compiled.vnet_prefixes,
+        [
+            net("10.0.0.0/16"),
+            net("10.1.0.0/16"),
+            net("192.168.50.0/24")
+        ]
+    );
+    assert_eq!(
+        compiled.no_masquerade,
+        [
+            net("10.0.0.0/16"),
+            net("10.1.0.0/16"),
+            net("192.168.50.0/24"),
+            net("172.16.0.0/12"),
+            net("169.254.0.0/16")
+        ]
+    );
+    assert!(prefix::in_any(&compiled.internet_prefixes, ip("8.8.8.8")));
+    assert!(!prefix::in_any(
+        &compiled.internet_prefixes,
+        ip("192.168.50.9")
+    ));
+    assert_eq!(
+        compiled.snat_port_range,
+        PortRange {
+            first: 32768,
+            last: 65535
+        }
+    );
+    assert_eq!(compiled.idle_timeout, Duration::from_secs(240));
+
+    let groups: Vec<(&str, u32, Option<Ipv4Addr>, Option<Ipv4Addr>)> = compiled
+        .container_groups
+        .iter()
+        .map(|g| (g.name.as_str(), g.subnet_id, g.private_ip, g.public_ip))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("api", 2, Some(ip("10.0.1.10")), None),
+            ("web", 3, None, Some(ip("203.0.113.20")))
+        ]
+    );
+    assert_eq!(
+        compiled.container_groups[1].dns_name_label.as_deref(),
+        Some("web")
+    );
+}
+
+#[test]
+fn contract_routes() {
+    let compiled = compile(&contract(), "node-1").unwrap();
+    assert_eq!(compiled.routes.len(), 2);
+    let system = compiled.route_table(0).unwrap();
+    let hop = |table: &CompiledRouteTable, dst| {
+        let entry = table.lookup(ip(dst)).unwrap();
+        (entry.prefix, entry.next_hop.kind, entry.next_hop.ip)
+    };
+    assert_eq!(system.entries.len(), 4);
+    assert_eq!(
+        hop(system, "10.0.2.5"),
+        (net("10.0.0.0/16"), NextHopType::VnetLocal, None)
+    );
+    assert_eq!(
+        hop(system, "10.1.2.3"),
+        (net("10.1.0.0/16"), NextHopType::VirtualNetworkGateway, None)
+    );
+    assert_eq!(
+        hop(system, "192.168.50.1"),
+        (
+            net("192.168.50.0/24"),
+            NextHopType::VirtualNetworkGateway,
+            None
+        )
+    );
+    assert_eq!(
+        hop(system, "1.1.1.1"),
+        (net("0.0.0.0/0"), NextHopType::Internet, None)
+    );
+    // No `None` routes for private ranges outside the address space.
+    assert_eq!(hop(system, "10.200.0.1").1, NextHopType::Internet);
+
+    let firewall = compiled.route_table(1).unwrap();
+    assert_eq!(firewall.name.as_deref(), Some("via-firewall"));
+    assert_eq!(
+        firewall.entries.len(),
+        4,
+        "the UDR replaced the system 0.0.0.0/0"
+    );
+    assert_eq!(
+        hop(firewall, "1.1.1.1"),
+        (
+            net("0.0.0.0/0"),
+            NextHopType::VirtualAppliance,
+            Some(ip("10.0.0.100"))
+        )
+    );
+    assert_eq!(
+        firewall.lookup(ip("1.1.1.1")).unwrap().origin,
+        RouteOrigin::User("default-via-nva".into())
+    );
+    assert_eq!(hop(firewall, "10.0.2.5").1, NextHopType::VnetLocal);
+}
+
+#[test]
+fn contract_nsgs() {
+    let compiled = compile(&contract(), "node-1").unwrap();
+    let nsgs = &compiled.nsgs;
+    assert_eq!(nsgs.classifiers.len(), 4);
+    let verdict = |classifier, src, dst, proto, sport, dport| {
+        let rule = nsgs
+            .lookup(classifier, ip(src), ip(dst), proto, sport, dport)
+            .unwrap();
+        let meta = nsgs.rule(classifier, rule).unwrap();
+        (meta.name.clone(), meta.access)
+    };
+    let allow = |name: &str| (name.to_string(), Access::Allow);
+    let deny = |name: &str| (name.to_string(), Access::Deny);
+    // apps-nsg inbound (classifier 1).
+    assert_eq!(
+        verdict(1, "8.8.8.8", "10.0.2.10", TCP, 40000, 80),
+        allow("allow-web-from-internet")
+    );
+    assert_eq!(
+        verdict(1, "8.8.8.8", "10.0.2.10", TCP, 40000, 8080),
+        allow("allow-web-from-internet")
+    );
+    assert_eq!(
+        verdict(1, "8.8.8.8", "10.0.2.10", TCP, 40000, 8081),
+        deny("DenyAllInBound")
+    );
+    assert_eq!(
+        verdict(1, "8.8.8.8", "10.0.2.10", UDP, 40000, 80),
+        deny("DenyAllInBound")
+    );
+    assert_eq!(
+        verdict(1, "8.8.8.8", "10.0.2.10", ICMP, 0, 0),
+        deny("DenyAllInBound")
+    );
+    assert_eq!(
+        verdict(1, "10.0.0.4", "10.0.2.10", TCP, 40000, 22),
+        allow("AllowVnetInBound")
+    );
+    assert_eq!(
+        verdict(1, "192.168.50.7", "10.0.2.10", ICMP, 0, 0),
+        allow("AllowVnetInBound")
+    );
+    assert_eq!(
+        verdict(1, "168.63.129.16", "10.0.2.10", TCP, 40000, 22),
+        allow("AllowAzureLoadBalancerInBound")
+    );
+    // apps-nsg outbound (classifier 2).
+    assert_eq!(
+        verdict(2, "10.0.2.10", "1.2.3.4", TCP, 40000, 25),
+        deny("deny-smtp-out")
+    );
+    assert_eq!(
+        verdict(2, "10.0.2.10", "10.0.1.10", TCP, 40000, 25),
+        deny("deny-smtp-out")
+    );
+    assert_eq!(
+        verdict(2, "10.0.2.10", "1.2.3.4", TCP, 40000, 443),
+        allow("AllowInternetOutBound")
+    );
+    assert_eq!(
+        verdict(2, "10.0.2.10", "10.0.1.10", UDP, 40000, 53),
+        allow("AllowVnetOutBound")
+    );
+    // aci-nsg inbound (classifier 3).
+    assert_eq!(
+        verdict(3, "10.0.2.5", "10.0.1.10", TCP, 40000, 8080),
+        allow("api-from-apps-only")
+    );
+    assert_eq!(
+        verdict(3, "10.0.0.4", "10.0.1.10", TCP, 40000, 8080),
+        deny("deny-rest-of-vnet")
+    );
+    assert_eq!(
+        verdict(3, "10.0.2.5", "10.0.1.10", ICMP, 0, 0),
+        deny("deny-rest-of-vnet")
+    );
+    assert_eq!(
+        verdict(3, "8.8.8.8", "10.0.1.10", TCP, 40000, 8080),
+        deny("DenyAllInBound")
+    );
+    // Unknown classifier ids.
+    assert_eq!(
+        nsgs.lookup(0, ip("1.1.1.1"), ip("1.1.1.1"), TCP, 1, 1),
+        None
+    );
+    assert_eq!(
+        nsgs.lookup(5, ip("1.1.1.1"), ip("1.1.1.1"), TCP, 1, 1),
+        None
+    );
+
+    let aci_in = nsgs.classifier(3).unwrap();
+    assert_eq!(
+        (aci_in.nsg_id, aci_in.nsg_name.as_str(), aci_in.direction),
+        (2, "aci-nsg", Direction::Inbound)
+    );
+    let rules: Vec<(&str, u32, bool)> = aci_in
+        .rules
+        .iter()
+        .map(|r| (r.name.as_str(), r.priority, r.is_default))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("api-from-apps-only", 100, false),
+            ("deny-rest-of-vnet", 4000, false),
+            ("AllowVnetInBound", 65000, true),
+            ("AllowAzureLoadBalancerInBound", 65001, true),
+            ("DenyAllInBound", 65500, true),
+        ]
+    );
+    // Closed tables always hold the /0 entries and one entry per protocol class.
+    assert!(aci_in.src_addr.iter().any(|e| e.prefix.prefix_len() == 0));
+    assert!(aci_in.dst_port.iter().any(|e| e.prefix == PortPrefix::ANY));
+    assert_eq!(aci_in.proto.len(), ProtoClass::ALL.len());
+}
+
+#[test]
+fn compile_refuses_unknown_nodes_and_invalid_specs() {
+    let error = compile(&contract(), "node-9").unwrap_err().to_string();
+    assert!(
+        error.contains("no node named \"node-9\" in the spec (nodes: node-1)"),
+        "{error}"
+    );
+    let mut spec = contract();
+    spec.nodes[0].max_pods = 1;
+    let error = compile(&spec, "node-1").unwrap_err().to_string();
+    assert!(
+        error.contains("nodes[0].maxPods: 1 is outside 10..=250"),
+        "{error}"
+    );
+}
+
+#[test]
+fn groups_pinned_to_another_node_are_left_out() {
+    let mut spec = contract();
+    let mut node = spec.nodes[0].clone();
+    node.name = "node-2".into();
+    node.primary_ip_address = ip("10.0.0.5");
+    node.secondary_ip_addresses = vec![
+        "10.0.1.41-10.0.1.60".parse().unwrap(),
+        "10.0.2.251-10.0.2.254".parse().unwrap(),
+    ];
+    spec.nodes.push(node);
+    let compiled = compile(&spec, "node-2").unwrap();
+    let names: Vec<&str> = compiled
+        .container_groups
+        .iter()
+        .map(|g| g.name.as_str())
+        .collect();
+    assert_eq!(names, ["web"], "api is pinned to node-1's pool");
+    assert_eq!(compiled.node.primary_subnet_id, 1);
+}
+
+#[test]
+fn rule_bitmap_operations() {
+    let mut bitmap = RuleBitmap::EMPTY;
+    assert!(bitmap.is_empty());
+    assert_eq!(bitmap.lowest(), None);
+    bitmap.insert(1023);
+    bitmap.insert(64);
+    assert_eq!(bitmap.lowest(), Some(64));
+    assert!(bitmap.contains(1023) && !bitmap.contains(63) && !bitmap.contains(5000));
+    let mut other = RuleBitmap::EMPTY;
+    other.insert(1023);
+    assert_eq!(bitmap.intersection(&other).lowest(), Some(1023));
+    other.union_with(&bitmap);
+    assert_eq!(other, bitmap);
+    assert_eq!(format!("{bitmap:?}"), "{64, 1023}");
+}
+
+fn tags_for(vnet: &VirtualNetwork) -> ServiceTags {
+    let virtual_network: Vec<Ipv4Net> = vnet
+        .address_space
+        .iter()
+        .chain(&vnet.connected_address_spaces)
+        .copied()
+        .collect();
+    let internet = prefix::complement(&virtual_network);
+    ServiceTags {
+        virtual_network,
+        internet,
+    }
+}
+
+fn vnet(address_space: Vec<Ipv4Net>, connected: Vec<Ipv4Net>) -> VirtualNetwork {
+    VirtualNetwork {
+        name: "v".into(),
+        address_space,
+        connected_address_spaces: connected,
+        subnets: vec![],
+    }
+}
+
+#[test]
+fn a_full_nsg_spans_all_bitmap_words() {
+    let template = contract().network_security_groups[0].security_rules[0].clone();
+    let rules: Vec<SecurityRule> = (0..1000u16)
+        .map(|i| SecurityRule {
+            name: format!("r{i}"),
+            priority: 100 + u32::from(i),
+            direction: Direction::Inbound,
+            source_address_prefixes: vec![AddressPrefix::Any],
+            destination_port_ranges: vec![PortRange::single(1000 + i)],
+            ..template.clone()
+        })
+        .collect();
+    let nsg = NetworkSecurityGroup {
+        name: "big".into(),
+        security_rules: rules,
+    };
+    let vnet = vnet(vec![net("10.0.0.0/16")], vec![]);
+    let classifier = compile_classifier(1, 1, &nsg, Direction::Inbound, &tags_for(&vnet)).unwrap();
+    assert_eq!(classifier.rules.len(), 1003);
+    let lookup = |dport| classifier.lookup(ip("8.8.8.8"), ip("10.0.0.9"), TCP, 5000, dport);
+    assert_eq!(lookup(1999), Some(999));
+    assert_eq!(lookup(1000), Some(0));
+    assert_eq!(lookup(2000), Some(1002), "DenyAllInBound is the last bit");
+    assert_eq!(classifier.rules[1002].name, "DenyAllInBound");
+
+    let mut too_many = nsg.clone();
+    too_many
+        .security_rules
+        .extend(too_many.security_rules.clone().into_iter().take(22));
+    let error =
+        compile_classifier(1, 1, &too_many, Direction::Inbound, &tags_for(&vnet)).unwrap_err();
+    assert!(error.to_string().contains("1025 Inbound rules"), "{error}");
+}
+
+#[test]
+fn default_rules_are_azures() {
+    let names = |direction| -> Vec<(String, u32, Access)> {
+        default_rules(direction)
+            .into_iter()
+            .map(|r| (r.name, r.priority, r.access))
+            .collect()
+    };
+    assert_eq!(
+        names(Direction::Inbound),
+        [
+            ("AllowVnetInBound".to_string(), 65000, Access::Allow),
+            (
+                "AllowAzureLoadBalancerInBound".to_string(),
+                65001,
+                Access::Allow
+            ),
+            ("DenyAllInBound".to_string(), 65500, Access::Deny),
+        ]
+    );
+    assert_eq!(
+        names(Direction::Outbound),
+        [
+            ("AllowVnetOutBound".to_string(), 65000, Access::Allow),
+            ("AllowInternetOutBound".to_string(), 65001, Access::Allow),
+            ("DenyAllOutBound".to_string(), 65500, Access::Deny),
+        ]
+    );
+}
+
+// Property tests.
+
+/// Addresses cluster around a few anchors so that random prefixes overlap and nest, and so that
+/// random packets land inside them, on their edges and outside.
+const ANCHORS: [u32; 8] = [
+    0x0a00_0000, // 10.0.0.0
+    0x0a00_0100, // 10.0.1.0
+    0x0a01_0000, // 10.1.0.0
+    0xc0a8_3200, // 192.168.50.0
+    0xac10_0000, // 172.16.0.0
+    0x0808_0800, // 8.8.8.0
+    0xa83f_8110, // 168.63.129.16
+    0x0000_0000,
+];
+
+fn address() -> impl Strategy<Value = Ipv4Addr> {
+    prop_oneof![
+        4 => (prop::sample::select(&ANCHORS[..]), prop::sample::select(&[0u32, 0xff, 0xffff, 0xff_ffff][..]), any::<u32>())
+            .prop_map(|(anchor, mask, noise)| Ipv4Addr::from(anchor ^ (noise & mask))),
+        1 => any::<u32>().prop_map(Ipv4Addr::from),
+        1 => Just(reference_load_balancer()),
+    ]
+}
+
+fn reference_load_balancer() -> Ipv4Addr {
+    crate::spec::AZURE_LOAD_BALANCER
+}
+
+fn prefix_strategy(lengths: &'static [u8]) -> impl Strategy<Value = Ipv4Net> {
+    (address(), prop::sample::select(lengths))
+        .prop_map(|(addr, len)| Ipv4Net::new(addr, len).unwrap().trunc())
+}
+
+const RULE_PREFIX_LENGTHS: &[u8] = &[0, 1, 7, 8, 12, 15, 16, 20, 24, 25, 28, 31, 32];
+
+fn address_prefix() -> impl Strategy<Value = AddressPrefix> {
+    prop_oneof![
+        1 => Just(AddressPrefix::Any),
+        1 => Just(AddressPrefix::Tag(ServiceTag::VirtualNetwork)),
+        1 => Just(AddressPrefix::Tag(ServiceTag::Internet)),
+        1 => Just(AddressPrefix::Tag(ServiceTag::AzureLoadBalancer)),
+        6 => prefix_strategy(RULE_PREFIX_LENGTHS).prop_map(AddressPrefix::Prefix),
+    ]
+}
+
+const INTERESTING_PORTS: [u16; 14] = [
+    0, 1, 22, 25, 53, 80, 443, 1023, 1024, 8000, 8080, 32767, 32768, 65535,
+];
+
+fn port() -> impl Strategy<Value = u16> {
+    prop_oneof![
+        3 => prop::sample::select(&INTERESTING_PORTS[..]),
+        1 => (prop::sample::select(&INTERESTING_PORTS[..]), -2i32..=2)
+            .prop_map(|(port, delta)| (i32::from(port) + delta).clamp(0, 65535) as u16),
+        1 => any::<u16>(),
+    ]
+}
+
+fn port_range() -> impl Strategy<Value = PortRange> {
+    prop_oneof![
+        1 => Just(PortRange::ANY),
+        2 => port().prop_map(PortRange::single),
+        3 => (port(), port()).prop_map(|(a, b)| PortRange { first: a.min(b), last: a.max(b) }),
+    ]
+}
+
+fn protocol() -> impl Strategy<Value = Protocol> {
+    prop::sample::select(
+        &[
+            Protocol::Tcp,
+            Protocol::Udp,
+            Protocol::Icmp,
+            Protocol::Esp,
+            Protocol::Ah,
+            Protocol::Any,
+        ][..],
+    )
+}
+
+/// A rule without name and priority (assigned by [`nsg_strategy`]).
+fn rule_body() -> impl Strategy<Value = SecurityRule> {
+    (
+        prop::sample::select(&[Direction::Inbound, Direction::Outbound][..]),
+        prop::sample::select(&[Access::Allow, Access::Deny][..]),
+        protocol(),
+        prop::collection::vec(address_prefix(), 1..=3),
+        prop::collection::vec(port_range(), 1..=3),
+        prop::collection::vec(address_prefix(), 1..=3),
+        prop::collection::vec(port_range(), 1..=3),
+    )
+        .prop_map(
+            |(direction, access, protocol, src, sports, dst, dports)| SecurityRule {
+                name: String::new(),
+                description: None,
+                priority: 0,
+                direction,
+                access,
+                protocol,
+                source_address_prefixes: src,
+                source_port_ranges: sports,
+                destination_address_prefixes: dst,
+                destination_port_ranges: dports,
+            },
+        )
+}
+
+fn nsg_strategy() -> impl Strategy<Value = NetworkSecurityGroup> {
+    prop::collection::vec((rule_body(), 100u32..=4096), 0..=24).prop_map(|rules| {
+        // Priorities are unique (validation refuses duplicates): a taken one moves to the next
+        // free value.
+        let mut taken = std::collections::HashSet::new();
+        let security_rules = rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, (rule, mut priority))| {
+                while !taken.insert(priority) {
+                    priority = if priority == 4096 { 100 } else { priority + 1 };
+                }
+                SecurityRule {
+                    name: format!("r{i}"),
+                    priority,
+                    ..rule
+                }
+            })
+            .collect();
+        NetworkSecurityGroup {
+            name: "random".into(),
+            security_rules,
+        }
+    })
+}
+
+/// Keeps the prefixes that overlap none kept before (a valid VNet has no overlaps).
+fn disjoint(prefixes: Vec<Ipv4Net>, taken: &mut Vec<Ipv4Net>) -> Vec<Ipv4Net> {
+    let mut kept = Vec::new();
+    for net in prefixes {
+        if !taken.iter().any(|t| crate::spec::overlaps(t, &net)) {
+            taken.push(net);
+            kept.push(net);
+        }
+    }
+    kept
+}
+
+fn vnet_strategy() -> impl Strategy<Value = VirtualNetwork> {
+    const LENGTHS: &[u8] = &[8, 12, 16, 20, 24, 28];
+    (
+        prop::collection::vec(prefix_strategy(LENGTHS), 1..=3),
+        prop::collection::vec(prefix_strategy(LENGTHS), 0..=2),
+    )
+        .prop_map(|(space, connected)| {
+            let mut taken = Vec::new();
+            let space = disjoint(space, &mut taken);
+            let connected = disjoint(connected, &mut taken);
+            vnet(space, connected)
+        })
+}
+
+fn packet() -> impl Strategy<Value = Packet> {
+    let protocol = prop_oneof![
+        3 => Just(TCP),
+        2 => Just(UDP),
+        1 => Just(ICMP),
+        1 => prop::sample::select(&[50u8, 51, 0, 47, 132][..]),
+        1 => any::<u8>(),
+    ];
+    (address(), address(), protocol, port(), port()).prop_map(
+        |(src, dst, protocol, src_port, dst_port)| Packet {
+            src,
+            dst,
+            protocol,
+            src_port,
+            dst_port,
+        },
+    )
+}
+
+proptest! {
+    // XorShift: the default ChaCha generator dominates the run time in debug builds.
+    #![proptest_config(ProptestConfig {
+        cases: 2000,
+        rng_algorithm: prop::test_runner::RngAlgorithm::XorShift,
+        ..ProptestConfig::default()
+    })]
+
+    /// The compiled classifier picks the same rule as the reference evaluator, and the AND of
+    /// its lookups is exactly the set of rules the packet matches.
+    #[test]
+    fn classifier_agrees_with_reference(
+        vnet in vnet_strategy(),
+        nsg in nsg_strategy(),
+        packets in prop::collection::vec(packet(), 16),
+    ) {
+        let tags = tags_for(&vnet);
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            let classifier = compile_classifier(1, 1, &nsg, direction, &tags).unwrap();
+            let mut ordered: Vec<SecurityRule> =
+                nsg.security_rules.iter().filter(|r| r.direction == direction).cloned().collect();
+            ordered.sort_by_key(|r| r.priority);
+            ordered.extend(default_rules(direction));
+            prop_assert_eq!(classifier.rules.len(), ordered.len());
+            for p in &packets {
+                let index = classifier.lookup(p.src, p.dst, p.protocol, p.src_port, p.dst_port);
+                let decided = reference::evaluate_nsg(&nsg, direction, &vnet, p);
+                let rule = &classifier.rules[index.expect("DenyAll always matches")];
+                prop_assert_eq!(
+                    (&rule.name, rule.priority, rule.access),
+                    (&decided.rule, decided.priority, decided.access),
+                    "{:?} {:?}", direction, p
+                );
+                let matched = classifier.matching_rules(p.src, p.dst, p.protocol, p.src_port, p.dst_port).unwrap();
+                for (i, rule) in ordered.iter().enumerate() {
+                    prop_assert_eq!(matched.contains(i), reference::rule_matches(rule, &vnet, p), "rule {} {:?} {:?}", i, rule, p);
+                }
+            }
+        }
+    }
+
+    /// Compiled route tables pick the route the reference picks.
+    #[test]
+    fn routes_agree_with_reference(
+        vnet in vnet_strategy(),
+        udrs in prop::collection::vec(
+            (prefix_strategy(RULE_PREFIX_LENGTHS), prop::sample::select(&[
+                NextHopType::VirtualAppliance, NextHopType::VnetLocal, NextHopType::Internet,
+                NextHopType::None, NextHopType::VirtualNetworkGateway,
+            ][..]), address()),
+            0..=12,
+        ),
+        destinations in prop::collection::vec(address(), 16),
+    ) {
+        let mut seen = std::collections::HashSet::new();
+        let routes: Vec<Route> = udrs
+            .into_iter()
+            .filter(|(prefix, _, _)| seen.insert(*prefix))
+            .enumerate()
+            .map(|(i, (address_prefix, next_hop_type, hop))| Route {
+                name: format!("u{i}"),
+                address_prefix,
+                next_hop_type,
+                next_hop_ip_address: (next_hop_type == NextHopType::VirtualAppliance).then_some(hop),
+            })
+            .collect();
+        let table = RouteTable { name: "t".into(), routes };
+        let compiled = routes::compile_route_tables(&vnet, std::slice::from_ref(&table));
+        for dst in destinations {
+            for (id, table) in [(0, None), (1, Some(&table))] {
+                let entry = compiled[id].lookup(dst).expect("0.0.0.0/0 always matches");
+                let expected = reference::next_hop(&vnet, table, dst);
+                prop_assert_eq!((entry.prefix, entry.next_hop.kind, entry.next_hop.ip), expected, "table {} dst {}", id, dst);
+            }
+        }
+    }
+
+    /// `Internet` is exactly the complement of `VirtualNetwork`, with no overlaps.
+    #[test]
+    fn internet_is_the_complement(vnet in vnet_strategy(), probes in prop::collection::vec(address(), 32)) {
+        let tags = tags_for(&vnet);
+        for addr in probes {
+            let inside = tags.virtual_network.iter().filter(|n| n.contains(&addr)).count();
+            let outside = tags.internet.iter().filter(|n| n.contains(&addr)).count();
+            prop_assert_eq!(inside + outside, 1, "{}", addr);
+        }
+    }
+}

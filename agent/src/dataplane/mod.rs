@@ -1,0 +1,326 @@
+//! The kernel side, seen from the agent: load the programs, attach and pin them, write and
+//! read their maps. Everything is pinned under `--bpffs`, so the dataplane outlives the agent
+//! and the next agent adopts it (programs are swapped into the pinned links atomically).
+mod pins;
+
+use std::{collections::BTreeMap, io, net::Ipv4Addr, path::Path};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
+    },
+};
+use ipnet::Ipv4Net;
+pub use pins::PinLayout;
+use vnetd_common::{
+    DropReason, Endpoint, NodeConfig, Path as TrafficPath, Route, RouteKey, Traffic, maps, programs,
+};
+
+/// The compiled eBPF object (built by build.rs from ebpf/vnetd-ebpf).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vnetd"));
+
+/// Loaded programs and their maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pins: Option<PinLayout>,
+}
+
+impl Dataplane {
+    /// Loads the programs with every map pinned under `bpffs` (reusing pinned maps: their
+    /// contents, conntrack included, survive the agent).
+    pub fn load_pinned(bpffs: &Path) -> Result<Self> {
+        let pins = PinLayout::new(bpffs);
+        pins.prepare(bpffs)?;
+        let map_paths: Vec<(&str, std::path::PathBuf)> = ALL_MAPS
+            .iter()
+            .map(|name| (*name, pins.map(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        let mut dp = Self {
+            ebpf,
+            pins: Some(pins),
+        };
+        dp.load_programs()?;
+        Ok(dp)
+    }
+
+    /// Loads the programs with private maps, nothing pinned: for BPF_PROG_RUN tests.
+    pub fn load_unpinned() -> Result<Self> {
+        let ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        let mut dp = Self { ebpf, pins: None };
+        dp.load_programs()?;
+        Ok(dp)
+    }
+
+    fn load_programs(&mut self) -> Result<()> {
+        self.xdp(programs::UPLINK_XDP)?
+            .load()
+            .context("verifying uplink_xdp")?;
+        self.classifier(programs::UPLINK_TC_INGRESS)?
+            .load()
+            .context("verifying uplink_ingress")?;
+        self.classifier(programs::POD_TC_INGRESS)?
+            .load()
+            .context("verifying pod_ingress")?;
+        Ok(())
+    }
+
+    pub fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?;
+        prog.try_into()
+            .with_context(|| format!("{name} is not an XDP program"))
+    }
+
+    pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?;
+        prog.try_into()
+            .with_context(|| format!("{name} is not a TC program"))
+    }
+
+    fn pins(&self) -> Result<&PinLayout> {
+        self.pins
+            .as_ref()
+            .context("this dataplane was loaded without pins")
+    }
+
+    /// Attaches the uplink programs to `ifname`: XDP (native where the driver has it, unless
+    /// `generic_xdp`) and TC ingress. Programs are swapped into links a previous agent pinned.
+    pub fn attach_uplink(&mut self, ifname: &str, generic_xdp: bool) -> Result<()> {
+        self.attach_xdp(programs::UPLINK_XDP, ifname, generic_xdp)?;
+        self.attach_tc_ingress(programs::UPLINK_TC_INGRESS, ifname)
+    }
+
+    /// Attaches the pod program to TC ingress of a pod's host-side veth (what the pod sends).
+    pub fn attach_pod(&mut self, host_ifname: &str) -> Result<()> {
+        self.attach_tc_ingress(programs::POD_TC_INGRESS, host_ifname)
+    }
+
+    /// Detaches a pod's program by removing its link pin (the link dies with its last fd).
+    pub fn detach_pod(&self, host_ifname: &str) -> Result<()> {
+        remove_pin(&self.pins()?.link(programs::POD_TC_INGRESS, host_ifname))
+    }
+
+    fn attach_xdp(&mut self, program: &str, ifname: &str, generic: bool) -> Result<()> {
+        let pin = self.pins()?.link(program, ifname);
+        let prog = self.xdp(program)?;
+        let link_id = match open_pinned_link(&pin)? {
+            Some(fd) => {
+                let link = XdpLink::try_from(fd).context("pinned link is not an XDP link")?;
+                prog.attach_to_link(link)
+                    .with_context(|| format!("swapping {program} on {ifname}"))?
+            }
+            None if generic => prog
+                .attach(ifname, XdpMode::Skb)
+                .with_context(|| format!("attaching {program} (generic XDP) to {ifname}"))?,
+            None => prog
+                .attach(ifname, XdpMode::default())
+                .or_else(|_| prog.attach(ifname, XdpMode::Skb))
+                .with_context(|| format!("attaching {program} (XDP) to {ifname}"))?,
+        };
+        let link = FdLink::try_from(prog.take_link(link_id)?).context("XDP link has no fd")?;
+        pin_link(link, &pin)
+    }
+
+    fn attach_tc_ingress(&mut self, program: &str, ifname: &str) -> Result<()> {
+        let pin = self.pins()?.link(program, ifname);
+        let prog = self.classifier(program)?;
+        let link_id = match open_pinned_link(&pin)? {
+            Some(fd) => {
+                let link = SchedClassifierLink::try_from(fd).context("pinned link is not TCX")?;
+                prog.attach_to_link(link)
+                    .with_context(|| format!("swapping {program} on {ifname}"))?
+            }
+            None => {
+                // TCX (kernel >= 6.6) needs no qdisc; netlink TC on older kernels does.
+                let _ = tc::qdisc_add_clsact(ifname);
+                prog.attach(ifname, TcAttachType::Ingress)
+                    .with_context(|| format!("attaching {program} (TC ingress) to {ifname}"))?
+            }
+        };
+        let link = FdLink::try_from(prog.take_link(link_id)?).context("TC link has no fd")?;
+        pin_link(link, &pin)
+    }
+
+    /// The attached programs, from the link pins: (program, interface).
+    pub fn links(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.pins()?.links_dir())? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some((program, ifname)) = name.split_once('@') {
+                out.push((program.to_string(), ifname.to_string()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn set_node(&mut self, config: NodeConfig) -> Result<()> {
+        let mut map: Array<_, NodeConfig> = Array::try_from(self.map_mut(maps::NODE)?)?;
+        map.set(0, config, 0).context("writing NODE")?;
+        Ok(())
+    }
+
+    pub fn put_endpoint(&mut self, ip: Ipv4Addr, ep: Endpoint) -> Result<()> {
+        let mut map: HashMap<_, [u8; 4], Endpoint> =
+            HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
+        map.insert(ip.octets(), ep, 0)
+            .with_context(|| format!("writing ENDPOINTS[{ip}]"))?;
+        Ok(())
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
+        let mut map: HashMap<_, [u8; 4], Endpoint> =
+            HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
+        match map.remove(&ip.octets()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(err).with_context(|| format!("removing ENDPOINTS[{ip}]")),
+        }
+    }
+
+    /// The addresses in ENDPOINTS (a restarted agent compares them with its records).
+    pub fn endpoint_ips(&self) -> Result<Vec<Ipv4Addr>> {
+        let map: HashMap<_, [u8; 4], Endpoint> =
+            HashMap::try_from(self.ebpf.map(maps::ENDPOINTS).context("no ENDPOINTS map")?)?;
+        Ok(map
+            .keys()
+            .filter_map(Result::ok)
+            .map(Ipv4Addr::from)
+            .collect())
+    }
+
+    /// Makes ROUTES hold exactly `routes` ((table, prefix) -> route), writing only differences:
+    /// new and changed entries first, then removals, so a lookup never misses a route that
+    /// exists before and after.
+    pub fn sync_routes(&mut self, routes: &BTreeMap<(u32, Ipv4Net), Route>) -> Result<()> {
+        let mut map: LpmTrie<_, RouteKey, Route> = LpmTrie::try_from(self.map_mut(maps::ROUTES)?)?;
+        let key_of = |(table, net): &(u32, Ipv4Net)| {
+            Key::new(
+                RouteKey::TABLE_BITS + u32::from(net.prefix_len()),
+                RouteKey {
+                    table: table.to_be_bytes(),
+                    dst: net.network().octets(),
+                },
+            )
+        };
+        let mut present = BTreeMap::new();
+        for key in map.keys() {
+            let key = key?;
+            let data = key.data();
+            let table = u32::from_be_bytes(data.table);
+            let plen = key.prefix_len() - RouteKey::TABLE_BITS;
+            let net = Ipv4Net::new(Ipv4Addr::from(data.dst), plen as u8)?;
+            present.insert((table, net), map.get(&key, 0)?);
+        }
+        for (k, route) in routes {
+            if present.get(k) != Some(route) {
+                map.insert(&key_of(k), route, 0)
+                    .with_context(|| format!("writing route {k:?}"))?;
+            }
+        }
+        for k in present.keys().filter(|k| !routes.contains_key(k)) {
+            map.remove(&key_of(k))
+                .with_context(|| format!("removing route {k:?}"))?;
+        }
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("no map {name}"))
+    }
+
+    /// Traffic by path, summed over CPUs.
+    pub fn traffic(&self) -> Result<Vec<(TrafficPath, Traffic)>> {
+        let map: PerCpuArray<_, Traffic> =
+            PerCpuArray::try_from(self.ebpf.map(maps::TRAFFIC).context("no TRAFFIC map")?)?;
+        TrafficPath::ALL
+            .iter()
+            .map(|path| {
+                let per_cpu = map.get(&(*path as u32), 0)?;
+                let sum = per_cpu.iter().fold(Traffic::default(), |acc, t| Traffic {
+                    packets: acc.packets + t.packets,
+                    bytes: acc.bytes + t.bytes,
+                });
+                Ok((*path, sum))
+            })
+            .collect()
+    }
+
+    /// Drops by reason, summed over CPUs.
+    pub fn drops(&self) -> Result<Vec<(DropReason, u64)>> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(maps::DROPS).context("no DROPS map")?)?;
+        DropReason::ALL
+            .iter()
+            .map(|reason| Ok((*reason, map.get(&(*reason as u32), 0)?.iter().sum())))
+            .collect()
+    }
+}
+
+/// Every map the programs declare; all are pinned.
+const ALL_MAPS: &[&str] = &[
+    maps::TRAFFIC,
+    maps::DROPS,
+    maps::NODE,
+    maps::ENDPOINTS,
+    maps::ROUTES,
+];
+
+fn open_pinned_link(path: &Path) -> Result<Option<FdLink>> {
+    match PinnedLink::from_pin(path) {
+        Ok(pinned) => Ok(Some(FdLink::from(pinned))),
+        Err(LinkError::SyscallError(err)) if err.io_error.kind() == io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(err) => Err(err).with_context(|| format!("opening pinned link {}", path.display())),
+    }
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<()> {
+    if path.exists() {
+        // Adopted: the pin already names this link.
+        return Ok(());
+    }
+    link.pin(path)
+        .with_context(|| format!("pinning link at {}", path.display()))?;
+    Ok(())
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Removes every pin of the dataplane under `bpffs`: links detach, maps go with their last user.
+pub fn teardown(bpffs: &Path) -> Result<()> {
+    let pins = PinLayout::new(bpffs);
+    match std::fs::remove_dir_all(pins.root()) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("removing {}", pins.root().display())),
+    }
+}

@@ -1,0 +1,14 @@
+//! vnetd: the agent. The modules follow the data flow:
+//! spec (parse, validate) -> compile (spec to table entries, pure) -> dataplane (load, attach,
+//! pin, write maps) -> api (CNI socket, status, metrics).
+
+pub mod api;
+pub mod cni;
+pub mod compile;
+pub mod daemon;
+pub mod dataplane;
+pub mod endpoints;
+pub mod ipam;
+pub mod netlink;
+pub mod plan;
+pub mod spec;

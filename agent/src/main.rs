@@ -1,0 +1,220 @@
+//! `vnetd`: the agent daemon and its command line.
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::Mutex;
+use tracing::{error, info};
+use vnetd::{
+    api::{
+        client,
+        proto::{Request, Response, StatusReport},
+        server,
+    },
+    daemon::{self, Agent},
+    dataplane, spec,
+};
+
+const DEFAULT_SOCKET: &str = "/run/vnetd/vnetd.sock";
+const DEFAULT_STATE_DIR: &str = "/var/lib/vnetd";
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vnetd";
+
+#[derive(Parser)]
+#[command(
+    name = "vnetd",
+    version,
+    about = "Azure-style virtual networking for Linux containers, in eBPF"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: load and attach the dataplane, fill its maps, serve the API.
+    Run {
+        #[arg(long)]
+        spec: PathBuf,
+        /// This node's name in the spec's `nodes`.
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        api_socket: PathBuf,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_addr: String,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Check a spec: exit 0 if valid, else 1 and one line per problem.
+    Validate { file: PathBuf },
+    /// Endpoints, programs and links, traffic and drops.
+    Status {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        api_socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach the programs and remove the pins and state of a node.
+    Teardown {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { file } => return spec::cli_validate(&file),
+        Command::Run {
+            spec,
+            node,
+            api_socket,
+            state_dir,
+            bpffs,
+            metrics_addr: _,
+            log_format,
+        } => {
+            init_logging(log_format);
+            run(
+                daemon::Paths {
+                    spec,
+                    api_socket,
+                    state_dir,
+                    bpffs,
+                },
+                node,
+            )
+        }
+        Command::Status { api_socket, json } => status(&api_socket, json),
+        Command::Teardown {
+            node: _,
+            state_dir,
+            bpffs,
+        } => teardown(&state_dir, &bpffs),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("vnetd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn run(paths: daemon::Paths, node: String) -> Result<()> {
+    let spec = match spec::load_file(&paths.spec) {
+        Ok(spec) => spec,
+        Err(problems) => {
+            for p in &problems {
+                error!("{p}");
+            }
+            bail!(
+                "{} is not a valid spec ({} problems)",
+                paths.spec.display(),
+                problems.len()
+            );
+        }
+    };
+    let plan = vnetd::plan::NodePlan::from_spec(&spec, &node)?;
+    daemon::ensure_dir(&paths.state_dir)?;
+    let agent = Agent::start(plan, &paths.bpffs, &paths.state_dir).await?;
+    let listener = server::bind(&paths.api_socket)?;
+    info!(node = %agent.node(), socket = %paths.api_socket.display(), "vnetd running");
+    let agent = Arc::new(Mutex::new(agent));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        res = server::serve(listener, agent.clone()) => res?,
+        _ = tokio::signal::ctrl_c() => info!("interrupted: leaving the dataplane running"),
+        _ = term.recv() => info!("terminated: leaving the dataplane running"),
+    }
+    let _ = std::fs::remove_file(&paths.api_socket);
+    Ok(())
+}
+
+fn status(socket: &std::path::Path, json: bool) -> Result<()> {
+    let report = match client::call(socket, &Request::Status, Duration::from_secs(10))? {
+        Response::Status(report) => report,
+        Response::Error(err) => bail!("the agent refused: {err}"),
+        other => bail!("unexpected response {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_status(&report);
+    }
+    Ok(())
+}
+
+fn print_status(r: &StatusReport) {
+    println!("node {}  uplink {}", r.node, r.uplink);
+    println!("endpoints ({}):", r.endpoints.len());
+    for ep in &r.endpoints {
+        let who = ep.container_group.clone().or_else(|| {
+            ep.k8s_pod
+                .as_ref()
+                .map(|p| format!("{}/{p}", ep.k8s_namespace.as_deref().unwrap_or("")))
+        });
+        println!(
+            "  {:<15} {:<15} {} {}",
+            ep.ip,
+            ep.host_ifname,
+            ep.attachment.container_id,
+            who.unwrap_or_default()
+        );
+    }
+    println!("programs:");
+    for (prog, ifname) in &r.links {
+        println!("  {prog:<12} on {ifname}");
+    }
+    println!("traffic:");
+    for (path, packets, bytes) in &r.traffic {
+        println!("  {path:<12} {packets:>12} packets {bytes:>14} bytes");
+    }
+    println!("drops:");
+    for (reason, n) in &r.drops {
+        println!("  {reason:<12} {n:>12}");
+    }
+}
+
+fn teardown(state_dir: &std::path::Path, bpffs: &std::path::Path) -> Result<()> {
+    dataplane::teardown(bpffs)?;
+    match std::fs::remove_dir_all(state_dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("removing {}", state_dir.display())),
+    }
+    println!(
+        "removed the dataplane pins under {} and the state in {}",
+        bpffs.display(),
+        state_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The control spec: Azure's resource model (VNet, subnets, NSGs, route tables, container
+//! groups) plus vnetd's node and outbound-NAT settings.
+//!
+//! Reading a spec has two stages, and each reports every problem it finds, as
+//! `<path>: <message>` lines (`networkSecurityGroups[0].securityRules[2].priority: 50 is
+//! outside 100..=4096`):
+//!
+//! 1. [`parse_str`]: YAML or JSON to the typed [`Spec`]. Problems: syntax, unknown fields (with
+//!    "did you mean"), missing fields, wrong types, malformed values (prefixes, port ranges,
+//!    keywords), singular and plural forms both given.
+//! 2. [`validate`]: limits and relations (priority ranges and uniqueness, overlaps,
+//!    references, pools, container-group ports and addresses).
+//!
+//! The second stage needs the typed model, so a spec with parse problems reports those first;
+//! once they are fixed, the validation problems follow, all at once.
+//!
+//! Field names and spellings follow Azure: camelCase fields, keyword values (`Inbound`, `Tcp`,
+//! `VirtualNetwork`, ...) in any case, as ARM accepts them. The ACI fields of a container group
+//! that the dataplane does not use (image, resources, volumes, restartPolicy, ...) are accepted
+//! and dropped; unknown fields anywhere else are errors.
+
+mod model;
+mod parse;
+mod suggest;
+mod validate;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::Path;
+use std::process::ExitCode;
+
+pub use model::*;
+pub use validate::{
+    IDLE_TIMEOUT_RANGE, MAX_PODS_RANGE, MAX_PREFIXES_PER_NSG, MAX_ROUTES_PER_TABLE,
+    MAX_RULES_PER_NSG, MAX_SUBNET_PREFIX_LEN, MAX_VNET_ADDRESSES, MIN_SNAT_PORT, PRIORITY_RANGE,
+    aci_name_problem, azure_name_problem, is_dns_label, is_reserved_in_subnet, overlaps, validate,
+};
+
+/// One thing wrong with a spec: where (a path such as `nodes[0].maxPods`, or `line 3, column 5`
+/// for a syntax error) and what.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    /// Control characters (a newline in a name, say) are escaped: a problem is one line.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            path: one_line(path.into()),
+            message: one_line(message.into()),
+        }
+    }
+}
+
+fn one_line(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+/// Problems as one block of text, one per line (for logs and `anyhow` errors).
+pub struct Problems<'a>(pub &'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a spec (YAML, or JSON when the text starts with `{`) into the typed model. Checks
+/// the shape and the syntax of values; [`validate`] checks the rest.
+pub fn parse_str(text: &str) -> Result<Spec, Vec<Problem>> {
+    let root = value::parse_document(text).map_err(|problem| vec![problem])?;
+    parse::spec_from_value(&root)
+}
+
+/// Reads, parses and validates a spec file: `Ok` only for a spec without problems.
+pub fn load_file(path: &Path) -> Result<Spec, Vec<Problem>> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        vec![Problem::new(
+            path.display().to_string(),
+            format!("cannot read: {error}"),
+        )]
+    })?;
+    let spec = parse_str(&text)?;
+    let problems = validate(&spec);
+    if problems.is_empty() {
+        Ok(spec)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The body of `vnetd validate FILE`: prints `FILE: valid` and returns success, or prints one
+/// `<path>: <message>` line per problem and returns failure (exit code 1).
+pub fn cli_validate(path: &Path) -> ExitCode {
+    match load_file(path) {
+        Ok(_) => {
+            println!("{}: valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            println!("{}", Problems(&problems));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A `Spec` deserializes through the same schema walk as [`parse_str`], so that
+/// `serde_json::from_value::<Spec>(...)` accepts exactly what a spec file may say. The
+/// problems become one error message, one per line.
+impl<'de> serde::Deserialize<'de> for Spec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let root = <value::Value as serde::Deserialize>::deserialize(deserializer)?;
+        parse::spec_from_value(&root)
+            .map_err(|problems| serde::de::Error::custom(Problems(&problems)))
+    }
+}

@@ -1,0 +1,28 @@
+//! Per-CPU counters: traffic by path and drops by reason. The agent sums the CPUs.
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use vnetd_common::{DropReason, Path, Traffic};
+
+#[map(name = "TRAFFIC")]
+static TRAFFIC: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(Path::COUNT, 0);
+
+#[map(name = "DROPS")]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+#[inline(always)]
+pub fn count_traffic(path: Path, bytes: usize) {
+    if let Some(slot) = TRAFFIC.get_ptr_mut(path as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*slot).packets += 1;
+            (*slot).bytes += bytes as u64;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 }
+    }
+}

@@ -1,0 +1,70 @@
+//! Sending a packet on: straight into a local pod's namespace, or out of the uplink with the
+//! kernel resolving the next hop's MAC.
+use aya_ebpf::{
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+};
+use network_types::eth::EthHdr;
+use vnetd_common::{DropReason, Endpoint, Path};
+
+use crate::counters::{count_drop, count_traffic};
+
+const AF_INET: u32 = 2;
+
+/// Delivers into a local pod: its veth's peer, skipping the host's backlog queue. The frame
+/// looks as if the pod's gateway (its host veth) had routed it.
+#[inline(always)]
+pub fn to_local_pod(eth: &mut EthHdr, ep: &Endpoint, path: Path, len: usize) -> i32 {
+    eth.src_addr = ep.host_mac;
+    eth.dst_addr = ep.pod_mac;
+    // SAFETY: a plain helper call.
+    let rc = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) };
+    finish(rc, path, len)
+}
+
+/// Out of the uplink to `next_hop` (an on-link address on the fabric), or with `None` to
+/// wherever the node's own routing table sends `dst` (its default gateway for the internet).
+#[inline(always)]
+pub fn to_uplink(uplink_ifindex: u32, next_hop: Option<[u8; 4]>, len: usize) -> i32 {
+    let rc = match next_hop {
+        Some(ip) => {
+            let mut nh = bpf_redir_neigh {
+                nh_family: AF_INET,
+                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                    ipv4_nh: u32::from_ne_bytes(ip),
+                },
+            };
+            // SAFETY: `nh` outlives the call; its size is passed.
+            unsafe {
+                bpf_redirect_neigh(
+                    uplink_ifindex,
+                    &mut nh,
+                    core::mem::size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                )
+            }
+        }
+        // SAFETY: a NULL next hop asks the kernel for a FIB lookup.
+        None => unsafe { bpf_redirect_neigh(uplink_ifindex, core::ptr::null_mut(), 0, 0) },
+    };
+    finish(rc, Path::PodToUplink, len)
+}
+
+/// Back out of the interface the frame came in on (an ARP reply to the pod that asked).
+#[inline(always)]
+pub fn bounce(ifindex: u32, len: usize) -> i32 {
+    // SAFETY: a plain helper call; flags 0 = egress.
+    let rc = unsafe { bpf_redirect(ifindex, 0) };
+    finish(rc, Path::ArpReply, len)
+}
+
+#[inline(always)]
+fn finish(rc: i64, path: Path, len: usize) -> i32 {
+    if rc == TC_ACT_REDIRECT as i64 {
+        count_traffic(path, len);
+        TC_ACT_REDIRECT
+    } else {
+        count_drop(DropReason::RedirectFailed);
+        TC_ACT_SHOT
+    }
+}

@@ -1,0 +1,382 @@
+//! Traffic between namespaces with in-process sockets: no external tools, milliseconds per
+//! check, and the far end reports which addresses it saw (how tests prove SNAT and the
+//! public-address translation).
+//!
+//! A socket stays in the namespace it was created in, wherever it is used afterwards: the
+//! helpers create sockets on a short-lived thread inside the namespace ([`Ns::tcp_listen`],
+//! [`Ns::tcp_connect`], [`Ns::udp_bind`]) and then use them from ordinary threads. No thread
+//! is left inside a namespace.
+
+use crate::ns::Ns;
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The time limit of [`tcp_echo_ok`] and [`udp_ok`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What one echo exchange showed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EchoReport {
+    /// The client socket's own address (before any translation).
+    pub client_local: SocketAddrV4,
+    /// Who the server saw the client as (after SNAT: the node's primary or public address
+    /// and the allocated port).
+    pub server_peer: SocketAddrV4,
+    /// The address the server received on (after DNAT: the pod's private address). `None`
+    /// for UDP (the server listens on 0.0.0.0 and does not ask for packet info).
+    pub server_local: Option<SocketAddrV4>,
+    /// Where the client's answer came from (UDP: the reply's source; TCP: the connected peer).
+    pub reply_from: SocketAddrV4,
+    /// Round trip of the echo (TCP: after the handshake).
+    pub rtt: Duration,
+}
+
+/// One client the echo server saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// The client's address as seen by the server.
+    pub peer: SocketAddrV4,
+    /// The server's local address of the connection (TCP only).
+    pub local: Option<SocketAddrV4>,
+}
+
+/// A background echo server on `0.0.0.0:<port>` in a namespace: TCP echoes every connection
+/// (each on its own thread) until the client closes, UDP echoes every datagram to its sender.
+/// Records who it saw. Stops when dropped.
+#[derive(Debug)]
+pub struct EchoServer {
+    port: u16,
+    ns: String,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The lab is IPv4: sockets bound to 0.0.0.0 report IPv4 addresses (a v4-mapped v6 one would
+/// be unwrapped).
+fn v4(a: SocketAddr) -> SocketAddrV4 {
+    match a {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(a) => SocketAddrV4::new(
+            a.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+            a.port(),
+        ),
+    }
+}
+
+fn nonblocking_pause() {
+    std::thread::sleep(Duration::from_millis(2));
+}
+
+impl EchoServer {
+    /// A TCP echo server in `ns` on `port` (0: any free port, see [`EchoServer::port`]).
+    pub fn tcp(ns: &Ns, port: u16) -> Result<EchoServer> {
+        let listener = ns.tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("echo-tcp-{port}"))
+            .spawn(move || {
+                let mut conns: Vec<JoinHandle<()>> = Vec::new();
+                while !stop2.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, peer)) => {
+                            seen2.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
+                                peer: v4(peer),
+                                local: stream.local_addr().ok().map(v4),
+                            });
+                            let stop3 = stop2.clone();
+                            conns.push(std::thread::spawn(move || echo_tcp_conn(stream, &stop3)));
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => nonblocking_pause(),
+                        Err(_) => nonblocking_pause(),
+                    }
+                }
+                for c in conns {
+                    let _ = c.join();
+                }
+            })
+            .context("spawning the tcp echo server thread")?;
+        Ok(EchoServer {
+            port,
+            ns: ns.name.clone(),
+            stop,
+            seen,
+            thread: Some(thread),
+        })
+    }
+
+    /// A UDP echo server in `ns` on `port` (0: any free port).
+    pub fn udp(ns: &Ns, port: u16) -> Result<EchoServer> {
+        let sock = ns.udp_bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+        let port = sock.local_addr()?.port();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("echo-udp-{port}"))
+            .spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop2.load(Ordering::Relaxed) {
+                    if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                        {
+                            let mut s = seen2.lock().unwrap_or_else(|p| p.into_inner());
+                            if !s.iter().any(|x| x.peer == v4(peer)) {
+                                s.push(Seen {
+                                    peer: v4(peer),
+                                    local: None,
+                                });
+                            }
+                        }
+                        let _ = sock.send_to(&buf[..n], peer);
+                    }
+                }
+            })
+            .context("spawning the udp echo server thread")?;
+        Ok(EchoServer {
+            port,
+            ns: ns.name.clone(),
+            stop,
+            seen,
+            thread: Some(thread),
+        })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The clients seen so far, in order (UDP: each source address once).
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until at least `n` clients were seen.
+    pub fn wait_seen(&self, n: usize, timeout: Duration) -> bool {
+        crate::wait_for(timeout, || self.seen().len() >= n)
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            eprintln!("vnetd-lab: echo server in {} panicked", self.ns);
+        }
+    }
+}
+
+fn echo_tcp_conn(mut stream: TcpStream, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+static NONCE: AtomicU64 = AtomicU64::new(0);
+
+fn payload(kind: &str, dst: SocketAddr) -> Vec<u8> {
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "vnetd-lab {kind} echo to {dst} #{} {t} {}",
+        NONCE.fetch_add(1, Ordering::Relaxed),
+        std::process::id()
+    )
+    .into_bytes()
+}
+
+/// Sends `payload` on an open connection and reads the same bytes back (from an
+/// [`EchoServer`]); returns the round trip. For tests that keep a connection across a change
+/// (an NSG edit must not break established flows).
+pub fn tcp_roundtrip(
+    stream: &mut TcpStream,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(payload).context("sending")?;
+    let mut back = vec![0u8; payload.len()];
+    stream
+        .read_exact(&mut back)
+        .with_context(|| format!("reading the echo within {timeout:?}"))?;
+    ensure!(back == payload, "the echo differs from what was sent");
+    Ok(start.elapsed())
+}
+
+/// One TCP echo from `client` to `ip:port`, served by a fresh [`EchoServer`] in `server`.
+/// Fails if the connection or the echo does not complete within `timeout`.
+pub fn tcp_echo(
+    client: &Ns,
+    server: &Ns,
+    ip: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> Result<EchoReport> {
+    let dst = SocketAddr::from((ip, port));
+    let what = || {
+        format!(
+            "tcp echo from netns {} to {dst} (server in netns {})",
+            client.name, server.name
+        )
+    };
+    let srv = EchoServer::tcp(server, port).with_context(what)?;
+    let deadline = Instant::now() + timeout;
+    let (client_local, reply_from, rtt) = (|| -> Result<_> {
+        let mut stream = client.tcp_connect(dst, timeout)?;
+        let local = v4(stream.local_addr()?);
+        let peer = v4(stream.peer_addr()?);
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        let rtt = tcp_roundtrip(&mut stream, &payload("tcp", dst), left)?;
+        Ok((local, peer, rtt))
+    })()
+    .with_context(what)?;
+    let seen = srv.seen();
+    let first = seen
+        .first()
+        .ok_or_else(|| anyhow!("{}: the server saw no connection", what()))?;
+    Ok(EchoReport {
+        client_local,
+        server_peer: first.peer,
+        server_local: first.local,
+        reply_from,
+        rtt,
+    })
+}
+
+/// [`tcp_echo`] with [`DEFAULT_TIMEOUT`], for "this must work" checks (and `is_err()` for
+/// "this must not").
+pub fn tcp_echo_ok(client: &Ns, server: &Ns, ip: Ipv4Addr, port: u16) -> Result<()> {
+    tcp_echo(client, server, ip, port, DEFAULT_TIMEOUT).map(|_| ())
+}
+
+/// Sends a datagram from `client` to an echo server at `dst` and waits for the echo, sending
+/// up to three times within `timeout` (a first packet may be lost while a neighbour resolves).
+/// Returns (client local address, reply source, round trip).
+pub fn udp_roundtrip(
+    client: &Ns,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<(SocketAddrV4, SocketAddrV4, Duration)> {
+    let sock = client.udp_bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+    let msg = payload("udp", dst);
+    let per_try = (timeout / 3).max(Duration::from_millis(50));
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < deadline {
+        let start = Instant::now();
+        sock.send_to(&msg, dst)
+            .with_context(|| format!("sending a datagram to {dst}"))?;
+        let try_end = (start + per_try).min(deadline);
+        loop {
+            let left = try_end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            sock.set_read_timeout(Some(left))?;
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) if buf[..n] == msg[..] => {
+                    return Ok((v4(sock.local_addr()?), v4(from), start.elapsed()));
+                }
+                // Something else (a late echo of an earlier try): keep waiting.
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    break;
+                }
+                // ICMP unreachable shows up as ECONNREFUSED etc. on some paths: a real failure.
+                Err(e) => {
+                    return Err(e).with_context(|| format!("waiting for the echo from {dst}"));
+                }
+            }
+        }
+    }
+    bail!("no udp echo from {dst} within {timeout:?}")
+}
+
+/// One UDP echo from `client` to `ip:port`, served by a fresh [`EchoServer`] in `server`.
+pub fn udp_echo(
+    client: &Ns,
+    server: &Ns,
+    ip: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> Result<EchoReport> {
+    let dst = SocketAddr::from((ip, port));
+    let what = || {
+        format!(
+            "udp echo from netns {} to {dst} (server in netns {})",
+            client.name, server.name
+        )
+    };
+    let srv = EchoServer::udp(server, port).with_context(what)?;
+    let (client_local, reply_from, rtt) = udp_roundtrip(client, dst, timeout).with_context(what)?;
+    let seen = srv.seen();
+    let first = seen
+        .first()
+        .ok_or_else(|| anyhow!("{}: the server saw no datagram", what()))?;
+    Ok(EchoReport {
+        client_local,
+        server_peer: first.peer,
+        server_local: None,
+        reply_from,
+        rtt,
+    })
+}
+
+/// [`udp_echo`] with [`DEFAULT_TIMEOUT`].
+pub fn udp_ok(client: &Ns, server: &Ns, ip: Ipv4Addr, port: u16) -> Result<()> {
+    udp_echo(client, server, ip, port, DEFAULT_TIMEOUT).map(|_| ())
+}
+
+/// A plain HTTP/1.0 GET from inside `ns` (the agent's metrics listen on the node's own
+/// loopback): returns the status code and the body.
+pub fn http_get(ns: &Ns, addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    let what = || format!("GET http://{addr}{path} from netns {}", ns.name);
+    let mut stream = ns.tcp_connect(addr, timeout).with_context(what)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .with_context(what)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).with_context(what)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("{}: no HTTP status in {:?}", what(), head))?;
+    Ok((status, body.to_string()))
+}

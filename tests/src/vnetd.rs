@@ -1,0 +1,212 @@
+//! Driving vnetd in a lab: start a node's agent, attach pods through the CNI plugin, read the
+//! agent's status. Used by the end-to-end tests and the demo.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{Bg, CniCall, Lab, LogMode, Node, Ns, PodNs, wait_for};
+
+/// Where the built binaries are: `$VNETD_BIN_DIR`, else `<workspace>/target/release`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("VNETD_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("workspace")
+                .join("target/release")
+        });
+    dir.join(name)
+}
+
+/// The spec the lab runs (`examples/lab.yaml`).
+pub fn lab_spec() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab.yaml");
+    std::fs::read_to_string(&path).expect("examples/lab.yaml")
+}
+
+/// A node's running agent (`vnetd run` under `nsenter --net`, so it sees the node's links and
+/// the real /sys/fs/bpf).
+pub struct Agent {
+    pub node: Node,
+    pub spec: PathBuf,
+    process: Option<Bg>,
+}
+
+impl Agent {
+    /// Writes `spec` to the node's directory and starts the agent on it, waiting until it serves.
+    pub fn start(node: &Node, spec: &str) -> Result<Agent> {
+        let path = node.dir.join("spec.yaml");
+        std::fs::create_dir_all(&node.dir)?;
+        std::fs::write(&path, spec)?;
+        let mut agent = Agent {
+            node: node.clone(),
+            spec: path,
+            process: None,
+        };
+        agent.spawn(LogMode::Files)?;
+        Ok(agent)
+    }
+
+    /// Starts the agent (again), with its output as `mode`.
+    pub fn spawn(&mut self, mode: LogMode) -> Result<()> {
+        let mut args = vec![bin("vnetd").into_os_string()];
+        args.extend(self.node.agent_args(&self.spec));
+        let bg = self.node.spawn_with(self.node.command(args), mode)?;
+        let socket = self.node.api_socket.clone();
+        let _ = std::fs::remove_file(&socket);
+        let up = wait_for(Duration::from_secs(20), || {
+            socket.exists() && self.status().is_ok() || !bg.is_running()
+        });
+        if !up || !bg.is_running() {
+            bail!(
+                "the agent of {} did not come up:\n{}",
+                self.node.role,
+                bg.stderr()
+            );
+        }
+        self.process = Some(bg);
+        Ok(())
+    }
+
+    /// Kills the agent with SIGKILL: no chance to clean up (the dataplane must stay).
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(bg) = self.process.take() {
+            bg.kill()?;
+        }
+        Ok(())
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        self.process.as_ref().map(Bg::stderr).unwrap_or_default()
+    }
+
+    /// Replaces the spec file (the agent reloads it).
+    pub fn write_spec(&self, spec: &str) -> Result<()> {
+        let tmp = self.spec.with_extension("tmp");
+        std::fs::write(&tmp, spec)?;
+        std::fs::rename(&tmp, &self.spec)?;
+        Ok(())
+    }
+
+    /// `vnetd status --json`.
+    pub fn status(&self) -> Result<Value> {
+        let out = std::process::Command::new(bin("vnetd"))
+            .args(["status", "--json", "--api-socket"])
+            .arg(&self.node.api_socket)
+            .output()
+            .context("running vnetd status")?;
+        if !out.status.success() {
+            bail!("vnetd status: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Packets counted on a traffic path (`pod_to_pod`, `uplink_in`, ...).
+    pub fn traffic(&self, path: &str) -> Result<u64> {
+        counter(&self.status()?["traffic"], path)
+    }
+
+    /// Packets dropped for a reason (`spoofed`, `route_none`, ...).
+    pub fn drops(&self, reason: &str) -> Result<u64> {
+        counter(&self.status()?["drops"], reason)
+    }
+}
+
+fn counter(list: &Value, name: &str) -> Result<u64> {
+    list.as_array()
+        .and_then(|rows| rows.iter().find(|r| r[0] == name))
+        .and_then(|r| r[1].as_u64())
+        .with_context(|| format!("no counter {name} in {list}"))
+}
+
+/// A pod attached through the CNI plugin.
+pub struct Pod {
+    pub ns: PodNs,
+    pub ip: Ipv4Addr,
+    pub container_id: String,
+    pub node: Node,
+    pub result: Value,
+}
+
+impl std::ops::Deref for Pod {
+    type Target = Ns;
+    fn deref(&self) -> &Ns {
+        &self.ns
+    }
+}
+
+/// The network config the CNI plugin gets on stdin for `agent` and `subnet`.
+pub fn cni_config(node: &Node, subnet: Option<&str>) -> String {
+    let mut conf = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "vnetd",
+        "type": "vnetd-cni",
+        "agentSocket": node.api_socket,
+    });
+    if let Some(subnet) = subnet {
+        conf["subnet"] = subnet.into();
+    }
+    conf.to_string()
+}
+
+/// A CNI call of `command` for a pod namespace.
+pub fn cni_call(
+    command: &str,
+    node: &Node,
+    pod: &PodNs,
+    subnet: Option<&str>,
+    args: &str,
+) -> CniCall {
+    CniCall {
+        command: command.into(),
+        plugin: bin("vnetd-cni"),
+        container_id: format!("ctr-{}", pod.role),
+        netns: pod.path.clone(),
+        ifname: "eth0".into(),
+        args: args.into(),
+        config: cni_config(node, subnet),
+        ..Default::default()
+    }
+}
+
+/// Creates a pod namespace and attaches it with CNI ADD in `subnet` (or as the container group
+/// named in `args`), returning it with its address.
+pub fn add_pod(
+    lab: &Lab,
+    node: &Node,
+    name: &str,
+    subnet: Option<&str>,
+    args: &str,
+) -> Result<Pod> {
+    let ns = lab.add_pod_netns(name)?;
+    let call = cni_call("ADD", node, &ns, subnet, args);
+    let out = node.cni(&call)?;
+    if out.exit != 0 {
+        bail!(
+            "CNI ADD of {name} failed ({}): {} {}",
+            out.exit,
+            out.stdout,
+            out.stderr
+        );
+    }
+    let result = out.json()?;
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("no address in the CNI result {result}"))?;
+    Ok(Pod {
+        ns,
+        ip,
+        container_id: call.container_id,
+        node: node.clone(),
+        result,
+    })
+}

@@ -1,0 +1,116 @@
+//! End to end: pods attached through the CNI plugin on lab nodes, talking through the eBPF
+//! dataplane (same node, across nodes, to the node), with what must not pass dropped and
+//! counted. Needs root.
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::Result;
+use vnetd_lab::{
+    Lab,
+    ipnet::Ipv4Net,
+    serial, tcp_echo_ok, udp_ok,
+    vnetd::{Agent, add_pod, lab_spec},
+};
+
+fn node_cidr(ip: &str) -> Ipv4Net {
+    format!("{ip}/24").parse().unwrap()
+}
+
+/// One node, two pods: the first slice through every layer. Packets went through the XDP
+/// program on the uplink and the TC program on the pods' veths (their counters moved).
+#[test]
+fn pods_on_one_node_talk_through_both_programs() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    let agent = Agent::start(&node, &lab_spec())?;
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    let b = add_pod(
+        &lab,
+        &node,
+        "pod-b",
+        Some("apps"),
+        "K8S_POD_NAMESPACE=default;K8S_POD_NAME=b",
+    )?;
+    assert_eq!(
+        a.ip,
+        "10.0.2.10".parse::<Ipv4Addr>()?,
+        "first address of node-1's apps pool"
+    );
+    assert_ne!(a.ip, b.ip);
+
+    assert_eq!(a.ping_count(b.ip, 3)?, 3, "pod to pod on one node");
+    tcp_echo_ok(&a, &b, b.ip, 5001)?;
+    udp_ok(&b, &a, a.ip, 5002)?;
+    assert!(agent.traffic("pod_to_pod")? >= 6);
+    assert!(agent.traffic("pod_out")? >= 6);
+
+    assert_eq!(a.ping_count(node.ip, 2)?, 2, "pod to its node");
+    assert_eq!(node.ping_count(b.ip, 2)?, 2, "node to its pod");
+    assert!(agent.traffic("pod_to_host")? >= 2);
+    // The fabric's own chatter and the gateway's pings cross the uplink's XDP program.
+    assert_eq!(node.ping_count(vnetd_lab::GATEWAY, 1)?, 1);
+    assert!(agent.traffic("uplink_in")? >= 1);
+
+    let status = agent.status()?;
+    let endpoints = status["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 2);
+    assert!(
+        endpoints
+            .iter()
+            .any(|e| e["k8s_pod"] == "b" && e["k8s_namespace"] == "default")
+    );
+    let links: Vec<String> = status["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        links.iter().filter(|p| *p == "pod_ingress").count(),
+        2,
+        "{links:?}"
+    );
+    assert!(links.contains(&"uplink_xdp".to_string()), "{links:?}");
+    assert_eq!(agent.drops("spoofed")?, 0);
+    Ok(())
+}
+
+/// Two nodes: pods reach pods on the other node with their own addresses (no overlay): the
+/// sending node resolves the remote pod on the fabric and the remote node answers ARP for it.
+#[test]
+fn pods_talk_across_nodes_without_overlay() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let n1 = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    let n2 = lab.add_node("node-2", node_cidr("10.0.0.5"))?;
+    let agent1 = Agent::start(&n1, &lab_spec())?;
+    let agent2 = Agent::start(&n2, &lab_spec())?;
+    let a = add_pod(&lab, &n1, "pod-a", Some("apps"), "")?;
+    let c = add_pod(&lab, &n2, "pod-c", Some("apps"), "")?;
+    assert_eq!(
+        c.ip,
+        "10.0.2.50".parse::<Ipv4Addr>()?,
+        "first address of node-2's apps pool"
+    );
+
+    let capture = lab
+        .fabric()
+        .capture("br0", &format!("icmp and host {}", c.ip))?;
+    assert_eq!(a.ping_count(c.ip, 3)?, 3, "pod to pod across nodes");
+    assert!(
+        capture.wait_for(&format!("{} > {}", a.ip, c.ip), Duration::from_secs(2)),
+        "the fabric carries the pods' own addresses: {:?}",
+        capture.lines()
+    );
+    tcp_echo_ok(&a, &c, c.ip, 5101)?;
+    udp_ok(&c, &a, a.ip, 5102)?;
+    assert!(agent1.traffic("pod_to_uplink")? >= 3);
+    assert!(agent2.traffic("uplink_to_pod")? >= 3);
+    assert!(
+        agent2.traffic("arp_reply")? >= 1,
+        "node-2 answered ARP for its pod"
+    );
+
+    assert_eq!(a.ping_count(n2.ip, 2)?, 2, "pod to the other node");
+    Ok(())
+}

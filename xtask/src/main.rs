@@ -1,0 +1,175 @@
+//! Project tasks. `cargo xtask setup|build|test|lint|demo|bench`.
+//!
+//! Every task that needs the toolchain or kernel tools runs `setup` first, so a fresh clone on
+//! a fresh machine needs nothing but `cargo xtask test` (as root).
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "vnetd project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks (apt packages, nightly rust-src, bpf-linker, bpffs).
+    Setup,
+    /// Setup, then build the release binaries (agent, CNI plugin, eBPF programs).
+    Build,
+    /// Setup, build, lint, then run every test (unit, BPF_PROG_RUN, end-to-end).
+    Test {
+        /// Only run tests whose name contains this filter.
+        filter: Option<String>,
+        /// Skip `cargo fmt --check` and both clippy passes.
+        #[arg(long)]
+        no_lint: bool,
+    },
+    /// `cargo fmt --check` and both clippy passes (workspace, and the eBPF crate for its target).
+    Lint,
+    /// Setup, build, then bring up a lab and show the dataplane working; Ctrl-C tears it down.
+    Demo {
+        /// Tear down after showing everything instead of waiting for Ctrl-C.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            build()
+        }
+        Task::Test { filter, no_lint } => {
+            setup::run()?;
+            build()?;
+            if !no_lint {
+                lint()?;
+            }
+            test(filter.as_deref())
+        }
+        Task::Lint => {
+            setup::run()?;
+            lint()
+        }
+        Task::Demo { no_wait } => {
+            setup::run()?;
+            build()?;
+            demo::run(&workspace_root(), !no_wait)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
+}
+
+/// Runs a command from the workspace root, echoing it, and fails on a non-zero exit.
+pub fn exec(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(workspace_root());
+    println!("+ {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {}", display(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", display(cmd));
+    }
+    Ok(())
+}
+
+fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // Cargo sets RUSTUP_TOOLCHAIN for us; the nested cargo must pick its own per crate.
+    cmd.env_remove("RUSTUP_TOOLCHAIN");
+    cmd
+}
+
+fn build() -> Result<()> {
+    exec(cargo().args(["build", "--release", "--workspace", "--bins"]))
+}
+
+fn lint() -> Result<()> {
+    exec(cargo().args(["fmt", "--all", "--check"]))?;
+    exec(cargo().args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate is not a default member: it only builds for the BPF target.
+    exec(Command::new("rustup").args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--release",
+        "--package",
+        "vnetd-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+/// Unit tests and BPF_PROG_RUN tests, then the end-to-end tests. Tests that share kernel state
+/// (attach programs, make namespaces) serialise on a lock in `vnetd-lab`; nextest groups them
+/// (see .config/nextest.toml).
+fn test(filter: Option<&str>) -> Result<()> {
+    let bins = workspace_root().join("target/release");
+    let mut cmd = cargo();
+    cmd.env("VNETD_BIN_DIR", &bins);
+    if Command::new("cargo-nextest")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        cmd.args([
+            "nextest",
+            "run",
+            "--release",
+            "--workspace",
+            "--no-fail-fast",
+        ]);
+        if let Some(filter) = filter {
+            cmd.arg(filter);
+        }
+    } else {
+        cmd.args(["test", "--release", "--workspace", "--no-fail-fast", "--"]);
+        if let Some(filter) = filter {
+            cmd.arg(filter);
+        }
+        cmd.arg("--test-threads=1");
+    }
+    exec(&mut cmd)
+}
