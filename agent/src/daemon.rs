@@ -30,6 +30,8 @@ pub struct Agent {
     ipam: Ipam,
     store: EndpointStore,
     endpoints: BTreeMap<Attachment, Endpoint>,
+    /// Spec reloads applied and refused.
+    reloads: (u64, u64),
 }
 
 impl Agent {
@@ -58,6 +60,7 @@ impl Agent {
             ipam,
             store,
             endpoints: BTreeMap::new(),
+            reloads: (0, 0),
         };
         agent.restore().await?;
         Ok(agent)
@@ -105,6 +108,14 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    pub fn count_reload(&mut self, ok: bool) {
+        if ok {
+            self.reloads.0 += 1;
+        } else {
+            self.reloads.1 += 1;
+        }
     }
 
     pub fn node(&self) -> &str {
@@ -382,6 +393,8 @@ impl Agent {
                 .into_iter()
                 .map(|(reason, n)| (reason.name().to_string(), n))
                 .collect(),
+            reloads_ok: self.reloads.0,
+            reloads_failed: self.reloads.1,
         })
     }
 }

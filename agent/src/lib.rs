@@ -11,4 +11,5 @@ pub mod endpoints;
 pub mod ipam;
 pub mod netlink;
 pub mod plan;
+pub mod reload;
 pub mod spec;

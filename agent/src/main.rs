@@ -12,7 +12,7 @@ use vnetd::{
         server,
     },
     daemon::{self, Agent},
-    dataplane, spec,
+    dataplane, reload, spec,
 };
 
 const DEFAULT_SOCKET: &str = "/run/vnetd/vnetd.sock";
@@ -152,6 +152,7 @@ async fn run(paths: daemon::Paths, node: String) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         res = server::serve(listener, agent.clone()) => res?,
+        res = reload::watch(paths.spec.clone(), node.clone(), agent.clone()) => res?,
         _ = tokio::signal::ctrl_c() => info!("interrupted: leaving the dataplane running"),
         _ = term.recv() => info!("terminated: leaving the dataplane running"),
     }
@@ -196,12 +197,16 @@ fn print_status(r: &StatusReport) {
     }
     println!("traffic:");
     for (path, packets, bytes) in &r.traffic {
-        println!("  {path:<12} {packets:>12} packets {bytes:>14} bytes");
+        println!("  {path:<16} {packets:>12} packets {bytes:>14} bytes");
     }
     println!("drops:");
     for (reason, n) in &r.drops {
-        println!("  {reason:<12} {n:>12}");
+        println!("  {reason:<16} {n:>12}");
     }
+    println!(
+        "spec reloads: {} applied, {} refused",
+        r.reloads_ok, r.reloads_failed
+    );
 }
 
 fn teardown(state_dir: &std::path::Path, bpffs: &std::path::Path) -> Result<()> {

@@ -191,11 +191,11 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     let at = any::<usize>();
     let token = 0..TOKENS.len();
     prop_oneof![
-        (at.clone(), 1usize..40).prop_map(|(at, len)| Mutation::Delete { at, len }),
-        (at.clone(), token.clone()).prop_map(|(at, token)| Mutation::Insert { at, token }),
-        (at.clone(), token).prop_map(|(at, token)| Mutation::ReplaceWord { at, token }),
-        at.clone().prop_map(|at| Mutation::DuplicateLine { at }),
-        (at.clone(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines { a, b }),
+        (at, 1usize..40).prop_map(|(at, len)| Mutation::Delete { at, len }),
+        (at, token.clone()).prop_map(|(at, token)| Mutation::Insert { at, token }),
+        (at, token).prop_map(|(at, token)| Mutation::ReplaceWord { at, token }),
+        at.prop_map(|at| Mutation::DuplicateLine { at }),
+        (at, any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines { a, b }),
         (at, 0u8..10).prop_map(|(at, digit)| Mutation::ChangeDigit { at, digit }),
     ]
 }

@@ -17,5 +17,9 @@ fuzz_target!(|data: &[u8]| {
     }
     // What parses writes back to text that parses to the same spec.
     let json = serde_json::to_string(&spec).expect("a spec serializes");
-    assert_eq!(vnetd_spec::spec::parse_str(&json).ok().as_ref(), Some(&spec), "{json}");
+    assert_eq!(
+        vnetd_spec::spec::parse_str(&json).ok().as_ref(),
+        Some(&spec),
+        "{json}"
+    );
 });

@@ -5,6 +5,7 @@ use crate::process;
 use crate::sweep::{self, FAMILY};
 use crate::{
     BPFFS_ROOT, EDGE_INTERNET_IP, GATEWAY, INTERNET_HOST_IP, LAB_DIR_ROOT, POD_GATEWAY, UPLINK,
+    VNET_SPACE,
 };
 use anyhow::{Context, Result, anyhow, ensure};
 use ipnet::Ipv4Net;
@@ -602,6 +603,9 @@ impl Lab {
             UPLINK,
             "onlink",
         ])?;
+        // Azure's fabric delivers any VNet address to whoever holds it (nodes answer ARP for
+        // their pods); on the lab's L2 fabric that is an on-link route for the VNet's space.
+        ns.ip(["route", "add", VNET_SPACE, "dev", UPLINK, "scope", "link"])?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
         self.edge
             .ip(["route", "add", &format!("{ip}/32"), "dev", UPLINK])?;
@@ -799,6 +803,19 @@ impl Lab {
             ns.name,
             self.id
         );
+        // Deleting the namespace frees its links asynchronously (in a kernel work queue):
+        // delete them first, synchronously, so the peer (a pod's host veth, a member's fabric
+        // port) is gone when this returns, as it would be after a CNI DEL.
+        if let Ok(links) = ns.ip_json(["link", "show"]) {
+            for l in links.as_array().into_iter().flatten() {
+                if let Some(name) = l.get("ifname").and_then(Value::as_str)
+                    && name != "lo"
+                {
+                    // Already gone with its peer: fine.
+                    let _ = ns.ip(["link", "del", "dev", name]);
+                }
+            }
+        }
         sweep::delete_netns(&ns.name)?;
         let member_ip = {
             let mut st = self.lock();
@@ -837,7 +854,9 @@ impl Lab {
             std::mem::take(&mut st.namespaces)
         };
         let mut errors = Vec::new();
-        // Processes first, in every namespace, so none reacts to its links vanishing.
+        // Processes first, in every namespace, so none reacts to its links vanishing: those
+        // this process started (also any still on their way in), then whatever is inside.
+        process::kill_registered(|ns| names.iter().any(|n| n == ns));
         let own = std::process::id() as i32;
         for name in &names {
             let path = Path::new("/run/netns").join(name);

@@ -67,6 +67,8 @@ pub use ipnet;
 pub use lab::{
     Appliance, CniCall, CniOutput, KEEP_LOGS_ENV, Lab, NODE_METRICS_ADDR, Node, PodNs, VethPod,
 };
+/// For [`Bg::signal`].
+pub use nix::sys::signal::Signal;
 pub use ns::{DEFAULT_RUN_TIMEOUT, LinkInfo, LinkStats, Ns};
 pub use process::{Bg, Capture, LogMode};
 pub use sweep::{SweepReport, cleanup_on_signal, sweep_all, sweep_current_process, sweep_stale};
@@ -79,6 +81,8 @@ use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// The lab's virtual network address space (`examples/lab.yaml`): on-link for every member.
+pub const VNET_SPACE: &str = "10.0.0.0/16";
 /// The VNet gateway: the edge's address on the fabric (Azure's `x.x.x.1`).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 /// The edge's address towards the internet namespace.

@@ -242,7 +242,22 @@ impl Ns {
             })
             .unwrap_or_else(|| "cmd".into());
         let label = format!("{}-{}", self.role, program);
-        Bg::spawn(cmd, &label, mode, &self.log_dir, &what)
+        let enters = cmd.get_program() == "nsenter";
+        let bg = Bg::spawn(cmd, &self.name, &label, mode, &self.log_dir, &what)?;
+        if enters {
+            // Return once it is inside: then it shows in `pids()`, and a teardown scanning
+            // the namespace finds it.
+            let target = std::fs::metadata(&self.path)
+                .with_context(|| format!("stat {}", self.path.display()))?;
+            let proc_ns = PathBuf::from(format!("/proc/{}/ns/net", bg.pid()));
+            crate::wait_for(Duration::from_secs(5), || {
+                std::fs::metadata(&proc_ns)
+                    .map(|m| m.dev() == target.dev() && m.ino() == target.ino())
+                    .unwrap_or(false)
+                    || !bg.is_running()
+            });
+        }
+        Ok(bg)
     }
 
     /// Starts `tcpdump` on `ifname` here with a pcap `filter` ("" for everything) and waits

@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -144,6 +145,31 @@ pub enum LogMode {
 
 static LOG_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Every live (unreaped) [`Bg`] of this process: its pid (= process group id) and the netns it
+/// was started in. Killing a registered group is race-free: a [`Bg`] leaves the registry,
+/// under the lock, before it reaps its process, so a registered id is never a reused one.
+/// Teardown and the signal cleanup use it to catch a process that is still on its way into
+/// its namespace (between fork and setns), which a scan of the namespace cannot see.
+static LIVE: Mutex<Vec<(u32, String)>> = Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<(u32, String)>> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// SIGKILLs the process groups of the live [`Bg`]s started in a namespace `select` accepts.
+/// Returns how many.
+pub(crate) fn kill_registered(select: impl Fn(&str) -> bool) -> usize {
+    let reg = live();
+    let mut n = 0;
+    for (pid, ns) in reg.iter() {
+        if select(ns) {
+            let _ = killpg(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+            n += 1;
+        }
+    }
+    n
+}
+
 /// A background process, killed with its whole process group when dropped.
 ///
 /// It runs in its own process group so that the guard also kills what it started (a shell's
@@ -163,6 +189,7 @@ impl Bg {
     /// [`LogMode::Files`] puts the logs.
     pub(crate) fn spawn(
         mut cmd: Command,
+        netns: &str,
         label: &str,
         mode: LogMode,
         log_dir: &Path,
@@ -203,7 +230,12 @@ impl Bg {
             }
         }
         cmd.stdin(Stdio::null()).process_group(0);
+        // Registered while holding the lock across the spawn, so that a concurrent cleanup
+        // cannot miss it.
+        let mut reg = live();
         let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+        reg.push((child.id(), netns.to_string()));
+        drop(reg);
         Ok(Bg {
             child: Some(child),
             label: what.to_string(),
@@ -349,6 +381,7 @@ impl Bg {
     fn reap(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().expect("checked by callers");
         let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        live().retain(|(pid, _)| *pid != child.id());
         child
             .wait()
             .with_context(|| format!("waiting for {}", self.label))

@@ -201,6 +201,8 @@ pub fn sweep_all() -> Result<SweepReport> {
 
 /// Removes every lab this process created (what a Ctrl-C handler calls before exiting).
 pub fn sweep_current_process() -> Result<SweepReport> {
+    // Background processes this process started, also those not yet inside their namespace.
+    crate::process::kill_registered(|ns| ns.starts_with(FAMILY));
     let own = std::process::id();
     sweep(|pid, _| pid == own)
 }

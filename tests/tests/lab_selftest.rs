@@ -323,7 +323,13 @@ fn new_lab_sweeps_leftovers_of_dead_processes() -> Result<()> {
     let mut sleeper = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{name}"))
         .args(["sleep", "600"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()?;
+    let leftover = vnetd_lab::Ns::open(&name);
+    assert!(wait_for(Duration::from_secs(5), || leftover
+        .pids()
+        .is_ok_and(|p| p.contains(&(sleeper.id() as i32)))));
     let leftover_dir = Path::new(vnetd_lab::LAB_DIR_ROOT).join(format!("vnl{dead}x0"));
     std::fs::create_dir_all(leftover_dir.join("logs"))?;
     // A lab of a live process (this one) with the same shape must survive.
@@ -428,8 +434,12 @@ fn ctrl_c_removes_the_labs() -> Result<()> {
         namespaces_with(&prefix).is_empty(),
         "namespaces left after SIGINT"
     );
+    // Gone, or a zombie waiting for init (no namespace any more).
     assert!(
-        !Path::new(&format!("/proc/{pid}/ns")).exists(),
+        wait_for(Duration::from_secs(5), || std::fs::metadata(format!(
+            "/proc/{pid}/ns/net"
+        ))
+        .is_err()),
         "the lab's process survived"
     );
     Ok(())

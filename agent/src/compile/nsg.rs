@@ -29,6 +29,14 @@
 //!
 //! Packets without ports (ICMP, ESP, AH, any protocol but TCP and UDP) satisfy a rule's port
 //! conditions only when both its source and destination port ranges include `*` (0-65535).
+//!
+//! Suggested BPF encoding: one `LPM_TRIE` per address table with key
+//! `{ prefixlen: u32, classifier: u32 (big-endian), addr: [u8; 4] }` and
+//! `prefixlen = 32 + prefix.prefix_len()`, looked up with `prefixlen = 64`; the port tables the
+//! same with a big-endian `u16` port (`prefixlen = 32 + len`, lookup 48). Counting the whole
+//! classifier id in every prefix keeps classifiers apart: the /0 entry of a classifier has
+//! `prefixlen = 32`. The protocol table and `portless` are exact-match (classifier, class) and
+//! (classifier) maps, and [`Classifier::rules`] indexes the per-rule hit counters.
 
 use std::collections::HashMap;
 use std::fmt;

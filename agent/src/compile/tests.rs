@@ -336,6 +336,47 @@ fn groups_pinned_to_another_node_are_left_out() {
 }
 
 #[test]
+fn extreme_values_neither_panic_nor_pass() {
+    let mut spec = contract();
+    spec.virtual_network
+        .address_space
+        .push(net("255.255.255.255/32"));
+    spec.virtual_network.subnets[0].address_prefix = net("255.255.255.255/32");
+    spec.virtual_network.subnets[1].route_table = Some("missing".into());
+    spec.nodes[0].primary_ip_address = ip("255.255.255.255");
+    spec.nodes[0]
+        .secondary_ip_addresses
+        .push("255.255.255.255-0.0.0.0".parse().unwrap());
+    spec.nodes[0]
+        .secondary_ip_addresses
+        .push("0.0.0.0/0".parse().unwrap());
+    spec.nodes[0].max_pods = u32::MAX;
+    spec.outbound_nat.port_range = PortRange {
+        first: 65535,
+        last: 0,
+    };
+    spec.outbound_nat.idle_timeout_in_minutes = u32::MAX;
+    let rule = &mut spec.network_security_groups[0].security_rules[0];
+    rule.priority = u32::MAX;
+    rule.source_port_ranges = vec![PortRange { first: 9, last: 1 }];
+    rule.destination_address_prefixes.clear();
+    assert!(!crate::spec::validate(&spec).is_empty());
+    assert!(compile(&spec, "node-1").is_err());
+    let compiled = compile_valid(&spec, "node-1").unwrap();
+    assert_eq!(
+        compiled.subnet(2).unwrap().route_table_id,
+        0,
+        "a dangling reference is none"
+    );
+    // The rule with an impossible port range and no destination matches nothing.
+    let first = compiled
+        .nsgs
+        .lookup(1, ip("8.8.8.8"), ip("10.0.2.9"), TCP, 5, 80)
+        .unwrap();
+    assert_eq!(compiled.nsgs.rule(1, first).unwrap().name, "DenyAllInBound");
+}
+
+#[test]
 fn rule_bitmap_operations() {
     let mut bitmap = RuleBitmap::EMPTY;
     assert!(bitmap.is_empty());

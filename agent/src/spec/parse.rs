@@ -357,6 +357,13 @@ impl Walker {
                 );
                 None
             }
+            (Some(Value::Seq(_)), None) => {
+                self.report(
+                    &fields.path(singular),
+                    format!("expected one value, found a list (a list goes in {plural})"),
+                );
+                None
+            }
             (Some(one), None) => read(self, one, &fields.path(singular)).map(|one| vec![one]),
             (None, Some(many)) => self.items(many, &fields.path(plural), read),
             (None, None) => Some(Vec::new()),

@@ -385,6 +385,27 @@ fn port_ranges() {
 }
 
 #[test]
+fn common_yaml_slips_get_a_hint() {
+    let problems = parse_problems(&edited("sourcePortRange: \"*\"", "sourcePortRange: *"));
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].path.starts_with("line 26, "), "{}", problems[0]);
+    assert!(
+        problems[0]
+            .message
+            .ends_with("(a bare * starts a YAML alias: write \"*\")")
+    );
+    let problems = parse_problems(&edited(
+        "sourceAddressPrefix: Internet",
+        "sourceAddressPrefix: [Internet, 192.0.2.0/24]",
+    ));
+    assert_only_problem(
+        &problems,
+        "networkSecurityGroups[0].securityRules[0].sourceAddressPrefix",
+        "expected one value, found a list (a list goes in sourceAddressPrefixes)",
+    );
+}
+
+#[test]
 fn singular_and_plural_both_given() {
     let problems = parse_problems(&edited(
         "destinationPortRange: \"25\"",

@@ -156,16 +156,24 @@ pub(crate) fn parse_document(text: &str) -> Result<Value, Problem> {
     match serde_saphyr::from_str_with_options::<Option<Value>>(text, options) {
         Ok(value) => Ok(value.unwrap_or(Value::Null)),
         Err(error) => {
-            let path = match error.location() {
+            let location = error.location();
+            let path = match location {
                 Some(at) => format!("line {}, column {}", at.line(), at.column()),
                 None => "(document)".to_string(),
             };
             let message = one_line(&error.to_string());
             // The position is in the path already.
-            let message = match message.rsplit_once(" at line ") {
+            let mut message = match message.rsplit_once(" at line ") {
                 Some((head, _)) => head.to_string(),
                 None => message,
             };
+            // The classic: `sourcePortRange: *` makes YAML read an alias.
+            let line = location
+                .and_then(|at| usize::try_from(at.line()).ok())
+                .and_then(|n| text.lines().nth(n.checked_sub(1)?));
+            if message.contains("alias") && line.is_some_and(|l| l.contains('*')) {
+                message.push_str(" (a bare * starts a YAML alias: write \"*\")");
+            }
             Err(Problem::new(path, message))
         }
     }

@@ -1,0 +1,226 @@
+//! End to end: what the dataplane refuses (spoofed sources, `None` routes), where it steers
+//! (a `VirtualAppliance` route), and how it lives through its agent (SIGKILL with a stream
+//! running, live spec edits, invalid edits refused). Needs root.
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{Result, ensure};
+use vnetd_lab::{
+    Lab, Node, serial,
+    vnetd::{Agent, Pod, add_pod, lab_spec},
+    wait_for,
+};
+
+fn lab_with_node() -> Result<(Lab, Node, Agent)> {
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
+    let agent = Agent::start(&node, &lab_spec())?;
+    Ok((lab, node, agent))
+}
+
+fn two_pods(lab: &Lab, node: &Node) -> Result<(Pod, Pod)> {
+    Ok((
+        add_pod(lab, node, "pod-a", Some("apps"), "")?,
+        add_pod(lab, node, "pod-b", Some("apps"), "")?,
+    ))
+}
+
+#[test]
+fn spoofed_source_address_and_mac_are_dropped_and_counted() -> Result<()> {
+    let _serial = serial();
+    let (lab, node, agent) = lab_with_node()?;
+    let (a, b) = two_pods(&lab, &node)?;
+    assert_eq!(a.ping_count(b.ip, 1)?, 1);
+
+    // Another pod's address as source.
+    a.ip(["addr", "add", "10.0.2.77/32", "dev", "eth0"])?;
+    assert_eq!(
+        a.run([
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "1",
+            "-I",
+            "10.0.2.77",
+            &b.ip.to_string()
+        ])?
+        .status
+        .code(),
+        Some(1)
+    );
+    assert!(agent.drops("spoofed")? >= 2, "spoofed source counted");
+    a.ip(["addr", "del", "10.0.2.77/32", "dev", "eth0"])?;
+
+    // Its own address from another MAC.
+    let before = agent.drops("spoofed")?;
+    a.ip(["link", "set", "eth0", "address", "02:de:ad:be:ef:01"])?;
+    assert_eq!(
+        a.ping_count(b.ip, 2)?,
+        0,
+        "a pod with a forged MAC reaches nothing"
+    );
+    assert!(agent.drops("spoofed")? >= before + 2);
+    Ok(())
+}
+
+#[test]
+fn none_route_drops_and_appliance_route_reaches_the_appliance() -> Result<()> {
+    let _serial = serial();
+    let (lab, node, agent) = lab_with_node()?;
+    let nva = lab.add_appliance("nva", "10.0.0.100/24".parse()?)?;
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+
+    assert_eq!(a.ping_count("10.99.0.1".parse()?, 2)?, 0);
+    assert!(
+        agent.drops("route_none")? >= 2,
+        "the None route's drops are counted"
+    );
+
+    // 192.0.2.0/24 goes through the appliance: it sees the pod's packets arrive, addressed to
+    // the far destination (the appliance is the next hop, not the destination).
+    let capture = nva.capture("eth0", "icmp")?;
+    let _ = a.ping_count("192.0.2.1".parse()?, 2)?;
+    assert!(
+        capture.wait_for(&format!("{} > 192.0.2.1", a.ip), Duration::from_secs(3)),
+        "the appliance saw the pod's traffic: {:?}",
+        capture.lines()
+    );
+    Ok(())
+}
+
+/// A spec edit is applied live (a new route drops what passed); an invalid edit is refused and
+/// the running configuration stays.
+#[test]
+fn spec_edits_apply_live_and_invalid_edits_are_refused() -> Result<()> {
+    let _serial = serial();
+    let (lab, node, agent) = lab_with_node()?;
+    let nva = lab.add_appliance("nva", "10.0.0.100/24".parse()?)?;
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    let capture = nva.capture("eth0", "icmp")?;
+    let _ = a.ping_count("192.0.2.1".parse()?, 1)?;
+    ensure!(
+        capture.wait_for("> 192.0.2.1", Duration::from_secs(3)),
+        "appliance route works first"
+    );
+
+    let blackholed = lab_spec().replace(
+        "nextHopType: VirtualAppliance\n        nextHopIpAddress: 10.0.0.100",
+        "nextHopType: None",
+    );
+    assert_ne!(blackholed, lab_spec());
+    let drops = agent.drops("route_none")?;
+    agent.write_spec(&blackholed)?;
+    assert!(
+        wait_for(Duration::from_secs(10), || agent
+            .status()
+            .map(|s| s["reloads_ok"] == 1)
+            .unwrap_or(false)),
+        "the edit was applied: {}",
+        agent.log()
+    );
+    assert_eq!(a.ping_count("192.0.2.1".parse()?, 2)?, 0);
+    assert!(
+        agent.drops("route_none")? >= drops + 2,
+        "the new None route drops"
+    );
+
+    // An invalid edit: refused, logged with its path, the running spec stays.
+    agent.write_spec(&blackholed.replace("maxPods: 30", "maxPods: 5"))?;
+    assert!(
+        wait_for(Duration::from_secs(10), || agent
+            .status()
+            .map(|s| s["reloads_failed"] == 1)
+            .unwrap_or(false)),
+        "the invalid edit was refused"
+    );
+    assert!(
+        agent.log().contains("maxPods"),
+        "the problem is logged: {}",
+        agent.log()
+    );
+    let drops = agent.drops("route_none")?;
+    assert_eq!(a.ping_count("192.0.2.1".parse()?, 1)?, 0);
+    assert!(
+        agent.drops("route_none")? > drops,
+        "still the edited, valid configuration"
+    );
+    let b = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
+    assert_eq!(a.ping_count(b.ip, 1)?, 1, "the agent still serves");
+    Ok(())
+}
+
+/// SIGKILL the agent while a TCP stream runs between pods on two nodes: the stream does not
+/// notice; the restarted agent adopts the pinned dataplane and serves again.
+#[test]
+fn agent_killed_mid_stream_leaves_traffic_flowing_and_is_adopted() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let n1 = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
+    let n2 = lab.add_node("node-2", "10.0.0.5/24".parse()?)?;
+    let mut agent1 = Agent::start(&n1, &lab_spec())?;
+    let _agent2 = Agent::start(&n2, &lab_spec())?;
+    let a = add_pod(&lab, &n1, "pod-a", Some("apps"), "")?;
+    let b = add_pod(&lab, &n1, "pod-b", Some("apps"), "")?;
+    let c = add_pod(&lab, &n2, "pod-c", Some("apps"), "")?;
+
+    let _server = c.spawn(["iperf3", "-s", "-1", "-p", "5301"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let client = a.spawn([
+        "iperf3",
+        "-c",
+        &c.ip.to_string(),
+        "-p",
+        "5301",
+        "-t",
+        "6",
+        "-i",
+        "1",
+        "-J",
+    ])?;
+    std::thread::sleep(Duration::from_secs(2));
+    agent1.kill()?;
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        a.ping_count(b.ip, 2)?,
+        2,
+        "same-node traffic flows with no agent"
+    );
+    agent1.spawn(vnetd_lab::LogMode::Files)?;
+    assert!(
+        wait_for(Duration::from_secs(15), || !client.is_running()),
+        "iperf3 finished"
+    );
+    let report: serde_json::Value = serde_json::from_str(&client.stdout())?;
+    let intervals = report["intervals"].as_array().map(Vec::len).unwrap_or(0);
+    let stalled = report["intervals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["sum"]["bytes"].as_u64() == Some(0))
+        .count();
+    assert!(report["error"].is_null(), "iperf3: {}", report["error"]);
+    assert!(intervals >= 6, "the stream ran its 6 seconds: {report}");
+    assert_eq!(stalled, 0, "no second of the stream stalled: {report}");
+
+    let status = agent1.status()?;
+    assert_eq!(
+        status["endpoints"].as_array().map(Vec::len),
+        Some(2),
+        "endpoints restored"
+    );
+    assert!(
+        agent1.log().contains("endpoint adopted"),
+        "{}",
+        agent1.log()
+    );
+    let d = add_pod(&lab, &n1, "pod-d", Some("apps"), "")?;
+    assert_ne!(d.ip, a.ip);
+    assert_ne!(d.ip, b.ip);
+    assert_eq!(
+        d.ping_count(c.ip, 1)?,
+        1,
+        "the restarted agent serves new pods"
+    );
+    let _: Ipv4Addr = d.ip;
+    Ok(())
+}
