@@ -1,46 +1,130 @@
 //! BPF_PROG_RUN tests: the programs, loaded into the kernel, run on crafted packets; we check
-//! verdicts, rewritten bytes and counters. Needs root (CAP_BPF).
+//! verdicts, rewritten bytes and counters. Needs root (CAP_BPF). The maps are private to each
+//! test (nothing pinned), so the tests are independent.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
 use aya::programs::{TestRun as _, TestRunOptions};
+use ipnet::Ipv4Net;
 use vnetd::dataplane::Dataplane;
-use vnetd_common::{DropReason, Path, programs};
+use vnetd_common::{DropReason, Endpoint, NextHop, NodeConfig, Path, Route, programs};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
-/// A minimal Ethernet + IPv4 + UDP frame.
-fn udp_frame() -> Vec<u8> {
-    let mut f = vec![0u8; 14 + 20 + 8 + 18];
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&46u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 0, 2, 10]);
-    ip[16..20].copy_from_slice(&[10, 0, 2, 11]);
+/// In BPF_PROG_RUN a TC program's skb comes from the loopback device: the "host veth" of the
+/// test's pods is therefore ifindex 1.
+const TEST_IFINDEX: u32 = 1;
+
+const POD_A: [u8; 4] = [10, 0, 2, 10];
+const POD_B: [u8; 4] = [10, 0, 2, 11];
+const MAC_A: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0a];
+const HOST_A: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0a];
+const MAC_B: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0b];
+const HOST_B: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0b];
+const UPLINK_MAC: [u8; 6] = [0x02, 0, 10, 0, 0, 4];
+const NODE_IP: [u8; 4] = [10, 0, 0, 4];
+const FABRIC_MAC: [u8; 6] = [0x02, 0, 10, 0, 0, 5];
+
+fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
     f
 }
 
-fn run_xdp(dp: &mut Dataplane, data: &[u8]) -> u32 {
-    let prog = dp.xdp(programs::UPLINK_XDP).unwrap();
-    let opts = TestRunOptions {
-        data_in: Some(data),
-        ..Default::default()
-    };
-    prog.test_run(opts).expect("BPF_PROG_RUN").return_value
+/// Ethernet + IPv4 + UDP with a few bytes of payload.
+fn udp(src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut f = eth(HOST_A, src_mac, 0x0800);
+    let total = 20 + 8 + 4;
+    f.extend_from_slice(&[0x45, 0, 0, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+    f
 }
 
-fn run_tc(dp: &mut Dataplane, data: &[u8]) -> u32 {
-    let prog = dp.classifier(programs::POD_TC_INGRESS).unwrap();
-    let opts = TestRunOptions {
-        data_in: Some(data),
-        ..Default::default()
+fn arp_request(src_mac: [u8; 6], src: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = eth([0xff; 6], src_mac, 0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+/// A dataplane with node-1's settings, pods A and B on "the test veth", and routes:
+/// the VNet local, 10.99/16 None, 192.0.2/24 via the appliance 10.0.0.100, the rest Internet.
+fn dataplane() -> Dataplane {
+    let mut dp = Dataplane::load_unpinned().expect("programs load and verify");
+    dp.set_node(NodeConfig {
+        uplink_ifindex: TEST_IFINDEX,
+        primary_ip: NODE_IP,
+        uplink_mac: UPLINK_MAC,
+        _pad: [0; 2],
+    })
+    .unwrap();
+    for (ip, pod_mac, host_mac) in [(POD_A, MAC_A, HOST_A), (POD_B, MAC_B, HOST_B)] {
+        dp.put_endpoint(
+            Ipv4Addr::from(ip),
+            Endpoint {
+                host_ifindex: TEST_IFINDEX,
+                route_table: 1,
+                pod_mac,
+                host_mac,
+            },
+        )
+        .unwrap();
+    }
+    let route = |hop: NextHop, ip: [u8; 4]| Route {
+        next_hop: hop as u32,
+        next_hop_ip: ip,
     };
-    prog.test_run(opts).expect("BPF_PROG_RUN").return_value
+    let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+    let routes = BTreeMap::from([
+        ((1, net("10.0.0.0/16")), route(NextHop::VnetLocal, [0; 4])),
+        ((1, net("0.0.0.0/0")), route(NextHop::Internet, [0; 4])),
+        ((1, net("10.99.0.0/16")), route(NextHop::None, [0; 4])),
+        (
+            (1, net("192.0.2.0/24")),
+            route(NextHop::VirtualAppliance, [10, 0, 0, 100]),
+        ),
+        ((0, net("0.0.0.0/0")), route(NextHop::None, [0; 4])),
+    ]);
+    dp.sync_routes(&routes).unwrap();
+    dp
+}
+
+struct Run {
+    verdict: u32,
+    out: Vec<u8>,
+}
+
+fn run(dp: &mut Dataplane, program: &str, data: &[u8]) -> Run {
+    let mut out = vec![0u8; data.len() + 256];
+    let result = {
+        let opts = TestRunOptions {
+            data_in: Some(data),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        if program == programs::UPLINK_XDP {
+            dp.xdp(program).unwrap().test_run(opts)
+        } else {
+            dp.classifier(program).unwrap().test_run(opts)
+        }
+    }
+    .unwrap_or_else(|e| panic!("BPF_PROG_RUN of {program} on {} bytes: {e}", data.len()));
+    out.truncate(result.data_size_out as usize);
+    Run {
+        verdict: result.return_value,
+        out,
+    }
 }
 
 fn traffic(dp: &Dataplane, path: Path) -> u64 {
@@ -63,24 +147,194 @@ fn drops(dp: &Dataplane, reason: DropReason) -> u64 {
 }
 
 #[test]
-fn uplink_passes_and_counts_a_frame() {
-    let mut dp = Dataplane::load_unpinned().unwrap();
-    assert_eq!(run_xdp(&mut dp, &udp_frame()), XDP_PASS);
-    assert_eq!(traffic(&dp, Path::UplinkIn), 1);
+fn uplink_answers_arp_for_its_pods_in_place() {
+    let mut dp = dataplane();
+    let asker_ip = [10, 0, 0, 5];
+    let r = run(
+        &mut dp,
+        programs::UPLINK_XDP,
+        &arp_request(FABRIC_MAC, asker_ip, POD_B),
+    );
+    assert_eq!(r.verdict, XDP_TX);
+    assert_eq!(&r.out[0..6], &FABRIC_MAC, "to the asker");
+    assert_eq!(&r.out[6..12], &UPLINK_MAC, "from the uplink");
+    assert_eq!(&r.out[20..22], &[0, 2], "an ARP reply");
+    assert_eq!(&r.out[22..28], &UPLINK_MAC, "pod B is at the uplink's MAC");
+    assert_eq!(&r.out[28..32], &POD_B);
+    assert_eq!(&r.out[32..38], &FABRIC_MAC);
+    assert_eq!(&r.out[38..42], &asker_ip);
+    assert_eq!(traffic(&dp, Path::ArpReply), 1);
 }
 
 #[test]
-fn uplink_drops_and_counts_a_runt() {
-    let mut dp = Dataplane::load_unpinned().unwrap();
-    assert_eq!(run_xdp(&mut dp, &udp_frame()[..10]), XDP_DROP);
+fn uplink_passes_arp_for_others_and_drops_runts() {
+    let mut dp = dataplane();
+    let r = run(
+        &mut dp,
+        programs::UPLINK_XDP,
+        &arp_request(FABRIC_MAC, [10, 0, 0, 5], NODE_IP),
+    );
+    assert_eq!(
+        r.verdict, XDP_PASS,
+        "the node's own address is the kernel's to answer"
+    );
+    // The kernel refuses to run XDP on less than an Ethernet header: truncate the ARP instead.
+    let runt = arp_request(FABRIC_MAC, [10, 0, 0, 5], POD_A);
+    let r = run(&mut dp, programs::UPLINK_XDP, &runt[..20]);
+    assert_eq!(
+        r.verdict, XDP_DROP,
+        "a truncated ARP is never answered nor passed"
+    );
     assert_eq!(drops(&dp, DropReason::Malformed), 1);
-    assert_eq!(traffic(&dp, Path::UplinkIn), 0);
+    assert_eq!(traffic(&dp, Path::UplinkIn), 2);
 }
 
 #[test]
-fn pod_ingress_passes_and_counts_a_frame() {
-    let mut dp = Dataplane::load_unpinned().unwrap();
-    assert_eq!(run_tc(&mut dp, &udp_frame()), TC_ACT_OK);
-    assert_eq!(traffic(&dp, Path::PodOut), 1);
-    let _ = TC_ACT_SHOT;
+fn uplink_tc_delivers_into_a_local_pod() {
+    let mut dp = dataplane();
+    let r = run(
+        &mut dp,
+        programs::UPLINK_TC_INGRESS,
+        &udp(FABRIC_MAC, [10, 0, 2, 50], POD_A),
+    );
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(&r.out[0..6], &MAC_A, "to the pod's MAC");
+    assert_eq!(&r.out[6..12], &HOST_A, "from its gateway (host veth)");
+    assert_eq!(traffic(&dp, Path::UplinkToPod), 1);
+    let r = run(
+        &mut dp,
+        programs::UPLINK_TC_INGRESS,
+        &udp(FABRIC_MAC, [10, 0, 2, 50], NODE_IP),
+    );
+    assert_eq!(
+        r.verdict, TC_ACT_OK,
+        "the node's own traffic goes to its stack"
+    );
+}
+
+#[test]
+fn pod_to_pod_is_redirected_with_rewritten_macs() {
+    let mut dp = dataplane();
+    let r = run(&mut dp, programs::POD_TC_INGRESS, &udp(MAC_A, POD_A, POD_B));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(&r.out[0..6], &MAC_B);
+    assert_eq!(&r.out[6..12], &HOST_B);
+    assert_eq!(
+        &r.out[14..],
+        &udp(MAC_A, POD_A, POD_B)[14..],
+        "IP and payload untouched"
+    );
+    assert_eq!(traffic(&dp, Path::PodToPod), 1);
+}
+
+#[test]
+fn pod_traffic_follows_its_route_table() {
+    let mut dp = dataplane();
+    let to = |dp: &mut Dataplane, dst: [u8; 4]| {
+        run(dp, programs::POD_TC_INGRESS, &udp(MAC_A, POD_A, dst)).verdict
+    };
+    assert_eq!(to(&mut dp, NODE_IP), TC_ACT_OK, "to its node");
+    assert_eq!(traffic(&dp, Path::PodToHost), 1);
+    assert_eq!(
+        to(&mut dp, [10, 0, 2, 50]),
+        TC_ACT_REDIRECT,
+        "VnetLocal: out of the uplink"
+    );
+    assert_eq!(
+        to(&mut dp, [192, 0, 2, 1]),
+        TC_ACT_REDIRECT,
+        "VirtualAppliance"
+    );
+    assert_eq!(to(&mut dp, [198, 51, 100, 10]), TC_ACT_REDIRECT, "Internet");
+    assert_eq!(traffic(&dp, Path::PodToUplink), 3);
+    assert_eq!(to(&mut dp, [10, 99, 1, 1]), TC_ACT_SHOT, "None");
+    assert_eq!(drops(&dp, DropReason::RouteNone), 1);
+}
+
+#[test]
+fn spoofed_pod_traffic_is_dropped_and_counted() {
+    let mut dp = dataplane();
+    let cases = [
+        udp(MAC_A, [10, 0, 2, 99], POD_B), // an address that is nobody's
+        udp(MAC_A, POD_B, POD_A),          // another pod's address
+        udp(MAC_B, POD_A, POD_B),          // its address, another MAC
+        arp_request(MAC_A, POD_B, [169, 254, 1, 1]),
+    ];
+    for frame in &cases {
+        assert_eq!(
+            run(&mut dp, programs::POD_TC_INGRESS, frame).verdict,
+            TC_ACT_SHOT
+        );
+    }
+    assert_eq!(drops(&dp, DropReason::Spoofed), cases.len() as u64);
+    assert_eq!(traffic(&dp, Path::PodToPod), 0);
+}
+
+#[test]
+fn pod_arp_for_its_gateway_is_answered_with_the_host_veth_mac() {
+    let mut dp = dataplane();
+    let r = run(
+        &mut dp,
+        programs::POD_TC_INGRESS,
+        &arp_request(MAC_A, POD_A, [169, 254, 1, 1]),
+    );
+    assert_eq!(r.verdict, TC_ACT_REDIRECT, "sent back to the pod");
+    assert_eq!(&r.out[0..6], &MAC_A);
+    assert_eq!(&r.out[22..28], &HOST_A, "169.254.1.1 is at the host veth");
+    assert_eq!(&r.out[28..32], &[169, 254, 1, 1]);
+    assert_eq!(traffic(&dp, Path::ArpReply), 1);
+}
+
+#[test]
+fn malformed_and_unsupported_pod_frames_are_dropped() {
+    let mut dp = dataplane();
+    let mut bad_ihl = udp(MAC_A, POD_A, POD_B);
+    bad_ihl[14] = 0x44; // IHL 4: shorter than an IPv4 header
+    let mut truncated = udp(MAC_A, POD_A, POD_B);
+    truncated[17] = 200; // total length beyond the frame
+    let ipv6 = eth(HOST_A, MAC_A, 0x86dd)
+        .into_iter()
+        .chain([0u8; 40])
+        .collect::<Vec<_>>();
+    for frame in [&bad_ihl, &truncated] {
+        assert_eq!(
+            run(&mut dp, programs::POD_TC_INGRESS, frame).verdict,
+            TC_ACT_SHOT
+        );
+    }
+    assert_eq!(drops(&dp, DropReason::Malformed), 2);
+    assert_eq!(
+        run(&mut dp, programs::POD_TC_INGRESS, &ipv6).verdict,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&dp, DropReason::Unsupported), 1);
+}
+
+#[test]
+fn route_sync_writes_only_differences_and_removes_stale_routes() {
+    let mut dp = dataplane();
+    let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+    let internet = Route {
+        next_hop: NextHop::Internet as u32,
+        next_hop_ip: [0; 4],
+    };
+    let routes = BTreeMap::from([
+        ((1, net("0.0.0.0/0")), internet),
+        (
+            (1, net("10.0.0.0/16")),
+            Route {
+                next_hop: NextHop::VnetLocal as u32,
+                next_hop_ip: [0; 4],
+            },
+        ),
+    ]);
+    dp.sync_routes(&routes).unwrap();
+    // The None route is gone: 10.99/16 now takes the default route.
+    let r = run(
+        &mut dp,
+        programs::POD_TC_INGRESS,
+        &udp(MAC_A, POD_A, [10, 99, 1, 1]),
+    );
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(drops(&dp, DropReason::RouteNone), 0);
 }

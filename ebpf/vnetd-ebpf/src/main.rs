@@ -16,6 +16,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use network_types::{arp::ArpHdr, eth::EthHdr};
 use vnetd_common::{DropReason, NextHop, POD_GATEWAY, Path};
 
 use crate::{
@@ -35,6 +36,10 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     count_traffic(Path::UplinkIn, pkt.len());
     if eth.ether_type != ETH_P_ARP {
         return xdp_action::XDP_PASS;
+    }
+    if pkt.ptr_at::<ArpHdr>(EthHdr::LEN).is_none() {
+        count_drop(DropReason::Malformed);
+        return xdp_action::XDP_DROP;
     }
     let (Some(arp), Some(node)) = (pkt.arp(), node::config()) else {
         return xdp_action::XDP_PASS;
