@@ -109,7 +109,9 @@ fn cargo() -> Command {
 }
 
 fn build() -> Result<()> {
-    exec(cargo().args(["build", "--release", "--workspace", "--bins"]))
+    // Without --workspace: the default members, i.e. all but the eBPF crate, which builds only
+    // for its own target (the agent's build.rs does that).
+    exec(cargo().args(["build", "--release", "--bins"]))
 }
 
 fn lint() -> Result<()> {
@@ -117,7 +119,6 @@ fn lint() -> Result<()> {
     exec(cargo().args([
         "clippy",
         "--release",
-        "--workspace",
         "--all-targets",
         "--",
         "-D",
@@ -154,18 +155,12 @@ fn test(filter: Option<&str>) -> Result<()> {
         .output()
         .is_ok()
     {
-        cmd.args([
-            "nextest",
-            "run",
-            "--release",
-            "--workspace",
-            "--no-fail-fast",
-        ]);
+        cmd.args(["nextest", "run", "--release", "--no-fail-fast"]);
         if let Some(filter) = filter {
             cmd.arg(filter);
         }
     } else {
-        cmd.args(["test", "--release", "--workspace", "--no-fail-fast", "--"]);
+        cmd.args(["test", "--release", "--no-fail-fast", "--"]);
         if let Some(filter) = filter {
             cmd.arg(filter);
         }

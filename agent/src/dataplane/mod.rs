@@ -23,7 +23,8 @@ use vnetd_common::{
 };
 
 /// The compiled eBPF object (built by build.rs from ebpf/vnetd-ebpf).
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vnetd"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vnetd-ebpf"));
 
 /// Loaded programs and their maps.
 pub struct Dataplane {

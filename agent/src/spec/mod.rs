@@ -18,6 +18,24 @@
 //! `VirtualNetwork`, ...) in any case, as ARM accepts them. The ACI fields of a container group
 //! that the dataplane does not use (image, resources, volumes, restartPolicy, ...) are accepted
 //! and dropped; unknown fields anywhere else are errors.
+//!
+//! Where the contract is silent, the checks do what Azure does:
+//! * Resource names (subnets, NSGs, rules, route tables, routes) follow Azure's naming rule and
+//!   compare case-insensitively, for uniqueness and for references; node names are host names
+//!   (case-sensitive); container group and container names follow ACI (lowercase).
+//! * Service tags and `*` are only accepted in the singular `...AddressPrefix` field (Azure
+//!   refuses them in `...AddressPrefixes`).
+//! * Azure's reserved addresses are refused: the first four and the last address of a subnet
+//!   (for primary IPs, pools, appliances), 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16,
+//!   168.63.129.16, 224.0.0.0/4 and 255.255.255.255 in address spaces; subnets are /29 or larger.
+//! * A route table holds one route per prefix; a `VirtualAppliance` next hop is not in a
+//!   delegated subnet.
+//! * A Public group needs its public `ip` (outside the VNet); a `dnsNameLabel` needs a Public
+//!   group and is unique per location (compared as Azure does: case and spaces ignored).
+//! * `maxPods` defaults to 30 (Azure CNI's default); "more pods than maxPods" counts the groups
+//!   whose private `ip` lies in the node's pool. The 65,536-address limit counts the nodes'
+//!   primary and pool addresses.
+//! * `outboundNat.portRange` stays within 1024-65535.
 
 mod model;
 mod parse;
