@@ -52,6 +52,15 @@ impl Agent {
         let generic_xdp = netlink::is_veth_link(&plan.uplink).await?;
         dataplane.attach_uplink(&plan.uplink, generic_xdp)?;
         info!(uplink = %plan.uplink, routes = plan.routes.len(), "uplink programs attached");
+        match recorded_node(state_dir)? {
+            Some(node) if node != plan.node => anyhow::bail!(
+                "{} holds the state of node {node}: give node {} its own --state-dir",
+                state_dir.display(),
+                plan.node
+            ),
+            Some(_) => {}
+            None => std::fs::write(state_dir.join("node"), &plan.node)?,
+        }
         let ipam = Ipam::open(state_dir)?;
         let store = EndpointStore::open(state_dir)?;
         let mut agent = Self {
@@ -406,6 +415,15 @@ pub struct Paths {
     pub api_socket: PathBuf,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
+}
+
+/// The node whose state `state_dir` holds (written when an agent starts on it).
+pub fn recorded_node(state_dir: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(state_dir.join("node")) {
+        Ok(name) => Ok(Some(name.trim().to_string())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).context("reading the state's node name"),
+    }
 }
 
 pub fn ensure_dir(path: &Path) -> Result<()> {

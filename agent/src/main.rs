@@ -102,10 +102,10 @@ fn main() -> ExitCode {
         }
         Command::Status { api_socket, json } => status(&api_socket, json),
         Command::Teardown {
-            node: _,
+            node,
             state_dir,
             bpffs,
-        } => teardown(&state_dir, &bpffs),
+        } => teardown(node.as_deref(), &state_dir, &bpffs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,7 +209,22 @@ fn print_status(r: &StatusReport) {
     );
 }
 
-fn teardown(state_dir: &std::path::Path, bpffs: &std::path::Path) -> Result<()> {
+/// Deletes the pods' interfaces the agent made, the pins (links detach, maps go) and the
+/// state. With `--node`, refuses to touch state that belongs to another node.
+#[tokio::main(flavor = "current_thread")]
+async fn teardown(node: Option<&str>, state_dir: &std::path::Path, bpffs: &std::path::Path) -> Result<()> {
+    if let (Some(node), Some(recorded)) = (node, daemon::recorded_node(state_dir)?)
+        && node != recorded
+    {
+        bail!("{} holds the state of node {recorded}, not {node}", state_dir.display());
+    }
+    let mut interfaces = 0;
+    if state_dir.join("endpoints").exists() {
+        for ep in vnetd::endpoints::EndpointStore::open(state_dir)?.load_all()?.values() {
+            vnetd::netlink::delete_pod_interface(&ep.host_ifname).await?;
+            interfaces += 1;
+        }
+    }
     dataplane::teardown(bpffs)?;
     match std::fs::remove_dir_all(state_dir) {
         Ok(()) => {}
@@ -217,7 +232,7 @@ fn teardown(state_dir: &std::path::Path, bpffs: &std::path::Path) -> Result<()> 
         Err(err) => return Err(err).with_context(|| format!("removing {}", state_dir.display())),
     }
     println!(
-        "removed the dataplane pins under {} and the state in {}",
+        "removed {interfaces} pod interfaces, the dataplane pins under {} and the state in {}",
         bpffs.display(),
         state_dir.display()
     );

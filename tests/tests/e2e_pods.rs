@@ -114,3 +114,37 @@ fn pods_talk_across_nodes_without_overlay() -> Result<()> {
     assert_eq!(a.ping_count(n2.ip, 2)?, 2, "pod to the other node");
     Ok(())
 }
+
+/// `vnetd teardown` removes what the agent made: pod interfaces, links (programs detach),
+/// pinned maps, state. It refuses another node's state.
+#[test]
+fn teardown_removes_the_node_dataplane() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    let mut agent = Agent::start(&node, &lab_spec())?;
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    assert!(node.bpffs_dir.join("abi-v1/links").read_dir()?.count() >= 3);
+    agent.kill()?;
+
+    let teardown = |name: &str| {
+        node.run_ok([
+            vnetd_lab::vnetd::bin("vnetd").to_str().unwrap(),
+            "teardown",
+            "--node",
+            name,
+            "--state-dir",
+            node.state_dir.to_str().unwrap(),
+            "--bpffs",
+            node.bpffs_dir.to_str().unwrap(),
+        ])
+    };
+    assert!(teardown("node-2").is_err(), "another node's state is refused");
+    teardown("node-1")?;
+    assert!(!node.bpffs_dir.join("abi-v1").exists(), "pins removed");
+    assert!(!node.state_dir.exists(), "state removed");
+    let xdp = node.ip(["-d", "link", "show", "eth0"])?;
+    assert!(!xdp.contains("xdp"), "XDP detached from the uplink: {xdp}");
+    assert!(a.ip(["link", "show", "eth0"]).is_err(), "the pod's interface is gone");
+    Ok(())
+}
