@@ -212,15 +212,25 @@ fn print_status(r: &StatusReport) {
 /// Deletes the pods' interfaces the agent made, the pins (links detach, maps go) and the
 /// state. With `--node`, refuses to touch state that belongs to another node.
 #[tokio::main(flavor = "current_thread")]
-async fn teardown(node: Option<&str>, state_dir: &std::path::Path, bpffs: &std::path::Path) -> Result<()> {
+async fn teardown(
+    node: Option<&str>,
+    state_dir: &std::path::Path,
+    bpffs: &std::path::Path,
+) -> Result<()> {
     if let (Some(node), Some(recorded)) = (node, daemon::recorded_node(state_dir)?)
         && node != recorded
     {
-        bail!("{} holds the state of node {recorded}, not {node}", state_dir.display());
+        bail!(
+            "{} holds the state of node {recorded}, not {node}",
+            state_dir.display()
+        );
     }
     let mut interfaces = 0;
     if state_dir.join("endpoints").exists() {
-        for ep in vnetd::endpoints::EndpointStore::open(state_dir)?.load_all()?.values() {
+        for ep in vnetd::endpoints::EndpointStore::open(state_dir)?
+            .load_all()?
+            .values()
+        {
             vnetd::netlink::delete_pod_interface(&ep.host_ifname).await?;
             interfaces += 1;
         }

@@ -8,7 +8,7 @@ use vnetd_lab::{
     Lab,
     ipnet::Ipv4Net,
     serial, tcp_echo_ok, udp_ok,
-    vnetd::{Agent, add_pod, lab_spec},
+    vnetd::{Agent, add_pod, cni_call, lab_spec},
 };
 
 fn node_cidr(ip: &str) -> Ipv4Net {
@@ -139,12 +139,86 @@ fn teardown_removes_the_node_dataplane() -> Result<()> {
             node.bpffs_dir.to_str().unwrap(),
         ])
     };
-    assert!(teardown("node-2").is_err(), "another node's state is refused");
+    assert!(
+        teardown("node-2").is_err(),
+        "another node's state is refused"
+    );
     teardown("node-1")?;
     assert!(!node.bpffs_dir.join("abi-v1").exists(), "pins removed");
     assert!(!node.state_dir.exists(), "state removed");
     let xdp = node.ip(["-d", "link", "show", "eth0"])?;
     assert!(!xdp.contains("xdp"), "XDP detached from the uplink: {xdp}");
-    assert!(a.ip(["link", "show", "eth0"]).is_err(), "the pod's interface is gone");
+    assert!(
+        a.ip(["link", "show", "eth0"]).is_err(),
+        "the pod's interface is gone"
+    );
+    Ok(())
+}
+
+/// The CNI verbs against a real agent: a full pool gives a clear error and STATUS says not
+/// ready (code 50); ADD of an existing attachment fails; CHECK verifies; GC releases what is
+/// not in the valid list; DEL is idempotent and returns the address.
+#[test]
+fn cni_pool_exhaustion_status_gc_and_del() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    let small = lab_spec().replace("\"10.0.2.10-10.0.2.49\"", "\"10.0.2.10-10.0.2.11\"");
+    assert_ne!(small, lab_spec());
+    let agent = Agent::start(&node, &small)?;
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    let b = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
+
+    let status = |subnet: &str| node.cni(&cni_call("STATUS", &node, &a.ns, Some(subnet), ""));
+    let full = add_pod(&lab, &node, "pod-c", Some("apps"), "")
+        .err()
+        .expect("the pool is full");
+    assert!(format!("{full:#}").contains("exhausted"), "{full:#}");
+    let out = status("apps")?;
+    assert_eq!(out.exit, 1);
+    assert_eq!(out.json()?["code"], 50, "{}", out.stdout);
+    assert_eq!(
+        status("aci")?.exit,
+        0,
+        "the other subnet still has addresses"
+    );
+
+    let again = node.cni(&cni_call("ADD", &node, &a.ns, Some("apps"), ""))?;
+    assert_ne!(again.exit, 0, "ADD of an existing attachment fails");
+    let mut check = cni_call("CHECK", &node, &a.ns, Some("apps"), "");
+    let mut conf: serde_json::Value = serde_json::from_str(&check.config)?;
+    conf["prevResult"] = a.result.clone();
+    check.config = conf.to_string();
+    assert_eq!(node.cni(&check)?.exit, 0, "CHECK of what ADD made");
+
+    // GC with only pod-a valid releases pod-b (interface, address, endpoint).
+    let mut gc = cni_call("GC", &node, &a.ns, Some("apps"), "");
+    let mut conf: serde_json::Value = serde_json::from_str(&gc.config)?;
+    conf["cni.dev/valid-attachments"] =
+        serde_json::json!([{ "containerID": a.container_id, "ifname": "eth0" }]);
+    gc.config = conf.to_string();
+    assert_eq!(node.cni(&gc)?.exit, 0);
+    assert!(
+        b.ip(["link", "show", "eth0"]).is_err(),
+        "pod-b's interface was collected"
+    );
+    assert_eq!(
+        agent.status()?["endpoints"].as_array().map(Vec::len),
+        Some(1)
+    );
+
+    let del = cni_call("DEL", &node, &a.ns, Some("apps"), "");
+    assert_eq!(node.cni(&del)?.exit, 0);
+    assert_eq!(node.cni(&del)?.exit, 0, "DEL is idempotent");
+    assert_eq!(
+        agent.status()?["endpoints"].as_array().map(Vec::len),
+        Some(0)
+    );
+    let c = add_pod(&lab, &node, "pod-d", Some("apps"), "")?;
+    assert_eq!(
+        c.ip,
+        "10.0.2.10".parse::<Ipv4Addr>()?,
+        "DEL returned the address to the pool"
+    );
     Ok(())
 }
