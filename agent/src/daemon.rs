@@ -139,7 +139,7 @@ impl Agent {
             Request::Gc { valid } => self.gc(&valid).await.map(|()| Response::Done),
             Request::Ready { subnet } => self.ready(subnet.as_deref()).map(|()| Response::Done),
             Request::Status => self
-                .status()
+                .status_report()
                 .map(Response::Status)
                 .map_err(|e| ApiError::internal(&e)),
         };
@@ -384,7 +384,7 @@ impl Agent {
         Ok(())
     }
 
-    fn status(&self) -> Result<StatusReport> {
+    pub fn status_report(&self) -> Result<StatusReport> {
         Ok(StatusReport {
             node: self.plan.node.clone(),
             uplink: self.plan.uplink.clone(),
@@ -402,6 +402,7 @@ impl Agent {
                 .into_iter()
                 .map(|(reason, n)| (reason.name().to_string(), n))
                 .collect(),
+            maps: self.dataplane.occupancy()?,
             reloads_ok: self.reloads.0,
             reloads_failed: self.reloads.1,
         })

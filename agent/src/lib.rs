@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod endpoints;
 pub mod ipam;
+pub mod metrics;
 pub mod netlink;
 pub mod plan;
 pub mod reload;

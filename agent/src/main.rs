@@ -12,7 +12,7 @@ use vnetd::{
         server,
     },
     daemon::{self, Agent},
-    dataplane, reload, spec,
+    dataplane, metrics, reload, spec,
 };
 
 const DEFAULT_SOCKET: &str = "/run/vnetd/vnetd.sock";
@@ -46,7 +46,7 @@ enum Command {
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
         #[arg(long, default_value = "127.0.0.1:9464")]
-        metrics_addr: String,
+        metrics_addr: std::net::SocketAddr,
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
             api_socket,
             state_dir,
             bpffs,
-            metrics_addr: _,
+            metrics_addr,
             log_format,
         } => {
             init_logging(log_format);
@@ -98,6 +98,7 @@ fn main() -> ExitCode {
                     bpffs,
                 },
                 node,
+                metrics_addr,
             )
         }
         Command::Status { api_socket, json } => status(&api_socket, json),
@@ -129,7 +130,7 @@ fn init_logging(format: LogFormat) {
 }
 
 #[tokio::main]
-async fn run(paths: daemon::Paths, node: String) -> Result<()> {
+async fn run(paths: daemon::Paths, node: String, metrics_addr: std::net::SocketAddr) -> Result<()> {
     let spec = match spec::load_file(&paths.spec) {
         Ok(spec) => spec,
         Err(problems) => {
@@ -153,6 +154,7 @@ async fn run(paths: daemon::Paths, node: String) -> Result<()> {
     tokio::select! {
         res = server::serve(listener, agent.clone()) => res?,
         res = reload::watch(paths.spec.clone(), node.clone(), agent.clone()) => res?,
+        res = metrics::serve(metrics_addr, agent.clone()) => res?,
         _ = tokio::signal::ctrl_c() => info!("interrupted: leaving the dataplane running"),
         _ = term.recv() => info!("terminated: leaving the dataplane running"),
     }

@@ -72,6 +72,29 @@ fn pods_on_one_node_talk_through_both_programs() -> Result<()> {
     );
     assert!(links.contains(&"uplink_xdp".to_string()), "{links:?}");
     assert_eq!(agent.drops("spoofed")?, 0);
+
+    let (code, metrics) = vnetd_lab::http_get(
+        &node,
+        vnetd_lab::NODE_METRICS_ADDR.parse()?,
+        "/metrics",
+        Duration::from_secs(5),
+    )?;
+    assert_eq!(code, 200, "{metrics}");
+    for line in [
+        "vnetd_endpoints 2",
+        "vnetd_map_entries{map=\"endpoints\"} 2",
+        "vnetd_spec_reloads_total{result=\"failed\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(
+        metrics.contains("vnetd_forwarded_packets_total{path=\"pod_to_pod\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vnetd_drops_total{reason=\"spoofed\"} 0"),
+        "{metrics}"
+    );
     Ok(())
 }
 

@@ -121,6 +121,8 @@ pub struct StatusReport {
     pub traffic: Vec<(String, u64, u64)>,
     /// (reason, packets)
     pub drops: Vec<(String, u64)>,
+    /// (map, entries, capacity)
+    pub maps: Vec<(String, u64, u64)>,
     /// Spec reloads applied and refused since the agent started.
     pub reloads_ok: u64,
     pub reloads_failed: u64,

@@ -245,6 +245,26 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Entries and capacity of the tables that fill up: (map, entries, capacity).
+    pub fn occupancy(&self) -> Result<Vec<(String, u64, u64)>> {
+        let endpoints: HashMap<_, [u8; 4], Endpoint> =
+            HashMap::try_from(self.ebpf.map(maps::ENDPOINTS).context("no ENDPOINTS map")?)?;
+        let routes: LpmTrie<_, RouteKey, Route> =
+            LpmTrie::try_from(self.ebpf.map(maps::ROUTES).context("no ROUTES map")?)?;
+        Ok(vec![
+            (
+                maps::ENDPOINTS.to_lowercase(),
+                endpoints.keys().count() as u64,
+                u64::from(maps::ENDPOINTS_MAX),
+            ),
+            (
+                maps::ROUTES.to_lowercase(),
+                routes.keys().count() as u64,
+                u64::from(maps::ROUTES_MAX),
+            ),
+        ])
+    }
+
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)

@@ -1,0 +1,133 @@
+//! Prometheus metrics at `http://<--metrics-addr>/metrics`, names prefixed `vnetd_`. Values are
+//! read from the dataplane's maps at scrape time, so a scrape always sees the kernel's counts.
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{net::TcpListener, sync::Mutex};
+use tracing::warn;
+
+use crate::{api::proto::StatusReport, daemon::Agent};
+
+type Labels = Vec<(&'static str, String)>;
+
+pub async fn serve(addr: SocketAddr, agent: Arc<Mutex<Agent>>) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics on {addr}"))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let agent = agent.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &agent).await) }
+            });
+            if let Err(err) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                warn!("metrics connection: {err}");
+            }
+        });
+    }
+}
+
+async fn respond(
+    req: &Request<hyper::body::Incoming>,
+    agent: &Mutex<Agent>,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/metrics" {
+        return text(404, "see /metrics\n".into());
+    }
+    let report = agent.lock().await.status_report();
+    match report
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|r| render(&r).map_err(|e| e.to_string()))
+    {
+        Ok(body) => text(200, body),
+        Err(err) => text(500, format!("reading the dataplane: {err}\n")),
+    }
+}
+
+fn text(status: u16, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .body(Full::new(Bytes::from(body)))
+        .expect("a static response")
+}
+
+/// Renders a status report as OpenMetrics text.
+pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("vnetd");
+    let packets = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    for (path, p, b) in &r.traffic {
+        packets
+            .get_or_create(&vec![("path", path.clone())])
+            .inc_by(*p);
+        bytes
+            .get_or_create(&vec![("path", path.clone())])
+            .inc_by(*b);
+    }
+    registry.register(
+        "forwarded_packets",
+        "Packets seen and sent on, by path",
+        packets,
+    );
+    registry.register("forwarded_bytes", "Bytes seen and sent on, by path", bytes);
+    let drops = Family::<Labels, Counter>::default();
+    for (reason, n) in &r.drops {
+        drops
+            .get_or_create(&vec![("reason", reason.clone())])
+            .inc_by(*n);
+    }
+    registry.register("drops", "Packets dropped, by reason", drops);
+    let endpoints = Gauge::<i64>::default();
+    endpoints.set(r.endpoints.len() as i64);
+    registry.register(
+        "endpoints",
+        "Pods and container groups attached on this node",
+        endpoints,
+    );
+    let (entries, capacity) = (
+        Family::<Labels, Gauge>::default(),
+        Family::<Labels, Gauge>::default(),
+    );
+    for (map, used, max) in &r.maps {
+        entries
+            .get_or_create(&vec![("map", map.clone())])
+            .set(*used as i64);
+        capacity
+            .get_or_create(&vec![("map", map.clone())])
+            .set(*max as i64);
+    }
+    registry.register("map_entries", "Entries in a dataplane table", entries);
+    registry.register("map_capacity", "Capacity of a dataplane table", capacity);
+    let reloads = Family::<Labels, Counter>::default();
+    reloads
+        .get_or_create(&vec![("result", "ok".into())])
+        .inc_by(r.reloads_ok);
+    reloads
+        .get_or_create(&vec![("result", "failed".into())])
+        .inc_by(r.reloads_failed);
+    registry.register(
+        "spec_reloads",
+        "Spec reloads applied (ok) and refused (failed)",
+        reloads,
+    );
+    let mut out = String::new();
+    encode(&mut out, &registry)?;
+    Ok(out)
+}
