@@ -442,7 +442,7 @@ fn libcni_adds_checks_and_deletes_pods() -> Result<()> {
     let pod_b = lab.add_pod_netns("pod-b")?;
     // pod-a: the container id cnitool derives from the netns path, no CNI_ARGS.
     let result_a: Value = serde_json::from_str(&runtime.ok("add", &pod_a, &[])?)?;
-    let ip_a = check_add_result(&result_a, &spec, &pod_a)?; eprintln!("DBG spec={spec} validated={validated} A={result_a:#}");
+    let ip_a = check_add_result(&result_a, &spec, &pod_a)?;
     // pod-b: what containerd passes for a Kubernetes pod (unknown keys included).
     let cni_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;\
                     K8S_POD_INFRA_CONTAINER_ID=ctr-web-0;K8S_POD_UID=6b1d3c0e-8a2f-4d1e-9b7a-0c1d2e3f4a5b";
@@ -463,7 +463,7 @@ fn libcni_adds_checks_and_deletes_pods() -> Result<()> {
     assert!(ep_a["k8s_pod"].is_null(), "{ep_a}");
     assert_eq!(ep_b["container_id"], "ctr-web-0", "{ep_b}");
     assert_eq!(ep_b["k8s_namespace"], "default", "{ep_b}");
-    assert_eq!(ep_b["k8s_pod"], "web-0", "{ep_b}"); eprintln!("DBG endpoints {endpoints:#} cached={}", std::fs::read_to_string(runtime.cached_result("ctr-web-0"))?);
+    assert_eq!(ep_b["k8s_pod"], "web-0", "{ep_b}");
     // libcni cached the results: CHECK and DEL get them as prevResult.
     for container in [container_a, "ctr-web-0"] {
         let cached = runtime.cached_result(container);
@@ -525,7 +525,7 @@ fn libcni_with_a_1_1_0_conflist() -> Result<()> {
     let pod = lab.add_pod_netns("pod-a")?;
     let netns = pod.path.to_string_lossy().into_owned();
     let add = runtime.run(&["add", NET, &netns], &[])?;
-    let stderr = String::from_utf8_lossy(&add.stderr); eprintln!("DBG 1.1.0 add: {add:?} status={:#}", agent.status()?["endpoints"]);
+    let stderr = String::from_utf8_lossy(&add.stderr);
     if semver(&spec) < semver("1.1.0") {
         assert!(!add.status.success(), "libcni {spec} took a 1.1.0 result?");
         assert!(

@@ -18,8 +18,10 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",                    // the reference dataplane (bridge + iptables)
     "containernetworking-plugins", // the reference CNI plugins (bridge, host-local, ...)
     "ethtool",
-    "util-linux", // nsenter
-    "procps",     // sysctl, pgrep
+    "util-linux",                 // nsenter
+    "procps",                     // sysctl, pgrep
+    "golang-go",                  // builds the libcni test driver (tests/tests/e2e_libcni.rs)
+    "golang-github-appc-cni-dev", // libcni's sources (CNI 1.1.2), for that driver
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
