@@ -37,7 +37,7 @@ fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
     f
 }
 
-/// Ethernet + IPv4 + UDP with a few bytes of payload.
+/// Ethernet + IPv4 (TTL 64, valid header checksum) + UDP with a few bytes of payload.
 fn udp(src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     let mut f = eth(HOST_A, src_mac, 0x0800);
     let total = 20 + 8 + 4;
@@ -45,7 +45,31 @@ fn udp(src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     f.extend_from_slice(&src);
     f.extend_from_slice(&dst);
     f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+    let check = !ones_complement_sum(&f[14..34]);
+    f[24..26].copy_from_slice(&check.to_be_bytes());
     f
+}
+
+fn ones_complement_sum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// A forwarded IPv4 header: TTL one less than `sent`'s, checksum still valid, the rest equal.
+fn assert_forwarded(sent: &[u8], out: &[u8]) {
+    assert_eq!(out[22], sent[22] - 1, "TTL decremented");
+    assert_eq!(
+        ones_complement_sum(&out[14..34]),
+        0xffff,
+        "header checksum valid"
+    );
+    assert_eq!(&out[26..], &sent[26..], "addresses and payload untouched");
 }
 
 fn arp_request(src_mac: [u8; 6], src: [u8; 4], target: [u8; 4]) -> Vec<u8> {
@@ -215,16 +239,49 @@ fn uplink_tc_delivers_into_a_local_pod() {
 #[test]
 fn pod_to_pod_is_redirected_with_rewritten_macs() {
     let mut dp = dataplane();
-    let r = run(&mut dp, programs::POD_TC_INGRESS, &udp(MAC_A, POD_A, POD_B));
+    let sent = udp(MAC_A, POD_A, POD_B);
+    let r = run(&mut dp, programs::POD_TC_INGRESS, &sent);
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_eq!(&r.out[0..6], &MAC_B);
     assert_eq!(&r.out[6..12], &HOST_B);
-    assert_eq!(
-        &r.out[14..],
-        &udp(MAC_A, POD_A, POD_B)[14..],
-        "IP and payload untouched"
-    );
+    assert_forwarded(&sent, &r.out);
     assert_eq!(traffic(&dp, Path::PodToPod), 1);
+}
+
+#[test]
+fn routed_packets_lose_one_ttl_and_expire() {
+    let mut dp = dataplane();
+    let sent = udp(FABRIC_MAC, [10, 0, 2, 50], POD_A);
+    let r = run(&mut dp, programs::UPLINK_TC_INGRESS, &sent);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_forwarded(&sent, &r.out);
+    // TTL 0xff -> 0xfe exercises the checksum's end-around carry differently than 64 -> 63.
+    let mut sent = udp(MAC_A, POD_A, [10, 0, 2, 50]);
+    sent[22] = 0xff;
+    sent[24..26].copy_from_slice(&[0, 0]);
+    let check = !ones_complement_sum(&sent[14..34]);
+    sent[24..26].copy_from_slice(&check.to_be_bytes());
+    let r = run(&mut dp, programs::POD_TC_INGRESS, &sent);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_forwarded(&sent, &r.out);
+
+    let mut last_hop = udp(MAC_A, POD_A, POD_B);
+    last_hop[22] = 1;
+    assert_eq!(
+        run(&mut dp, programs::POD_TC_INGRESS, &last_hop).verdict,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&dp, DropReason::TtlExceeded), 1);
+    let to_node = {
+        let mut f = udp(MAC_A, POD_A, NODE_IP);
+        f[22] = 1;
+        f
+    };
+    assert_eq!(
+        run(&mut dp, programs::POD_TC_INGRESS, &to_node).verdict,
+        TC_ACT_OK,
+        "the node itself is not a hop away"
+    );
 }
 
 #[test]

@@ -76,10 +76,12 @@ pub enum DropReason {
     Unsupported = 4,
     /// The kernel refused the redirect (interface gone, no neighbour...).
     RedirectFailed = 5,
+    /// A routed packet whose TTL ran out.
+    TtlExceeded = 6,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::Spoofed,
@@ -87,6 +89,7 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::Unsupported,
         DropReason::RedirectFailed,
+        DropReason::TtlExceeded,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -97,6 +100,7 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::Unsupported => "unsupported",
             DropReason::RedirectFailed => "redirect_failed",
+            DropReason::TtlExceeded => "ttl_exceeded",
         }
     }
 }

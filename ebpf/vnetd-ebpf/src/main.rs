@@ -7,6 +7,7 @@ mod arp;
 mod counters;
 mod endpoint;
 mod forward;
+mod l3;
 mod node;
 mod parse;
 mod route;
@@ -66,10 +67,14 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
         count_drop(DropReason::Malformed);
         return TC_ACT_SHOT;
     };
-    match endpoint::lookup(&ip.dst_addr) {
-        Some(ep) => forward::to_local_pod(eth, ep, Path::UplinkToPod, pkt.len()),
-        None => TC_ACT_OK,
+    let Some(ep) = endpoint::lookup(&ip.dst_addr) else {
+        return TC_ACT_OK;
+    };
+    if !l3::forward_hop(ip) {
+        count_drop(DropReason::TtlExceeded);
+        return TC_ACT_SHOT;
     }
+    forward::to_local_pod(eth, ep, Path::UplinkToPod, pkt.len())
 }
 
 /// Everything a pod sends (TC ingress on its host-side veth).
@@ -124,9 +129,6 @@ fn pod_ipv4(pkt: &Packet, ifindex: u32, len: usize) -> i32 {
         count_drop(DropReason::Spoofed);
         return TC_ACT_SHOT;
     };
-    if let Some(dst) = endpoint::lookup(&ip.dst_addr) {
-        return forward::to_local_pod(eth, dst, Path::PodToPod, len);
-    }
     let Some(node) = node::config() else {
         count_drop(DropReason::NoRoute);
         return TC_ACT_SHOT;
@@ -134,6 +136,14 @@ fn pod_ipv4(pkt: &Packet, ifindex: u32, len: usize) -> i32 {
     if ip.dst_addr == node.primary_ip {
         count_traffic(Path::PodToHost, len);
         return TC_ACT_OK;
+    }
+    // Every other destination is routed: through the pod's gateway, one hop.
+    if !l3::forward_hop(ip) {
+        count_drop(DropReason::TtlExceeded);
+        return TC_ACT_SHOT;
+    }
+    if let Some(dst) = endpoint::lookup(&ip.dst_addr) {
+        return forward::to_local_pod(eth, dst, Path::PodToPod, len);
     }
     let Some(route) = route::lookup(src.route_table, &ip.dst_addr) else {
         count_drop(DropReason::NoRoute);
