@@ -81,13 +81,22 @@ impl Agent {
         if plan.uplink != self.plan.uplink || plan.primary_ip != self.plan.primary_ip {
             anyhow::bail!("changing a running node's uplink or primary IP needs a restart");
         }
-        self.dataplane.sync_routes(&plan.routes)?;
-        self.plan = plan;
-        let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
-        for ep in &endpoints {
+        // New routes first, then the endpoints whose subnet changed table, then the stale
+        // routes: a packet always finds a route from the old or the new configuration.
+        self.dataplane.upsert_routes(&plan.routes)?;
+        let old = std::mem::replace(&mut self.plan, plan);
+        let table =
+            |plan: &NodePlan, subnet: &str| plan.subnet(subnet).map_or(0, |s| s.route_table);
+        let moved: Vec<Endpoint> = self
+            .endpoints
+            .values()
+            .filter(|ep| table(&old, &ep.subnet) != table(&self.plan, &ep.subnet))
+            .cloned()
+            .collect();
+        for ep in &moved {
             self.write_endpoint(ep)?;
         }
-        Ok(())
+        self.dataplane.prune_routes(&self.plan.routes)
     }
 
     async fn restore(&mut self) -> Result<()> {

@@ -3,6 +3,7 @@
 //! Every task that needs the toolchain or kernel tools runs `setup` first, so a fresh clone on
 //! a fresh machine needs nothing but `cargo xtask test` (as root).
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -43,6 +44,19 @@ enum Task {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Setup, build, then measure vnetd against the Linux bridge + iptables (the reference CNI
+    /// plugins) pod to pod in one lab; prints a table and writes target/bench/report.json.
+    Bench {
+        /// One short repetition: a smoke run of the bench itself.
+        #[arg(long)]
+        quick: bool,
+        /// Repetitions of every measurement (default 3; 1 with --quick).
+        #[arg(long)]
+        reps: Option<u32>,
+        /// Where to write the JSON report (default target/bench/report.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -68,6 +82,11 @@ fn main() -> Result<()> {
             setup::run()?;
             build()?;
             demo::run(&workspace_root(), !no_wait)
+        }
+        Task::Bench { quick, reps, out } => {
+            setup::run()?;
+            build()?;
+            bench::run(&workspace_root(), bench::Options { quick, reps, out })
         }
     }
 }

@@ -213,36 +213,50 @@ impl Dataplane {
     /// new and changed entries first, then removals, so a lookup never misses a route that
     /// exists before and after.
     pub fn sync_routes(&mut self, routes: &BTreeMap<(u32, Ipv4Net), Route>) -> Result<()> {
-        let mut map: LpmTrie<_, RouteKey, Route> = LpmTrie::try_from(self.map_mut(maps::ROUTES)?)?;
-        let key_of = |(table, net): &(u32, Ipv4Net)| {
-            Key::new(
-                RouteKey::TABLE_BITS + u32::from(net.prefix_len()),
-                RouteKey {
-                    table: table.to_be_bytes(),
-                    dst: net.network().octets(),
-                },
-            )
-        };
+        self.upsert_routes(routes)?;
+        self.prune_routes(routes)
+    }
+
+    /// Writes the entries of `routes` that are new or changed.
+    pub fn upsert_routes(&mut self, routes: &BTreeMap<(u32, Ipv4Net), Route>) -> Result<()> {
+        let present = self.routes()?;
+        let mut map = self.routes_map()?;
+        for (k, route) in routes {
+            if present.get(k) != Some(route) {
+                map.insert(&route_key(k), route, 0)
+                    .with_context(|| format!("writing route {k:?}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the entries that are not in `routes`.
+    pub fn prune_routes(&mut self, routes: &BTreeMap<(u32, Ipv4Net), Route>) -> Result<()> {
+        let present = self.routes()?;
+        let mut map = self.routes_map()?;
+        for k in present.keys().filter(|k| !routes.contains_key(k)) {
+            map.remove(&route_key(k))
+                .with_context(|| format!("removing route {k:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// The routes in ROUTES.
+    pub fn routes(&mut self) -> Result<BTreeMap<(u32, Ipv4Net), Route>> {
+        let map = self.routes_map()?;
         let mut present = BTreeMap::new();
         for key in map.keys() {
             let key = key?;
             let data = key.data();
-            let table = u32::from_be_bytes(data.table);
             let plen = key.prefix_len() - RouteKey::TABLE_BITS;
             let net = Ipv4Net::new(Ipv4Addr::from(data.dst), plen as u8)?;
-            present.insert((table, net), map.get(&key, 0)?);
+            present.insert((u32::from_be_bytes(data.table), net), map.get(&key, 0)?);
         }
-        for (k, route) in routes {
-            if present.get(k) != Some(route) {
-                map.insert(&key_of(k), route, 0)
-                    .with_context(|| format!("writing route {k:?}"))?;
-            }
-        }
-        for k in present.keys().filter(|k| !routes.contains_key(k)) {
-            map.remove(&key_of(k))
-                .with_context(|| format!("removing route {k:?}"))?;
-        }
-        Ok(())
+        Ok(present)
+    }
+
+    fn routes_map(&mut self) -> Result<LpmTrie<&mut aya::maps::MapData, RouteKey, Route>> {
+        Ok(LpmTrie::try_from(self.map_mut(maps::ROUTES)?)?)
     }
 
     /// Entries and capacity of the tables that fill up: (map, entries, capacity).
@@ -297,6 +311,16 @@ impl Dataplane {
             .map(|reason| Ok((*reason, map.get(&(*reason as u32), 0)?.iter().sum())))
             .collect()
     }
+}
+
+fn route_key((table, net): &(u32, Ipv4Net)) -> Key<RouteKey> {
+    Key::new(
+        RouteKey::TABLE_BITS + u32::from(net.prefix_len()),
+        RouteKey {
+            table: table.to_be_bytes(),
+            dst: net.network().octets(),
+        },
+    )
 }
 
 /// Every map the programs declare; all are pinned.

@@ -1,0 +1,707 @@
+//! `cargo xtask bench`: vnetd against the dataplane it replaces, in the same run, on the same
+//! machine, pod to pod on one node.
+//!
+//! - **vnetd**: a lab node running the agent, two pods attached through `vnetd-cni`
+//!   (TC ingress on the sending pod's host veth, `bpf_redirect_peer` into the other pod).
+//! - **reference**: another lab node without vnetd, two pods attached by Debian's reference CNI
+//!   plugins as a conflist chain: `bridge` (host-local IPAM, a Linux bridge `cni0`, gateway and
+//!   masquerade) then `firewall` (iptables backend). Bridge netfilter stays as the host has it.
+//!
+//! Each metric is measured on both, one run at a time, alternating (the dataplane that goes
+//! first alternates per repetition), and reported as median [min-max] with the ratio of the
+//! medians. A table goes to stdout and a JSON report to `target/bench/report.json`. Nothing is
+//! asserted: speed is never a test verdict.
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use serde_json::{Value, json};
+use vnetd_lab::{
+    CniCall, Lab, Node, Ns, tcp_echo_ok,
+    vnetd::{Agent, add_pod, bin, lab_spec},
+};
+
+/// Where Debian's containernetworking-plugins puts the reference plugins.
+const CNI_DIR: &str = "/usr/lib/cni";
+/// The reference network: what `bridge` is told (host-local keeps its leases in the node's
+/// lab directory, not in /var/lib/cni).
+const REF_SUBNET: &str = "10.244.0.0/24";
+const IPERF_PORT: &str = "5201";
+
+pub struct Options {
+    /// One repetition, short runs: a smoke test of the bench itself.
+    pub quick: bool,
+    /// Repetitions (default 3, or 1 with `quick`).
+    pub reps: Option<u32>,
+    /// Where the JSON report goes (default `target/bench/report.json`).
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dp {
+    Vnetd,
+    Reference,
+}
+
+impl Dp {
+    fn key(self) -> &'static str {
+        match self {
+            Dp::Vnetd => "vnetd",
+            Dp::Reference => "reference",
+        }
+    }
+}
+
+/// A client pod and a server pod of one dataplane.
+struct Pair {
+    client: Ns,
+    server: Ns,
+    server_ip: Ipv4Addr,
+}
+
+/// How long each kind of run lasts.
+#[derive(Clone, Copy)]
+struct Durations {
+    bulk: u32,
+    rr: Duration,
+    udp: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Metric {
+    TcpBulk,
+    TcpRr,
+    TcpRrLatency,
+    UdpRx,
+}
+
+const METRICS: [Metric; 4] = [
+    Metric::TcpBulk,
+    Metric::TcpRr,
+    Metric::TcpRrLatency,
+    Metric::UdpRx,
+];
+
+impl Metric {
+    fn key(self) -> &'static str {
+        match self {
+            Metric::TcpBulk => "tcp_bulk_gbps",
+            Metric::TcpRr => "tcp_rr_tps",
+            Metric::TcpRrLatency => "tcp_rr_mean_latency_us",
+            Metric::UdpRx => "udp_64b_rx_kpps",
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Metric::TcpBulk => "TCP bulk, Gbit/s",
+            Metric::TcpRr => "TCP_RR 1 B, transactions/s",
+            Metric::TcpRrLatency => "TCP_RR mean latency, us (lower is better)",
+            Metric::UdpRx => "UDP 64 B receiver, kpps (syscall-bound)",
+        }
+    }
+    fn higher_is_better(self) -> bool {
+        self != Metric::TcpRrLatency
+    }
+    fn index(self) -> usize {
+        METRICS.iter().position(|m| *m == self).expect("listed")
+    }
+}
+
+/// Every sample of every metric for both dataplanes, and the raw runs for the report.
+#[derive(Default)]
+struct Results {
+    samples: [[Vec<f64>; 2]; 4],
+    runs: Vec<Value>,
+}
+
+impl Results {
+    fn add(&mut self, dp: Dp, metric: Metric, value: f64) {
+        self.samples[metric.index()][dp as usize].push(value);
+    }
+    fn get(&self, dp: Dp, metric: Metric) -> &[f64] {
+        &self.samples[metric.index()][dp as usize]
+    }
+}
+
+pub fn run(root: &Path, opts: Options) -> Result<()> {
+    check_tools()?;
+    let reps = opts.reps.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
+    let durations = if opts.quick {
+        Durations {
+            bulk: 2,
+            rr: Duration::from_secs(1),
+            udp: 2,
+        }
+    } else {
+        Durations {
+            bulk: 5,
+            rr: Duration::from_secs(3),
+            udp: 5,
+        }
+    };
+    let out_path = opts.out.unwrap_or_else(|| target_dir(root).join("bench/report.json"));
+
+    vnetd_lab::ensure_bpffs()?;
+    vnetd_lab::cleanup_on_signal()?;
+    let lab = Lab::new()?;
+    step(&format!("lab {} (namespaces {}*)", lab.id(), lab.prefix()));
+
+    // vnetd: the agent on node-1 (the name examples/lab.yaml declares), two pods in `apps`.
+    let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
+    let _agent = Agent::start(&node, &lab_spec()).context("starting the vnetd agent")?;
+    let va = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    let vb = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
+    println!(
+        "   vnetd:           node-1, pods {} -> {} (vnetd-cni, TC + bpf_redirect_peer)",
+        va.ip, vb.ip
+    );
+
+    // The reference: bridge + host-local + firewall(iptables) on node `ref`.
+    let rnode = lab.add_node("ref", "10.0.0.9/24".parse()?)?;
+    let (ra, ra_ip) = ref_pod(&lab, &rnode, "ref-a")?;
+    let (rb, rb_ip) = ref_pod(&lab, &rnode, "ref-b")?;
+    let nf_call = rnode
+        .sysctl_get("net.bridge.bridge-nf-call-iptables")
+        .unwrap_or_else(|_| "absent (br_netfilter not loaded)".into());
+    let ref_rules = rnode
+        .run_ok(["iptables-save"])
+        .map(|s| s.lines().filter(|l| l.starts_with("-A")).count())
+        .unwrap_or(0);
+    println!(
+        "   bridge+iptables: node ref, pods {ra_ip} -> {rb_ip} (bridge cni0 + firewall), \
+         bridge-nf-call-iptables={nf_call}, {ref_rules} iptables rules in the node"
+    );
+
+    let pairs = [
+        Pair {
+            client: va.ns.ns.clone(),
+            server: vb.ns.ns.clone(),
+            server_ip: vb.ip,
+        },
+        Pair {
+            client: ra.clone(),
+            server: rb.clone(),
+            server_ip: rb_ip,
+        },
+    ];
+    for (dp, pair) in [Dp::Vnetd, Dp::Reference].into_iter().zip(&pairs) {
+        tcp_echo_ok(&pair.client, &pair.server, pair.server_ip, 7000)
+            .with_context(|| format!("{} pod to pod does not work", dp.key()))?;
+    }
+
+    step(&format!(
+        "measuring: {reps} repetition(s), bulk {} s, TCP_RR {} s, UDP {} s per run, one run at a time",
+        durations.bulk,
+        durations.rr.as_secs_f64(),
+        durations.udp
+    ));
+    let started = Instant::now();
+    let mut results = Results::default();
+    for rep in 0..reps {
+        let order = if rep % 2 == 0 {
+            [Dp::Vnetd, Dp::Reference]
+        } else {
+            [Dp::Reference, Dp::Vnetd]
+        };
+        for kind in ["bulk", "rr", "udp"] {
+            for dp in order {
+                let pair = &pairs[dp as usize];
+                let run = measure(kind, pair, durations)
+                    .with_context(|| format!("{kind} run {} for {}", rep + 1, dp.key()))?;
+                print!("   rep {} {:<9} {:<5}", rep + 1, dp.key(), kind);
+                for (metric, value) in &run.values {
+                    results.add(dp, *metric, *value);
+                    print!("  {} {}", metric.key(), fmt_num(*value));
+                }
+                println!();
+                results.runs.push(json!({
+                    "rep": rep + 1,
+                    "dataplane": dp.key(),
+                    "kind": kind,
+                    "values": run.values.iter().map(|(m, v)| (m.key().to_string(), json!(v)))
+                        .collect::<serde_json::Map<_, _>>(),
+                    "details": run.details,
+                }));
+            }
+        }
+    }
+    let measuring = started.elapsed();
+
+    let env = environment();
+    let ref_config = json!({
+        "plugins": ref_plugins_conf(&rnode.dir),
+        "package": package_version("containernetworking-plugins"),
+        "bridge_nf_call_iptables": nf_call,
+        "iptables": first_line(Command::new("iptables").arg("--version")),
+        "iptables_rules_in_node": ref_rules,
+    });
+    print_table(&results, &env, &nf_call, reps);
+    let report = json!({
+        "environment": env,
+        "quick": opts.quick,
+        "repetitions": reps,
+        "durations_s": { "tcp_bulk": durations.bulk, "tcp_rr": durations.rr.as_secs_f64(), "udp": durations.udp },
+        "measuring_s": measuring.as_secs_f64(),
+        "scenario": "pod to pod on one node, 2 pods per node namespace, one run at a time, \
+                     dataplanes alternated per run",
+        "vnetd": { "node": "node-1", "client": va.ip.to_string(), "server": vb.ip.to_string() },
+        "reference": {
+            "node": "ref", "client": ra_ip.to_string(), "server": rb_ip.to_string(),
+            "config": ref_config,
+        },
+        "metrics": METRICS.iter().map(|&m| summary_json(&results, m)).collect::<Vec<_>>(),
+        "runs": results.runs,
+        "notes": NOTES,
+    });
+    if let Some(dir) = out_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&out_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", out_path.display()))?;
+    println!("\n   report: {}", out_path.display());
+
+    step("tearing down");
+    drop((va, vb, _agent));
+    lab.teardown()?;
+    println!("   done: the lab's namespaces, processes and iptables rules are gone");
+    Ok(())
+}
+
+const NOTES: &[&str] = &[
+    "One VM with 2 vCPUs, shared with whatever else runs: numbers are noisy; compare the ratios \
+     of the same run, not absolute values across runs.",
+    "TCP bulk with one stream is CPU-bound on the sender and receiver (both on 2 vCPUs): it \
+     measures the whole stack, the dataplane's per-packet cost is a small part of it.",
+    "UDP 64 B is iperf3's receiver rate with -b 0: syscall-bound (about 0.13 Mpps on this \
+     machine kind) and lossy, so it compares the socket stacks more than the dataplanes.",
+    "TCP_RR is one connection, 1-byte request and response, Nagle off, in-process sockets; \
+     latency is the mean round trip (1 / rate).",
+];
+
+fn step(what: &str) {
+    println!("\n== {what}");
+}
+
+/// Fails early, pointing at `cargo xtask setup`, if a tool the bench runs is missing.
+fn check_tools() -> Result<()> {
+    for tool in ["iperf3", "iptables", "iptables-save", "nsenter", "ip"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        ensure!(found, "{tool} is not installed: run `cargo xtask setup`");
+    }
+    for plugin in ["bridge", "host-local", "firewall"] {
+        let p = Path::new(CNI_DIR).join(plugin);
+        ensure!(
+            p.is_file(),
+            "the reference CNI plugin {} is missing (package containernetworking-plugins): \
+             run `cargo xtask setup`",
+            p.display()
+        );
+    }
+    for b in ["vnetd", "vnetd-cni"] {
+        ensure!(
+            bin(b).is_file(),
+            "{} is not built: run `cargo xtask build`",
+            bin(b).display()
+        );
+    }
+    Ok(())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// The reference conflist's plugins (bridge, then firewall), as one list for the report.
+fn ref_plugins_conf(node_dir: &Path) -> Value {
+    json!([
+        {
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": true,
+            "ipMasq": true,
+            "ipam": {
+                "type": "host-local",
+                "subnet": REF_SUBNET,
+                "dataDir": node_dir.join("cni-ipam"),
+            },
+        },
+        { "type": "firewall", "backend": "iptables" },
+    ])
+}
+
+/// A pod namespace on the reference node, attached by running the conflist's chain as a
+/// runtime does: each plugin's ADD in order, the previous result passed as `prevResult`.
+/// Returns the namespace and the pod's address.
+fn ref_pod(lab: &Lab, node: &Node, name: &str) -> Result<(Ns, Ipv4Addr)> {
+    let pod = lab.add_pod_netns(name)?;
+    let mut prev: Option<Value> = None;
+    for plugin in ref_plugins_conf(&node.dir)
+        .as_array()
+        .expect("a list")
+        .iter()
+    {
+        let mut conf = plugin.clone();
+        conf["cniVersion"] = "1.0.0".into();
+        conf["name"] = "refnet".into();
+        if let Some(prev) = &prev {
+            conf["prevResult"] = prev.clone();
+        }
+        let ty = conf["type"].as_str().unwrap_or_default().to_string();
+        let out = node.cni(&CniCall {
+            command: "ADD".into(),
+            plugin: Path::new(CNI_DIR).join(&ty),
+            container_id: format!("ref-{name}"),
+            netns: pod.path.clone(),
+            ifname: "eth0".into(),
+            config: conf.to_string(),
+            cni_path: Some(CNI_DIR.into()),
+            ..CniCall::default()
+        })?;
+        if out.exit != 0 {
+            bail!(
+                "reference plugin {ty} ADD for {name} failed ({}): {} {}",
+                out.exit,
+                out.stdout.trim(),
+                out.stderr.trim()
+            );
+        }
+        prev = Some(out.json()?);
+    }
+    let result = prev.ok_or_else(|| anyhow!("no plugin ran"))?;
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("no address in the reference CNI result {result}"))?;
+    Ok((pod.ns, ip))
+}
+
+/// What one run measured.
+struct Run {
+    values: Vec<(Metric, f64)>,
+    details: Value,
+}
+
+fn measure(kind: &str, pair: &Pair, d: Durations) -> Result<Run> {
+    match kind {
+        "bulk" => {
+            let j = iperf3(pair, &["-t", &d.bulk.to_string()], d.bulk)?;
+            let recv = &j["end"]["sum_received"];
+            let bps = recv["bits_per_second"]
+                .as_f64()
+                .ok_or_else(|| anyhow!("no end.sum_received in iperf3's output"))?;
+            Ok(Run {
+                values: vec![(Metric::TcpBulk, bps / 1e9)],
+                details: json!({
+                    "retransmits": j["end"]["sum_sent"]["retransmits"],
+                    "cpu_utilization_percent": j["end"]["cpu_utilization_percent"],
+                }),
+            })
+        }
+        "rr" => {
+            let (n, elapsed) = tcp_rr(pair, d.rr)?;
+            let tps = n as f64 / elapsed.as_secs_f64();
+            Ok(Run {
+                values: vec![
+                    (Metric::TcpRr, tps),
+                    (Metric::TcpRrLatency, elapsed.as_secs_f64() * 1e6 / n as f64),
+                ],
+                details: json!({ "transactions": n, "seconds": elapsed.as_secs_f64() }),
+            })
+        }
+        "udp" => {
+            let j = iperf3(
+                pair,
+                &["-u", "-l", "64", "-b", "0", "-t", &d.udp.to_string()],
+                d.udp,
+            )?;
+            let recv = &j["end"]["sum_received"];
+            let sent = &j["end"]["sum_sent"];
+            let f = |v: &Value, k: &str| {
+                v[k].as_f64()
+                    .ok_or_else(|| anyhow!("no {k} in iperf3's UDP summary {v}"))
+            };
+            let received = f(recv, "packets")? - f(recv, "lost_packets")?;
+            let secs = f(recv, "seconds")?;
+            ensure!(secs > 0.0, "iperf3 reported a run of 0 s");
+            Ok(Run {
+                values: vec![(Metric::UdpRx, received / secs / 1e3)],
+                details: json!({
+                    "sent_kpps": f(sent, "packets")? / f(sent, "seconds")?.max(1e-9) / 1e3,
+                    "lost_percent": recv["lost_percent"],
+                    "cpu_utilization_percent": j["end"]["cpu_utilization_percent"],
+                }),
+            })
+        }
+        _ => unreachable!("unknown run kind {kind}"),
+    }
+}
+
+/// One iperf3 run: a one-off server in the server pod, the client (JSON output) in the client
+/// pod. Returns the client's JSON.
+fn iperf3(pair: &Pair, args: &[&str], secs: u32) -> Result<Value> {
+    let server = pair
+        .server
+        .spawn(["iperf3", "-s", "-1", "-p", IPERF_PORT, "--forceflush"])?;
+    server
+        .wait_for_output("Server listening", Duration::from_secs(10))
+        .context("waiting for the iperf3 server")?;
+    let ip = pair.server_ip.to_string();
+    let mut cmd = vec!["iperf3", "-c", &ip, "-p", IPERF_PORT, "-J"];
+    cmd.extend_from_slice(args);
+    let out = pair
+        .client
+        .run_timeout(&cmd, Duration::from_secs(u64::from(secs) + 20))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let j: Value = serde_json::from_str(&stdout).with_context(|| {
+        format!(
+            "iperf3 client output is not JSON (exit {}): {} {}",
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })?;
+    if let Some(e) = j.get("error") {
+        bail!(
+            "iperf3 client failed: {e}; server: {} {}",
+            server.stdout().trim(),
+            server.stderr().trim()
+        );
+    }
+    // The one-off server exits after the test; Drop kills it if it lingers.
+    let mut server = server;
+    let _ = server.wait_timeout(Duration::from_secs(3));
+    Ok(j)
+}
+
+/// TCP request/response: one connection, 1 byte each way, as many round trips as fit in
+/// `dur`. Returns (transactions, elapsed).
+fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration)> {
+    let listener = pair
+        .server
+        .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+    let port = listener.local_addr()?.port();
+    // Non-blocking accept with a deadline: the thread must end even if the client never comes.
+    listener.set_nonblocking(true)?;
+    let server = std::thread::spawn(move || -> Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ensure!(Instant::now() < deadline, "no connection within 10 s");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e).context("accepting"),
+            }
+        };
+        s.set_nonblocking(false)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut b = [0u8; 1];
+        let mut n = 0;
+        loop {
+            match s.read(&mut b).context("server read")? {
+                0 => return Ok(n),
+                _ => {
+                    s.write_all(&b).context("server write")?;
+                    n += 1;
+                }
+            }
+        }
+    });
+    let client = (|| -> Result<(u64, Duration)> {
+        let mut c: TcpStream = pair.client.tcp_connect(
+            SocketAddr::from((pair.server_ip, port)),
+            Duration::from_secs(3),
+        )?;
+        c.set_nodelay(true)?;
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut b = [0u8; 1];
+        let mut ping = |c: &mut TcpStream| -> Result<()> {
+            c.write_all(&[1]).context("client write")?;
+            c.read_exact(&mut b).context("client read")
+        };
+        for _ in 0..200 {
+            ping(&mut c)?; // warm-up
+        }
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < dur {
+            ping(&mut c)?;
+            n += 1;
+        }
+        Ok((n, start.elapsed()))
+    })();
+    let served = server
+        .join()
+        .map_err(|_| anyhow!("the TCP_RR server thread panicked"))?;
+    let (n, elapsed) = client?;
+    let served = served?;
+    ensure!(
+        served == n + 200,
+        "the server answered {served} requests, the client counted {}",
+        n + 200
+    );
+    ensure!(n > 0, "no transaction completed");
+    Ok((n, elapsed))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+fn fmt_num(x: f64) -> String {
+    if x >= 1000.0 {
+        format!("{x:.0}")
+    } else if x >= 100.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn cell(v: &[f64]) -> String {
+    let (lo, hi) = min_max(v);
+    if v.len() == 1 {
+        fmt_num(v[0])
+    } else {
+        format!("{} [{}-{}]", fmt_num(median(v)), fmt_num(lo), fmt_num(hi))
+    }
+}
+
+fn summary_json(r: &Results, m: Metric) -> Value {
+    let side = |dp: Dp| {
+        let v = r.get(dp, m);
+        let (lo, hi) = min_max(v);
+        json!({ "samples": v, "median": median(v), "min": lo, "max": hi })
+    };
+    json!({
+        "metric": m.key(),
+        "label": m.label(),
+        "higher_is_better": m.higher_is_better(),
+        "vnetd": side(Dp::Vnetd),
+        "reference": side(Dp::Reference),
+        "ratio_vnetd_over_reference": median(r.get(Dp::Vnetd, m)) / median(r.get(Dp::Reference, m)),
+    })
+}
+
+fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32) {
+    step("results: pod to pod, same node (median [min-max])");
+    println!(
+        "   {} | kernel {} | {} vCPU ({}) | {} repetition(s)",
+        env["date"].as_str().unwrap_or("?"),
+        env["kernel"].as_str().unwrap_or("?"),
+        env["cpus"],
+        env["cpu_model"].as_str().unwrap_or("?"),
+        reps
+    );
+    println!(
+        "   reference: bridge + host-local + firewall (iptables), bridge-nf-call-iptables={nf_call}\n"
+    );
+    let w = [42, 26, 26, 10];
+    println!(
+        "   {:<w0$} | {:<w1$} | {:<w2$} | {:>w3$}",
+        "metric",
+        "vnetd",
+        "bridge+iptables",
+        "vnetd/ref",
+        w0 = w[0],
+        w1 = w[1],
+        w2 = w[2],
+        w3 = w[3]
+    );
+    println!(
+        "   {}-|-{}-|-{}-|-{}",
+        "-".repeat(w[0]),
+        "-".repeat(w[1]),
+        "-".repeat(w[2]),
+        "-".repeat(w[3])
+    );
+    for m in METRICS {
+        let (v, b) = (r.get(Dp::Vnetd, m), r.get(Dp::Reference, m));
+        println!(
+            "   {:<w0$} | {:<w1$} | {:<w2$} | {:>w3$.2}",
+            m.label(),
+            cell(v),
+            cell(b),
+            median(v) / median(b),
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        );
+    }
+    println!();
+    for n in NOTES {
+        println!("   note: {n}");
+    }
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn package_version(pkg: &str) -> String {
+    first_line(Command::new("dpkg-query").args(["-W", "-f=${Version}", pkg]))
+}
+
+/// Where and when: for the report and the table's header.
+fn environment() -> Value {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let git = first_line(Command::new("git").args(["rev-parse", "--short", "HEAD"]));
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    json!({
+        "date": first_line(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string()).unwrap_or_default(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu_model,
+        "iperf3": first_line(Command::new("iperf3").arg("--version")),
+        "git": if dirty { format!("{git}-dirty") } else { git },
+    })
+}
