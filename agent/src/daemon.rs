@@ -38,10 +38,10 @@ impl Agent {
     /// Loads (or adopts) the dataplane, attaches the uplink, and restores the endpoints a
     /// previous agent recorded: reattached if their interface is still there, released if not.
     pub async fn start(plan: NodePlan, bpffs: &Path, state_dir: &Path) -> Result<Self> {
+        let mut dataplane = Dataplane::load_pinned(bpffs)?;
         let (uplink_ifindex, uplink_mac) = netlink::link_by_name(&plan.uplink)
             .await?
             .with_context(|| format!("uplink {} does not exist in this namespace", plan.uplink))?;
-        let mut dataplane = Dataplane::load_pinned(bpffs)?;
         dataplane.set_node(NodeConfig {
             uplink_ifindex,
             primary_ip: plan.primary_ip.octets(),

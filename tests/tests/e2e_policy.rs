@@ -298,3 +298,38 @@ fn agent_killed_during_adds_never_duplicates_or_leaks_an_address() -> Result<()>
     eprintln!("ADD exits around the kill: {outcomes:?}");
     Ok(())
 }
+
+/// Bad start-up input stops the agent with a message naming the problem, and leaves nothing
+/// attached.
+#[test]
+fn agent_refuses_an_invalid_spec_or_a_non_bpf_pin_dir() -> Result<()> {
+    use vnetd_lab::vnetd::bin;
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
+    let start = |spec: &str, bpffs: &std::path::Path| -> Result<std::process::Output> {
+        let path = node.dir.join("start.yaml");
+        std::fs::write(&path, spec)?;
+        let mut args = vec![bin("vnetd").into_os_string()];
+        args.extend(node.agent_args(&path));
+        let bpffs_at = args.iter().position(|a| a == "--bpffs").unwrap() + 1;
+        args[bpffs_at] = bpffs.into();
+        node.run(args)
+    };
+    let bad = lab_spec().replace("maxPods: 30", "maxPods: 500");
+    let out = start(&bad, &node.bpffs_dir)?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nodes[0].maxPods"), "{stderr}");
+    assert!(stderr.contains("not a valid spec"), "{stderr}");
+
+    let out = start(&lab_spec(), &node.dir.join("not-bpffs"))?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not on a bpf filesystem"), "{stderr}");
+    assert!(
+        !node.ip(["-d", "link", "show", "eth0"])?.contains("xdp"),
+        "nothing attached"
+    );
+    Ok(())
+}

@@ -144,7 +144,9 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             udp: 5,
         }
     };
-    let out_path = opts.out.unwrap_or_else(|| target_dir(root).join("bench/report.json"));
+    let out_path = opts
+        .out
+        .unwrap_or_else(|| target_dir(root).join("bench/report.json"));
 
     vnetd_lab::ensure_bpffs()?;
     vnetd_lab::cleanup_on_signal()?;
@@ -153,7 +155,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
 
     // vnetd: the agent on node-1 (the name examples/lab.yaml declares), two pods in `apps`.
     let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
-    let _agent = Agent::start(&node, &lab_spec()).context("starting the vnetd agent")?;
+    let agent = Agent::start(&node, &lab_spec()).context("starting the vnetd agent")?;
     let va = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     let vb = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
     println!(
@@ -232,6 +234,16 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     }
     let measuring = started.elapsed();
 
+    // Proof that each dataplane carried the traffic: vnetd's pod-to-pod counter, and the packets
+    // the reference node's iptables FORWARD chain sent to the firewall plugin's chain (bridged
+    // frames reach it only through bridge netfilter).
+    let vnetd_packets = agent.traffic("pod_to_pod").unwrap_or(0);
+    let ref_fw_packets = forward_to_cni_packets(&rnode).unwrap_or(0);
+    println!(
+        "\n   packets seen: vnetd pod_to_pod counter {vnetd_packets}; reference node's \
+         FORWARD -> CNI-FORWARD rule {ref_fw_packets}"
+    );
+
     let env = environment();
     let ref_config = json!({
         "plugins": ref_plugins_conf(&rnode.dir),
@@ -239,6 +251,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         "bridge_nf_call_iptables": nf_call,
         "iptables": first_line(Command::new("iptables").arg("--version")),
         "iptables_rules_in_node": ref_rules,
+        "forward_to_cni_forward_packets": ref_fw_packets,
     });
     print_table(&results, &env, &nf_call, reps);
     let report = json!({
@@ -249,7 +262,10 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         "measuring_s": measuring.as_secs_f64(),
         "scenario": "pod to pod on one node, 2 pods per node namespace, one run at a time, \
                      dataplanes alternated per run",
-        "vnetd": { "node": "node-1", "client": va.ip.to_string(), "server": vb.ip.to_string() },
+        "vnetd": {
+            "node": "node-1", "client": va.ip.to_string(), "server": vb.ip.to_string(),
+            "pod_to_pod_packets": vnetd_packets,
+        },
         "reference": {
             "node": "ref", "client": ra_ip.to_string(), "server": rb_ip.to_string(),
             "config": ref_config,
@@ -266,7 +282,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     println!("\n   report: {}", out_path.display());
 
     step("tearing down");
-    drop((va, vb, _agent));
+    drop((va, vb, agent));
     lab.teardown()?;
     println!("   done: the lab's namespaces, processes and iptables rules are gone");
     Ok(())
@@ -383,6 +399,21 @@ fn ref_pod(lab: &Lab, node: &Node, name: &str) -> Result<(Ns, Ipv4Addr)> {
         .and_then(|a| a.parse().ok())
         .with_context(|| format!("no address in the reference CNI result {result}"))?;
     Ok((pod.ns, ip))
+}
+
+/// The packet counter of the rule in `node`'s filter FORWARD chain that jumps to the firewall
+/// plugin's `CNI-FORWARD` chain (`iptables-save -c`: `[packets:bytes] -A FORWARD ...`).
+fn forward_to_cni_packets(node: &Node) -> Result<u64> {
+    let dump = node.run_ok(["iptables-save", "-c", "-t", "filter"])?;
+    dump.lines()
+        .filter(|l| l.contains("-A FORWARD") && l.contains("-j CNI-FORWARD"))
+        .map(|l| {
+            l.strip_prefix('[')
+                .and_then(|r| r.split_once(':'))
+                .and_then(|(p, _)| p.parse::<u64>().ok())
+                .ok_or_else(|| anyhow!("cannot read the counter of {l:?}"))
+        })
+        .sum()
 }
 
 /// What one run measured.
