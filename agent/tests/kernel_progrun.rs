@@ -1,128 +1,15 @@
 //! BPF_PROG_RUN tests: the programs, loaded into the kernel, run on crafted packets; we check
 //! verdicts, rewritten bytes and counters. Needs root (CAP_BPF). The maps are private to each
 //! test (nothing pinned), so the tests are independent.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+mod support;
+
+use std::collections::BTreeMap;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use ipnet::Ipv4Net;
+use support::*;
 use vnetd::dataplane::Dataplane;
-use vnetd_common::{DropReason, Endpoint, NextHop, NodeConfig, Path, Route, programs};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-/// In BPF_PROG_RUN a TC program's skb comes from the loopback device: the "host veth" of the
-/// test's pods is therefore ifindex 1.
-const TEST_IFINDEX: u32 = 1;
-
-const POD_A: [u8; 4] = [10, 0, 2, 10];
-const POD_B: [u8; 4] = [10, 0, 2, 11];
-const MAC_A: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0a];
-const HOST_A: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0a];
-const MAC_B: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0b];
-const HOST_B: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0b];
-const UPLINK_MAC: [u8; 6] = [0x02, 0, 10, 0, 0, 4];
-const NODE_IP: [u8; 4] = [10, 0, 0, 4];
-const FABRIC_MAC: [u8; 6] = [0x02, 0, 10, 0, 0, 5];
-
-fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
-    let mut f = Vec::with_capacity(64);
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f
-}
-
-/// Ethernet + IPv4 (TTL 64, valid header checksum) + UDP with a few bytes of payload.
-fn udp(src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
-    let mut f = eth(HOST_A, src_mac, 0x0800);
-    let total = 20 + 8 + 4;
-    f.extend_from_slice(&[0x45, 0, 0, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
-    let check = !ones_complement_sum(&f[14..34]);
-    f[24..26].copy_from_slice(&check.to_be_bytes());
-    f
-}
-
-fn ones_complement_sum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
-/// A forwarded IPv4 header: TTL one less than `sent`'s, checksum still valid, the rest equal.
-fn assert_forwarded(sent: &[u8], out: &[u8]) {
-    assert_eq!(out[22], sent[22] - 1, "TTL decremented");
-    assert_eq!(
-        ones_complement_sum(&out[14..34]),
-        0xffff,
-        "header checksum valid"
-    );
-    assert_eq!(&out[26..], &sent[26..], "addresses and payload untouched");
-}
-
-fn arp_request(src_mac: [u8; 6], src: [u8; 4], target: [u8; 4]) -> Vec<u8> {
-    let mut f = eth([0xff; 6], src_mac, 0x0806);
-    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&target);
-    f
-}
-
-/// A dataplane with node-1's settings, pods A and B on "the test veth", and routes:
-/// the VNet local, 10.99/16 None, 192.0.2/24 via the appliance 10.0.0.100, the rest Internet.
-fn dataplane() -> Dataplane {
-    let mut dp = Dataplane::load_unpinned().expect("programs load and verify");
-    dp.set_node(NodeConfig {
-        uplink_ifindex: TEST_IFINDEX,
-        primary_ip: NODE_IP,
-        uplink_mac: UPLINK_MAC,
-        _pad: [0; 2],
-    })
-    .unwrap();
-    for (ip, pod_mac, host_mac) in [(POD_A, MAC_A, HOST_A), (POD_B, MAC_B, HOST_B)] {
-        dp.put_endpoint(
-            Ipv4Addr::from(ip),
-            Endpoint {
-                host_ifindex: TEST_IFINDEX,
-                route_table: 1,
-                pod_mac,
-                host_mac,
-            },
-        )
-        .unwrap();
-    }
-    let route = |hop: NextHop, ip: [u8; 4]| Route {
-        next_hop: hop as u32,
-        next_hop_ip: ip,
-    };
-    let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
-    let routes = BTreeMap::from([
-        ((1, net("10.0.0.0/16")), route(NextHop::VnetLocal, [0; 4])),
-        ((1, net("0.0.0.0/0")), route(NextHop::Internet, [0; 4])),
-        ((1, net("10.99.0.0/16")), route(NextHop::None, [0; 4])),
-        (
-            (1, net("192.0.2.0/24")),
-            route(NextHop::VirtualAppliance, [10, 0, 0, 100]),
-        ),
-        ((0, net("0.0.0.0/0")), route(NextHop::None, [0; 4])),
-    ]);
-    dp.sync_routes(&routes).unwrap();
-    dp
-}
+use vnetd_common::{DropReason, NextHop, Path, Route, programs};
 
 struct Run {
     verdict: u32,
@@ -257,10 +144,7 @@ fn routed_packets_lose_one_ttl_and_expire() {
     assert_forwarded(&sent, &r.out);
     // TTL 0xff -> 0xfe exercises the checksum's end-around carry differently than 64 -> 63.
     let mut sent = udp(MAC_A, POD_A, [10, 0, 2, 50]);
-    sent[22] = 0xff;
-    sent[24..26].copy_from_slice(&[0, 0]);
-    let check = !ones_complement_sum(&sent[14..34]);
-    sent[24..26].copy_from_slice(&check.to_be_bytes());
+    set_ttl(&mut sent, 0xff);
     let r = run(&mut dp, programs::POD_TC_INGRESS, &sent);
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_forwarded(&sent, &r.out);

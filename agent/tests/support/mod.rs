@@ -1,0 +1,138 @@
+//! Fixtures shared by the BPF_PROG_RUN tests and the microbenchmark: two pods on "the test
+//! veth", node-1's settings, route tables, and crafted frames.
+#![allow(dead_code, reason = "each test file uses its own part of the fixture")]
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use vnetd::dataplane::Dataplane;
+use vnetd_common::{Endpoint, NextHop, NodeConfig, Route};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// In BPF_PROG_RUN a TC program's skb comes from the loopback device: the "host veth" of the
+/// test's pods is therefore ifindex 1.
+pub const TEST_IFINDEX: u32 = 1;
+
+pub const POD_A: [u8; 4] = [10, 0, 2, 10];
+pub const POD_B: [u8; 4] = [10, 0, 2, 11];
+pub const MAC_A: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0a];
+pub const HOST_A: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0a];
+pub const MAC_B: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0b];
+pub const HOST_B: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0b];
+pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 10, 0, 0, 4];
+pub const NODE_IP: [u8; 4] = [10, 0, 0, 4];
+pub const FABRIC_MAC: [u8; 6] = [0x02, 0, 10, 0, 0, 5];
+
+pub fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// Sets the IPv4 TTL of a frame made by [`udp`] and recomputes the header checksum.
+pub fn set_ttl(frame: &mut [u8], ttl: u8) {
+    frame[22] = ttl;
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let check = !ones_complement_sum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&check.to_be_bytes());
+}
+
+/// Ethernet + IPv4 (TTL 64, valid header checksum) + UDP with a few bytes of payload.
+pub fn udp(src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut f = eth(HOST_A, src_mac, 0x0800);
+    let total = 20 + 8 + 4;
+    f.extend_from_slice(&[0x45, 0, 0, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+    let check = !ones_complement_sum(&f[14..34]);
+    f[24..26].copy_from_slice(&check.to_be_bytes());
+    f
+}
+
+pub fn ones_complement_sum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// A forwarded IPv4 header: TTL one less than `sent`'s, checksum still valid, the rest equal.
+pub fn assert_forwarded(sent: &[u8], out: &[u8]) {
+    assert_eq!(out[22], sent[22] - 1, "TTL decremented");
+    assert_eq!(
+        ones_complement_sum(&out[14..34]),
+        0xffff,
+        "header checksum valid"
+    );
+    assert_eq!(&out[26..], &sent[26..], "addresses and payload untouched");
+}
+
+pub fn arp_request(src_mac: [u8; 6], src: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = eth([0xff; 6], src_mac, 0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+/// A dataplane with node-1's settings, pods A and B on "the test veth", and routes:
+/// the VNet local, 10.99/16 None, 192.0.2/24 via the appliance 10.0.0.100, the rest Internet.
+pub fn dataplane() -> Dataplane {
+    dataplane_with_host_b(HOST_B)
+}
+
+/// [`dataplane`] with pod B's host-veth MAC chosen by the caller.
+pub fn dataplane_with_host_b(host_b: [u8; 6]) -> Dataplane {
+    let mut dp = Dataplane::load_unpinned().expect("programs load and verify");
+    dp.set_node(NodeConfig {
+        uplink_ifindex: TEST_IFINDEX,
+        primary_ip: NODE_IP,
+        uplink_mac: UPLINK_MAC,
+        _pad: [0; 2],
+    })
+    .unwrap();
+    for (ip, pod_mac, host_mac) in [(POD_A, MAC_A, HOST_A), (POD_B, MAC_B, host_b)] {
+        dp.put_endpoint(
+            Ipv4Addr::from(ip),
+            Endpoint {
+                host_ifindex: TEST_IFINDEX,
+                route_table: 1,
+                pod_mac,
+                host_mac,
+            },
+        )
+        .unwrap();
+    }
+    let route = |hop: NextHop, ip: [u8; 4]| Route {
+        next_hop: hop as u32,
+        next_hop_ip: ip,
+    };
+    let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+    let routes = BTreeMap::from([
+        ((1, net("10.0.0.0/16")), route(NextHop::VnetLocal, [0; 4])),
+        ((1, net("0.0.0.0/0")), route(NextHop::Internet, [0; 4])),
+        ((1, net("10.99.0.0/16")), route(NextHop::None, [0; 4])),
+        (
+            (1, net("192.0.2.0/24")),
+            route(NextHop::VirtualAppliance, [10, 0, 0, 100]),
+        ),
+        ((0, net("0.0.0.0/0")), route(NextHop::None, [0; 4])),
+    ]);
+    dp.sync_routes(&routes).unwrap();
+    dp
+}
