@@ -142,6 +142,27 @@ impl std::ops::Deref for Pod {
     }
 }
 
+/// Pings `dst` twice from `pod` with the forged source address `forged` (added to its eth0
+/// for the duration), as a pod trying to spoof would; returns how many pings were answered.
+pub fn ping_from_forged(pod: &Ns, forged: Ipv4Addr, dst: Ipv4Addr) -> Result<u32> {
+    let cidr = format!("{forged}/32");
+    pod.ip(["addr", "add", &cidr, "dev", "eth0"])?;
+    let out = pod.run([
+        "ping",
+        "-n",
+        "-c",
+        "2",
+        "-W",
+        "1",
+        "-I",
+        &forged.to_string(),
+        &dst.to_string(),
+    ]);
+    pod.ip(["addr", "del", &cidr, "dev", "eth0"])?;
+    let stdout = String::from_utf8_lossy(&out?.stdout).into_owned();
+    Ok(stdout.lines().filter(|l| l.contains("bytes from")).count() as u32)
+}
+
 /// The network config the CNI plugin gets on stdin for `agent` and `subnet`.
 pub fn cni_config(node: &Node, subnet: Option<&str>) -> String {
     let mut conf = serde_json::json!({
