@@ -38,7 +38,7 @@ impl Dataplane {
     pub fn load_pinned(bpffs: &Path) -> Result<Self> {
         let pins = PinLayout::new(bpffs);
         pins.prepare(bpffs)?;
-        let map_paths: Vec<(&str, std::path::PathBuf)> = ALL_MAPS
+        let map_paths: Vec<(&str, std::path::PathBuf)> = maps::ALL
             .iter()
             .map(|name| (*name, pins.map(name)))
             .collect();
@@ -322,15 +322,6 @@ fn route_key((table, net): &(u32, Ipv4Net)) -> Key<RouteKey> {
         },
     )
 }
-
-/// Every map the programs declare; all are pinned.
-const ALL_MAPS: &[&str] = &[
-    maps::TRAFFIC,
-    maps::DROPS,
-    maps::NODE,
-    maps::ENDPOINTS,
-    maps::ROUTES,
-];
 
 fn open_pinned_link(path: &Path) -> Result<Option<FdLink>> {
     match PinnedLink::from_pin(path) {

@@ -1,0 +1,20 @@
+//! The pods and container groups of this node, by address (`ENDPOINTS`).
+
+/// A pod or container group on this node: `ENDPOINTS[ip]` (ip in network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The host-side veth.
+    pub host_ifindex: u32,
+    /// Which route table the endpoint's subnet uses (0 = system routes only).
+    pub route_table: u32,
+    pub pod_mac: [u8; 6],
+    /// The host-side veth's MAC: what the pod resolves 169.254.1.1 to.
+    pub host_mac: [u8; 6],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, repr(C), no implicit padding.
+    unsafe impl aya::Pod for super::Endpoint {}
+}
