@@ -17,11 +17,21 @@ struct Run {
 }
 
 fn run(dp: &mut Dataplane, program: &str, data: &[u8]) -> Run {
+    run_with_ctx(dp, program, data, None)
+}
+
+/// Runs a TC program on `data` as if it arrived on interface `ifindex`.
+fn run_on(dp: &mut Dataplane, program: &str, data: &[u8], ifindex: u32) -> Run {
+    run_with_ctx(dp, program, data, Some(&skb_ctx_on(ifindex)))
+}
+
+fn run_with_ctx(dp: &mut Dataplane, program: &str, data: &[u8], ctx: Option<&[u8]>) -> Run {
     let mut out = vec![0u8; data.len() + 256];
     let result = {
         let opts = TestRunOptions {
             data_in: Some(data),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             ..Default::default()
         };
         if program == programs::UPLINK_XDP {
@@ -118,8 +128,8 @@ fn uplink_tc_delivers_into_a_local_pod() {
         &udp(FABRIC_MAC, [10, 0, 2, 50], NODE_IP),
     );
     assert_eq!(
-        r.verdict, TC_ACT_OK,
-        "the node's own traffic goes to its stack"
+        r.verdict, TC_PASS_ON,
+        "the node's own traffic goes on to the next program and its stack"
     );
 }
 
@@ -149,13 +159,15 @@ fn routed_packets_lose_one_ttl_and_expire() {
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_forwarded(&sent, &r.out);
 
-    let mut last_hop = udp(MAC_A, POD_A, POD_B);
-    last_hop[22] = 1;
+    let mut last_hop = udp(FABRIC_MAC, [10, 0, 2, 50], POD_A);
+    set_ttl(&mut last_hop, 1);
     assert_eq!(
-        run(&mut dp, programs::POD_TC_INGRESS, &last_hop).verdict,
-        TC_ACT_SHOT
+        run(&mut dp, programs::UPLINK_TC_INGRESS, &last_hop).verdict,
+        TC_ACT_SHOT,
+        "uplink to pod: expired"
     );
     assert_eq!(drops(&dp, DropReason::TtlExceeded), 1);
+    assert_eq!(traffic(&dp, Path::UplinkToPod), 1, "only the first frame");
     let to_node = {
         let mut f = udp(MAC_A, POD_A, NODE_IP);
         f[22] = 1;
@@ -163,7 +175,7 @@ fn routed_packets_lose_one_ttl_and_expire() {
     };
     assert_eq!(
         run(&mut dp, programs::POD_TC_INGRESS, &to_node).verdict,
-        TC_ACT_OK,
+        TC_PASS_ON,
         "the node itself is not a hop away"
     );
 }
@@ -174,22 +186,103 @@ fn pod_traffic_follows_its_route_table() {
     let to = |dp: &mut Dataplane, dst: [u8; 4]| {
         run(dp, programs::POD_TC_INGRESS, &udp(MAC_A, POD_A, dst)).verdict
     };
-    assert_eq!(to(&mut dp, NODE_IP), TC_ACT_OK, "to its node");
+    assert_eq!(to(&mut dp, NODE_IP), TC_PASS_ON, "to its node");
     assert_eq!(traffic(&dp, Path::PodToHost), 1);
-    assert_eq!(
-        to(&mut dp, [10, 0, 2, 50]),
-        TC_ACT_REDIRECT,
-        "VnetLocal: out of the uplink"
-    );
-    assert_eq!(
-        to(&mut dp, [192, 0, 2, 1]),
-        TC_ACT_REDIRECT,
-        "VirtualAppliance"
-    );
-    assert_eq!(to(&mut dp, [198, 51, 100, 10]), TC_ACT_REDIRECT, "Internet");
-    assert_eq!(traffic(&dp, Path::PodToUplink), 3);
+    // Each next hop is counted under its own path: a swapped next hop shows.
+    let cases = [
+        (
+            [10, 0, 2, 50],
+            Path::PodToVnet,
+            "VnetLocal: out of the uplink",
+        ),
+        ([10, 1, 3, 4], Path::PodToGateway, "VirtualNetworkGateway"),
+        ([192, 0, 2, 1], Path::PodToAppliance, "VirtualAppliance"),
+        ([198, 51, 100, 10], Path::PodToInternet, "Internet"),
+    ];
+    for (dst, path, what) in cases {
+        assert_eq!(to(&mut dp, dst), TC_ACT_REDIRECT, "{what}");
+        assert_eq!(traffic(&dp, path), 1, "{what} counted as {}", path.name());
+    }
+    for path in [Path::PodToPod, Path::UplinkToPod, Path::IcmpError] {
+        assert_eq!(traffic(&dp, path), 0, "{}", path.name());
+    }
     assert_eq!(to(&mut dp, [10, 99, 1, 1]), TC_ACT_SHOT, "None");
     assert_eq!(drops(&dp, DropReason::RouteNone), 1);
+}
+
+#[test]
+fn a_pod_whose_table_is_missing_has_no_route() {
+    let mut dp = dataplane();
+    dp.put_endpoint(
+        std::net::Ipv4Addr::from(POD_A),
+        vnetd_common::Endpoint {
+            host_ifindex: TEST_IFINDEX,
+            route_table: 7,
+            pod_mac: MAC_A,
+            host_mac: HOST_A,
+        },
+    )
+    .unwrap();
+    let r = run(&mut dp, programs::POD_TC_INGRESS, &udp(MAC_A, POD_A, POD_B));
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, DropReason::NoRoute), 1);
+    assert_eq!(
+        traffic(&dp, Path::PodToPod),
+        0,
+        "not even to a pod on this node"
+    );
+}
+
+#[test]
+fn same_node_traffic_follows_the_source_subnets_route_table() {
+    let mut dp = dataplane();
+    let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+    let mut routes = dp.routes().unwrap();
+    routes.insert(
+        (1, net("10.0.2.11/32")),
+        Route {
+            next_hop: NextHop::None as u32,
+            next_hop_ip: [0; 4],
+        },
+    );
+    dp.sync_routes(&routes).unwrap();
+    let r = run(&mut dp, programs::POD_TC_INGRESS, &udp(MAC_A, POD_A, POD_B));
+    assert_eq!(r.verdict, TC_ACT_SHOT, "a None route covers pod B");
+    assert_eq!(drops(&dp, DropReason::RouteNone), 1);
+    assert_eq!(traffic(&dp, Path::PodToPod), 0);
+
+    // Through an appliance that is a pod on this node: delivered into the appliance.
+    routes.insert(
+        (1, net("10.0.2.11/32")),
+        Route {
+            next_hop: NextHop::VirtualAppliance as u32,
+            next_hop_ip: POD_C,
+        },
+    );
+    dp.sync_routes(&routes).unwrap();
+    let sent = udp(MAC_A, POD_A, POD_B);
+    let r = run(&mut dp, programs::POD_TC_INGRESS, &sent);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(&r.out[0..6], &MAC_C, "to the appliance pod's MAC");
+    assert_eq!(&r.out[6..12], &HOST_C, "from its gateway");
+    assert_forwarded(&sent, &r.out);
+    assert_eq!(traffic(&dp, Path::PodToAppliance), 1);
+    assert_eq!(traffic(&dp, Path::PodToPod), 0);
+
+    // Through an appliance elsewhere in the VNet: out of the uplink, not into pod B.
+    routes.insert(
+        (1, net("10.0.2.11/32")),
+        Route {
+            next_hop: NextHop::VirtualAppliance as u32,
+            next_hop_ip: [10, 0, 0, 100],
+        },
+    );
+    dp.sync_routes(&routes).unwrap();
+    let r = run(&mut dp, programs::POD_TC_INGRESS, &udp(MAC_A, POD_A, POD_B));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(&r.out[0..6], &HOST_A, "MACs left to the neighbour lookup");
+    assert_eq!(traffic(&dp, Path::PodToAppliance), 2);
+    assert_eq!(traffic(&dp, Path::PodToPod), 0);
 }
 
 #[test]
@@ -237,18 +330,149 @@ fn malformed_and_unsupported_pod_frames_are_dropped() {
         .into_iter()
         .chain([0u8; 40])
         .collect::<Vec<_>>();
-    for frame in [&bad_ihl, &truncated] {
+    let mut short_udp = udp(MAC_A, POD_A, POD_B);
+    short_udp.truncate(34 + 2); // the UDP header cut after the source port
+    short_udp[16..18].copy_from_slice(&22u16.to_be_bytes());
+    let vlan_in_frame = eth(HOST_A, MAC_A, 0x8100)
+        .into_iter()
+        .chain([0, 100, 0x08, 0x00])
+        .chain(udp(MAC_A, POD_A, POD_B).into_iter().skip(14))
+        .collect::<Vec<_>>();
+    let lldp = eth(HOST_A, MAC_A, 0x88cc)
+        .into_iter()
+        .chain([0u8; 32])
+        .collect::<Vec<_>>();
+    let cases = [
+        (&bad_ihl, DropReason::Malformed),
+        (&truncated, DropReason::Malformed),
+        (&short_udp, DropReason::Malformed),
+        (&ipv6, DropReason::Ipv6),
+        (&vlan_in_frame, DropReason::VlanTagged),
+        (&lldp, DropReason::Unsupported),
+    ];
+    for (frame, _) in &cases {
         assert_eq!(
             run(&mut dp, programs::POD_TC_INGRESS, frame).verdict,
             TC_ACT_SHOT
         );
     }
-    assert_eq!(drops(&dp, DropReason::Malformed), 2);
+    for reason in DropReason::ALL {
+        let expected = cases.iter().filter(|(_, r)| *r == reason).count() as u64;
+        assert_eq!(drops(&dp, reason), expected, "{}", reason.name());
+    }
+}
+
+#[test]
+fn pod_arp_probes_are_dropped_quietly_and_arp_must_match_the_frame() {
+    let mut dp = dataplane();
+    // Duplicate address detection: "who has 10.0.2.10? tell 0.0.0.0".
+    let probe = arp_request(MAC_A, [0; 4], POD_A);
     assert_eq!(
-        run(&mut dp, programs::POD_TC_INGRESS, &ipv6).verdict,
+        run(&mut dp, programs::POD_TC_INGRESS, &probe).verdict,
         TC_ACT_SHOT
     );
-    assert_eq!(drops(&dp, DropReason::Unsupported), 1);
+    assert_eq!(drops(&dp, DropReason::ArpProbe), 1);
+    // The ARP speaks for pod A, the frame comes from pod B's MAC.
+    let mut forged = arp_request(MAC_A, POD_A, [169, 254, 1, 1]);
+    forged[6..12].copy_from_slice(&MAC_B);
+    assert_eq!(
+        run(&mut dp, programs::POD_TC_INGRESS, &forged).verdict,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&dp, DropReason::Spoofed), 1);
+    assert_eq!(drops(&dp, DropReason::Unsupported), 0);
+    assert_eq!(traffic(&dp, Path::ArpReply), 0);
+}
+
+#[test]
+fn a_pod_must_send_through_its_own_veth() {
+    let (veth_a, veth_b) = private_netns_with_veth_pair();
+    let mut dp = dataplane_on(veth_a, veth_b, HOST_B);
+    let from_a = udp(MAC_A, POD_A, POD_B);
+    let r = run_on(&mut dp, programs::POD_TC_INGRESS, &from_a, veth_a);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT, "pod A through its own veth");
+    // Pod A's address and MAC together, but sent through pod B's veth: pod B forging pod A.
+    let r = run_on(&mut dp, programs::POD_TC_INGRESS, &from_a, veth_b);
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    let arp = arp_request(MAC_A, POD_A, [169, 254, 1, 1]);
+    let r = run_on(&mut dp, programs::POD_TC_INGRESS, &arp, veth_b);
+    assert_eq!(r.verdict, TC_ACT_SHOT, "nor its ARP");
+    assert_eq!(drops(&dp, DropReason::Spoofed), 2);
+    assert_eq!(traffic(&dp, Path::PodToPod), 1);
+}
+
+#[test]
+fn an_expired_pod_packet_is_answered_with_time_exceeded_from_the_gateway() {
+    let mut dp = dataplane();
+    let mut sent = udp(MAC_A, POD_A, [10, 0, 2, 50]);
+    set_ttl(&mut sent, 1);
+    let r = run(&mut dp, programs::POD_TC_INGRESS, &sent);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT, "sent back to the pod");
+    let out = &r.out;
+    assert_eq!(out.len(), 14 + 20 + 8 + 28, "IP + ICMP + quote");
+    assert_eq!(&out[0..6], &MAC_A, "to the pod");
+    assert_eq!(&out[6..12], &HOST_A, "from its gateway's MAC");
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    assert_eq!(out[14], 0x45);
+    assert_eq!(&out[16..18], &56u16.to_be_bytes(), "total length");
+    assert_eq!(out[23], 1, "ICMP");
+    assert_eq!(&out[26..30], &[169, 254, 1, 1], "from the pod's gateway");
+    assert_eq!(&out[30..34], &POD_A, "to the sender");
+    assert_eq!(ones_complement_sum(&out[14..34]), 0xffff, "IP checksum");
+    assert_eq!(&out[34..36], &[11, 0], "time exceeded in transit");
+    assert_eq!(ones_complement_sum(&out[34..]), 0xffff, "ICMP checksum");
+    assert_eq!(
+        &out[42..],
+        &sent[14..42],
+        "quotes the IP header and 8 bytes"
+    );
+    assert_eq!(drops(&dp, DropReason::TtlExceeded), 1);
+    assert_eq!(traffic(&dp, Path::IcmpError), 1);
+    assert_eq!(traffic(&dp, Path::PodToVnet), 0);
+
+    // An ICMP error is never answered with another.
+    let mut error = r.out.clone();
+    error[6..12].copy_from_slice(&MAC_A);
+    error[26..30].copy_from_slice(&POD_A);
+    error[30..34].copy_from_slice(&[10, 0, 2, 50]);
+    set_ttl(&mut error, 1);
+    let r = run(&mut dp, programs::POD_TC_INGRESS, &error);
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, DropReason::TtlExceeded), 2);
+    assert_eq!(traffic(&dp, Path::IcmpError), 1);
+}
+
+#[test]
+fn the_uplink_passes_what_is_not_vnetds_untouched() {
+    let mut dp = dataplane();
+    let mut zero_len = udp(FABRIC_MAC, [10, 0, 0, 5], NODE_IP);
+    zero_len[16..18].copy_from_slice(&[0, 0]); // tot_len 0, not a BIG TCP aggregate
+    let mut bad_ihl = udp(FABRIC_MAC, [10, 0, 0, 5], POD_A);
+    bad_ihl[14] = 0x44;
+    let ipv6 = eth(UPLINK_MAC, FABRIC_MAC, 0x86dd)
+        .into_iter()
+        .chain([0x60u8].into_iter().chain([0u8; 39]))
+        .collect::<Vec<_>>();
+    let arp = arp_request(FABRIC_MAC, [10, 0, 0, 5], NODE_IP);
+    let vlan = eth(UPLINK_MAC, FABRIC_MAC, 0x8100)
+        .into_iter()
+        .chain([0, 100, 0x08, 0x00])
+        .chain(udp(FABRIC_MAC, [10, 0, 0, 5], POD_A).into_iter().skip(14))
+        .collect::<Vec<_>>();
+    for (frame, what) in [
+        (&zero_len, "tot_len 0"),
+        (&bad_ihl, "a header vnetd cannot parse, even to a pod"),
+        (&ipv6, "IPv6"),
+        (&arp, "ARP"),
+        (&vlan, "a tagged frame"),
+    ] {
+        let r = run(&mut dp, programs::UPLINK_TC_INGRESS, frame);
+        assert_eq!(r.verdict, TC_PASS_ON, "{what}");
+        assert_eq!(&r.out, frame, "{what}: untouched");
+    }
+    for reason in DropReason::ALL {
+        assert_eq!(drops(&dp, reason), 0, "{}", reason.name());
+    }
 }
 
 #[test]

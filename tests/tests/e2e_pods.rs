@@ -127,7 +127,7 @@ fn pods_talk_across_nodes_without_overlay() -> Result<()> {
     );
     tcp_echo_ok(&a, &c, c.ip, 5101)?;
     udp_ok(&c, &a, a.ip, 5102)?;
-    assert!(agent1.traffic("pod_to_uplink")? >= 3);
+    assert!(agent1.traffic("pod_to_vnet")? >= 3);
     assert!(agent2.traffic("uplink_to_pod")? >= 3);
     assert!(
         agent2.traffic("arp_reply")? >= 1,

@@ -11,7 +11,9 @@ use vnetd_common::{Endpoint, NextHop, NodeConfig, Route};
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
-pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_UNSPEC` (-1) as BPF_PROG_RUN reports it: "not vnetd's", on to the next TCX program
+/// and the stack.
+pub const TC_PASS_ON: u32 = u32::MAX;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
@@ -25,6 +27,10 @@ pub const MAC_A: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0a];
 pub const HOST_A: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0a];
 pub const MAC_B: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0b];
 pub const HOST_B: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0b];
+/// Pod C: a virtual appliance running as a pod on this node.
+pub const POD_C: [u8; 4] = [10, 0, 2, 12];
+pub const MAC_C: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0c];
+pub const HOST_C: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0c];
 pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 10, 0, 0, 4];
 pub const NODE_IP: [u8; 4] = [10, 0, 0, 4];
 pub const FABRIC_MAC: [u8; 6] = [0x02, 0, 10, 0, 0, 5];
@@ -90,14 +96,20 @@ pub fn arp_request(src_mac: [u8; 6], src: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     f
 }
 
-/// A dataplane with node-1's settings, pods A and B on "the test veth", and routes:
-/// the VNet local, 10.99/16 None, 192.0.2/24 via the appliance 10.0.0.100, the rest Internet.
+/// A dataplane with node-1's settings, pods A, B and C on "the test veth", and routes in table
+/// 1: the VNet local, the connected space 10.1/16 through the gateway, 10.99/16 None,
+/// 192.0.2/24 via the appliance 10.0.0.100, the rest Internet.
 pub fn dataplane() -> Dataplane {
     dataplane_with_host_b(HOST_B)
 }
 
 /// [`dataplane`] with pod B's host-veth MAC chosen by the caller.
 pub fn dataplane_with_host_b(host_b: [u8; 6]) -> Dataplane {
+    dataplane_on(TEST_IFINDEX, TEST_IFINDEX, host_b)
+}
+
+/// [`dataplane`] with pod A's and pod B's host veths at the given interfaces.
+pub fn dataplane_on(ifindex_a: u32, ifindex_b: u32, host_b: [u8; 6]) -> Dataplane {
     let mut dp = Dataplane::load_unpinned().expect("programs load and verify");
     dp.set_node(NodeConfig {
         uplink_ifindex: TEST_IFINDEX,
@@ -106,11 +118,15 @@ pub fn dataplane_with_host_b(host_b: [u8; 6]) -> Dataplane {
         _pad: [0; 2],
     })
     .unwrap();
-    for (ip, pod_mac, host_mac) in [(POD_A, MAC_A, HOST_A), (POD_B, MAC_B, host_b)] {
+    for (ip, pod_mac, host_mac, host_ifindex) in [
+        (POD_A, MAC_A, HOST_A, ifindex_a),
+        (POD_B, MAC_B, host_b, ifindex_b),
+        (POD_C, MAC_C, HOST_C, TEST_IFINDEX),
+    ] {
         dp.put_endpoint(
             Ipv4Addr::from(ip),
             Endpoint {
-                host_ifindex: TEST_IFINDEX,
+                host_ifindex,
                 route_table: 1,
                 pod_mac,
                 host_mac,
@@ -125,6 +141,10 @@ pub fn dataplane_with_host_b(host_b: [u8; 6]) -> Dataplane {
     let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
     let routes = BTreeMap::from([
         ((1, net("10.0.0.0/16")), route(NextHop::VnetLocal, [0; 4])),
+        (
+            (1, net("10.1.0.0/16")),
+            route(NextHop::VirtualNetworkGateway, [0; 4]),
+        ),
         ((1, net("0.0.0.0/0")), route(NextHop::Internet, [0; 4])),
         ((1, net("10.99.0.0/16")), route(NextHop::None, [0; 4])),
         (
@@ -135,4 +155,27 @@ pub fn dataplane_with_host_b(host_b: [u8; 6]) -> Dataplane {
     ]);
     dp.sync_routes(&routes).unwrap();
     dp
+}
+
+/// Moves the calling thread into a network namespace of its own (gone with the thread: no name,
+/// nothing to clean up) holding a veth pair, and returns the pair's ifindexes. BPF_PROG_RUN
+/// looks a `ctx_in` ifindex up in the caller's namespace.
+pub fn private_netns_with_veth_pair() -> (u32, u32) {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    let status = std::process::Command::new("ip")
+        .args(["link", "add", "pa", "type", "veth", "peer", "name", "pb"])
+        .status()
+        .expect("running ip");
+    assert!(status.success(), "ip link add failed");
+    let index = |name: &str| nix::net::if_::if_nametoindex(name).expect("the veth exists");
+    (index("pa"), index("pb"))
+}
+
+/// A `struct __sk_buff` for BPF_PROG_RUN's `ctx_in` with only `ifindex` set (the interface the
+/// packet arrives on); every other field must stay zero.
+pub fn skb_ctx_on(ifindex: u32) -> Vec<u8> {
+    const IFINDEX_OFFSET: usize = 40; // offsetof(struct __sk_buff, ifindex)
+    let mut ctx = vec![0u8; IFINDEX_OFFSET + 4];
+    ctx[IFINDEX_OFFSET..].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
 }

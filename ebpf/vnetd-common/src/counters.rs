@@ -21,24 +21,38 @@ pub enum Path {
     PodToPod = 2,
     /// Pod to the node's own stack.
     PodToHost = 3,
-    /// Pod out through the uplink (the rest of the VNet, an appliance, the internet).
-    PodToUplink = 4,
+    /// Pod to the rest of the VNet (next hop `VnetLocal`), out of the uplink.
+    PodToVnet = 4,
     /// From the uplink straight into a local pod.
     UplinkToPod = 5,
     /// ARP requests answered by the dataplane (pods' gateway, proxy ARP on the uplink).
     ArpReply = 6,
+    /// Pod to a connected space (next hop `VirtualNetworkGateway`), out of the uplink.
+    PodToGateway = 7,
+    /// Pod to a `VirtualAppliance` next hop (out of the uplink, or into the local pod that is
+    /// the appliance).
+    PodToAppliance = 8,
+    /// Pod to the internet (next hop `Internet`: the node's own default route).
+    PodToInternet = 9,
+    /// ICMP errors the dataplane sent in place of a packet it could not forward (time
+    /// exceeded).
+    IcmpError = 10,
 }
 
 impl Path {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Path; Self::COUNT as usize] = [
         Path::UplinkIn,
         Path::PodOut,
         Path::PodToPod,
         Path::PodToHost,
-        Path::PodToUplink,
+        Path::PodToVnet,
         Path::UplinkToPod,
         Path::ArpReply,
+        Path::PodToGateway,
+        Path::PodToAppliance,
+        Path::PodToInternet,
+        Path::IcmpError,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -47,9 +61,13 @@ impl Path {
             Path::PodOut => "pod_out",
             Path::PodToPod => "pod_to_pod",
             Path::PodToHost => "pod_to_host",
-            Path::PodToUplink => "pod_to_uplink",
+            Path::PodToVnet => "pod_to_vnet",
             Path::UplinkToPod => "uplink_to_pod",
             Path::ArpReply => "arp_reply",
+            Path::PodToGateway => "pod_to_gateway",
+            Path::PodToAppliance => "pod_to_appliance",
+            Path::PodToInternet => "pod_to_internet",
+            Path::IcmpError => "icmp_error",
         }
     }
 }
@@ -66,16 +84,26 @@ pub enum DropReason {
     RouteNone = 2,
     /// No route at all (the node's tables are not loaded yet).
     NoRoute = 3,
-    /// A protocol the dataplane does not carry for pods (IPv6, other ethertypes, IP options...).
+    /// An ethertype the dataplane does not carry for pods (IPv6 aside).
     Unsupported = 4,
-    /// The kernel refused the redirect (interface gone, no neighbour...).
+    /// The redirect helper refused the packet. Failures after the program (no neighbour for
+    /// the next hop, the target interface gone) are the kernel's: they show in the interfaces'
+    /// drop counters, not here.
     RedirectFailed = 5,
-    /// A routed packet whose TTL ran out.
+    /// A routed packet whose TTL ran out (answered with ICMP time exceeded).
     TtlExceeded = 6,
+    /// A pod sent a frame with an 802.1Q tag (in the frame or in the skb's metadata).
+    VlanTagged = 7,
+    /// A pod sent IPv6 (pods have IPv4 only; their kernels' neighbour discovery and MLD are
+    /// expected noise, kept apart from `unsupported`).
+    Ipv6 = 8,
+    /// A pod's ARP probe (sender 0.0.0.0, duplicate address detection): never answered, so the
+    /// pod keeps its address.
+    ArpProbe = 9,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 10;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::Spoofed,
@@ -84,6 +112,9 @@ impl DropReason {
         DropReason::Unsupported,
         DropReason::RedirectFailed,
         DropReason::TtlExceeded,
+        DropReason::VlanTagged,
+        DropReason::Ipv6,
+        DropReason::ArpProbe,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -95,6 +126,9 @@ impl DropReason {
             DropReason::Unsupported => "unsupported",
             DropReason::RedirectFailed => "redirect_failed",
             DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::VlanTagged => "vlan_tagged",
+            DropReason::Ipv6 => "ipv6",
+            DropReason::ArpProbe => "arp_probe",
         }
     }
 }

@@ -1,12 +1,9 @@
-//! Per-CPU counters: traffic by path and drops by reason. The agent sums the CPUs.
+//! Traffic counters: packets and bytes by path, per CPU. The agent sums the CPUs.
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use vnetd_common::{DropReason, Path, Traffic};
+use vnetd_common::{Path, Traffic};
 
 #[map(name = "TRAFFIC")]
 static TRAFFIC: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(Path::COUNT, 0);
-
-#[map(name = "DROPS")]
-static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
 
 #[inline(always)]
 pub fn count_traffic(path: Path, bytes: usize) {
@@ -16,13 +13,5 @@ pub fn count_traffic(path: Path, bytes: usize) {
             (*slot).packets += 1;
             (*slot).bytes += bytes as u64;
         }
-    }
-}
-
-#[inline(always)]
-pub fn count_drop(reason: DropReason) {
-    if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *slot += 1 }
     }
 }

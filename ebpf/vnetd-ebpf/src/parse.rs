@@ -1,44 +1,97 @@
 //! Bounds-checked access to packet headers, shared by the XDP and TC entry points (both see
-//! the packet as `[data, data_end)`). Every accessor fails on a short packet, so a malformed
-//! frame can only be dropped, never forwarded by mistake.
+//! the packet as `[data, data_end)`), and the skb metadata the programs use, read in one place.
+//! Every accessor fails on a short or inconsistent packet, so a malformed frame can only be
+//! dropped or passed to the kernel, never forwarded by mistake.
 use core::mem;
 
+use aya_ebpf::programs::{TcContext, XdpContext};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 
-/// The linear packet bytes a program may read and write (`[data, data_end)`), and the
-/// packet's whole length on the wire. They differ in TC, where an skb's payload may sit in
-/// pages beyond the linear part.
+/// The linear packet bytes a program may read and write (`[data, data_end)`), the packet's
+/// whole length (they differ in TC, where an skb's payload may sit in pages beyond the linear
+/// part), and the metadata of the skb it came in.
 #[derive(Clone, Copy)]
 pub struct Packet {
     pub data: usize,
     pub data_end: usize,
     pub wire_len: usize,
+    /// The interface the packet arrived on.
+    pub ifindex: u32,
+    /// An 802.1Q tag taken out of the frame into the skb (hardware-accelerated VLAN): the
+    /// frame looks untagged, but it is not.
+    pub vlan_tagged: bool,
 }
 
 /// EtherType values as they appear in the frame (network byte order).
 pub const ETH_P_IPV4: u16 = 0x0800u16.to_be();
 pub const ETH_P_ARP: u16 = 0x0806u16.to_be();
+pub const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
+pub const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+pub const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
 
 pub const ARP_REQUEST: u16 = 1;
 pub const ARP_REPLY: u16 = 2;
 
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Where a packet stands in its datagram: fragments after the first carry no L4 header.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// A whole datagram.
+    None,
+    /// The first fragment: it has the L4 header.
+    First,
+    /// A later fragment: no L4 header, only the IP id ties it to its flow.
+    Later,
+}
+
+/// An IPv4 packet's header and what the next stages key flows on.
+pub struct Ipv4 {
+    pub hdr: &'static mut Ipv4Hdr,
+    /// Offset of the L4 header (the IP header's length honoured, options included).
+    pub l4_offset: usize,
+    pub fragment: Fragment,
+    /// TCP/UDP source and destination ports (network byte order) where the packet carries
+    /// them, else 0.
+    #[expect(
+        dead_code,
+        reason = "the flow key of connection tracking, the next stage"
+    )]
+    pub src_port: u16,
+    #[expect(
+        dead_code,
+        reason = "the flow key of connection tracking, the next stage"
+    )]
+    pub dst_port: u16,
+}
+
 impl Packet {
     #[inline(always)]
-    pub fn from_xdp(ctx: &aya_ebpf::programs::XdpContext) -> Self {
+    pub fn from_xdp(ctx: &XdpContext) -> Self {
         let (data, data_end) = (ctx.data(), ctx.data_end());
         Self {
             data,
             data_end,
             wire_len: data_end - data,
+            // SAFETY: reading the xdp_md the program was given.
+            ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+            vlan_tagged: false,
         }
     }
 
     #[inline(always)]
-    pub fn from_tc(ctx: &aya_ebpf::programs::TcContext) -> Self {
+    pub fn from_tc(ctx: &TcContext) -> Self {
+        let skb = ctx.skb.skb;
         Self {
             data: ctx.data(),
             data_end: ctx.data_end(),
             wire_len: ctx.len() as usize,
+            // SAFETY: reading fields of the __sk_buff the program was given.
+            ifindex: unsafe { (*skb).ifindex },
+            // SAFETY: as above.
+            vlan_tagged: unsafe { (*skb).vlan_present } != 0,
         }
     }
 
@@ -71,15 +124,40 @@ impl Packet {
         (arp.htype() == 1 && arp.ptype() == 0x0800 && arp.hlen == 6 && arp.plen == 4).then_some(arp)
     }
 
-    /// The IPv4 header after the Ethernet header, if it is consistent with the frame.
+    /// The IPv4 header after the Ethernet header, if it is consistent with the frame, with the
+    /// flow fields the next stages need.
     #[inline(always)]
-    pub fn ipv4(&self) -> Option<&'static mut Ipv4Hdr> {
+    pub fn ipv4(&self) -> Option<Ipv4> {
         // SAFETY: bounds checked by ptr_at.
-        let ip = unsafe { &mut *self.ptr_at::<Ipv4Hdr>(EthHdr::LEN)? };
-        let ok = ip.version() == 4
-            && ip.ihl() >= Ipv4Hdr::LEN as u8
-            && EthHdr::LEN + ip.tot_len() as usize <= self.len()
-            && ip.tot_len() as usize >= ip.ihl() as usize;
-        ok.then_some(ip)
+        let hdr = unsafe { &mut *self.ptr_at::<Ipv4Hdr>(EthHdr::LEN)? };
+        let ihl = hdr.ihl() as usize;
+        let tot_len = hdr.tot_len() as usize;
+        // A total length of 0 is how BIG TCP marks an aggregate over 64 KiB: the skb's length
+        // is the truth then.
+        let big_tcp = tot_len == 0 && self.len() > EthHdr::LEN + 0xffff;
+        let consistent = big_tcp || (EthHdr::LEN + tot_len <= self.len() && tot_len >= ihl);
+        if hdr.version() != 4 || ihl < Ipv4Hdr::LEN || !consistent {
+            return None;
+        }
+        let more_fragments = hdr.frag_flags() & 0b001 != 0;
+        let fragment = match (hdr.frag_offset(), more_fragments) {
+            (0, false) => Fragment::None,
+            (0, true) => Fragment::First,
+            _ => Fragment::Later,
+        };
+        let l4_offset = EthHdr::LEN + ihl;
+        let (mut src_port, mut dst_port) = (0, 0);
+        if fragment != Fragment::Later && (hdr.proto == IPPROTO_TCP || hdr.proto == IPPROTO_UDP) {
+            // SAFETY: bounds checked by ptr_at.
+            let ports = unsafe { &*self.ptr_at::<[u16; 2]>(l4_offset)? };
+            (src_port, dst_port) = (ports[0], ports[1]);
+        }
+        Some(Ipv4 {
+            hdr,
+            l4_offset,
+            fragment,
+            src_port,
+            dst_port,
+        })
     }
 }
