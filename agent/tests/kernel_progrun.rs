@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use aya::programs::{TestRun as _, TestRunOptions};
+use aya::programs::{TcAttachType, TestRun as _, TestRunOptions};
 use ipnet::Ipv4Net;
 use support::*;
 use vnetd::dataplane::Dataplane;
@@ -502,4 +502,77 @@ fn route_sync_writes_only_differences_and_removes_stale_routes() {
     );
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_eq!(drops(&dp, DropReason::RouteNone), 0);
+}
+
+/// What vnetd leaves alone on the uplink goes on to the TCX programs attached after its own
+/// (TC_ACT_UNSPEC; TC_ACT_OK would end the chain). A second dataplane's `pod_ingress`, which
+/// counts every frame it sees, stands in for "someone else's program".
+#[test]
+fn the_uplink_hands_what_is_not_vnetds_on_to_later_tcx_programs() {
+    let (_uplink, peer) = private_netns_with_veth_pair();
+    for dev in ["pa", "pb"] {
+        let ok = std::process::Command::new("ip")
+            .args(["link", "set", dev, "up"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip link set {dev} up");
+    }
+    let mut vnetd = dataplane();
+    let mut other = dataplane();
+    vnetd
+        .classifier(programs::UPLINK_TC_INGRESS)
+        .unwrap()
+        .attach("pa", TcAttachType::Ingress)
+        .unwrap();
+    other
+        .classifier(programs::POD_TC_INGRESS)
+        .unwrap()
+        .attach("pa", TcAttachType::Ingress)
+        .unwrap();
+    // Something for the node (not a pod) sent from the peer into the uplink.
+    send_raw(peer, &udp(FABRIC_MAC, [10, 0, 0, 5], NODE_IP));
+    assert!(
+        wait_until(|| traffic(&other, Path::PodOut) == 1),
+        "the program after vnetd's saw the frame"
+    );
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+/// Sends `frame` out of interface `ifindex` of the calling thread's namespace (AF_PACKET).
+fn send_raw(ifindex: u32, frame: &[u8]) {
+    // SAFETY: plain socket calls on a descriptor this function owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(sent, frame.len() as isize, "sending a raw frame: {err}");
+    }
 }
