@@ -576,3 +576,15 @@ fn send_raw(ifindex: u32, frame: &[u8]) {
         assert_eq!(sent, frame.len() as isize, "sending a raw frame: {err}");
     }
 }
+
+/// The map names are defined once (`vnetd_common::maps`); the eBPF side must declare exactly
+/// those, or the agent would pin and sync maps the programs do not use.
+#[test]
+fn the_programs_declare_exactly_the_maps_the_agent_pins() {
+    let ebpf = aya::Ebpf::load(vnetd::dataplane::EBPF_OBJECT).expect("the object loads");
+    let mut declared: Vec<&str> = ebpf.maps().map(|(name, _)| name).collect();
+    declared.sort_unstable();
+    let mut shared = vnetd_common::maps::ALL.to_vec();
+    shared.sort_unstable();
+    assert_eq!(declared, shared);
+}
