@@ -531,7 +531,7 @@ fn the_uplink_hands_what_is_not_vnetds_on_to_later_tcx_programs() {
         .attach("pa", TcAttachType::Ingress)
         .unwrap();
     // Something for the node (not a pod) sent from the peer into the uplink.
-    send_raw(peer, &udp(FABRIC_MAC, [10, 0, 0, 5], NODE_IP));
+    vnetd_lab::frames::send_raw(peer, &udp(FABRIC_MAC, [10, 0, 0, 5], NODE_IP)).unwrap();
     assert!(
         wait_until(|| traffic(&other, Path::PodOut) == 1),
         "the program after vnetd's saw the frame"
@@ -546,35 +546,6 @@ fn wait_until(mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     false
-}
-
-/// Sends `frame` out of interface `ifindex` of the calling thread's namespace (AF_PACKET).
-fn send_raw(ifindex: u32, frame: &[u8]) {
-    // SAFETY: plain socket calls on a descriptor this function owns and closes.
-    unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = ifindex as i32;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-        let sent = libc::sendto(
-            fd,
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        );
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        assert_eq!(sent, frame.len() as isize, "sending a raw frame: {err}");
-    }
 }
 
 /// The map names are defined once (`vnetd_common::maps`); the eBPF side must declare exactly

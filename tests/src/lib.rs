@@ -56,6 +56,7 @@
 //! thread that entered the namespace and hands it back to the caller's thread. The
 //! [`traffic`] helpers build echo tests on that.
 
+pub mod frames;
 mod lab;
 mod ns;
 mod process;
