@@ -19,18 +19,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::bench_cni::{self, CNI_DIR, ref_plugins_conf};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
 use vnetd_lab::{
-    CniCall, Lab, Node, Ns, tcp_echo_ok,
+    Lab, Node, Ns, tcp_echo_ok,
     vnetd::{Agent, add_pod, bin, lab_spec},
 };
 
-/// Where Debian's containernetworking-plugins puts the reference plugins.
-const CNI_DIR: &str = "/usr/lib/cni";
 /// The reference network: what `bridge` is told (host-local keeps its leases in the node's
-/// lab directory, not in /var/lib/cni).
-const REF_SUBNET: &str = "10.244.0.0/24";
 const IPERF_PORT: &str = "5201";
 
 pub struct Options {
@@ -282,7 +279,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             fmt_num(v["ns_per_run"].as_f64().unwrap_or(f64::NAN))
         );
     }
-    let report = json!({
+    let mut report = json!({
         "environment": env,
         "quick": opts.quick,
         "repetitions": reps,
@@ -317,6 +314,24 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     drop((va, vb, agent));
     lab.teardown()?;
     println!("   done: the lab's namespaces, processes and iptables rules are gone");
+
+    let pods = if opts.quick { 25 } else { 250 };
+    step(&format!(
+        "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
+    ));
+    report["control_plane"] = match bench_cni::run(pods) {
+        Ok(v) => v,
+        Err(e) => {
+            println!("   failed: {e:#}");
+            json!({ "error": format!("{e:#}") })
+        }
+    };
+    std::fs::write(&out_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", out_path.display()))?;
+    println!(
+        "\n   report (with the control plane): {}",
+        out_path.display()
+    );
     Ok(())
 }
 
@@ -372,62 +387,12 @@ fn target_dir(root: &Path) -> PathBuf {
 }
 
 /// The reference conflist's plugins (bridge, then firewall), as one list for the report.
-fn ref_plugins_conf(node_dir: &Path) -> Value {
-    json!([
-        {
-            "type": "bridge",
-            "bridge": "cni0",
-            "isGateway": true,
-            "ipMasq": true,
-            "ipam": {
-                "type": "host-local",
-                "subnet": REF_SUBNET,
-                "dataDir": node_dir.join("cni-ipam"),
-            },
-        },
-        { "type": "firewall", "backend": "iptables" },
-    ])
-}
 
 /// A pod namespace on the reference node, attached by running the conflist's chain as a
-/// runtime does: each plugin's ADD in order, the previous result passed as `prevResult`.
-/// Returns the namespace and the pod's address.
+/// runtime does. Returns the namespace and the pod's address.
 fn ref_pod(lab: &Lab, node: &Node, name: &str) -> Result<(Ns, Ipv4Addr)> {
     let pod = lab.add_pod_netns(name)?;
-    let mut prev: Option<Value> = None;
-    for plugin in ref_plugins_conf(&node.dir)
-        .as_array()
-        .expect("a list")
-        .iter()
-    {
-        let mut conf = plugin.clone();
-        conf["cniVersion"] = "1.0.0".into();
-        conf["name"] = "refnet".into();
-        if let Some(prev) = &prev {
-            conf["prevResult"] = prev.clone();
-        }
-        let ty = conf["type"].as_str().unwrap_or_default().to_string();
-        let out = node.cni(&CniCall {
-            command: "ADD".into(),
-            plugin: Path::new(CNI_DIR).join(&ty),
-            container_id: format!("ref-{name}"),
-            netns: pod.path.clone(),
-            ifname: "eth0".into(),
-            config: conf.to_string(),
-            cni_path: Some(CNI_DIR.into()),
-            ..CniCall::default()
-        })?;
-        if out.exit != 0 {
-            bail!(
-                "reference plugin {ty} ADD for {name} failed ({}): {} {}",
-                out.exit,
-                out.stdout.trim(),
-                out.stderr.trim()
-            );
-        }
-        prev = Some(out.json()?);
-    }
-    let result = prev.ok_or_else(|| anyhow!("no plugin ran"))?;
+    let result = bench_cni::ref_chain(node, &pod, name, "ADD", None)?;
     let ip = result["ips"][0]["address"]
         .as_str()
         .and_then(|a| a.split('/').next())

@@ -1,0 +1,226 @@
+//! The control plane's share of `cargo xtask bench`: how long a pod waits for its network.
+//! CNI ADD, then DEL, of N pods on one node, one plugin process at a time as a runtime calls
+//! them: `vnetd-cni` (the agent allocates, creates the veth, programs the maps) against the
+//! reference chain (`bridge` with `host-local`, then `firewall` with iptables), alternating pod
+//! by pod so both see the same machine. The point is the curve: the 250th ADD should cost what
+//! the first does.
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::{Value, json};
+use vnetd_lab::{
+    CniCall, Lab, Node, PodNs,
+    vnetd::{Agent, cni_call, lab_spec},
+};
+
+/// Where Debian's containernetworking-plugins puts the reference plugins.
+pub const CNI_DIR: &str = "/usr/lib/cni";
+/// The reference pods' subnet (host-local hands out up to 253 addresses).
+const REF_SUBNET: &str = "10.244.0.0/24";
+
+/// The reference conflist's plugins, in order.
+pub fn ref_plugins_conf(node_dir: &Path) -> Value {
+    json!([
+        {
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": true,
+            "ipMasq": true,
+            "ipam": {
+                "type": "host-local",
+                "subnet": REF_SUBNET,
+                "dataDir": node_dir.join("cni-ipam"),
+            },
+        },
+        { "type": "firewall", "backend": "iptables" },
+    ])
+}
+
+/// Runs the reference chain's `command` for `pod` as a runtime does: ADD in order with each
+/// result passed on as `prevResult`, DEL in reverse order with the ADD's result. Returns the
+/// last plugin's result (ADD) or `Null`.
+pub fn ref_chain(
+    node: &Node,
+    pod: &PodNs,
+    id: &str,
+    command: &str,
+    prev: Option<&Value>,
+) -> Result<Value> {
+    let mut plugins: Vec<Value> = ref_plugins_conf(&node.dir)
+        .as_array()
+        .expect("a list")
+        .clone();
+    if command == "DEL" {
+        plugins.reverse();
+    }
+    let mut prev = prev.cloned();
+    for mut conf in plugins {
+        conf["cniVersion"] = "1.0.0".into();
+        conf["name"] = "refnet".into();
+        if let Some(prev) = &prev {
+            conf["prevResult"] = prev.clone();
+        }
+        let ty = conf["type"].as_str().unwrap_or_default().to_string();
+        let out = node.cni(&CniCall {
+            command: command.into(),
+            plugin: Path::new(CNI_DIR).join(&ty),
+            container_id: format!("ref-{id}"),
+            netns: pod.path.clone(),
+            ifname: "eth0".into(),
+            config: conf.to_string(),
+            cni_path: Some(CNI_DIR.into()),
+            ..CniCall::default()
+        })?;
+        if out.exit != 0 {
+            bail!(
+                "reference plugin {ty} {command} for {id} failed ({}): {} {}",
+                out.exit,
+                out.stdout.trim(),
+                out.stderr.trim()
+            );
+        }
+        if command == "ADD" {
+            prev = Some(out.json()?);
+        }
+    }
+    Ok(if command == "ADD" {
+        prev.unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    })
+}
+
+/// ADD and DEL latencies of one dataplane's plugin, in call order.
+#[derive(Default)]
+struct Latencies {
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+}
+
+/// Attaches and detaches `pods` pods with each plugin; prints a table, returns the figures.
+pub fn run(pods: usize) -> Result<Value> {
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
+    // node-1 with room for `pods` pods in `apps` (examples/lab.yaml gives it 40 and maxPods 30).
+    let base = lab_spec();
+    let spec = base.replace(
+        "secondaryIpAddresses: [\"10.0.1.10-10.0.1.19\", \"10.0.2.10-10.0.2.49\"]\n    maxPods: 30",
+        "secondaryIpAddresses: [\"10.0.1.10-10.0.1.19\", \"10.0.2.10-10.0.2.49\", \
+         \"10.0.2.90-10.0.3.250\"]\n    maxPods: 250",
+    );
+    ensure!(
+        spec != base,
+        "examples/lab.yaml's node-1 changed: update bench_cni's pool edit"
+    );
+    let _agent = Agent::start(&node, &spec).context("starting the vnetd agent")?;
+    let rnode = lab.add_node("ref", "10.0.0.9/24".parse()?)?;
+
+    let (mut vnetd, mut reference) = (Latencies::default(), Latencies::default());
+    let mut attached = Vec::with_capacity(pods);
+    for i in 0..pods {
+        let vpod = lab.add_pod_netns(&format!("cv{i}"))?;
+        let rpod = lab.add_pod_netns(&format!("cr{i}"))?;
+        let t = Instant::now();
+        let out = node.cni(&cni_call("ADD", &node, &vpod, Some("apps"), ""))?;
+        vnetd.add.push(t.elapsed());
+        ensure!(
+            out.exit == 0,
+            "vnetd-cni ADD of pod {i}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        let t = Instant::now();
+        let result = ref_chain(&rnode, &rpod, &i.to_string(), "ADD", None)?;
+        reference.add.push(t.elapsed());
+        attached.push((vpod, rpod, result));
+    }
+    for (i, (vpod, rpod, result)) in attached.iter().enumerate() {
+        let t = Instant::now();
+        let out = node.cni(&cni_call("DEL", &node, vpod, Some("apps"), ""))?;
+        vnetd.del.push(t.elapsed());
+        ensure!(
+            out.exit == 0,
+            "vnetd-cni DEL of pod {i}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        let t = Instant::now();
+        ref_chain(&rnode, rpod, &i.to_string(), "DEL", Some(result))?;
+        reference.del.push(t.elapsed());
+    }
+
+    println!("\nCNI latency, {pods} pods on one node, one plugin process at a time (ms):\n");
+    println!(
+        "| {:<28} | {:>8} | {:>8} | {:>14} | {:>14} |",
+        "", "p50", "p99", "first 25 p50", "last 25 p50"
+    );
+    println!("|{}|", ["-"; 5].map(|_| "----------").join("|"));
+    let mut report = json!({ "pods": pods });
+    for (name, l) in [("vnetd", &vnetd), ("bridge+iptables", &reference)] {
+        for (op, v) in [("ADD", &l.add), ("DEL", &l.del)] {
+            let s = Summary::of(v);
+            println!(
+                "| {:<28} | {:>8.1} | {:>8.1} | {:>14.1} | {:>14.1} |",
+                format!("{name} {op}"),
+                s.p50,
+                s.p99,
+                s.first_p50,
+                s.last_p50
+            );
+            report[name][op.to_lowercase()] = s.json(v);
+        }
+    }
+    let ratio = |op: &str| {
+        report["vnetd"][op]["p99_ms"].as_f64().unwrap_or(f64::NAN)
+            / report["bridge+iptables"][op]["p99_ms"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+    };
+    let (add, del) = (ratio("add"), ratio("del"));
+    report["p99_ratio_vnetd_over_reference"] = json!({ "add": add, "del": del });
+    println!("\n   p99 vnetd / reference: ADD {add:.2}, DEL {del:.2}");
+    Ok(report)
+}
+
+struct Summary {
+    p50: f64,
+    p99: f64,
+    first_p50: f64,
+    last_p50: f64,
+}
+
+impl Summary {
+    fn of(v: &[Duration]) -> Self {
+        let window = v.len().min(25);
+        Self {
+            p50: percentile(v, 50.0),
+            p99: percentile(v, 99.0),
+            first_p50: percentile(&v[..window], 50.0),
+            last_p50: percentile(&v[v.len() - window..], 50.0),
+        }
+    }
+
+    fn json(&self, v: &[Duration]) -> Value {
+        json!({
+            "p50_ms": self.p50,
+            "p99_ms": self.p99,
+            "first_25_p50_ms": self.first_p50,
+            "last_25_p50_ms": self.last_p50,
+            "all_ms": v.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Nearest-rank percentile in milliseconds.
+fn percentile(v: &[Duration], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * ms.len() as f64).ceil() as usize;
+    ms[rank.clamp(1, ms.len()) - 1]
+}
