@@ -523,18 +523,10 @@ fn execute(
                 container_group: args.container_group,
                 k8s_namespace: args.k8s_namespace,
                 k8s_pod: args.k8s_pod,
+                mtu: conf.mtu,
             });
             match ask_agent(&conf, &request, CniError::TRY_AGAIN_LATER).map_err(failed)? {
                 Response::Added(added) => {
-                    if let Some(mtu) = conf.mtu.filter(|mtu| *mtu != added.mtu) {
-                        // The agent chooses the MTU (the protocol does not carry one); say so
-                        // rather than fail an ADD whose interface already exists.
-                        eprintln!(
-                            "vnetd-cni ADD: warning: the configuration asks for mtu {mtu}; the \
-                             agent set {}",
-                            added.mtu
-                        );
-                    }
                     Ok(result_json(&conf.cni_version, &ifname, &netns, &added))
                 }
                 other => Err(failed(unexpected(&other))),

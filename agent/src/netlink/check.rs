@@ -54,9 +54,9 @@ pub async fn check_pod_interface(spec: &PodInterfaceSpec) -> anyhow::Result<()> 
         }
     };
 
-    let (ifname, ip) = (spec.ifname.clone(), spec.ip);
+    let (ifname, ip, max_mtu) = (spec.ifname.clone(), spec.ip, spec.mtu);
     let pod_problems = in_netns(&spec.netns, move |h| async move {
-        check_pod_side(&h, &ifname, ip, host_ifindex).await
+        check_pod_side(&h, &ifname, ip, max_mtu, host_ifindex).await
     })
     .await
     .map_err(anyhow::Error::from)?;
@@ -78,6 +78,7 @@ async fn check_pod_side(
     h: &Handle,
     ifname: &str,
     ip: Ipv4Addr,
+    max_mtu: u32,
     host_ifindex: Option<u32>,
 ) -> anyhow::Result<Vec<String>> {
     let mut problems = Vec::new();
@@ -88,6 +89,15 @@ async fn check_pod_side(
     let index = pod.header.index;
     if !is_up(&pod) {
         problems.push(format!("{ifname} is not up"));
+    }
+    let mtu = pod.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    });
+    if let Some(mtu) = mtu.filter(|m| *m > max_mtu) {
+        problems.push(format!(
+            "{ifname} has MTU {mtu}, more than the uplink's {max_mtu}"
+        ));
     }
     // A veth reports its peer's ifindex (in the peer's namespace) as IFLA_LINK.
     if let Some(host_ifindex) = host_ifindex {

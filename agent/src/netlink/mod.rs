@@ -38,7 +38,7 @@ use rtnetlink::{
 };
 
 pub use check::check_pod_interface;
-pub use links::{is_veth_link, link_by_name};
+pub use links::{NodeLink, is_veth_link, link_by_name, node_link, node_links};
 pub use netns::in_netns;
 pub use veth::{
     PodInterface, PodInterfaceError, PodInterfaceSpec, create_pod_interface, delete_pod_interface,

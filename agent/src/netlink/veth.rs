@@ -34,7 +34,7 @@ pub struct PodInterfaceSpec {
     pub host_ifname: String,
     /// The pod's address, configured as a /32.
     pub ip: Ipv4Addr,
-    /// MTU of both ends.
+    /// MTU of both ends; for CHECK, the most they may have (the uplink's).
     pub mtu: u32,
 }
 
