@@ -1127,6 +1127,15 @@ mod tests {
     }
 
     #[test]
+    fn add_passes_the_configured_mtu_to_the_agent() {
+        let agent = FakeAgent::answering(Response::Added(added()));
+        let stdin = config(&agent.socket, "1.1.0", json!({"mtu": 1300}));
+        let (exit, stdout) = run(add_env(""), &stdin);
+        assert_eq!(exit, 0, "{stdout}");
+        assert_eq!(agent.request()["mtu"], 1300);
+    }
+
+    #[test]
     fn agent_errors_pass_through() {
         let agent = FakeAgent::answering(Response::Error(ApiError {
             code: ApiError::POOL_EXHAUSTED,

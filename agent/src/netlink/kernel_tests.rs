@@ -295,6 +295,22 @@ fn kernel_check_names_what_is_missing() {
         let spec = spec(&pod, "vhcheck", [10, 0, 2, 20]);
         create_pod_interface(&spec).await.unwrap();
 
+        // More than the uplink carries (spec.mtu, 1400).
+        run(
+            "ip",
+            &["-n", &pod.name, "link", "set", "eth0", "mtu", "1500"],
+        );
+        let err = check_pod_interface(&spec).await.unwrap_err().to_string();
+        assert!(
+            err.contains("eth0 has MTU 1500, more than the uplink's 1400"),
+            "{err}"
+        );
+        run(
+            "ip",
+            &["-n", &pod.name, "link", "set", "eth0", "mtu", "1400"],
+        );
+        check_pod_interface(&spec).await.unwrap();
+
         run("ip", &["-n", &pod.name, "route", "del", "default"]);
         let err = check_pod_interface(&spec).await.unwrap_err().to_string();
         assert!(
