@@ -192,6 +192,28 @@ fn recreated_uplink_is_reattached() -> Result<()> {
     Ok(())
 }
 
+/// The uplink re-created while the agent is down: the next agent finds defunct pinned links,
+/// replaces them instead of failing to start, and traffic flows.
+#[test]
+fn uplink_recreated_while_the_agent_is_down() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let n1 = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    let n2 = lab.add_node("node-2", node_cidr("10.0.0.5"))?;
+    let mut agent = Agent::start(&n1, &lab_spec())?;
+    let a = add_pod(&lab, &n1, "pod-a", Some("apps"), "")?;
+    assert_eq!(a.ping_count(n2.ip, 1)?, 1, "before");
+    agent.kill()?;
+
+    let n1 = lab.recreate_uplink(&n1)?;
+    n2.ip(["neigh", "flush", "all"])?;
+    agent.spawn(vnetd_lab::LogMode::Files)?;
+    assert!(has_xdp(&n1, "eth0")?, "{}", agent.log());
+    assert_eq!(a.ping_count(n2.ip, 2)?, 2, "after:\n{}", agent.log());
+    assert_eq!(endpoint_ips(&agent.status()?), [a.ip.to_string()]);
+    Ok(())
+}
+
 /// A spec reload that names another uplink detaches the programs from the old one and attaches
 /// them to the new one; moving back restores traffic.
 #[test]
