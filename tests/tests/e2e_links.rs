@@ -240,9 +240,7 @@ fn reload_moves_the_uplink() -> Result<()> {
     );
     agent.write_spec(&moved)?;
     let on_up2 = wait_for(NOTICE, || {
-        agent
-            .status()
-            .is_ok_and(|s| s["uplink"] == "up2" && s["reloads_ok"] == 1)
+        agent.status().is_ok_and(|s| s["uplink"] == "up2")
     });
     let status = agent.status()?;
     assert!(
@@ -256,11 +254,26 @@ fn reload_moves_the_uplink() -> Result<()> {
     assert!(has_xdp(&n1, "up2")?);
     assert!(!has_xdp(&n1, "eth0")?, "the old uplink is detached");
 
+    // An uplink that does not exist: refused, the running one stays.
+    agent.write_spec(&lab_spec().replace(
+        node1_uplink,
+        "    interface: nope0\n    primaryIpAddress: 10.0.0.4",
+    ))?;
+    let refused = wait_for(NOTICE, || {
+        agent.status().is_ok_and(|s| s["reloads_failed"] == 1)
+    });
+    assert!(refused, "{}", agent.log());
+    assert!(
+        agent.log().contains("uplink nope0 does not exist"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.status()?["uplink"], "up2");
+    assert!(has_xdp(&n1, "up2")?);
+
     agent.write_spec(&lab_spec())?;
     let back = wait_for(NOTICE, || {
-        agent
-            .status()
-            .is_ok_and(|s| s["uplink"] == "eth0" && s["reloads_ok"] == 2)
+        agent.status().is_ok_and(|s| s["uplink"] == "eth0")
     });
     assert!(back, "reload back to eth0 not applied:\n{}", agent.log());
     assert!(has_xdp(&n1, "eth0")?);
