@@ -93,6 +93,9 @@ impl Agent {
         self.dataplane.prune_routes(&self.plan.routes)
     }
 
+    /// Points the dataplane at `plan`'s uplink and primary IP. The new uplink gets the programs
+    /// before the old one loses them, so the node is never without; a new uplink that cannot
+    /// be attached leaves the old one as it was.
     async fn move_uplink(&mut self, plan: &NodePlan) -> Result<()> {
         let link = uplink_link(plan).await?;
         if let Err(err) = self.dataplane.attach_uplink(&link.name, link.veth) {
