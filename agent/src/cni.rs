@@ -523,18 +523,10 @@ fn execute(
                 container_group: args.container_group,
                 k8s_namespace: args.k8s_namespace,
                 k8s_pod: args.k8s_pod,
+                mtu: conf.mtu,
             });
             match ask_agent(&conf, &request, CniError::TRY_AGAIN_LATER).map_err(failed)? {
                 Response::Added(added) => {
-                    if let Some(mtu) = conf.mtu.filter(|mtu| *mtu != added.mtu) {
-                        // The agent chooses the MTU (the protocol does not carry one); say so
-                        // rather than fail an ADD whose interface already exists.
-                        eprintln!(
-                            "vnetd-cni ADD: warning: the configuration asks for mtu {mtu}; the \
-                             agent set {}",
-                            added.mtu
-                        );
-                    }
                     Ok(result_json(&conf.cni_version, &ifname, &netns, &added))
                 }
                 other => Err(failed(unexpected(&other))),
@@ -1132,6 +1124,15 @@ mod tests {
                 "k8s_pod": "web-0",
             })
         );
+    }
+
+    #[test]
+    fn add_passes_the_configured_mtu_to_the_agent() {
+        let agent = FakeAgent::answering(Response::Added(added()));
+        let stdin = config(&agent.socket, "1.1.0", json!({"mtu": 1300}));
+        let (exit, stdout) = run(add_env(""), &stdin);
+        assert_eq!(exit, 0, "{stdout}");
+        assert_eq!(agent.request()["mtu"], 1300);
     }
 
     #[test]

@@ -2,14 +2,14 @@
 //! the API. Requests are handled one at a time (a pod ADD is a few netlink calls and map
 //! writes; serialising them keeps IPAM and the maps trivially consistent).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
 use tracing::{info, warn};
-use vnetd_common::NodeConfig;
+use vnetd_common::{NodeConfig, programs};
 
 use crate::{
     api::proto::{
@@ -18,11 +18,9 @@ use crate::{
     dataplane::Dataplane,
     endpoints::{self, Endpoint, EndpointStore},
     ipam::Ipam,
-    netlink::{self, POD_GATEWAY, PodInterfaceError, PodInterfaceSpec},
+    netlink::{self, NodeLink, POD_GATEWAY, PodInterfaceError, PodInterfaceSpec},
     plan::NodePlan,
 };
-
-const POD_MTU: u32 = 1500;
 
 pub struct Agent {
     plan: NodePlan,
@@ -30,6 +28,8 @@ pub struct Agent {
     ipam: Ipam,
     store: EndpointStore,
     endpoints: BTreeMap<Attachment, Endpoint>,
+    /// The ifindex the uplink programs are attached to; `None` while the uplink is gone.
+    uplink_ifindex: Option<u32>,
     /// Spec reloads applied and refused.
     reloads: (u64, u64),
 }
@@ -39,18 +39,10 @@ impl Agent {
     /// previous agent recorded: reattached if their interface is still there, released if not.
     pub async fn start(plan: NodePlan, bpffs: &Path, state_dir: &Path) -> Result<Self> {
         let mut dataplane = Dataplane::load_pinned(bpffs)?;
-        let (uplink_ifindex, uplink_mac) = netlink::link_by_name(&plan.uplink)
-            .await?
-            .with_context(|| format!("uplink {} does not exist in this namespace", plan.uplink))?;
-        dataplane.set_node(NodeConfig {
-            uplink_ifindex,
-            primary_ip: plan.primary_ip.octets(),
-            uplink_mac,
-            _pad: [0; 2],
-        })?;
+        let uplink = uplink_link(&plan).await?;
+        dataplane.set_node(node_config(&plan, &uplink))?;
         dataplane.sync_routes(&plan.routes)?;
-        let generic_xdp = netlink::is_veth_link(&plan.uplink).await?;
-        dataplane.attach_uplink(&plan.uplink, generic_xdp)?;
+        dataplane.attach_uplink(&plan.uplink, uplink.veth)?;
         info!(uplink = %plan.uplink, routes = plan.routes.len(), "uplink programs attached");
         match recorded_node(state_dir)? {
             Some(node) if node != plan.node => anyhow::bail!(
@@ -69,6 +61,7 @@ impl Agent {
             ipam,
             store,
             endpoints: BTreeMap::new(),
+            uplink_ifindex: Some(uplink.ifindex),
             reloads: (0, 0),
         };
         agent.restore().await?;
@@ -77,9 +70,10 @@ impl Agent {
 
     /// Applies a new plan (a changed spec) by writing only the differences. Endpoints whose
     /// subnet changed route table get their entry rewritten; established traffic is untouched.
-    pub fn reload(&mut self, plan: NodePlan) -> Result<()> {
+    /// A new uplink gets the programs before the old one loses them.
+    pub async fn reload(&mut self, plan: NodePlan) -> Result<()> {
         if plan.uplink != self.plan.uplink || plan.primary_ip != self.plan.primary_ip {
-            anyhow::bail!("changing a running node's uplink or primary IP needs a restart");
+            self.move_uplink(&plan).await?;
         }
         // New routes first, then the endpoints whose subnet changed table, then the stale
         // routes: a packet always finds a route from the old or the new configuration.
@@ -97,6 +91,62 @@ impl Agent {
             self.write_endpoint(ep)?;
         }
         self.dataplane.prune_routes(&self.plan.routes)
+    }
+
+    /// Points the dataplane at `plan`'s uplink and primary IP. The new uplink gets the programs
+    /// before the old one loses them, so the node is never without; a new uplink that cannot
+    /// be attached leaves the old one as it was.
+    async fn move_uplink(&mut self, plan: &NodePlan) -> Result<()> {
+        let link = uplink_link(plan).await?;
+        if let Err(err) = self.dataplane.attach_uplink(&link.name, link.veth) {
+            if plan.uplink != self.plan.uplink {
+                let _ = self.dataplane.detach_uplink(&link.name);
+            }
+            return Err(err);
+        }
+        self.dataplane.set_node(node_config(plan, &link))?;
+        self.uplink_ifindex = Some(link.ifindex);
+        if plan.uplink != self.plan.uplink {
+            self.dataplane.detach_uplink(&self.plan.uplink)?;
+            info!(from = %self.plan.uplink, to = %plan.uplink, "uplink moved");
+        }
+        Ok(())
+    }
+
+    /// Brings the endpoints and the uplink in line with the node's links (the link watch calls
+    /// this): an endpoint whose host veth is gone, or is another link by that name now, is
+    /// removed (dataplane entry, program pin, address, record); an uplink that came back as a
+    /// new link gets the programs again.
+    pub async fn reconcile_links(&mut self) -> Result<()> {
+        let links = netlink::node_links().await?;
+        let vanished: Vec<Attachment> = self
+            .endpoints
+            .iter()
+            .filter(|(_, ep)| {
+                links.get(&ep.host_ifname).map(|l| l.ifindex) != Some(ep.host_ifindex)
+            })
+            .map(|(att, _)| att.clone())
+            .collect();
+        for att in vanished {
+            if let Some(ep) = self.endpoints.remove(&att) {
+                warn!(ip = %ep.ip, host_ifname = %ep.host_ifname, "endpoint's interface vanished: releasing it");
+                self.forget(&ep)?;
+            }
+        }
+        match links.get(&self.plan.uplink) {
+            Some(link) if self.uplink_ifindex != Some(link.ifindex) => {
+                self.dataplane.attach_uplink(&link.name, link.veth)?;
+                self.dataplane.set_node(node_config(&self.plan, link))?;
+                self.uplink_ifindex = Some(link.ifindex);
+                info!(uplink = %link.name, ifindex = link.ifindex, "uplink re-attached");
+            }
+            None if self.uplink_ifindex.is_some() => {
+                warn!(uplink = %self.plan.uplink, "the uplink is gone: waiting for it to come back");
+                self.uplink_ifindex = None;
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     async fn restore(&mut self) -> Result<()> {
@@ -123,6 +173,27 @@ impl Agent {
         for ip in self.dataplane.endpoint_ips()? {
             if !self.endpoints.values().any(|ep| ep.ip == ip) {
                 self.dataplane.remove_endpoint(ip)?;
+            }
+        }
+        // Pod veths and program pins without a record: an ADD that died before recording, or
+        // a record lost. (One agent per node namespace: every `vnd*` veth here is this one's.)
+        let known: BTreeSet<String> = self
+            .endpoints
+            .values()
+            .map(|ep| ep.host_ifname.clone())
+            .collect();
+        for link in netlink::node_links().await?.values() {
+            if link.veth
+                && link.name.starts_with(endpoints::HOST_IFNAME_PREFIX)
+                && !known.contains(&link.name)
+            {
+                warn!(host_ifname = %link.name, "deleting a pod veth that has no endpoint record");
+                netlink::delete_pod_interface(&link.name).await?;
+            }
+        }
+        for (program, ifname) in self.dataplane.links()? {
+            if program == programs::POD_TC_INGRESS && !known.contains(&ifname) {
+                self.dataplane.detach_pod(&ifname)?;
             }
         }
         Ok(())
@@ -173,6 +244,7 @@ impl Agent {
             ));
         }
         let (subnet, requested_ip) = self.placement(&req)?;
+        let mtu = self.pod_mtu(req.mtu).await?;
         let owner = endpoints::owner(&att);
         let ip = self.allocate(&subnet, requested_ip, &owner)?;
         let host_ifname = endpoints::host_ifname(&att);
@@ -181,7 +253,7 @@ impl Agent {
             ifname: att.ifname.clone(),
             host_ifname: host_ifname.clone(),
             ip,
-            mtu: POD_MTU,
+            mtu,
         };
         let iface = match netlink::create_pod_interface(&spec).await {
             Ok(iface) => iface,
@@ -221,8 +293,38 @@ impl Agent {
             pod_mac: iface.pod_mac,
             ip,
             gateway: POD_GATEWAY,
-            mtu: POD_MTU,
+            mtu,
         })
+    }
+
+    /// The pod's MTU: the network configuration's `mtu` if given, else the uplink's. Never more
+    /// than the uplink's: a veth silently drops what exceeds its peer's MTU, so a pod sending
+    /// larger packets than the uplink carries would see them vanish; a larger `mtu` is refused.
+    async fn pod_mtu(&self, requested: Option<u32>) -> Result<u32, ApiError> {
+        let uplink = netlink::node_link(&self.plan.uplink)
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ApiError::TRY_AGAIN_LATER,
+                    format!(
+                        "uplink {} of node {} is gone",
+                        self.plan.uplink, self.plan.node
+                    ),
+                )
+            })?;
+        match requested {
+            Some(mtu) if mtu > uplink.mtu => Err(ApiError::new(
+                ApiError::INVALID_CONFIG,
+                format!(
+                    "mtu {mtu} in the network configuration is larger than the MTU {} of uplink \
+                     {} on node {}: pods cannot send packets larger than the uplink carries",
+                    uplink.mtu, uplink.name, self.plan.node
+                ),
+            )),
+            Some(mtu) => Ok(mtu),
+            None => Ok(uplink.mtu),
+        }
     }
 
     /// Which subnet (and address, for a container group that names one) a request gets.
@@ -354,7 +456,8 @@ impl Agent {
             ifname: ep.attachment.ifname.clone(),
             host_ifname: ep.host_ifname.clone(),
             ip: ep.ip,
-            mtu: POD_MTU,
+            // The pod's MTU may be smaller (the conflist's); CHECK verifies it is not larger.
+            mtu: self.pod_mtu(None).await?,
         };
         netlink::check_pod_interface(&spec)
             .await
@@ -415,6 +518,22 @@ impl Agent {
             reloads_ok: self.reloads.0,
             reloads_failed: self.reloads.1,
         })
+    }
+}
+
+/// The plan's uplink as it is now.
+async fn uplink_link(plan: &NodePlan) -> Result<NodeLink> {
+    netlink::node_link(&plan.uplink)
+        .await?
+        .with_context(|| format!("uplink {} does not exist in this namespace", plan.uplink))
+}
+
+fn node_config(plan: &NodePlan, uplink: &NodeLink) -> NodeConfig {
+    NodeConfig {
+        uplink_ifindex: uplink.ifindex,
+        primary_ip: plan.primary_ip.octets(),
+        uplink_mac: uplink.mac,
+        _pad: [0; 2],
     }
 }
 

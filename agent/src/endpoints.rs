@@ -49,6 +49,10 @@ pub fn owner(attachment: &Attachment) -> String {
     format!("{}/{}", attachment.container_id, attachment.ifname)
 }
 
+/// How every pod's host-side veth is named: a restarted agent deletes veths with this prefix
+/// that it has no record of.
+pub const HOST_IFNAME_PREFIX: &str = "vnd";
+
 /// The host-side veth name of an attachment: stable (DEL after a restart finds it), unique,
 /// and within IFNAMSIZ. FNV-1a is enough: collisions are caught when the link is created.
 pub fn host_ifname(attachment: &Attachment) -> String {
@@ -57,7 +61,7 @@ pub fn host_ifname(attachment: &Attachment) -> String {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("vnd{:011x}", hash & 0xfff_ffff_ffff)
+    format!("{HOST_IFNAME_PREFIX}{:011x}", hash & 0xfff_ffff_ffff)
 }
 
 /// The durable set of endpoints.

@@ -12,7 +12,7 @@ use vnetd::{
         server,
     },
     daemon::{self, Agent},
-    dataplane, metrics, reload, spec,
+    dataplane, metrics, netlink, reload, spec,
 };
 
 const DEFAULT_SOCKET: &str = "/run/vnetd/vnetd.sock";
@@ -155,6 +155,11 @@ async fn run(paths: daemon::Paths, node: String, metrics_addr: std::net::SocketA
         res = server::serve(listener, agent.clone()) => res?,
         res = reload::watch(paths.spec.clone(), node.clone(), agent.clone()) => res?,
         res = metrics::serve(metrics_addr, agent.clone()) => res?,
+        res = netlink::links::watch(|| async {
+            if let Err(err) = agent.lock().await.reconcile_links().await {
+                error!("following the node's links: {err:#}");
+            }
+        }) => res?,
         _ = tokio::signal::ctrl_c() => info!("interrupted: leaving the dataplane running"),
         _ = term.recv() => info!("terminated: leaving the dataplane running"),
     }

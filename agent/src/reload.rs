@@ -19,7 +19,10 @@ pub async fn watch(spec_path: PathBuf, node: String, agent: Arc<Mutex<Agent>>) -
     let (tx, mut rx) = mpsc::unbounded_channel();
     let name = spec_path.file_name().map(ToOwned::to_owned);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Access events include the agent's own reads of the spec: reacting to them would
+        // reload again and again.
         if let Ok(event) = event
+            && !event.kind.is_access()
             && event.paths.iter().any(|p| p.file_name() == name.as_deref())
         {
             let _ = tx.send(());
@@ -59,7 +62,11 @@ async fn apply(spec_path: &Path, node: &str, agent: &Mutex<Agent>) {
         }
     };
     let mut agent = agent.lock().await;
-    match plan.and_then(|plan| agent.reload(plan)) {
+    let applied = match plan {
+        Ok(plan) => agent.reload(plan).await,
+        Err(err) => Err(err),
+    };
+    match applied {
         Ok(()) => {
             info!("spec reloaded");
             agent.count_reload(true);

@@ -589,7 +589,16 @@ impl Lab {
         self.claim_address(ip, role)?;
         let ns = self.create_ns(role)?;
         let mac = mac_for(0, ip);
-        let port = self.connect_to_fabric(&ns, &mac)?;
+        let port = self.wire_uplink(&ns, cidr, &mac)?;
+        self.edge
+            .ip(["route", "add", &format!("{ip}/32"), "dev", UPLINK])?;
+        Ok((ns, mac, port))
+    }
+
+    /// A member's uplink: a new fabric port, `cidr` on the member's `eth0`, up, default route
+    /// via the gateway and the on-link VNet route. Returns the fabric port's name.
+    fn wire_uplink(&self, ns: &Ns, cidr: Ipv4Net, mac: &str) -> Result<String> {
+        let port = self.connect_to_fabric(ns, mac)?;
         ns.ip(["addr", "add", &cidr.to_string(), "dev", UPLINK])?;
         ns.ip(["link", "set", UPLINK, "up"])?;
         // onlink: works whatever the member's prefix (the gateway need not be inside it).
@@ -607,9 +616,36 @@ impl Lab {
         // their pods); on the lab's L2 fabric that is an on-link route for the VNet's space.
         ns.ip(["route", "add", VNET_SPACE, "dev", UPLINK, "scope", "link"])?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
-        self.edge
-            .ip(["route", "add", &format!("{ip}/32"), "dev", UPLINK])?;
-        Ok((ns, mac, port))
+        Ok(port)
+    }
+
+    /// Sets the MTU of a node's uplink and of its fabric port: the node sits on a network with
+    /// that MTU (the bridge forwards nothing larger to or from it).
+    pub fn set_uplink_mtu(&self, node: &Node, mtu: u32) -> Result<()> {
+        let mtu = mtu.to_string();
+        self.fabric
+            .ip(["link", "set", &node.fabric_port, "mtu", &mtu])
+            .and_then(|_| node.ip(["link", "set", &node.uplink, "mtu", &mtu]))
+            .with_context(|| format!("setting the uplink MTU of {} to {mtu}", node.role))?;
+        Ok(())
+    }
+
+    /// Deletes a node's uplink (its fabric port goes with it, and any program attached to it)
+    /// and wires a new one as [`Lab::add_node`] did: same name, MAC, address and routes, a new
+    /// fabric port, a new ifindex. Returns the node as it is now (its `fabric_port` changed).
+    pub fn recreate_uplink(&self, node: &Node) -> Result<Node> {
+        let port = node
+            .ip(["link", "del", "dev", &node.uplink])
+            .and_then(|_| self.wire_uplink(&node.ns, node.cidr, &node.mac))
+            .with_context(|| format!("re-creating the uplink of {}", node.role))?;
+        let mut st = self.lock();
+        let stored = st
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node.name)
+            .with_context(|| format!("{} is not a node of lab {}", node.role, self.id))?;
+        stored.fabric_port = port;
+        Ok(stored.clone())
     }
 
     /// Adds a node: namespace `<prefix><name>`, uplink `eth0` on the fabric holding `cidr`'s

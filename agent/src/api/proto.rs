@@ -40,6 +40,9 @@ pub struct AddRequest {
     pub container_group: Option<String>,
     pub k8s_namespace: Option<String>,
     pub k8s_pod: Option<String>,
+    /// The conflist's `mtu`: the pod's MTU, at most the uplink's; absent = the uplink's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc::{self, SchedClassifierLink},
         xdp::XdpLink,
@@ -121,15 +121,25 @@ impl Dataplane {
         remove_pin(&self.pins()?.link(programs::POD_TC_INGRESS, host_ifname))
     }
 
+    /// Detaches the uplink programs from `ifname` (an uplink the spec no longer names).
+    pub fn detach_uplink(&self, ifname: &str) -> Result<()> {
+        remove_pin(&self.pins()?.link(programs::UPLINK_XDP, ifname))?;
+        remove_pin(&self.pins()?.link(programs::UPLINK_TC_INGRESS, ifname))
+    }
+
     fn attach_xdp(&mut self, program: &str, ifname: &str, generic: bool) -> Result<()> {
         let pin = self.pins()?.link(program, ifname);
+        let pinned = open_pinned_link(&pin)?;
         let prog = self.xdp(program)?;
-        let link_id = match open_pinned_link(&pin)? {
+        let swapped = match pinned {
             Some(fd) => {
                 let link = XdpLink::try_from(fd).context("pinned link is not an XDP link")?;
-                prog.attach_to_link(link)
-                    .with_context(|| format!("swapping {program} on {ifname}"))?
+                swap_or_defunct(prog.attach_to_link(link), &pin, program, ifname)?
             }
+            None => None,
+        };
+        let link_id = match swapped {
+            Some(id) => id,
             None if generic => prog
                 .attach(ifname, XdpMode::Skb)
                 .with_context(|| format!("attaching {program} (generic XDP) to {ifname}"))?,
@@ -144,13 +154,17 @@ impl Dataplane {
 
     fn attach_tc_ingress(&mut self, program: &str, ifname: &str) -> Result<()> {
         let pin = self.pins()?.link(program, ifname);
+        let pinned = open_pinned_link(&pin)?;
         let prog = self.classifier(program)?;
-        let link_id = match open_pinned_link(&pin)? {
+        let swapped = match pinned {
             Some(fd) => {
                 let link = SchedClassifierLink::try_from(fd).context("pinned link is not TCX")?;
-                prog.attach_to_link(link)
-                    .with_context(|| format!("swapping {program} on {ifname}"))?
+                swap_or_defunct(prog.attach_to_link(link), &pin, program, ifname)?
             }
+            None => None,
+        };
+        let link_id = match swapped {
+            Some(id) => id,
             None => {
                 // TCX (kernel >= 6.6) needs no qdisc; netlink TC on older kernels does.
                 let _ = tc::qdisc_add_clsact(ifname);
@@ -331,6 +345,45 @@ fn open_pinned_link(path: &Path) -> Result<Option<FdLink>> {
         }
         Err(err) => Err(err).with_context(|| format!("opening pinned link {}", path.display())),
     }
+}
+
+/// The result of swapping a program into a pinned link: the link's id, or `None` when the link
+/// is defunct because its interface was deleted (the kernel answers ENOLINK; a re-created
+/// interface of the same name is another device). A defunct link's pin is removed so the caller
+/// attaches afresh.
+fn swap_or_defunct<T>(
+    swapped: Result<T, ProgramError>,
+    pin: &Path,
+    program: &str,
+    ifname: &str,
+) -> Result<Option<T>> {
+    match swapped {
+        Ok(id) => Ok(Some(id)),
+        Err(err) if is_errno(&err, libc::ENOLINK) => {
+            tracing::warn!(
+                program,
+                ifname,
+                "the pinned link's interface is gone: attaching to the current {ifname}"
+            );
+            remove_pin(pin)?;
+            Ok(None)
+        }
+        Err(err) => Err(err).with_context(|| format!("swapping {program} on {ifname}")),
+    }
+}
+
+fn is_errno(err: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+            == Some(errno)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {
