@@ -15,7 +15,7 @@ use crate::{
     api::proto::{
         AddRequest, AddResult, ApiError, Attachment, CheckRequest, Request, Response, StatusReport,
     },
-    dataplane::Dataplane,
+    dataplane::{Dataplane, maps},
     endpoints::{self, Endpoint, EndpointStore},
     ipam::Ipam,
     netlink::{self, POD_GATEWAY, PodInterfaceError, PodInterfaceSpec},
@@ -48,10 +48,10 @@ impl Agent {
             uplink_mac,
             _pad: [0; 2],
         })?;
-        dataplane.sync_routes(&plan.routes)?;
+        dataplane.sync_routes(&routes_by_position(&plan))?;
         let generic_xdp = netlink::is_veth_link(&plan.uplink).await?;
         dataplane.attach_uplink(&plan.uplink, generic_xdp)?;
-        info!(uplink = %plan.uplink, routes = plan.routes.len(), "uplink programs attached");
+        info!(uplink = %plan.uplink, tables = plan.route_tables().count(), "uplink programs attached");
         match recorded_node(state_dir)? {
             Some(node) if node != plan.node => anyhow::bail!(
                 "{} holds the state of node {node}: give node {} its own --state-dir",
@@ -83,7 +83,7 @@ impl Agent {
         }
         // New routes first, then the endpoints whose subnet changed table, then the stale
         // routes: a packet always finds a route from the old or the new configuration.
-        self.dataplane.upsert_routes(&plan.routes)?;
+        self.dataplane.upsert_routes(&routes_by_position(&plan))?;
         let old = std::mem::replace(&mut self.plan, plan);
         let table =
             |plan: &NodePlan, subnet: &str| plan.subnet(subnet).map_or(0, |s| s.route_table);
@@ -96,7 +96,7 @@ impl Agent {
         for ep in &moved {
             self.write_endpoint(ep)?;
         }
-        self.dataplane.prune_routes(&self.plan.routes)
+        self.dataplane.prune_routes(&routes_by_position(&self.plan))
     }
 
     async fn restore(&mut self) -> Result<()> {
@@ -305,17 +305,9 @@ impl Agent {
     }
 
     fn write_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
-        let host_ifindex = ep.host_ifindex;
         let route_table = self.plan.subnet(&ep.subnet).map_or(0, |s| s.route_table);
-        self.dataplane.put_endpoint(
-            ep.ip,
-            vnetd_common::Endpoint {
-                host_ifindex,
-                route_table,
-                pod_mac: ep.pod_mac,
-                host_mac: ep.host_mac,
-            },
-        )
+        self.dataplane
+            .put_endpoint(ep.ip, maps::abi_endpoint(ep, route_table))
     }
 
     /// Removes an endpoint's record, address and program pin (not its interface).
@@ -416,6 +408,16 @@ impl Agent {
             reloads_failed: self.reloads.1,
         })
     }
+}
+
+fn routes_by_position(plan: &NodePlan) -> BTreeMap<(u32, ipnet::Ipv4Net), vnetd_common::Route> {
+    plan.route_tables()
+        .flat_map(|t| {
+            maps::routes::entries(t)
+                .into_iter()
+                .map(|(net, r)| ((t.id, net), r))
+        })
+        .collect()
 }
 
 /// The `vnetd run` options that locate the agent's state.

@@ -1,14 +1,12 @@
-//! What this node's agent needs from the compiled spec: its uplink, its pools, the subnets and
-//! container groups it may attach. Built from `compile::Compiled`.
-use std::{collections::BTreeMap, net::Ipv4Addr, ops::RangeInclusive};
+//! This node's view of the compiled spec: its uplink, its pools, the subnets and container
+//! groups it may attach, and the route tables its subnets use. It holds the [`Compiled`]
+//! model itself: the dataplane converts the compiled tables to map entries
+//! ([`crate::dataplane::maps`]), nothing is restated here.
+use std::{net::Ipv4Addr, ops::RangeInclusive};
 
 use ipnet::Ipv4Net;
-use vnetd_common::{NextHop, Route};
 
-use crate::{
-    compile::{Compiled, RouteEntry},
-    spec::NextHopType,
-};
+use crate::compile::{Compiled, CompiledRouteTable};
 
 #[derive(Clone, Debug)]
 pub struct NodePlan {
@@ -18,8 +16,7 @@ pub struct NodePlan {
     pub max_pods: u32,
     pub subnets: Vec<SubnetPlan>,
     pub container_groups: Vec<GroupPlan>,
-    /// (route table id, prefix) -> next hop; table 0 holds the system routes.
-    pub routes: BTreeMap<(u32, Ipv4Net), Route>,
+    compiled: Compiled,
 }
 
 #[derive(Clone, Debug)]
@@ -30,7 +27,8 @@ pub struct SubnetPlan {
     pub pool: Vec<RangeInclusive<Ipv4Addr>>,
     /// Delegated to container groups: plain pods may not use it.
     pub delegated: bool,
-    /// The route table its endpoints use (0 = system routes only).
+    /// The compiled id of the route table its endpoints use (0 = system routes only): an
+    /// index into [`Compiled::routes`], not what the dataplane writes.
     pub route_table: u32,
 }
 
@@ -49,11 +47,25 @@ impl NodePlan {
     pub fn group(&self, name: &str) -> Option<&GroupPlan> {
         self.container_groups.iter().find(|g| g.name == name)
     }
+
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    /// The route table of `subnet`'s endpoints.
+    pub fn route_table_of(&self, subnet: &str) -> Option<&CompiledRouteTable> {
+        self.compiled.route_table(self.subnet(subnet)?.route_table)
+    }
+
+    /// The route tables the dataplane holds for this node.
+    pub fn route_tables(&self) -> impl Iterator<Item = &CompiledRouteTable> {
+        self.compiled.routes.iter()
+    }
 }
 
 impl NodePlan {
     /// This node's part of a compiled spec.
-    pub fn from_compiled(c: &Compiled) -> Self {
+    pub fn from_compiled(c: Compiled) -> Self {
         let subnets = c
             .subnets
             .iter()
@@ -81,16 +93,6 @@ impl NodePlan {
                 })
             })
             .collect();
-        let routes = c
-            .routes
-            .iter()
-            .flat_map(|table| {
-                table
-                    .entries
-                    .iter()
-                    .map(move |e| ((table.id, e.prefix), route_entry(e)))
-            })
-            .collect();
         Self {
             node: c.node.name.clone(),
             uplink: c.node.interface.clone(),
@@ -98,26 +100,12 @@ impl NodePlan {
             max_pods: c.node.max_pods,
             subnets,
             container_groups,
-            routes,
+            compiled: c,
         }
     }
 
     /// Parses, validates and compiles `spec` for `node`.
     pub fn from_spec(spec: &crate::spec::Spec, node: &str) -> anyhow::Result<Self> {
-        Ok(Self::from_compiled(&crate::compile::compile(spec, node)?))
-    }
-}
-
-fn route_entry(e: &RouteEntry) -> Route {
-    let next_hop = match e.next_hop.kind {
-        NextHopType::VnetLocal => NextHop::VnetLocal,
-        NextHopType::Internet => NextHop::Internet,
-        NextHopType::None => NextHop::None,
-        NextHopType::VirtualAppliance => NextHop::VirtualAppliance,
-        NextHopType::VirtualNetworkGateway => NextHop::VirtualNetworkGateway,
-    };
-    Route {
-        next_hop: next_hop as u32,
-        next_hop_ip: e.next_hop.ip.map_or([0; 4], |ip| ip.octets()),
+        Ok(Self::from_compiled(crate::compile::compile(spec, node)?))
     }
 }
