@@ -2,9 +2,11 @@
 //! groups it may attach, and the route tables its subnets use. It holds the [`Compiled`]
 //! model itself: the dataplane converts the compiled tables to map entries
 //! ([`crate::dataplane::maps`]), nothing is restated here.
-use std::{net::Ipv4Addr, ops::RangeInclusive};
+use std::{collections::BTreeSet, net::Ipv4Addr, ops::RangeInclusive};
 
+use anyhow::{Result, bail};
 use ipnet::Ipv4Net;
+use vnetd_common::maps;
 
 use crate::compile::{Compiled, CompiledRouteTable};
 
@@ -57,15 +59,59 @@ impl NodePlan {
         self.compiled.route_table(self.subnet(subnet)?.route_table)
     }
 
-    /// The route tables the dataplane holds for this node.
+    /// The route tables the dataplane holds for this node: those of the subnets it has a
+    /// pool in (only their endpoints look routes up), each once.
     pub fn route_tables(&self) -> impl Iterator<Item = &CompiledRouteTable> {
-        self.compiled.routes.iter()
+        let used: BTreeSet<u32> = self
+            .subnets
+            .iter()
+            .filter(|s| !s.pool.is_empty())
+            .map(|s| s.route_table)
+            .collect();
+        used.into_iter()
+            .filter_map(|id| self.compiled.route_table(id))
+    }
+
+    /// Refuses a plan whose tables do not fit the maps, naming the limit.
+    fn check_capacity(&self) -> Result<()> {
+        if self.max_pods > maps::ENDPOINTS_MAX {
+            bail!(
+                "node {}: maxPods {} is more than ENDPOINTS holds (ENDPOINTS_MAX = {})",
+                self.node,
+                self.max_pods,
+                maps::ENDPOINTS_MAX
+            );
+        }
+        let tables: Vec<(String, usize)> = self
+            .route_tables()
+            .map(|t| (t.key(), t.entries.len()))
+            .collect();
+        let routes: usize = tables.iter().map(|(_, n)| n).sum();
+        if routes > ROUTE_BUDGET as usize {
+            let list: Vec<String> = tables
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect();
+            bail!(
+                "node {}: the route tables of its subnets hold {routes} routes ({}); ROUTES holds \
+                 ROUTES_MAX = {} entries and a reload writes a changed table beside the one in \
+                 use, so one node's tables may hold at most {ROUTE_BUDGET}",
+                self.node,
+                list.join(", "),
+                maps::ROUTES_MAX
+            );
+        }
+        Ok(())
     }
 }
 
+/// The routes one node's tables may hold: half of ROUTES, so that a reload changing every
+/// table still has room to write the new tables beside the running ones.
+pub const ROUTE_BUDGET: u32 = maps::ROUTES_MAX / 2;
+
 impl NodePlan {
-    /// This node's part of a compiled spec.
-    pub fn from_compiled(c: Compiled) -> Self {
+    /// This node's part of a compiled spec; refused if its tables do not fit the maps.
+    pub fn from_compiled(c: Compiled) -> Result<Self> {
         let subnets = c
             .subnets
             .iter()
@@ -93,7 +139,7 @@ impl NodePlan {
                 })
             })
             .collect();
-        Self {
+        let plan = Self {
             node: c.node.name.clone(),
             uplink: c.node.interface.clone(),
             primary_ip: c.node.primary_ip,
@@ -101,11 +147,13 @@ impl NodePlan {
             subnets,
             container_groups,
             compiled: c,
-        }
+        };
+        plan.check_capacity()?;
+        Ok(plan)
     }
 
     /// Parses, validates and compiles `spec` for `node`.
-    pub fn from_spec(spec: &crate::spec::Spec, node: &str) -> anyhow::Result<Self> {
-        Ok(Self::from_compiled(crate::compile::compile(spec, node)?))
+    pub fn from_spec(spec: &crate::spec::Spec, node: &str) -> Result<Self> {
+        Self::from_compiled(crate::compile::compile(spec, node)?)
     }
 }

@@ -3,6 +3,7 @@
 //! and the next agent adopts it (programs are swapped into the pinned links atomically).
 pub mod maps;
 mod pins;
+pub mod tables;
 
 use std::{io, path::Path};
 

@@ -13,7 +13,7 @@ use vnetd_common::{NextHop, Route, RouteKey, maps};
 
 use crate::{
     compile::{CompiledRouteTable, RouteEntry},
-    dataplane::Dataplane,
+    dataplane::{Dataplane, tables::TableStore},
     spec::NextHopType,
 };
 
@@ -41,6 +41,19 @@ pub fn abi_route(e: &RouteEntry) -> Route {
         next_hop: next_hop as u32,
         next_hop_ip: e.next_hop.ip.map_or([0; 4], |ip| ip.octets()),
     }
+}
+
+/// A stable digest of a table's entries (what [`crate::dataplane::tables::TableIds`] compares
+/// to tell a changed table from an unchanged one across restarts).
+pub fn fingerprint(entries: &RouteEntries) -> u64 {
+    let mut digest = crate::dataplane::tables::Fingerprint::default();
+    for (net, route) in entries {
+        digest.write(&net.network().octets());
+        digest.write(&[net.prefix_len()]);
+        digest.write(&route.next_hop.to_le_bytes());
+        digest.write(&route.next_hop_ip);
+    }
+    digest.finish()
 }
 
 impl Dataplane {
@@ -80,46 +93,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes table `id` hold exactly `entries` (new first, then stale); other tables untouched.
-    pub fn write_route_table(&mut self, id: u32, entries: &RouteEntries) -> Result<()> {
-        let present = self.routes()?;
-        let mut map = self.routes_map()?;
-        for (net, route) in entries {
-            let k = (id, *net);
-            if present.get(&k) != Some(route) {
-                map.insert(&route_key(&k), route, 0).with_context(|| {
-                    format!(
-                        "writing route {net} of table {id} (ROUTES holds at most {} entries)",
-                        maps::ROUTES_MAX
-                    )
-                })?;
-            }
-        }
-        for (table, net) in present.keys() {
-            if *table == id && !entries.contains_key(net) {
-                map.remove(&route_key(&(id, *net)))
-                    .with_context(|| format!("removing route {net} of table {id}"))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes every entry of the tables `ids`.
-    pub fn remove_route_tables(&mut self, ids: &BTreeSet<u32>) -> Result<()> {
-        let present = self.routes()?;
-        let mut map = self.routes_map()?;
-        for k in present.keys().filter(|(table, _)| ids.contains(table)) {
-            map.remove(&route_key(k))
-                .with_context(|| format!("removing route {} of table {}", k.1, k.0))?;
-        }
-        Ok(())
-    }
-
-    /// The ids of the tables that have entries in ROUTES.
-    pub fn route_table_ids(&mut self) -> Result<BTreeSet<u32>> {
-        Ok(self.routes()?.into_keys().map(|(table, _)| table).collect())
-    }
-
     /// The routes in ROUTES.
     pub fn routes(&mut self) -> Result<BTreeMap<(u32, Ipv4Net), Route>> {
         let map = self.routes_map()?;
@@ -136,6 +109,60 @@ impl Dataplane {
 
     fn routes_map(&mut self) -> Result<LpmTrie<&mut MapData, RouteKey, Route>> {
         Ok(LpmTrie::try_from(self.map_mut(maps::ROUTES)?)?)
+    }
+}
+
+/// Route tables under generation-numbered ids (see [`crate::dataplane::tables`]).
+impl TableStore<RouteEntries> for Dataplane {
+    fn fingerprint(table: &RouteEntries) -> u64 {
+        fingerprint(table)
+    }
+
+    fn present_ids(&mut self) -> Result<BTreeSet<u32>> {
+        Ok(self.routes()?.into_keys().map(|(table, _)| table).collect())
+    }
+
+    fn write(&mut self, tables: &[(u32, &RouteEntries)]) -> Result<()> {
+        let present = self.routes()?;
+        let mut map = self.routes_map()?;
+        for (id, entries) in tables {
+            for (net, route) in *entries {
+                let k = (*id, *net);
+                if present.get(&k) != Some(route) {
+                    map.insert(&route_key(&k), route, 0).with_context(|| {
+                        format!(
+                            "writing route {net} of route table {id}: ROUTES holds at most \
+                             ROUTES_MAX = {} entries",
+                            maps::ROUTES_MAX
+                        )
+                    })?;
+                }
+            }
+        }
+        let wanted: BTreeMap<u32, &RouteEntries> = tables.iter().copied().collect();
+        for k @ (id, net) in present.keys() {
+            if wanted
+                .get(id)
+                .is_some_and(|entries| !entries.contains_key(net))
+            {
+                map.remove(&route_key(k))
+                    .with_context(|| format!("removing route {net} of route table {id}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, ids: &BTreeSet<u32>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let present = self.routes()?;
+        let mut map = self.routes_map()?;
+        for k @ (id, net) in present.keys().filter(|(id, _)| ids.contains(id)) {
+            map.remove(&route_key(k))
+                .with_context(|| format!("removing route {net} of route table {id}"))?;
+        }
+        Ok(())
     }
 }
 
