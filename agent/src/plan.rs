@@ -157,3 +157,86 @@ impl NodePlan {
         Self::from_compiled(crate::compile::compile(spec, node)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_str;
+
+    /// A spec with `tables` subnets, each with its own table of 400 routes (Azure's maximum);
+    /// node-1 has a pool in each, node-2 in the first two only.
+    fn many_tables(tables: usize) -> String {
+        let mut spec = String::from(
+            "apiVersion: vnetd/v1\nvirtualNetwork:\n  name: vnet\n  addressSpace: [10.0.0.0/8]\n  subnets:\n    - name: nodes\n      addressPrefix: 10.0.0.0/24\n",
+        );
+        for i in 1..=tables {
+            spec += &format!(
+                "    - name: s{i}\n      addressPrefix: 10.{i}.0.0/24\n      routeTable: t{i}\n"
+            );
+        }
+        spec += "routeTables:\n";
+        for i in 1..=tables {
+            spec += &format!("  - name: t{i}\n    routes:\n");
+            for r in 0..400 {
+                spec += &format!(
+                    "      - {{ name: r{r}, addressPrefix: 192.168.{}.{}/32, nextHopType: None }}\n",
+                    r / 256,
+                    r % 256
+                );
+            }
+        }
+        let pool = |subnets: std::ops::RangeInclusive<usize>, host: u8| {
+            subnets
+                .map(|i| format!("\"10.{i}.0.{host}-10.{i}.0.{host}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        spec += &format!(
+            "nodes:\n  - {{ name: node-1, interface: eth0, primaryIpAddress: 10.0.0.4, secondaryIpAddresses: [{}] }}\n  - {{ name: node-2, interface: eth0, primaryIpAddress: 10.0.0.5, secondaryIpAddresses: [{}] }}\n",
+            pool(1..=tables, 10),
+            pool(1..=2.min(tables), 20)
+        );
+        spec
+    }
+
+    #[test]
+    fn a_node_gets_only_the_tables_of_its_subnets() {
+        let spec = parse_str(&many_tables(30)).expect("valid spec");
+        let plan = NodePlan::from_spec(&spec, "node-2").expect("two tables fit");
+        let names: Vec<String> = plan.route_tables().map(|t| t.key()).collect();
+        assert_eq!(names, ["t1", "t2"]);
+        assert_eq!(
+            plan.route_table_of("s1").map(|t| t.entries.len()),
+            Some(402),
+            "400 user routes and the two system routes"
+        );
+    }
+
+    #[test]
+    fn a_node_whose_tables_overflow_routes_is_refused_with_the_limit_named() {
+        let spec = parse_str(&many_tables(20)).expect("valid spec");
+        NodePlan::from_spec(&spec, "node-1").expect("20 tables of 402 routes fit in 8192");
+        let spec = parse_str(&many_tables(21)).expect("valid spec");
+        let Err(err) = NodePlan::from_spec(&spec, "node-1") else {
+            panic!("21 tables of 402 routes do not fit in 8192");
+        };
+        let err = err.to_string();
+        assert!(err.contains("node node-1"), "{err}");
+        assert!(err.contains("8442 routes"), "{err}");
+        assert!(err.contains("ROUTES_MAX = 16384"), "{err}");
+        assert!(err.contains("at most 8192"), "{err}");
+    }
+
+    #[test]
+    fn a_node_with_more_pods_than_endpoints_holds_is_refused() {
+        let spec = parse_str(&many_tables(1)).expect("valid spec");
+        let mut compiled = crate::compile::compile(&spec, "node-1").unwrap();
+        compiled.node.max_pods = maps::ENDPOINTS_MAX + 1;
+        let Err(err) = NodePlan::from_compiled(compiled) else {
+            panic!("513 pods do not fit in ENDPOINTS");
+        };
+        let err = err.to_string();
+        assert!(err.contains("ENDPOINTS_MAX = 512"), "{err}");
+        assert!(err.contains("maxPods 513"), "{err}");
+    }
+}
