@@ -221,6 +221,96 @@ fn route_table_reloads_keep_traffic_flowing_with_no_loss() -> Result<()> {
     Ok(())
 }
 
+/// lab.yaml with `tables` more subnets with a pool on both nodes, each with its own route table of
+/// 400 routes (Azure's maximum per table).
+fn with_route_tables(tables: usize) -> String {
+    let mut subnets = String::new();
+    let mut route_tables = String::from("routeTables:\n");
+    let (mut pool1, mut pool2) = (String::new(), String::new());
+    for i in 1..=tables {
+        subnets += &format!(
+            "    - name: extra{i}\n      addressPrefix: 10.0.{}.0/24\n      routeTable: extra{i}-routes\n",
+            100 + i
+        );
+        route_tables += &format!("  - name: extra{i}-routes\n    routes:\n");
+        for r in 0..400 {
+            route_tables += &format!(
+                "      - {{ name: r{r}, addressPrefix: 192.168.{}.{}/32, nextHopType: None }}\n",
+                r / 256,
+                r % 256
+            );
+        }
+        pool1 += &format!(", \"10.0.{0}.10-10.0.{0}.12\"", 100 + i);
+        pool2 += &format!(", \"10.0.{0}.20-10.0.{0}.22\"", 100 + i);
+    }
+    let spec = lab_spec()
+        .replace("routeTables:\n", &(subnets + &route_tables))
+        .replace(
+            "\"10.0.2.10-10.0.2.49\"]",
+            &format!("\"10.0.2.10-10.0.2.49\"{pool1}]"),
+        )
+        .replace(
+            "\"10.0.2.50-10.0.2.89\"]",
+            &format!("\"10.0.2.50-10.0.2.89\"{pool2}]"),
+        );
+    assert!(spec.contains("10.0.101.10") && spec.contains("10.0.101.20"));
+    spec
+}
+
+/// Route tables beyond what ROUTES can hold (beside a reload's new tables) are refused with
+/// the limit named: at start (the agent exits) and on reload (the running tables stay).
+#[test]
+fn route_tables_over_capacity_are_refused_at_start_and_on_reload() -> Result<()> {
+    use vnetd_lab::vnetd::bin;
+    let _serial = serial();
+    let (lab, node, agent) = lab_with_node()?;
+    let nva = lab.add_appliance("nva", "10.0.0.100/24".parse()?)?;
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    ensure!(
+        a.ping_count(nva.ip, 1)? == 1,
+        "the pod reaches the appliance"
+    );
+
+    agent.write_spec(&with_route_tables(21))?;
+    assert!(
+        wait_for(Duration::from_secs(20), || agent
+            .status()
+            .map(|s| s["reloads_failed"] == 1)
+            .unwrap_or(false)),
+        "the reload was refused: {}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("ROUTES_MAX = 16384"),
+        "the limit is named: {}",
+        agent.log()
+    );
+    assert_eq!(a.ping_count(nva.ip, 2)?, 2, "the running tables stay");
+
+    // 20 such tables fit: applied.
+    agent.write_spec(&with_route_tables(20))?;
+    assert!(
+        wait_for(Duration::from_secs(20), || agent
+            .status()
+            .map(|s| s["reloads_ok"] == 1)
+            .unwrap_or(false)),
+        "the reload within capacity was applied: {}",
+        agent.log()
+    );
+    assert_eq!(a.ping_count(nva.ip, 2)?, 2);
+
+    let node2 = lab.add_node("node-2", "10.0.0.5/24".parse()?)?;
+    let path = node2.dir.join("over.yaml");
+    std::fs::write(&path, with_route_tables(21))?;
+    let mut args = vec![bin("vnetd").into_os_string()];
+    args.extend(node2.agent_args(&path));
+    let out = node2.run(args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ROUTES_MAX = 16384"), "{stderr}");
+    Ok(())
+}
+
 /// SIGKILL the agent while a TCP stream runs between pods on two nodes: the stream does not
 /// notice; the restarted agent adopts the pinned dataplane and serves again.
 #[test]
