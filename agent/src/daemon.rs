@@ -15,7 +15,14 @@ use crate::{
     api::proto::{
         AddRequest, AddResult, ApiError, Attachment, CheckRequest, Request, Response, StatusReport,
     },
-    dataplane::Dataplane,
+    dataplane::{
+        Dataplane,
+        maps::{
+            self,
+            routes::{self, RouteEntries},
+        },
+        tables::VersionedTables,
+    },
     endpoints::{self, Endpoint, EndpointStore},
     ipam::Ipam,
     netlink::{self, NodeLink, POD_GATEWAY, PodInterfaceError, PodInterfaceSpec},
@@ -24,6 +31,8 @@ use crate::{
 
 pub struct Agent {
     plan: NodePlan,
+    /// The dataplane ids of the route tables, stable by name across reloads and restarts.
+    route_tables: VersionedTables,
     dataplane: Dataplane,
     ipam: Ipam,
     store: EndpointStore,
@@ -41,9 +50,8 @@ impl Agent {
         let mut dataplane = Dataplane::load_pinned(bpffs)?;
         let uplink = uplink_link(&plan).await?;
         dataplane.set_node(node_config(&plan, &uplink))?;
-        dataplane.sync_routes(&plan.routes)?;
         dataplane.attach_uplink(&plan.uplink, uplink.veth)?;
-        info!(uplink = %plan.uplink, routes = plan.routes.len(), "uplink programs attached");
+        info!(uplink = %plan.uplink, "uplink programs attached");
         match recorded_node(state_dir)? {
             Some(node) if node != plan.node => anyhow::bail!(
                 "{} holds the state of node {node}: give node {} its own --state-dir",
@@ -55,8 +63,39 @@ impl Agent {
         }
         let ipam = Ipam::open(state_dir)?;
         let store = EndpointStore::open(state_dir)?;
+        let mut route_tables = VersionedTables::open(state_dir, ROUTE_TABLES)?;
+        let recorded: Vec<Endpoint> = store.load_all()?.into_values().collect();
+        let wanted = wanted_route_tables(&plan, &recorded);
+        // Endpoints a previous agent wrote follow their table, by name, to its id now; the
+        // restore below rewrites them from their records anyway.
+        let mut names: BTreeMap<u32, String> = route_tables
+            .ids()
+            .ids()
+            .into_iter()
+            .map(|(name, id)| (id, name))
+            .collect();
+        let before = dataplane.endpoints()?;
+        route_tables
+            .switch(
+                &mut dataplane,
+                &wanted,
+                |dp, ids| {
+                    names.extend(ids.iter().map(|(name, id)| (*id, name.clone())));
+                    let mut moved = before.clone();
+                    for ep in moved.values_mut() {
+                        if let Some(id) = names.get(&ep.route_table).and_then(|n| ids.get(n)) {
+                            ep.route_table = *id;
+                        }
+                    }
+                    dp.sync_endpoints(&moved)
+                },
+                |dp| dp.sync_endpoints(&before),
+            )
+            .context("installing the route tables")?;
+        info!(tables = wanted.len(), "route tables installed");
         let mut agent = Self {
             plan,
+            route_tables,
             dataplane,
             ipam,
             store,
@@ -68,29 +107,35 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Applies a new plan (a changed spec) by writing only the differences. Endpoints whose
-    /// subnet changed route table get their entry rewritten; established traffic is untouched.
-    /// A new uplink gets the programs before the old one loses them.
+    /// Applies a new plan (a changed spec). A new uplink gets the programs before the old one
+    /// loses them. A changed route table is written whole under a new id, the endpoints are
+    /// switched to it, then the old one is deleted: a packet sees the old or the new table,
+    /// never a mix. On any error before the switch completes, what was written is deleted and
+    /// the endpoints stay on the old tables: the running configuration really stays.
     pub async fn reload(&mut self, plan: NodePlan) -> Result<()> {
         if plan.uplink != self.plan.uplink || plan.primary_ip != self.plan.primary_ip {
             self.move_uplink(&plan).await?;
         }
-        // New routes first, then the endpoints whose subnet changed table, then the stale
-        // routes: a packet always finds a route from the old or the new configuration.
-        self.dataplane.upsert_routes(&plan.routes)?;
-        let old = std::mem::replace(&mut self.plan, plan);
-        let table =
-            |plan: &NodePlan, subnet: &str| plan.subnet(subnet).map_or(0, |s| s.route_table);
-        let moved: Vec<Endpoint> = self
-            .endpoints
-            .values()
-            .filter(|ep| table(&old, &ep.subnet) != table(&self.plan, &ep.subnet))
-            .cloned()
-            .collect();
-        for ep in &moved {
-            self.write_endpoint(ep)?;
-        }
-        self.dataplane.prune_routes(&self.plan.routes)
+        let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
+        let wanted = wanted_route_tables(&plan, &endpoints);
+        let before = self.dataplane.endpoints()?;
+        self.route_tables.switch(
+            &mut self.dataplane,
+            &wanted,
+            |dp, ids| {
+                for ep in &endpoints {
+                    let id = route_table_id(&plan, ids, &ep.subnet);
+                    let entry = maps::abi_endpoint(ep, id);
+                    if before.get(&ep.ip) != Some(&entry) {
+                        dp.put_endpoint(ep.ip, entry)?;
+                    }
+                }
+                Ok(())
+            },
+            |dp| dp.sync_endpoints(&before),
+        )?;
+        self.plan = plan;
+        Ok(())
     }
 
     /// Points the dataplane at `plan`'s uplink and primary IP. The new uplink gets the programs
@@ -407,17 +452,9 @@ impl Agent {
     }
 
     fn write_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
-        let host_ifindex = ep.host_ifindex;
-        let route_table = self.plan.subnet(&ep.subnet).map_or(0, |s| s.route_table);
-        self.dataplane.put_endpoint(
-            ep.ip,
-            vnetd_common::Endpoint {
-                host_ifindex,
-                route_table,
-                pod_mac: ep.pod_mac,
-                host_mac: ep.host_mac,
-            },
-        )
+        let route_table = route_table_id(&self.plan, &self.route_tables.ids().ids(), &ep.subnet);
+        self.dataplane
+            .put_endpoint(ep.ip, maps::abi_endpoint(ep, route_table))
     }
 
     /// Removes an endpoint's record, address and program pin (not its interface).
@@ -535,6 +572,30 @@ fn node_config(plan: &NodePlan, uplink: &NodeLink) -> NodeConfig {
         uplink_mac: uplink.mac,
         _pad: [0; 2],
     }
+}
+
+/// The kind of table under which route-table ids are recorded in `<state-dir>/tables.json`.
+const ROUTE_TABLES: &str = "routes";
+
+/// The route tables to install, by name: those of the node's subnets, and those of subnets
+/// where endpoints still are (a reload may have taken the node's pool away from under them).
+fn wanted_route_tables(plan: &NodePlan, endpoints: &[Endpoint]) -> BTreeMap<String, RouteEntries> {
+    plan.route_tables()
+        .chain(
+            endpoints
+                .iter()
+                .filter_map(|ep| plan.route_table_of(&ep.subnet)),
+        )
+        .map(|t| (t.key(), routes::entries(t)))
+        .collect()
+}
+
+/// The dataplane id of `subnet`'s route table (0, no table, for a subnet not in the spec:
+/// its endpoints' routed traffic is dropped as `no_route`).
+fn route_table_id(plan: &NodePlan, ids: &BTreeMap<String, u32>, subnet: &str) -> u32 {
+    plan.route_table_of(subnet)
+        .and_then(|t| ids.get(&t.key()).copied())
+        .unwrap_or(0)
 }
 
 /// The `vnetd run` options that locate the agent's state.

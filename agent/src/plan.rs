@@ -1,14 +1,14 @@
-//! What this node's agent needs from the compiled spec: its uplink, its pools, the subnets and
-//! container groups it may attach. Built from `compile::Compiled`.
-use std::{collections::BTreeMap, net::Ipv4Addr, ops::RangeInclusive};
+//! This node's view of the compiled spec: its uplink, its pools, the subnets and container
+//! groups it may attach, and the route tables its subnets use. It holds the [`Compiled`]
+//! model itself: the dataplane converts the compiled tables to map entries
+//! ([`crate::dataplane::maps`]), nothing is restated here.
+use std::{collections::BTreeSet, net::Ipv4Addr, ops::RangeInclusive};
 
+use anyhow::{Result, bail};
 use ipnet::Ipv4Net;
-use vnetd_common::{NextHop, Route};
+use vnetd_common::maps;
 
-use crate::{
-    compile::{Compiled, RouteEntry},
-    spec::NextHopType,
-};
+use crate::compile::{Compiled, CompiledRouteTable};
 
 #[derive(Clone, Debug)]
 pub struct NodePlan {
@@ -18,8 +18,7 @@ pub struct NodePlan {
     pub max_pods: u32,
     pub subnets: Vec<SubnetPlan>,
     pub container_groups: Vec<GroupPlan>,
-    /// (route table id, prefix) -> next hop; table 0 holds the system routes.
-    pub routes: BTreeMap<(u32, Ipv4Net), Route>,
+    compiled: Compiled,
 }
 
 #[derive(Clone, Debug)]
@@ -30,7 +29,8 @@ pub struct SubnetPlan {
     pub pool: Vec<RangeInclusive<Ipv4Addr>>,
     /// Delegated to container groups: plain pods may not use it.
     pub delegated: bool,
-    /// The route table its endpoints use (0 = system routes only).
+    /// The compiled id of the route table its endpoints use (0 = system routes only): an
+    /// index into [`Compiled::routes`], not what the dataplane writes.
     pub route_table: u32,
 }
 
@@ -49,11 +49,69 @@ impl NodePlan {
     pub fn group(&self, name: &str) -> Option<&GroupPlan> {
         self.container_groups.iter().find(|g| g.name == name)
     }
+
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    /// The route table of `subnet`'s endpoints.
+    pub fn route_table_of(&self, subnet: &str) -> Option<&CompiledRouteTable> {
+        self.compiled.route_table(self.subnet(subnet)?.route_table)
+    }
+
+    /// The route tables the dataplane holds for this node: those of the subnets it has a
+    /// pool in (only their endpoints look routes up), each once.
+    pub fn route_tables(&self) -> impl Iterator<Item = &CompiledRouteTable> {
+        let used: BTreeSet<u32> = self
+            .subnets
+            .iter()
+            .filter(|s| !s.pool.is_empty())
+            .map(|s| s.route_table)
+            .collect();
+        used.into_iter()
+            .filter_map(|id| self.compiled.route_table(id))
+    }
+
+    /// Refuses a plan whose tables do not fit the maps, naming the limit.
+    fn check_capacity(&self) -> Result<()> {
+        if self.max_pods > maps::ENDPOINTS_MAX {
+            bail!(
+                "node {}: maxPods {} is more than ENDPOINTS holds (ENDPOINTS_MAX = {})",
+                self.node,
+                self.max_pods,
+                maps::ENDPOINTS_MAX
+            );
+        }
+        let tables: Vec<(String, usize)> = self
+            .route_tables()
+            .map(|t| (t.key(), t.entries.len()))
+            .collect();
+        let routes: usize = tables.iter().map(|(_, n)| n).sum();
+        if routes > ROUTE_BUDGET as usize {
+            let list: Vec<String> = tables
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect();
+            bail!(
+                "node {}: the route tables of its subnets hold {routes} routes ({}); ROUTES holds \
+                 ROUTES_MAX = {} entries and a reload writes a changed table beside the one in \
+                 use, so one node's tables may hold at most {ROUTE_BUDGET}",
+                self.node,
+                list.join(", "),
+                maps::ROUTES_MAX
+            );
+        }
+        Ok(())
+    }
 }
 
+/// The routes one node's tables may hold: half of ROUTES, so that a reload changing every
+/// table still has room to write the new tables beside the running ones.
+pub const ROUTE_BUDGET: u32 = maps::ROUTES_MAX / 2;
+
 impl NodePlan {
-    /// This node's part of a compiled spec.
-    pub fn from_compiled(c: &Compiled) -> Self {
+    /// This node's part of a compiled spec; refused if its tables do not fit the maps.
+    pub fn from_compiled(c: Compiled) -> Result<Self> {
         let subnets = c
             .subnets
             .iter()
@@ -81,43 +139,104 @@ impl NodePlan {
                 })
             })
             .collect();
-        let routes = c
-            .routes
-            .iter()
-            .flat_map(|table| {
-                table
-                    .entries
-                    .iter()
-                    .map(move |e| ((table.id, e.prefix), route_entry(e)))
-            })
-            .collect();
-        Self {
+        let plan = Self {
             node: c.node.name.clone(),
             uplink: c.node.interface.clone(),
             primary_ip: c.node.primary_ip,
             max_pods: c.node.max_pods,
             subnets,
             container_groups,
-            routes,
-        }
+            compiled: c,
+        };
+        plan.check_capacity()?;
+        Ok(plan)
     }
 
     /// Parses, validates and compiles `spec` for `node`.
-    pub fn from_spec(spec: &crate::spec::Spec, node: &str) -> anyhow::Result<Self> {
-        Ok(Self::from_compiled(&crate::compile::compile(spec, node)?))
+    pub fn from_spec(spec: &crate::spec::Spec, node: &str) -> Result<Self> {
+        Self::from_compiled(crate::compile::compile(spec, node)?)
     }
 }
 
-fn route_entry(e: &RouteEntry) -> Route {
-    let next_hop = match e.next_hop.kind {
-        NextHopType::VnetLocal => NextHop::VnetLocal,
-        NextHopType::Internet => NextHop::Internet,
-        NextHopType::None => NextHop::None,
-        NextHopType::VirtualAppliance => NextHop::VirtualAppliance,
-        NextHopType::VirtualNetworkGateway => NextHop::VirtualNetworkGateway,
-    };
-    Route {
-        next_hop: next_hop as u32,
-        next_hop_ip: e.next_hop.ip.map_or([0; 4], |ip| ip.octets()),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_str;
+
+    /// A spec with `tables` subnets, each with its own table of 400 routes (Azure's maximum);
+    /// node-1 has a pool in each, node-2 in the first two only.
+    fn many_tables(tables: usize) -> String {
+        let mut spec = String::from(
+            "apiVersion: vnetd/v1\nvirtualNetwork:\n  name: vnet\n  addressSpace: [10.0.0.0/8]\n  subnets:\n    - name: nodes\n      addressPrefix: 10.0.0.0/24\n",
+        );
+        for i in 1..=tables {
+            spec += &format!(
+                "    - name: s{i}\n      addressPrefix: 10.{i}.0.0/24\n      routeTable: t{i}\n"
+            );
+        }
+        spec += "routeTables:\n";
+        for i in 1..=tables {
+            spec += &format!("  - name: t{i}\n    routes:\n");
+            for r in 0..400 {
+                spec += &format!(
+                    "      - {{ name: r{r}, addressPrefix: 192.168.{}.{}/32, nextHopType: None }}\n",
+                    r / 256,
+                    r % 256
+                );
+            }
+        }
+        let pool = |subnets: std::ops::RangeInclusive<usize>, host: u8| {
+            subnets
+                .map(|i| format!("\"10.{i}.0.{host}-10.{i}.0.{host}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        spec += &format!(
+            "nodes:\n  - {{ name: node-1, interface: eth0, primaryIpAddress: 10.0.0.4, secondaryIpAddresses: [{}] }}\n  - {{ name: node-2, interface: eth0, primaryIpAddress: 10.0.0.5, secondaryIpAddresses: [{}] }}\n",
+            pool(1..=tables, 10),
+            pool(1..=2.min(tables), 20)
+        );
+        spec
+    }
+
+    #[test]
+    fn a_node_gets_only_the_tables_of_its_subnets() {
+        let spec = parse_str(&many_tables(30)).expect("valid spec");
+        let plan = NodePlan::from_spec(&spec, "node-2").expect("two tables fit");
+        let names: Vec<String> = plan.route_tables().map(|t| t.key()).collect();
+        assert_eq!(names, ["t1", "t2"]);
+        assert_eq!(
+            plan.route_table_of("s1").map(|t| t.entries.len()),
+            Some(402),
+            "400 user routes and the two system routes"
+        );
+    }
+
+    #[test]
+    fn a_node_whose_tables_overflow_routes_is_refused_with_the_limit_named() {
+        let spec = parse_str(&many_tables(20)).expect("valid spec");
+        NodePlan::from_spec(&spec, "node-1").expect("20 tables of 402 routes fit in 8192");
+        let spec = parse_str(&many_tables(21)).expect("valid spec");
+        let Err(err) = NodePlan::from_spec(&spec, "node-1") else {
+            panic!("21 tables of 402 routes do not fit in 8192");
+        };
+        let err = err.to_string();
+        assert!(err.contains("node node-1"), "{err}");
+        assert!(err.contains("8442 routes"), "{err}");
+        assert!(err.contains("ROUTES_MAX = 16384"), "{err}");
+        assert!(err.contains("at most 8192"), "{err}");
+    }
+
+    #[test]
+    fn a_node_with_more_pods_than_endpoints_holds_is_refused() {
+        let spec = parse_str(&many_tables(1)).expect("valid spec");
+        let mut compiled = crate::compile::compile(&spec, "node-1").unwrap();
+        compiled.node.max_pods = maps::ENDPOINTS_MAX + 1;
+        let Err(err) = NodePlan::from_compiled(compiled) else {
+            panic!("513 pods do not fit in ENDPOINTS");
+        };
+        let err = err.to_string();
+        assert!(err.contains("ENDPOINTS_MAX = 512"), "{err}");
+        assert!(err.contains("maxPods 513"), "{err}");
     }
 }

@@ -133,6 +133,184 @@ fn spec_edits_apply_live_and_invalid_edits_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// Reloads that insert a route table in front of the one in use (which renumbered it when ids
+/// were positions), change the table in use (written under a new id, the pod switched to it)
+/// and take both back: a 100-per-second ping from the pod through its table loses nothing.
+#[test]
+fn route_table_reloads_keep_traffic_flowing_with_no_loss() -> Result<()> {
+    let _serial = serial();
+    let (lab, node, agent) = lab_with_node()?;
+    let nva = lab.add_appliance("nva", "10.0.0.100/24".parse()?)?;
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    ensure!(
+        a.ping_count(nva.ip, 1)? == 1,
+        "the pod reaches the appliance"
+    );
+
+    // A table before apps-routes, used by another subnet of this node, blackholing the VNet:
+    // a pod that saw it instead of its own table would lose the ping.
+    let inserted = lab_spec()
+        .replace(
+            "      delegation: Microsoft.ContainerInstance/containerGroups\n",
+            "      delegation: Microsoft.ContainerInstance/containerGroups\n      routeTable: aci-routes\n",
+        )
+        .replace(
+            "routeTables:\n",
+            "routeTables:\n  - name: aci-routes\n    routes:\n      - name: vnet-blackhole\n        addressPrefix: 10.0.0.0/16\n        nextHopType: None\n",
+        );
+    let changed = inserted.replace(
+        "  - name: apps-routes\n    routes:\n",
+        "  - name: apps-routes\n    routes:\n      - name: documentation\n        addressPrefix: 203.0.113.0/24\n        nextHopType: None\n",
+    );
+    ensure!(
+        inserted != lab_spec() && changed != inserted,
+        "the edits apply to lab.yaml"
+    );
+    let table_id = |name: &str| -> Result<u64> {
+        let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            node.state_dir.join("tables.json"),
+        )?)?;
+        record["routes"]["tables"][name]["id"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("no id for {name} in {record}"))
+    };
+    let first_id = table_id("apps-routes")?;
+
+    let ping = a.spawn([
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        "1000",
+        "-i",
+        "0.01",
+        "-W",
+        "1",
+        &nva.ip.to_string(),
+    ])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ids = Vec::new();
+    for (i, spec) in [&inserted, &changed, &lab_spec()].into_iter().enumerate() {
+        agent.write_spec(spec)?;
+        assert!(
+            wait_for(Duration::from_secs(10), || agent
+                .status()
+                .map(|s| s["reloads_ok"] == i as u64 + 1)
+                .unwrap_or(false)),
+            "reload {} applied: {}",
+            i + 1,
+            agent.log()
+        );
+        ids.push(table_id("apps-routes")?);
+    }
+    assert!(ping.is_running(), "the reloads happened while the ping ran");
+    assert_eq!(ids[0], first_id, "inserting a table renumbers nothing");
+    assert!(
+        ids[1] != ids[0] && ids[2] != ids[1],
+        "a changed table gets a new id: {first_id} -> {ids:?}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || !ping.is_running()),
+        "ping finished"
+    );
+    let summary = ping.stdout();
+    assert!(
+        summary.contains("1000 packets transmitted, 1000 received"),
+        "no ping lost across the reloads: {summary}"
+    );
+    Ok(())
+}
+
+/// lab.yaml with `tables` more subnets with a pool on both nodes, each with its own route table of
+/// 400 routes (Azure's maximum per table).
+fn with_route_tables(tables: usize) -> String {
+    let mut subnets = String::new();
+    let mut route_tables = String::from("routeTables:\n");
+    let (mut pool1, mut pool2) = (String::new(), String::new());
+    for i in 1..=tables {
+        subnets += &format!(
+            "    - name: extra{i}\n      addressPrefix: 10.0.{}.0/24\n      routeTable: extra{i}-routes\n",
+            100 + i
+        );
+        route_tables += &format!("  - name: extra{i}-routes\n    routes:\n");
+        for r in 0..400 {
+            route_tables += &format!(
+                "      - {{ name: r{r}, addressPrefix: 192.168.{}.{}/32, nextHopType: None }}\n",
+                r / 256,
+                r % 256
+            );
+        }
+        pool1 += &format!(", \"10.0.{0}.10-10.0.{0}.12\"", 100 + i);
+        pool2 += &format!(", \"10.0.{0}.20-10.0.{0}.22\"", 100 + i);
+    }
+    let spec = lab_spec()
+        .replace("routeTables:\n", &(subnets + &route_tables))
+        .replace(
+            "\"10.0.2.10-10.0.2.49\"]",
+            &format!("\"10.0.2.10-10.0.2.49\"{pool1}]"),
+        )
+        .replace(
+            "\"10.0.2.50-10.0.2.89\"]",
+            &format!("\"10.0.2.50-10.0.2.89\"{pool2}]"),
+        );
+    assert!(spec.contains("10.0.101.10") && spec.contains("10.0.101.20"));
+    spec
+}
+
+/// Route tables beyond what ROUTES can hold (beside a reload's new tables) are refused with
+/// the limit named: at start (the agent exits) and on reload (the running tables stay).
+#[test]
+fn route_tables_over_capacity_are_refused_at_start_and_on_reload() -> Result<()> {
+    use vnetd_lab::vnetd::bin;
+    let _serial = serial();
+    let (lab, node, agent) = lab_with_node()?;
+    let nva = lab.add_appliance("nva", "10.0.0.100/24".parse()?)?;
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    ensure!(
+        a.ping_count(nva.ip, 1)? == 1,
+        "the pod reaches the appliance"
+    );
+
+    agent.write_spec(&with_route_tables(21))?;
+    assert!(
+        wait_for(Duration::from_secs(20), || agent
+            .status()
+            .map(|s| s["reloads_failed"] == 1)
+            .unwrap_or(false)),
+        "the reload was refused: {}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("ROUTES_MAX = 16384"),
+        "the limit is named: {}",
+        agent.log()
+    );
+    assert_eq!(a.ping_count(nva.ip, 2)?, 2, "the running tables stay");
+
+    // 20 such tables fit: applied.
+    agent.write_spec(&with_route_tables(20))?;
+    assert!(
+        wait_for(Duration::from_secs(20), || agent
+            .status()
+            .map(|s| s["reloads_ok"] == 1)
+            .unwrap_or(false)),
+        "the reload within capacity was applied: {}",
+        agent.log()
+    );
+    assert_eq!(a.ping_count(nva.ip, 2)?, 2);
+
+    let node2 = lab.add_node("node-2", "10.0.0.5/24".parse()?)?;
+    let path = node2.dir.join("over.yaml");
+    std::fs::write(&path, with_route_tables(21))?;
+    let mut args = vec![bin("vnetd").into_os_string()];
+    args.extend(node2.agent_args(&path));
+    let out = node2.run(args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ROUTES_MAX = 16384"), "{stderr}");
+    Ok(())
+}
+
 /// SIGKILL the agent while a TCP stream runs between pods on two nodes: the stream does not
 /// notice; the restarted agent adopts the pinned dataplane and serves again.
 #[test]

@@ -4,6 +4,9 @@
 //! Ids are small integers in spec order: subnet `i` of `virtualNetwork.subnets` has id `i + 1`,
 //! NSG `k` has id `k + 1` (0 = none), route table `t` has id `t + 1` (0 = system routes only).
 //! NSG classifier ids are given by [`NsgTables::classifier_id`].
+//! These ids are references inside one compiled spec. The dataplane writes route tables under
+//! its own ids, stable by name across reloads ([`crate::dataplane::tables`]), keyed by
+//! [`CompiledRouteTable::key`].
 //!
 //! Decisions (see the module docs of [`nsg`] and [`routes`] for the details):
 //! * NSGs apply per subnet. ACI has no field for a group's own NSG, so there is none here;

@@ -45,6 +45,9 @@ pub struct RouteEntry {
     pub origin: RouteOrigin,
 }
 
+/// The key of the system routes' table (see [`CompiledRouteTable::key`]).
+pub const SYSTEM_TABLE: &str = "(system)";
+
 /// The effective routes of the subnets using one route table (id 0: subnets without one,
 /// system routes only).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +60,15 @@ pub struct CompiledRouteTable {
 }
 
 impl CompiledRouteTable {
+    /// What names the table across reloads (its dataplane id is recorded by this name):
+    /// the spec's name, case-folded as Azure compares names; `(system)` for table 0, a name
+    /// no spec table can have.
+    pub fn key(&self) -> String {
+        self.name
+            .as_deref()
+            .map_or_else(|| SYSTEM_TABLE.to_string(), str::to_lowercase)
+    }
+
     /// Longest-prefix match, as the eBPF side's LPM map does. Always `Some` for a compiled
     /// table, which has a 0.0.0.0/0 entry.
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<&RouteEntry> {

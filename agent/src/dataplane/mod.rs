@@ -1,14 +1,15 @@
 //! The kernel side, seen from the agent: load the programs, attach and pin them, write and
 //! read their maps. Everything is pinned under `--bpffs`, so the dataplane outlives the agent
 //! and the next agent adopts it (programs are swapped into the pinned links atomically).
+pub mod maps;
 mod pins;
+pub mod tables;
 
-use std::{collections::BTreeMap, io, net::Ipv4Addr, path::Path};
+use std::{io, path::Path};
 
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -16,11 +17,8 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use ipnet::Ipv4Net;
 pub use pins::PinLayout;
-use vnetd_common::{
-    DropReason, Endpoint, NodeConfig, Path as TrafficPath, Route, RouteKey, Traffic, maps, programs,
-};
+use vnetd_common::programs;
 
 /// The compiled eBPF object (built by build.rs from ebpf/vnetd-ebpf).
 pub static EBPF_OBJECT: &[u8] =
@@ -188,153 +186,6 @@ impl Dataplane {
         out.sort();
         Ok(out)
     }
-
-    pub fn set_node(&mut self, config: NodeConfig) -> Result<()> {
-        let mut map: Array<_, NodeConfig> = Array::try_from(self.map_mut(maps::NODE)?)?;
-        map.set(0, config, 0).context("writing NODE")?;
-        Ok(())
-    }
-
-    pub fn put_endpoint(&mut self, ip: Ipv4Addr, ep: Endpoint) -> Result<()> {
-        let mut map: HashMap<_, [u8; 4], Endpoint> =
-            HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
-        map.insert(ip.octets(), ep, 0)
-            .with_context(|| format!("writing ENDPOINTS[{ip}]"))?;
-        Ok(())
-    }
-
-    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
-        let mut map: HashMap<_, [u8; 4], Endpoint> =
-            HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
-        match map.remove(&ip.octets()) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(err) => Err(err).with_context(|| format!("removing ENDPOINTS[{ip}]")),
-        }
-    }
-
-    /// The addresses in ENDPOINTS (a restarted agent compares them with its records).
-    pub fn endpoint_ips(&self) -> Result<Vec<Ipv4Addr>> {
-        let map: HashMap<_, [u8; 4], Endpoint> =
-            HashMap::try_from(self.ebpf.map(maps::ENDPOINTS).context("no ENDPOINTS map")?)?;
-        Ok(map
-            .keys()
-            .filter_map(Result::ok)
-            .map(Ipv4Addr::from)
-            .collect())
-    }
-
-    /// Makes ROUTES hold exactly `routes` ((table, prefix) -> route), writing only differences:
-    /// new and changed entries first, then removals, so a lookup never misses a route that
-    /// exists before and after.
-    pub fn sync_routes(&mut self, routes: &BTreeMap<(u32, Ipv4Net), Route>) -> Result<()> {
-        self.upsert_routes(routes)?;
-        self.prune_routes(routes)
-    }
-
-    /// Writes the entries of `routes` that are new or changed.
-    pub fn upsert_routes(&mut self, routes: &BTreeMap<(u32, Ipv4Net), Route>) -> Result<()> {
-        let present = self.routes()?;
-        let mut map = self.routes_map()?;
-        for (k, route) in routes {
-            if present.get(k) != Some(route) {
-                map.insert(&route_key(k), route, 0)
-                    .with_context(|| format!("writing route {k:?}"))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes the entries that are not in `routes`.
-    pub fn prune_routes(&mut self, routes: &BTreeMap<(u32, Ipv4Net), Route>) -> Result<()> {
-        let present = self.routes()?;
-        let mut map = self.routes_map()?;
-        for k in present.keys().filter(|k| !routes.contains_key(k)) {
-            map.remove(&route_key(k))
-                .with_context(|| format!("removing route {k:?}"))?;
-        }
-        Ok(())
-    }
-
-    /// The routes in ROUTES.
-    pub fn routes(&mut self) -> Result<BTreeMap<(u32, Ipv4Net), Route>> {
-        let map = self.routes_map()?;
-        let mut present = BTreeMap::new();
-        for key in map.keys() {
-            let key = key?;
-            let data = key.data();
-            let plen = key.prefix_len() - RouteKey::TABLE_BITS;
-            let net = Ipv4Net::new(Ipv4Addr::from(data.dst), plen as u8)?;
-            present.insert((u32::from_be_bytes(data.table), net), map.get(&key, 0)?);
-        }
-        Ok(present)
-    }
-
-    fn routes_map(&mut self) -> Result<LpmTrie<&mut aya::maps::MapData, RouteKey, Route>> {
-        Ok(LpmTrie::try_from(self.map_mut(maps::ROUTES)?)?)
-    }
-
-    /// Entries and capacity of the tables that fill up: (map, entries, capacity).
-    pub fn occupancy(&self) -> Result<Vec<(String, u64, u64)>> {
-        let endpoints: HashMap<_, [u8; 4], Endpoint> =
-            HashMap::try_from(self.ebpf.map(maps::ENDPOINTS).context("no ENDPOINTS map")?)?;
-        let routes: LpmTrie<_, RouteKey, Route> =
-            LpmTrie::try_from(self.ebpf.map(maps::ROUTES).context("no ROUTES map")?)?;
-        Ok(vec![
-            (
-                maps::ENDPOINTS.to_lowercase(),
-                endpoints.keys().count() as u64,
-                u64::from(maps::ENDPOINTS_MAX),
-            ),
-            (
-                maps::ROUTES.to_lowercase(),
-                routes.keys().count() as u64,
-                u64::from(maps::ROUTES_MAX),
-            ),
-        ])
-    }
-
-    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.ebpf
-            .map_mut(name)
-            .with_context(|| format!("no map {name}"))
-    }
-
-    /// Traffic by path, summed over CPUs.
-    pub fn traffic(&self) -> Result<Vec<(TrafficPath, Traffic)>> {
-        let map: PerCpuArray<_, Traffic> =
-            PerCpuArray::try_from(self.ebpf.map(maps::TRAFFIC).context("no TRAFFIC map")?)?;
-        TrafficPath::ALL
-            .iter()
-            .map(|path| {
-                let per_cpu = map.get(&(*path as u32), 0)?;
-                let sum = per_cpu.iter().fold(Traffic::default(), |acc, t| Traffic {
-                    packets: acc.packets + t.packets,
-                    bytes: acc.bytes + t.bytes,
-                });
-                Ok((*path, sum))
-            })
-            .collect()
-    }
-
-    /// Drops by reason, summed over CPUs.
-    pub fn drops(&self) -> Result<Vec<(DropReason, u64)>> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map(maps::DROPS).context("no DROPS map")?)?;
-        DropReason::ALL
-            .iter()
-            .map(|reason| Ok((*reason, map.get(&(*reason as u32), 0)?.iter().sum())))
-            .collect()
-    }
-}
-
-fn route_key((table, net): &(u32, Ipv4Net)) -> Key<RouteKey> {
-    Key::new(
-        RouteKey::TABLE_BITS + u32::from(net.prefix_len()),
-        RouteKey {
-            table: table.to_be_bytes(),
-            dst: net.network().octets(),
-        },
-    )
 }
 
 fn open_pinned_link(path: &Path) -> Result<Option<FdLink>> {

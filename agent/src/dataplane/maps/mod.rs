@@ -1,0 +1,49 @@
+//! The dataplane's maps, one module per table: each converts what the agent holds to the ABI
+//! types of `vnetd-common` and writes it, syncing by difference (new entries first, then the
+//! stale ones) so that a lookup never misses an entry that exists before and after.
+mod counters;
+mod endpoints;
+mod node;
+pub mod routes;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap, LpmTrie, Map};
+use vnetd_common::{Endpoint, Route, RouteKey};
+
+pub use endpoints::abi_endpoint;
+/// The maps' names and capacities, as the ABI defines them.
+pub use vnetd_common::maps::*;
+
+use super::Dataplane;
+
+impl Dataplane {
+    /// Entries and capacity of the tables that fill up: (map, entries, capacity).
+    pub fn occupancy(&self) -> Result<Vec<(String, u64, u64)>> {
+        let endpoints: HashMap<_, [u8; 4], Endpoint> = HashMap::try_from(self.map(ENDPOINTS)?)?;
+        let routes: LpmTrie<_, RouteKey, Route> = LpmTrie::try_from(self.map(ROUTES)?)?;
+        Ok(vec![
+            (
+                ENDPOINTS.to_lowercase(),
+                endpoints.keys().count() as u64,
+                u64::from(ENDPOINTS_MAX),
+            ),
+            (
+                ROUTES.to_lowercase(),
+                routes.keys().count() as u64,
+                u64::from(ROUTES_MAX),
+            ),
+        ])
+    }
+
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("no map {name}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("no map {name}"))
+    }
+}

@@ -1,0 +1,246 @@
+//! Generation-numbered tables: a map holds several tables side by side, each under an id that
+//! is part of every entry's key (ROUTES: (route table id, prefix); the NSG classifiers next).
+//! Users of a table (ENDPOINTS.route_table) hold its id.
+//!
+//! Ids are stable: a table keeps its id, by name, across reloads and restarts (recorded in
+//! `<state-dir>/tables.json`), so inserting a table in the spec renumbers nothing. A table whose
+//! content changes is never rewritten in place: it is written whole under a new id, its users
+//! are switched to it, and only then is the old id's content deleted. A packet therefore sees
+//! the old table or the new one, never a mix; a failure before the switch is complete removes
+//! what was written and points the users back at the old ids, so the running configuration
+//! really stays.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+/// Where one kind of table lives in the kernel, by id.
+pub trait TableStore<T> {
+    /// A digest of a table's content that is stable across builds and restarts.
+    fn fingerprint(table: &T) -> u64;
+    /// The ids that hold entries now.
+    fn present_ids(&mut self) -> Result<BTreeSet<u32>>;
+    /// Makes each id hold exactly its table (new entries first, then stale ones).
+    fn write(&mut self, tables: &[(u32, &T)]) -> Result<()>;
+    /// Removes every entry of `ids`.
+    fn remove(&mut self, ids: &BTreeSet<u32>) -> Result<()>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Slot {
+    id: u32,
+    fingerprint: u64,
+}
+
+/// The ids of one kind of table, by table name. Id 0 is never handed out (it means "none").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableIds {
+    /// The next id to try: ids grow with every table written, so an id is not reused while
+    /// anything may still refer to it.
+    next: u32,
+    tables: BTreeMap<String, Slot>,
+}
+
+/// The ids after a switch, and which of them must be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generation {
+    /// Every wanted table's id.
+    pub ids: BTreeMap<String, u32>,
+    /// The tables that are new or changed: written under fresh ids.
+    pub fresh: BTreeSet<u32>,
+    record: TableIds,
+}
+
+impl TableIds {
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.tables.get(name).map(|s| s.id)
+    }
+
+    pub fn ids(&self) -> BTreeMap<String, u32> {
+        self.tables
+            .iter()
+            .map(|(name, s)| (name.clone(), s.id))
+            .collect()
+    }
+
+    /// The ids for the tables `wanted` (name -> fingerprint): an unchanged table keeps its id,
+    /// a new or changed one gets a fresh id, never one in `taken` or in use now.
+    pub fn next_generation(
+        &self,
+        wanted: &BTreeMap<String, u64>,
+        taken: &BTreeSet<u32>,
+    ) -> Result<Generation> {
+        let in_use: BTreeSet<u32> = self.tables.values().map(|s| s.id).collect();
+        let mut next = self.next.max(1);
+        let mut record = TableIds::default();
+        let mut fresh = BTreeSet::new();
+        for (name, &fingerprint) in wanted {
+            let id = match self.tables.get(name) {
+                Some(slot) if slot.fingerprint == fingerprint => slot.id,
+                _ => {
+                    while taken.contains(&next) || in_use.contains(&next) {
+                        next = next_id(next)?;
+                    }
+                    let id = next;
+                    next = next_id(next)?;
+                    fresh.insert(id);
+                    id
+                }
+            };
+            record.tables.insert(name.clone(), Slot { id, fingerprint });
+        }
+        record.next = next;
+        Ok(Generation {
+            ids: record.ids(),
+            fresh,
+            record,
+        })
+    }
+}
+
+fn next_id(id: u32) -> Result<u32> {
+    match id.checked_add(1) {
+        Some(next) => Ok(next),
+        None => bail!(
+            "table ids are exhausted (u32::MAX); remove tables.json from the state dir and restart"
+        ),
+    }
+}
+
+/// One kind of table and its ids, recorded under `<state-dir>/tables.json`.
+#[derive(Debug)]
+pub struct VersionedTables {
+    path: PathBuf,
+    kind: String,
+    ids: TableIds,
+}
+
+impl VersionedTables {
+    /// The recorded ids of `kind` in `state_dir` (none if nothing was recorded).
+    pub fn open(state_dir: &Path, kind: &str) -> Result<Self> {
+        let path = state_dir.join("tables.json");
+        let ids = read_record(&path)?.remove(kind).unwrap_or_default();
+        Ok(Self {
+            path,
+            kind: kind.to_string(),
+            ids,
+        })
+    }
+
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.ids.id(name)
+    }
+
+    pub fn ids(&self) -> &TableIds {
+        &self.ids
+    }
+
+    /// Makes `store` hold `wanted` (name -> table): writes new and changed tables under fresh
+    /// ids, calls `repoint` with every table's id (it points each user at its table), records
+    /// the ids, then deletes what no table uses any more. If anything up to the record fails,
+    /// `undo` points the users back, the fresh ids are deleted and the error is returned: the
+    /// store holds what it held before. Failing to delete stale content only warns (it is
+    /// garbage that the next switch removes).
+    pub fn switch<T, S: TableStore<T>>(
+        &mut self,
+        store: &mut S,
+        wanted: &BTreeMap<String, T>,
+        repoint: impl FnOnce(&mut S, &BTreeMap<String, u32>) -> Result<()>,
+        undo: impl FnOnce(&mut S) -> Result<()>,
+    ) -> Result<()> {
+        let fingerprints = wanted
+            .iter()
+            .map(|(name, table)| (name.clone(), S::fingerprint(table)))
+            .collect();
+        let taken = store.present_ids()?;
+        let generation = self.ids.next_generation(&fingerprints, &taken)?;
+        // Unchanged tables are written too: a diff that writes nothing when the store holds
+        // them, and restores them when it does not (maps that were recreated).
+        let tables: Vec<(u32, &T)> = wanted
+            .iter()
+            .map(|(name, table)| (generation.ids[name], table))
+            .collect();
+        let applied = store
+            .write(&tables)
+            .and_then(|()| repoint(store, &generation.ids))
+            .and_then(|()| self.save(&generation.record));
+        if let Err(err) = applied {
+            if let Err(undo) = undo(store) {
+                warn!("undoing a table switch: pointing users back failed: {undo:#}");
+            }
+            if let Err(undo) = store.remove(&generation.fresh) {
+                warn!("undoing a table switch: removing the new tables failed: {undo:#}");
+            }
+            return Err(err);
+        }
+        self.ids = generation.record;
+        let live: BTreeSet<u32> = self.ids.tables.values().map(|s| s.id).collect();
+        let stale = store
+            .present_ids()
+            .map(|present| present.difference(&live).copied().collect());
+        if let Err(err) = stale.and_then(|stale| store.remove(&stale)) {
+            warn!(kind = %self.kind, "removing stale tables failed (retried at the next switch): {err:#}");
+        }
+        Ok(())
+    }
+
+    fn save(&self, ids: &TableIds) -> Result<()> {
+        let mut record = read_record(&self.path)?;
+        record.insert(self.kind.clone(), ids.clone());
+        let text = serde_json::to_string_pretty(&record)?;
+        let tmp = self.path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().with_context(|| format!("recording table ids in {}", self.path.display()))
+    }
+}
+
+fn read_record(path: &Path) -> Result<BTreeMap<String, TableIds>> {
+    match fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a table id record", path.display())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds (unlike `DefaultHasher`), enough to tell a changed
+/// table from an unchanged one (the tables are the agent's own, not an adversary's).
+#[derive(Clone, Copy, Debug)]
+pub struct Fingerprint(u64);
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fingerprint {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests;
