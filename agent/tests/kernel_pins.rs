@@ -97,7 +97,10 @@ fn a_pinned_map_of_another_layout_is_refused_by_name() {
     for part in [
         maps::ENDPOINTS,
         &endpoints.display().to_string(),
-        &format!("value size {} pinned, {value_size} expected", value_size + 4),
+        &format!(
+            "value size {} pinned, {value_size} expected",
+            value_size + 4
+        ),
         "vnetd teardown",
     ] {
         assert!(err.contains(part), "{part:?} not in: {err}");
@@ -113,38 +116,47 @@ fn a_pinned_map_of_another_layout_is_refused_by_name() {
 #[test]
 fn a_pinned_map_of_another_type_or_capacity_is_refused() {
     let dir = BpffsDir::new();
-    let routes = map_path(&dir.0, maps::ROUTES);
-    let key = std::mem::size_of::<vnetd_common::RouteKey>() as u32 + 4;
-    let value = std::mem::size_of::<vnetd_common::Route>() as u32;
-    // An LPM trie needs BPF_F_NO_PREALLOC, so a hash map stands in with ROUTES' sizes.
-    pin_map(&routes, MapType::Hash, key, value, maps::ROUTES_MAX / 2);
+    let endpoints = map_path(&dir.0, maps::ENDPOINTS);
+    let value_size = std::mem::size_of::<vnetd_common::Endpoint>() as u32;
+    pin_map(&endpoints, MapType::Array, 4, value_size, 256);
     let err = format!("{:#}", Dataplane::load_pinned(&dir.0).err().unwrap());
-    assert!(err.contains(maps::ROUTES), "{err}");
-    assert!(err.contains("type Hash pinned, LpmTrie expected"), "{err}");
+    assert!(err.contains(maps::ENDPOINTS), "{err}");
+    assert!(err.contains("type Array pinned, Hash expected"), "{err}");
     assert!(
         err.contains(&format!(
-            "max entries {} pinned, {} expected",
-            maps::ROUTES_MAX / 2,
-            maps::ROUTES_MAX
+            "max entries 256 pinned, {} expected",
+            maps::ENDPOINTS_MAX
         )),
         "{err}"
     );
 }
 
-/// Counters hold nothing worth a refusal: a DROPS of another layout is replaced.
+/// Maps the agent rewrites whole before attaching (ROUTES) or that only count (DROPS) are
+/// replaced when their pinned shape differs.
 #[test]
-fn counters_of_another_layout_are_replaced() {
+fn maps_the_agent_rewrites_are_replaced() {
     let dir = BpffsDir::new();
     let drops = map_path(&dir.0, maps::DROPS);
+    let routes = map_path(&dir.0, maps::ROUTES);
     pin_map(&drops, MapType::PerCpuArray, 4, 16, 3);
-    let stale = MapInfo::from_pin(&drops).unwrap().id();
+    // An LPM trie needs BPF_F_NO_PREALLOC: a hash map of ROUTES' sizes stands in.
+    let key = std::mem::size_of::<vnetd_common::RouteKey>() as u32 + 4;
+    let value = std::mem::size_of::<vnetd_common::Route>() as u32;
+    pin_map(&routes, MapType::Hash, key, value, 64);
+    let stale = [&drops, &routes].map(|p| MapInfo::from_pin(p).unwrap().id());
 
-    let dp = Dataplane::load_pinned(&dir.0).expect("counters of another layout are replaced");
-    let info = MapInfo::from_pin(&drops).unwrap();
-    assert_ne!(info.id(), stale, "a new DROPS is pinned");
-    assert_eq!(info.value_size(), 8);
-    assert_eq!(info.max_entries(), vnetd_common::DropReason::COUNT);
-    assert_eq!(dp.drops().unwrap().len(), vnetd_common::DropReason::COUNT as usize);
+    let mut dp = Dataplane::load_pinned(&dir.0).expect("ROUTES and DROPS are replaced");
+    let fresh = [&drops, &routes].map(|p| MapInfo::from_pin(p).unwrap());
+    assert_ne!(fresh[0].id(), stale[0], "a new DROPS is pinned");
+    assert_ne!(fresh[1].id(), stale[1], "a new ROUTES is pinned");
+    assert_eq!(fresh[0].value_size(), 8);
+    assert_eq!(fresh[0].max_entries(), vnetd_common::DropReason::COUNT);
+    assert_eq!(fresh[1].map_type().unwrap(), MapType::LpmTrie);
+    assert_eq!(
+        dp.drops().unwrap().len(),
+        vnetd_common::DropReason::COUNT as usize
+    );
+    assert!(dp.routes().unwrap().is_empty());
 }
 
 /// The maps this build pins are adopted by the next load, not replaced (the comparison agrees
