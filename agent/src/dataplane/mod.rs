@@ -433,26 +433,41 @@ fn check_pinned_map(name: &str, path: &Path, definition: &MapDefinition) -> Resu
             return Err(err).with_context(|| format!("reading pinned map {}", path.display()));
         }
     };
-    let pinned_type = info.map_type().map_or(u32::MAX, |t| t as u32);
-    let fields = [
-        ("type", pinned_type, definition.map_type),
-        ("key size", info.key_size(), definition.key_size),
-        ("value size", info.value_size(), definition.value_size),
-        ("max entries", info.max_entries(), definition.max_entries),
-        ("flags", info.map_flags(), definition.flags),
+    /// How a field's value reads in the error.
+    type Show = fn(u32) -> String;
+    let decimal: Show = |v| v.to_string();
+    let hex: Show = |v| format!("{v:#x}");
+    let fields: [(&str, u32, u32, Show); 5] = [
+        (
+            "type",
+            info.map_type().map_or(u32::MAX, |t| t as u32),
+            definition.map_type,
+            map_type_name,
+        ),
+        ("key size", info.key_size(), definition.key_size, decimal),
+        (
+            "value size",
+            info.value_size(),
+            definition.value_size,
+            decimal,
+        ),
+        (
+            "max entries",
+            info.max_entries(),
+            definition.max_entries,
+            decimal,
+        ),
+        ("flags", info.map_flags(), definition.flags, hex),
     ];
     let differences: Vec<String> = fields
         .iter()
-        .filter(|(_, pinned, expected)| pinned != expected)
-        .map(|(field, pinned, expected)| match *field {
-            "type" => format!(
-                "type {} pinned, {} expected",
-                info.map_type()
-                    .map_or_else(|_| "unknown".to_string(), |t| format!("{t:?}")),
-                map_type_name(*expected)
-            ),
-            "flags" => format!("flags {pinned:#x} pinned, {expected:#x} expected"),
-            _ => format!("{field} {pinned} pinned, {expected} expected"),
+        .filter(|(_, pinned, expected, _)| pinned != expected)
+        .map(|(field, pinned, expected, show)| {
+            format!(
+                "{field} {} pinned, {} expected",
+                show(*pinned),
+                show(*expected)
+            )
         })
         .collect();
     if differences.is_empty() {
