@@ -232,6 +232,8 @@ async fn teardown(
             state_dir.display()
         );
     }
+    // Programs first (every ABI's links detached, TCX and XDP), then the pods' interfaces.
+    let pins = dataplane::teardown(bpffs)?;
     let mut interfaces = 0;
     if state_dir.join("endpoints").exists() {
         for ep in vnetd::endpoints::EndpointStore::open(state_dir)?
@@ -242,14 +244,16 @@ async fn teardown(
             interfaces += 1;
         }
     }
-    dataplane::teardown(bpffs)?;
     match std::fs::remove_dir_all(state_dir) {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("removing {}", state_dir.display())),
     }
     println!(
-        "removed {interfaces} pod interfaces, the dataplane pins under {} and the state in {}",
+        "detached {} links and removed {} pinned maps under {}, {interfaces} pod interfaces and \
+         the state in {}",
+        pins.links,
+        pins.maps,
         bpffs.display(),
         state_dir.display()
     );

@@ -147,7 +147,13 @@ fn teardown_removes_the_node_dataplane() -> Result<()> {
     let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
     let mut agent = Agent::start(&node, &lab_spec())?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
-    assert!(node.bpffs_dir.join("abi-v1/links").read_dir()?.count() >= 3);
+    assert!(
+        node.bpffs_dir
+            .join(format!("abi-v{}/links", vnetd_common::ABI_VERSION))
+            .read_dir()?
+            .count()
+            >= 3
+    );
     agent.kill()?;
 
     let teardown = |name: &str| {
@@ -167,7 +173,13 @@ fn teardown_removes_the_node_dataplane() -> Result<()> {
         "another node's state is refused"
     );
     teardown("node-1")?;
-    assert!(!node.bpffs_dir.join("abi-v1").exists(), "pins removed");
+    assert!(
+        !node
+            .bpffs_dir
+            .join(format!("abi-v{}", vnetd_common::ABI_VERSION))
+            .exists(),
+        "pins removed"
+    );
     assert!(!node.state_dir.exists(), "state removed");
     let xdp = node.ip(["-d", "link", "show", "eth0"])?;
     assert!(!xdp.contains("xdp"), "XDP detached from the uplink: {xdp}");

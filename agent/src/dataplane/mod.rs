@@ -7,7 +7,7 @@ pub mod tables;
 
 use std::{io, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
@@ -17,8 +17,9 @@ use aya::{
         xdp::XdpLink,
     },
 };
-pub use pins::PinLayout;
-use vnetd_common::programs;
+pub use pins::{PinLayout, Removed};
+use tracing::{info, warn};
+use vnetd_common::{ABI_VERSION, programs};
 
 /// The compiled eBPF object (built by build.rs from ebpf/vnetd-ebpf).
 pub static EBPF_OBJECT: &[u8] =
@@ -32,14 +33,35 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Loads the programs with every map pinned under `bpffs` (reusing pinned maps: their
-    /// contents, conntrack included, survive the agent).
+    /// contents, conntrack included, survive the agent). First removes what other ABIs pinned
+    /// there (their links detached, so this agent's programs can take the hooks), and checks
+    /// every map pinned for this ABI against the object's definition (see [`check_pinned_map`]).
     pub fn load_pinned(bpffs: &Path) -> Result<Self> {
         let pins = PinLayout::new(bpffs);
         pins.prepare(bpffs)?;
+        for dir in pins::abi_dirs(bpffs)? {
+            if dir != pins.root() {
+                let removed = pins::remove_abi(&dir)
+                    .with_context(|| format!("removing another ABI's pins {}", dir.display()))?;
+                info!(
+                    dir = %dir.display(),
+                    links = removed.links,
+                    maps = removed.maps,
+                    "removed the pins of another ABI"
+                );
+            }
+        }
+        let definitions = object_map_definitions()?;
         let map_paths: Vec<(&str, std::path::PathBuf)> = maps::ALL
             .iter()
             .map(|name| (*name, pins.map(name)))
             .collect();
+        for (name, path) in &map_paths {
+            let definition = definitions
+                .get(*name)
+                .with_context(|| format!("the eBPF object declares no map {name}"))?;
+            check_pinned_map(name, path, definition)?;
+        }
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
@@ -255,12 +277,134 @@ fn remove_pin(path: &Path) -> Result<()> {
     }
 }
 
-/// Removes every pin of the dataplane under `bpffs`: links detach, maps go with their last user.
-pub fn teardown(bpffs: &Path) -> Result<()> {
-    let pins = PinLayout::new(bpffs);
-    match std::fs::remove_dir_all(pins.root()) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("removing {}", pins.root().display())),
+/// Maps a pinned map of another shape is replaced for, rather than refused: the agent rewrites
+/// all of NODE and ROUTES before it attaches any program, and TRAFFIC and DROPS only count
+/// (Prometheus sees a counter reset). Any other map (ENDPOINTS: the pods; later conntrack) holds
+/// state between agents and is refused.
+const REPLACED_ON_MISMATCH: &[&str] = &[maps::NODE, maps::ROUTES, maps::TRAFFIC, maps::DROPS];
+
+/// A map as the object defines it: what the kernel reports for a map created from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MapDefinition {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+/// The object's maps, by name (parsed, nothing created in the kernel).
+fn object_map_definitions() -> Result<std::collections::HashMap<String, MapDefinition>> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT).context("parsing the eBPF object")?;
+    Ok(object
+        .maps
+        .iter()
+        .map(|(name, map)| {
+            let definition = MapDefinition {
+                map_type: map.map_type(),
+                key_size: map.key_size(),
+                value_size: map.value_size(),
+                max_entries: map.max_entries(),
+                flags: map.map_flags(),
+            };
+            (name.clone(), definition)
+        })
+        .collect())
+}
+
+fn map_type_name(map_type: u32) -> String {
+    aya_obj::generated::bpf_map_type::try_from(map_type)
+        .ok()
+        .and_then(|t| aya::maps::MapType::try_from(t).ok())
+        .map_or_else(|| format!("#{map_type}"), |t| format!("{t:?}"))
+}
+
+/// Compares the map pinned at `path` (if any) with the object's `definition` before aya adopts
+/// it (aya reuses whatever is pinned at a path). A mismatch under the same ABI version means
+/// the pins come from a build whose layout changed without a new version: maps in
+/// [`REPLACED_ON_MISMATCH`] are unpinned (a new one is made), the others are refused with an
+/// error naming the map, each differing field, and what to do.
+fn check_pinned_map(name: &str, path: &Path, definition: &MapDefinition) -> Result<()> {
+    let info = match aya::maps::MapInfo::from_pin(path) {
+        Ok(info) => info,
+        Err(aya::maps::MapError::SyscallError(err))
+            if err.io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            return Ok(());
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("reading pinned map {}", path.display()));
+        }
+    };
+    /// How a field's value reads in the error.
+    type Show = fn(u32) -> String;
+    let decimal: Show = |v| v.to_string();
+    let hex: Show = |v| format!("{v:#x}");
+    let fields: [(&str, u32, u32, Show); 5] = [
+        (
+            "type",
+            info.map_type().map_or(u32::MAX, |t| t as u32),
+            definition.map_type,
+            map_type_name,
+        ),
+        ("key size", info.key_size(), definition.key_size, decimal),
+        (
+            "value size",
+            info.value_size(),
+            definition.value_size,
+            decimal,
+        ),
+        (
+            "max entries",
+            info.max_entries(),
+            definition.max_entries,
+            decimal,
+        ),
+        ("flags", info.map_flags(), definition.flags, hex),
+    ];
+    let differences: Vec<String> = fields
+        .iter()
+        .filter(|(_, pinned, expected, _)| pinned != expected)
+        .map(|(field, pinned, expected, show)| {
+            format!(
+                "{field} {} pinned, {} expected",
+                show(*pinned),
+                show(*expected)
+            )
+        })
+        .collect();
+    if differences.is_empty() {
+        return Ok(());
     }
+    let differences = differences.join("; ");
+    if REPLACED_ON_MISMATCH.contains(&name) {
+        warn!(
+            map = name,
+            path = %path.display(),
+            %differences,
+            "replacing a pinned map of another shape (the agent rewrites it)"
+        );
+        return remove_pin(path);
+    }
+    bail!(
+        "pinned map {name} at {} does not match this vnetd's ABI v{ABI_VERSION}: {differences}. \
+         It was pinned by a build with another layout under the same ABI version. Stop the \
+         agent and run `vnetd teardown` with the same --bpffs and --state-dir (it detaches the \
+         programs and deletes pod interfaces and state), or run the build that pinned it",
+        path.display()
+    )
+}
+
+/// Removes every ABI's pins under `bpffs`, links first, each detached from its hook (TCX and
+/// XDP alike, even if something still holds the link), then the maps (they go with their last
+/// user). Returns what was removed.
+pub fn teardown(bpffs: &Path) -> Result<pins::Removed> {
+    let mut total = pins::Removed::default();
+    for dir in pins::abi_dirs(bpffs)? {
+        let removed =
+            pins::remove_abi(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        total.links += removed.links;
+        total.maps += removed.maps;
+    }
+    Ok(total)
 }

@@ -1,12 +1,10 @@
 //! The ABI between vnetd's eBPF programs and its agent: map names, keys, values and counter
-//! indices. Everything here is `#[repr(C)]` and plain data. Changing a layout means bumping
-//! [`ABI_VERSION`]: it is part of the pin path, so an agent never reuses a pinned map whose
-//! layout it does not know.
+//! indices. Everything here is `#[repr(C)]` and plain data. A layout change changes the
+//! fingerprint in [`abi`], whose test then asks for a new [`ABI_VERSION`]: the version is part
+//! of the pin path, so an agent never reuses a pinned map whose layout it does not know.
 #![no_std]
 
-/// Part of every pin path (`<bpffs>/abi-v<N>/...`).
-pub const ABI_VERSION: u32 = 1;
-
+pub mod abi;
 mod counters;
 mod endpoint;
 pub mod maps;
@@ -14,6 +12,7 @@ mod node;
 pub mod programs;
 mod route;
 
+pub use abi::ABI_VERSION;
 pub use counters::{DropReason, Path, Traffic};
 pub use endpoint::Endpoint;
 pub use node::{NodeConfig, POD_GATEWAY};

@@ -1,0 +1,205 @@
+//! Pins on a real bpffs: what `Dataplane::load_pinned` adopts, replaces or refuses, and what
+//! `teardown` removes. Needs root (CAP_BPF) and a bpffs on /sys/fs/bpf. Each test works in its
+//! own directory `/sys/fs/bpf/vnkp<pid>x<n>`, removed when the test ends (also on failure);
+//! nothing is attached to an interface.
+use std::{
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::maps::{MapData, MapInfo, MapType};
+use vnetd::dataplane::{self, Dataplane, PinLayout};
+use vnetd_common::{ABI_VERSION, maps};
+
+/// A bpffs directory private to one test.
+struct BpffsDir(PathBuf);
+
+impl BpffsDir {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/sys/fs/bpf/vnkp{}x{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for BpffsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Creates a map of the given shape (BPF_MAP_CREATE) and pins it at `path`.
+fn pin_map(path: &Path, map_type: MapType, key_size: u32, value_size: u32, max_entries: u32) {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let attr = MapCreate {
+        map_type: map_type as u32,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags: 0,
+    };
+    // SAFETY: BPF_MAP_CREATE (0) reads `size_of::<MapCreate>()` bytes of `attr`; the kernel
+    // treats the fields it does not get as zero.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &attr as *const MapCreate,
+            std::mem::size_of::<MapCreate>(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    MapData::from_fd(fd).unwrap().pin(path).unwrap();
+}
+
+fn map_path(bpffs: &Path, name: &str) -> PathBuf {
+    PinLayout::new(bpffs).map(name)
+}
+
+/// A state map (ENDPOINTS holds the pods) of another value size is refused, by name and field,
+/// with what to do; it is left as it was.
+#[test]
+fn a_pinned_map_of_another_layout_is_refused_by_name() {
+    let dir = BpffsDir::new();
+    let endpoints = map_path(&dir.0, maps::ENDPOINTS);
+    let value_size = std::mem::size_of::<vnetd_common::Endpoint>() as u32;
+    pin_map(
+        &endpoints,
+        MapType::Hash,
+        4,
+        value_size + 4,
+        maps::ENDPOINTS_MAX,
+    );
+    let before = MapInfo::from_pin(&endpoints).unwrap().id();
+
+    let err = match Dataplane::load_pinned(&dir.0) {
+        Ok(_) => panic!("a pinned ENDPOINTS with another value size was adopted"),
+        Err(err) => format!("{err:#}"),
+    };
+    for part in [
+        maps::ENDPOINTS,
+        &endpoints.display().to_string(),
+        &format!(
+            "value size {} pinned, {value_size} expected",
+            value_size + 4
+        ),
+        "vnetd teardown",
+    ] {
+        assert!(err.contains(part), "{part:?} not in: {err}");
+    }
+    assert_eq!(
+        MapInfo::from_pin(&endpoints).unwrap().id(),
+        before,
+        "the pinned map is left for the user to decide"
+    );
+}
+
+/// Every field is compared: another type or capacity is refused too.
+#[test]
+fn a_pinned_map_of_another_type_or_capacity_is_refused() {
+    let dir = BpffsDir::new();
+    let endpoints = map_path(&dir.0, maps::ENDPOINTS);
+    let value_size = std::mem::size_of::<vnetd_common::Endpoint>() as u32;
+    pin_map(&endpoints, MapType::Array, 4, value_size, 256);
+    let err = format!("{:#}", Dataplane::load_pinned(&dir.0).err().unwrap());
+    assert!(err.contains(maps::ENDPOINTS), "{err}");
+    assert!(err.contains("type Array pinned, Hash expected"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "max entries 256 pinned, {} expected",
+            maps::ENDPOINTS_MAX
+        )),
+        "{err}"
+    );
+}
+
+/// Maps the agent rewrites whole before attaching (ROUTES) or that only count (DROPS) are
+/// replaced when their pinned shape differs.
+#[test]
+fn maps_the_agent_rewrites_are_replaced() {
+    let dir = BpffsDir::new();
+    let drops = map_path(&dir.0, maps::DROPS);
+    let routes = map_path(&dir.0, maps::ROUTES);
+    pin_map(&drops, MapType::PerCpuArray, 4, 16, 3);
+    // An LPM trie needs BPF_F_NO_PREALLOC: a hash map of ROUTES' sizes stands in.
+    let key = std::mem::size_of::<vnetd_common::RouteKey>() as u32 + 4;
+    let value = std::mem::size_of::<vnetd_common::Route>() as u32;
+    pin_map(&routes, MapType::Hash, key, value, 64);
+    let stale = [&drops, &routes].map(|p| MapInfo::from_pin(p).unwrap().id());
+
+    let mut dp = Dataplane::load_pinned(&dir.0).expect("ROUTES and DROPS are replaced");
+    let fresh = [&drops, &routes].map(|p| MapInfo::from_pin(p).unwrap());
+    assert_ne!(fresh[0].id(), stale[0], "a new DROPS is pinned");
+    assert_ne!(fresh[1].id(), stale[1], "a new ROUTES is pinned");
+    assert_eq!(fresh[0].value_size(), 8);
+    assert_eq!(fresh[0].max_entries(), vnetd_common::DropReason::COUNT);
+    assert_eq!(fresh[1].map_type().unwrap(), MapType::LpmTrie);
+    assert_eq!(
+        dp.drops().unwrap().len(),
+        vnetd_common::DropReason::COUNT as usize
+    );
+    assert!(dp.routes().unwrap().is_empty());
+}
+
+/// The maps this build pins are adopted by the next load, not replaced (the comparison agrees
+/// with what the kernel reports for the object's own maps).
+#[test]
+fn pins_of_this_build_are_adopted() {
+    let dir = BpffsDir::new();
+    let first = Dataplane::load_pinned(&dir.0).unwrap();
+    let ids = || {
+        maps::ALL
+            .iter()
+            .map(|name| MapInfo::from_pin(map_path(&dir.0, name)).unwrap().id())
+            .collect::<Vec<_>>()
+    };
+    let before = ids();
+    drop(first);
+    let _second = Dataplane::load_pinned(&dir.0).unwrap();
+    assert_eq!(ids(), before, "every map adopted");
+}
+
+/// What another ABI left is removed at load (the maps here; links in e2e_pins), and teardown
+/// removes every ABI's pins.
+#[test]
+fn other_abis_are_removed_at_load_and_by_teardown() {
+    let dir = BpffsDir::new();
+    let old = dir.0.join("abi-v0");
+    let newer = dir.0.join(format!("abi-v{}", ABI_VERSION + 1));
+    pin_map(&old.join("maps/ENDPOINTS"), MapType::Hash, 4, 8, 16);
+    pin_map(&newer.join("maps/ENDPOINTS"), MapType::Hash, 4, 8, 16);
+    // Not vnetd's: left alone.
+    std::fs::create_dir_all(dir.0.join("abi-vx")).unwrap();
+
+    let dp = Dataplane::load_pinned(&dir.0).unwrap();
+    assert!(!old.exists(), "an older ABI's pins are removed");
+    assert!(!newer.exists(), "a newer ABI's pins are removed");
+    assert!(dir.0.join("abi-vx").exists());
+    let current = PinLayout::new(&dir.0);
+    assert!(current.map(maps::ENDPOINTS).exists());
+    drop(dp);
+
+    pin_map(&old.join("maps/ENDPOINTS"), MapType::Hash, 4, 8, 16);
+    dataplane::teardown(&dir.0).unwrap();
+    assert!(!old.exists(), "teardown removes an older ABI");
+    assert!(!current.root().exists(), "teardown removes this ABI");
+    dataplane::teardown(&dir.0).expect("teardown twice is fine");
+}
