@@ -114,7 +114,7 @@ impl Agent {
         // An address recorded without an endpoint is from an ADD that never completed.
         let owners: BTreeMap<String, ()> =
             self.endpoints.values().map(|ep| (ep.owner(), ())).collect();
-        for (ip, owner) in self.ipam.allocations()? {
+        for (ip, owner) in self.ipam.allocations().clone() {
             if !owners.contains_key(&owner) {
                 warn!(%ip, %owner, "releasing an address from an unfinished ADD");
                 self.ipam.release(ip, &owner)?;
@@ -262,7 +262,7 @@ impl Agent {
     }
 
     fn allocate(
-        &self,
+        &mut self,
         subnet: &str,
         requested: Option<Ipv4Addr>,
         owner: &str,
@@ -380,10 +380,7 @@ impl Agent {
             Some(name) => self.plan.subnet(name).into_iter().collect(),
             None => self.plan.subnets.iter().collect(),
         };
-        let free: u64 = pools
-            .iter()
-            .map(|s| self.ipam.free_in(&s.pool).unwrap_or(0))
-            .sum();
+        let free: u64 = pools.iter().map(|s| self.ipam.free_in(&s.pool)).sum();
         if free == 0 {
             return Err(ApiError::new(
                 ApiError::NOT_READY,
