@@ -1038,6 +1038,23 @@ mod tests {
         assert!(err.msg.contains("ipam"), "{}", err.msg);
     }
 
+    #[test]
+    fn network_name_follows_the_cni_rule_and_keys_every_request() {
+        let err = parse_config(br#"{"cniVersion":"1.1.0","name":"a/b","type":"t"}"#).unwrap_err();
+        assert_eq!(err.code, CniError::INVALID_CONFIG);
+        assert!(err.msg.contains("\"a/b\""), "{}", err.msg);
+        let conf = parse_config(
+            br#"{"cniVersion":"1.1.0","name":"net-b","type":"t",
+                 "cni.dev/valid-attachments":[{"containerID":"c1","ifname":"net1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            conf.valid_attachments.unwrap()[0].network,
+            "net-b",
+            "GC's list is of this network"
+        );
+    }
+
     // --- formatting ---
 
     #[test]

@@ -116,7 +116,7 @@ impl Agent {
             self.endpoints.values().map(|ep| (ep.owner(), ())).collect();
         for (ip, owner) in self.ipam.allocations().clone() {
             if !owners.contains_key(&owner) {
-                warn!(%ip, %owner, "releasing an address from an unfinished ADD");
+                warn!(%ip, ?owner, "releasing an address from an unfinished ADD");
                 self.ipam.release(ip, &owner)?;
             }
         }

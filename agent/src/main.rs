@@ -149,20 +149,21 @@ async fn run(paths: daemon::Paths, node: String, metrics_addr: std::net::SocketA
     // Before anything is touched: a second agent on this state dir, or on this socket, stops
     // here and leaves the running one's dataplane and socket alone.
     let _lock = lock_state_dir(&paths.state_dir)?;
+    server::remove_stale(&paths.api_socket)?;
+    let agent = Agent::start(plan, &paths.bpffs, &paths.state_dir).await?;
     let listener = server::bind(&paths.api_socket)?;
-    let result = serve_agent(plan, &paths, node, metrics_addr, listener).await;
+    let result = serve_agent(agent, &paths, node, metrics_addr, listener).await;
     let _ = std::fs::remove_file(&paths.api_socket);
     result
 }
 
 async fn serve_agent(
-    plan: vnetd::plan::NodePlan,
+    agent: Agent,
     paths: &daemon::Paths,
     node: String,
     metrics_addr: std::net::SocketAddr,
     listener: tokio::net::UnixListener,
 ) -> Result<()> {
-    let agent = Agent::start(plan, &paths.bpffs, &paths.state_dir).await?;
     info!(node = %agent.node(), socket = %paths.api_socket.display(), "vnetd running");
     let feed = metrics::StatusFeed::new(&agent);
     let agent = Arc::new(Mutex::new(agent));

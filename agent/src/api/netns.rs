@@ -21,11 +21,12 @@ const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("network namespace {} not found", .0.display())]
+    // Paths with `{:?}`: they come from the client, and a log line stays one line.
+    #[error("network namespace {:?} not found", .0)]
     NotFound(PathBuf),
-    #[error("CNI_NETNS {} is refused: {why}", .path.display())]
+    #[error("CNI_NETNS {:?} is refused: {why}", .path)]
     Refused { path: PathBuf, why: String },
-    #[error("opening network namespace {}: {source}", .path.display())]
+    #[error("opening network namespace {:?}: {source}", .path)]
     Io { path: PathBuf, source: io::Error },
 }
 

@@ -41,6 +41,20 @@ pub fn bind(socket: &Path) -> Result<UnixListener> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    remove_stale(socket)?;
+    // bind() creates the socket file with the process's umask applied: with 0177 it is born
+    // 0600, so no client can connect in a window before a chmod. The umask is process-wide;
+    // the agent creates no other file while it starts.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(socket);
+    nix::sys::stat::umask(old);
+    listener.with_context(|| format!("binding {}", socket.display()))
+}
+
+/// Fails if a running agent serves `socket` or something else than a socket is there;
+/// removes a stale socket. The agent checks this before it touches the dataplane, and again
+/// when it binds.
+pub fn remove_stale(socket: &Path) -> Result<()> {
     match std::fs::symlink_metadata(socket) {
         Ok(meta) if !meta.file_type().is_socket() => bail!(
             "{} exists and is not a socket: refusing to replace it",
@@ -63,13 +77,7 @@ pub fn bind(socket: &Path) -> Result<UnixListener> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("inspecting {}", socket.display())),
     }
-    // bind() creates the socket file with the process's umask applied: with 0177 it is born
-    // 0600, so no client can connect in a window before a chmod. The umask is process-wide;
-    // the agent creates no other file while it starts.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let listener = UnixListener::bind(socket);
-    nix::sys::stat::umask(old);
-    listener.with_context(|| format!("binding {}", socket.display()))
+    Ok(())
 }
 
 pub async fn serve(
@@ -127,9 +135,13 @@ pub async fn serve(
     }
 }
 
+/// Answers a client that will not be served, then lets it finish sending its request (a
+/// little of it, briefly) before closing, so that its write does not fail before it reads why.
 async fn answer_and_close(stream: UnixStream, err: ApiError) {
-    let (_, mut write) = stream.into_split();
+    let (read, mut write) = stream.into_split();
     let _ = timeout(IDLE_TIMEOUT, send(&mut write, &Response::Error(err))).await;
+    let mut reader = BufReader::new(read);
+    let _ = timeout(Duration::from_secs(1), read_line(&mut reader)).await;
 }
 
 async fn send(write: &mut OwnedWriteHalf, response: &Response) -> Result<()> {
