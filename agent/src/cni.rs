@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{
     client,
-    proto::{AddRequest, AddResult, ApiError, Attachment, CheckRequest, Request, Response},
+    proto::{
+        AddRequest, AddResult, ApiError, Attachment, CheckRequest, Request, Response,
+        container_id_problem, ifname_problem, network_name_problem,
+    },
 };
 
 /// The spec versions this plugin speaks, oldest first.
@@ -180,6 +183,8 @@ pub fn parse_env(env: &impl Fn(&str) -> Option<String>) -> Result<CniEnv, CniErr
     let command = required("CNI_COMMAND")?;
     let attachment = || -> Result<Attachment, CniError> {
         Ok(Attachment {
+            // The network's name is in the configuration, not the environment: see `execute`.
+            network: String::new(),
             container_id: required("CNI_CONTAINERID")?,
             ifname: required("CNI_IFNAME")?,
         })
@@ -217,35 +222,18 @@ pub fn parse_env(env: &impl Fn(&str) -> Option<String>) -> Result<CniEnv, CniErr
     }
 }
 
-/// The spec's rule for container ids: an alphanumeric, then alphanumerics, `_`, `.` or `-`.
 fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let mut chars = id.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            CniError::INVALID_ENVIRONMENT,
-            format!("CNI_CONTAINERID {id:?} has characters a container id may not have"),
-        ))
+    match container_id_problem(id) {
+        Some(problem) => Err(CniError::new(CniError::INVALID_ENVIRONMENT, problem)),
+        None => Ok(()),
     }
 }
 
-/// The spec's (and Linux's) rule for interface names.
 fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let bad_char = name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace());
-    if name.len() >= 16 || name == "." || name == ".." || bad_char {
-        return Err(CniError::new(
-            CniError::INVALID_ENVIRONMENT,
-            format!(
-                "CNI_IFNAME {name:?} is not a valid interface name (under 16 bytes, not . or .., \
-                 no '/', ':' or whitespace)"
-            ),
-        ));
+    match ifname_problem(name) {
+        Some(problem) => Err(CniError::new(CniError::INVALID_ENVIRONMENT, problem)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// `CNI_ARGS`: `K=V;K=V`. Unknown keys (including `IgnoreUnknown`) are ignored; an empty value
@@ -285,6 +273,9 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
     let invalid = |msg: String| CniError::new(CniError::INVALID_CONFIG, msg);
     let name = raw.name.filter(|name| !name.is_empty());
     let name = name.ok_or_else(|| invalid("the network configuration has no name".into()))?;
+    if let Some(problem) = network_name_problem(&name) {
+        return Err(invalid(format!("the network configuration's {problem}")));
+    }
     if raw
         .plugin_type
         .is_none_or(|plugin_type| plugin_type.is_empty())
@@ -315,6 +306,7 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
         list.unwrap_or_default()
             .into_iter()
             .map(|a| Attachment {
+                network: name.clone(),
                 container_id: a.container_id,
                 ifname: a.ifname,
             })
@@ -509,12 +501,17 @@ fn execute(
             format!("{command} needs cniVersion 1.1.0; the configuration says 1.0.0"),
         )));
     }
+    let on_network = |attachment: Attachment| Attachment {
+        network: conf.name.clone(),
+        ..attachment
+    };
     match invocation {
         CniEnv::Add {
             attachment,
             netns,
             args,
         } => {
+            let attachment = on_network(attachment);
             let ifname = attachment.ifname.clone();
             let request = Request::Add(AddRequest {
                 attachment,
@@ -536,12 +533,15 @@ fn execute(
             // Agent down on DEL: we cannot tell whether anything is left to clean up, and
             // answering success would make the runtime forget the attachment while the agent
             // may still hold its address and interface. Code 11 makes the runtime retry.
-            let request = Request::Del(attachment);
+            let request = Request::Del(on_network(attachment));
             expect_done(ask_agent(&conf, &request, CniError::TRY_AGAIN_LATER)).map_err(failed)
         }
         CniEnv::Check { attachment, netns } => {
             check_prev_result(&conf, &attachment.ifname, &netns).map_err(failed)?;
-            let request = Request::Check(CheckRequest { attachment, netns });
+            let request = Request::Check(CheckRequest {
+                attachment: on_network(attachment),
+                netns,
+            });
             expect_done(ask_agent(&conf, &request, CniError::TRY_AGAIN_LATER)).map_err(failed)
         }
         CniEnv::Status => {
@@ -558,7 +558,10 @@ fn execute(
                     "GC needs cni.dev/valid-attachments in the configuration",
                 ))
             })?;
-            let request = Request::Gc { valid };
+            let request = Request::Gc {
+                network: conf.name.clone(),
+                valid,
+            };
             expect_done(ask_agent(&conf, &request, CniError::TRY_AGAIN_LATER)).map_err(failed)
         }
         CniEnv::Version => Ok(version_json(version)),
@@ -864,6 +867,7 @@ mod tests {
     fn env_is_parsed_per_command() {
         let env = add_env("K8S_POD_NAME=web-0");
         let attachment = Attachment {
+            network: String::new(),
             container_id: "c0ffee".into(),
             ifname: "eth0".into(),
         };
@@ -965,6 +969,7 @@ mod tests {
         assert_eq!(
             with(r#"[{"containerID":"a","ifname":"eth0"}]"#),
             Some(vec![Attachment {
+                network: "n".into(),
                 container_id: "a".into(),
                 ifname: "eth0".into()
             }])
@@ -1023,6 +1028,23 @@ mod tests {
         let err =
             parse_config(br#"{"cniVersion":"1.1.0","name":"n","type":"t","ipam":{}}"#).unwrap_err();
         assert!(err.msg.contains("ipam"), "{}", err.msg);
+    }
+
+    #[test]
+    fn network_name_follows_the_cni_rule_and_keys_every_request() {
+        let err = parse_config(br#"{"cniVersion":"1.1.0","name":"a/b","type":"t"}"#).unwrap_err();
+        assert_eq!(err.code, CniError::INVALID_CONFIG);
+        assert!(err.msg.contains("\"a/b\""), "{}", err.msg);
+        let conf = parse_config(
+            br#"{"cniVersion":"1.1.0","name":"net-b","type":"t",
+                 "cni.dev/valid-attachments":[{"containerID":"c1","ifname":"net1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            conf.valid_attachments.unwrap()[0].network,
+            "net-b",
+            "GC's list is of this network"
+        );
     }
 
     // --- formatting ---
@@ -1115,6 +1137,7 @@ mod tests {
             agent.request(),
             json!({
                 "op": "add",
+                "network": "vnetd",
                 "container_id": "c0ffee",
                 "ifname": "eth0",
                 "netns": NETNS,
@@ -1238,7 +1261,7 @@ mod tests {
         );
         assert_eq!(
             agent.request(),
-            json!({"op": "del", "container_id": "c0ffee", "ifname": "eth0"})
+            json!({"op": "del", "network": "vnetd", "container_id": "c0ffee", "ifname": "eth0"})
         );
 
         let (exit, stdout) = run(&del, &config(&nowhere(), "1.1.0", json!({})));
@@ -1269,7 +1292,8 @@ mod tests {
         assert_eq!(run(command_env("CHECK"), &stdin), (0, String::new()));
         assert_eq!(
             agent.request(),
-            json!({"op": "check", "container_id": "c0ffee", "ifname": "eth0", "netns": NETNS})
+            json!({"op": "check", "network": "vnetd", "container_id": "c0ffee", "ifname": "eth0",
+                   "netns": NETNS})
         );
     }
 
@@ -1321,9 +1345,9 @@ mod tests {
         );
         assert_eq!(
             agent.request(),
-            json!({"op": "gc", "valid": [
-                {"container_id": "c1", "ifname": "eth0"},
-                {"container_id": "c2", "ifname": "net1"},
+            json!({"op": "gc", "network": "vnetd", "valid": [
+                {"network": "vnetd", "container_id": "c1", "ifname": "eth0"},
+                {"network": "vnetd", "container_id": "c2", "ifname": "net1"},
             ]})
         );
         // No list at all: refuse rather than release everything.

@@ -209,9 +209,9 @@ impl Agent {
         // An address recorded without an endpoint is from an ADD that never completed.
         let owners: BTreeMap<String, ()> =
             self.endpoints.values().map(|ep| (ep.owner(), ())).collect();
-        for (ip, owner) in self.ipam.allocations()? {
+        for (ip, owner) in self.ipam.allocations().clone() {
             if !owners.contains_key(&owner) {
-                warn!(%ip, %owner, "releasing an address from an unfinished ADD");
+                warn!(%ip, ?owner, "releasing an address from an unfinished ADD");
                 self.ipam.release(ip, &owner)?;
             }
         }
@@ -261,7 +261,9 @@ impl Agent {
             Request::Add(req) => self.add(req).await.map(Response::Added),
             Request::Del(att) => self.del(&att).await.map(|()| Response::Done),
             Request::Check(req) => self.check(&req).await.map(|()| Response::Done),
-            Request::Gc { valid } => self.gc(&valid).await.map(|()| Response::Done),
+            Request::Gc { network, valid } => {
+                self.gc(&network, &valid).await.map(|()| Response::Done)
+            }
             Request::Ready { subnet } => self.ready(subnet.as_deref()).map(|()| Response::Done),
             Request::Status => self
                 .status_report()
@@ -273,10 +275,10 @@ impl Agent {
 
     async fn add(&mut self, req: AddRequest) -> Result<AddResult, ApiError> {
         let att = req.attachment.clone();
-        if self.endpoints.contains_key(&att) {
+        if self.recorded(&att).is_some() {
             return Err(ApiError::new(
                 ApiError::INTERFACE_EXISTS,
-                format!("{} already has {}", att.container_id, att.ifname),
+                format!("{:?} already has {:?}", att.container_id, att.ifname),
             ));
         }
         if self.endpoints.len() >= self.plan.max_pods as usize {
@@ -330,7 +332,7 @@ impl Agent {
             let _ = self.forget(&ep);
             return Err(ApiError::internal(&err));
         }
-        info!(%ip, container_id = %att.container_id, %host_ifname, "endpoint added");
+        info!(%ip, network = ?att.network, container_id = ?att.container_id, %host_ifname, "endpoint added");
         self.endpoints.insert(att, ep);
         Ok(AddResult {
             host_ifname,
@@ -409,7 +411,7 @@ impl Agent {
     }
 
     fn allocate(
-        &self,
+        &mut self,
         subnet: &str,
         requested: Option<Ipv4Addr>,
         owner: &str,
@@ -465,29 +467,49 @@ impl Agent {
         self.store.remove(&ep.attachment)
     }
 
+    /// The recorded attachment that `requested` names (itself, or a legacy record of the same
+    /// container and interface).
+    fn recorded(&self, requested: &Attachment) -> Option<Attachment> {
+        if self.endpoints.contains_key(requested) {
+            return Some(requested.clone());
+        }
+        self.endpoints
+            .keys()
+            .find(|a| a.answers(requested))
+            .cloned()
+    }
+
     async fn del(&mut self, att: &Attachment) -> Result<(), ApiError> {
         let internal = |e: anyhow::Error| ApiError::internal(&e);
+        let recorded = self.recorded(att);
         // The interface name is derived, so DEL works even for an endpoint never recorded.
-        netlink::delete_pod_interface(&endpoints::host_ifname(att))
+        let host_ifname = recorded
+            .as_ref()
+            .and_then(|key| self.endpoints.get(key))
+            .map_or_else(|| endpoints::host_ifname(att), |ep| ep.host_ifname.clone());
+        netlink::delete_pod_interface(&host_ifname)
             .await
             .map_err(internal)?;
-        if let Some(ep) = self.endpoints.remove(att) {
+        if let Some(ep) = recorded.and_then(|key| self.endpoints.remove(&key)) {
             self.forget(&ep).map_err(internal)?;
-            info!(ip = %ep.ip, container_id = %att.container_id, "endpoint deleted");
+            info!(ip = %ep.ip, network = ?att.network, container_id = ?att.container_id, "endpoint deleted");
         }
         Ok(())
     }
 
     async fn check(&mut self, req: &CheckRequest) -> Result<(), ApiError> {
-        let ep = self.endpoints.get(&req.attachment).ok_or_else(|| {
-            ApiError::new(
-                ApiError::INVALID_CONFIG,
-                format!(
-                    "no endpoint {}/{}",
-                    req.attachment.container_id, req.attachment.ifname
-                ),
-            )
-        })?;
+        let ep = self
+            .recorded(&req.attachment)
+            .and_then(|key| self.endpoints.get(&key))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ApiError::INVALID_CONFIG,
+                    format!(
+                        "no endpoint for container {:?} interface {:?} on network {:?}",
+                        req.attachment.container_id, req.attachment.ifname, req.attachment.network
+                    ),
+                )
+            })?;
         let spec = PodInterfaceSpec {
             netns: req.netns.clone(),
             ifname: ep.attachment.ifname.clone(),
@@ -501,15 +523,17 @@ impl Agent {
             .map_err(|e| ApiError::internal(&e))
     }
 
-    async fn gc(&mut self, valid: &[Attachment]) -> Result<(), ApiError> {
-        let stale: Vec<Attachment> = self
-            .endpoints
-            .keys()
-            .filter(|a| !valid.contains(a))
-            .cloned()
-            .collect();
-        for att in stale {
-            info!(container_id = %att.container_id, "GC: releasing a stale attachment");
+    async fn gc(&mut self, network: &str, valid: &[Attachment]) -> Result<(), ApiError> {
+        if network.is_empty() {
+            // A plugin older than this agent: without the network, GC cannot tell its
+            // attachments from another network's.
+            return Err(ApiError::new(
+                ApiError::INVALID_CONFIG,
+                "GC needs the network's name: update vnetd-cni to the agent's version",
+            ));
+        }
+        for att in endpoints::stale_for_gc(self.endpoints.keys(), network, valid) {
+            info!(network = ?att.network, container_id = ?att.container_id, ifname = ?att.ifname, "GC: releasing a stale attachment");
             self.del(&att).await?;
         }
         Ok(())
@@ -520,10 +544,7 @@ impl Agent {
             Some(name) => self.plan.subnet(name).into_iter().collect(),
             None => self.plan.subnets.iter().collect(),
         };
-        let free: u64 = pools
-            .iter()
-            .map(|s| self.ipam.free_in(&s.pool).unwrap_or(0))
-            .sum();
+        let free: u64 = pools.iter().map(|s| self.ipam.free_in(&s.pool)).sum();
         if free == 0 {
             return Err(ApiError::new(
                 ApiError::NOT_READY,

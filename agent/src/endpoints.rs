@@ -45,16 +45,26 @@ impl Endpoint {
     }
 }
 
+/// The IPAM owner string of an attachment: `network/container/ifname` (none of the three may
+/// hold a `/`); `container/ifname` for a legacy attachment, as its agent recorded it.
 pub fn owner(attachment: &Attachment) -> String {
-    format!("{}/{}", attachment.container_id, attachment.ifname)
+    if attachment.is_legacy() {
+        format!("{}/{}", attachment.container_id, attachment.ifname)
+    } else {
+        format!(
+            "{}/{}/{}",
+            attachment.network, attachment.container_id, attachment.ifname
+        )
+    }
 }
 
 /// How every pod's host-side veth is named: a restarted agent deletes veths with this prefix
 /// that it has no record of.
 pub const HOST_IFNAME_PREFIX: &str = "vnd";
 
-/// The host-side veth name of an attachment: stable (DEL after a restart finds it), unique,
-/// and within IFNAMSIZ. FNV-1a is enough: collisions are caught when the link is created.
+/// The host-side veth name of an attachment: stable (DEL after a restart finds it), unique per
+/// (network, container, ifname), and within IFNAMSIZ. FNV-1a is enough: collisions are caught
+/// when the link is created. A legacy attachment keeps the name its agent gave it.
 pub fn host_ifname(attachment: &Attachment) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in owner(attachment).bytes() {
@@ -62,6 +72,22 @@ pub fn host_ifname(attachment: &Attachment) -> String {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{HOST_IFNAME_PREFIX}{:011x}", hash & 0xfff_ffff_ffff)
+}
+
+/// The recorded attachments that GC for `network` releases: that network's attachments not in
+/// `valid`. Legacy attachments (recorded without a network) are never GC's to release: one
+/// may belong to another network, whose runtime did not list it here. DEL removes them.
+pub fn stale_for_gc<'a>(
+    recorded: impl IntoIterator<Item = &'a Attachment>,
+    network: &str,
+    valid: &[Attachment],
+) -> Vec<Attachment> {
+    recorded
+        .into_iter()
+        .filter(|att| att.network == network && !att.is_legacy())
+        .filter(|att| !valid.iter().any(|v| att.answers(v)))
+        .cloned()
+        .collect()
 }
 
 /// The durable set of endpoints.
@@ -119,18 +145,79 @@ impl EndpointStore {
 mod tests {
     use super::*;
 
+    fn att(network: &str, container_id: &str, ifname: &str) -> Attachment {
+        Attachment {
+            network: network.into(),
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }
+    }
+
     #[test]
     fn host_ifname_is_stable_short_and_distinct() {
-        let a = Attachment {
-            container_id: "abc".into(),
-            ifname: "eth0".into(),
-        };
-        let b = Attachment {
-            container_id: "abc".into(),
-            ifname: "eth1".into(),
-        };
+        let a = att("net-a", "abc", "eth0");
+        let b = att("net-a", "abc", "eth1");
+        // The same container and ifname on two networks (pods in two runtimes' views).
+        let c = att("net-b", "abc", "eth0");
         assert_eq!(host_ifname(&a), host_ifname(&a.clone()));
         assert_ne!(host_ifname(&a), host_ifname(&b));
+        assert_ne!(host_ifname(&a), host_ifname(&c));
+        assert_ne!(owner(&a), owner(&c));
         assert!(host_ifname(&a).len() <= 15);
+    }
+
+    /// A record written before attachments had a network loads, keeps the veth name, IPAM owner
+    /// and file its agent gave it, and answers a request for its container on any network.
+    #[test]
+    fn records_without_a_network_still_load() {
+        let dir = std::env::temp_dir().join(format!("vnetd-endpoints-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = EndpointStore::open(&dir).unwrap();
+        // Written by the agent of commit c26b68a: no "network" in the attachment.
+        let legacy = r#"{"attachment":{"container_id":"abc","ifname":"eth0"},
+            "netns":"/run/netns/p","ip":"10.0.2.10","subnet":"apps","host_ifname":"vnd9de51a688dd",
+            "host_ifindex":7,"host_mac":[2,0,0,0,0,1],"pod_mac":[2,0,0,0,0,2],
+            "container_group":null,"k8s_namespace":null,"k8s_pod":null}"#;
+        let recorded = att("", "abc", "eth0");
+        fs::write(
+            dir.join("endpoints")
+                .join(format!("{}.json", host_ifname(&recorded))),
+            legacy,
+        )
+        .unwrap();
+        let all = store.load_all().unwrap();
+        let ep = &all[&recorded];
+        assert!(ep.attachment.is_legacy());
+        assert_eq!(
+            ep.owner(),
+            "abc/eth0",
+            "the IPAM owner the old agent recorded"
+        );
+        assert_eq!(ep.host_ifname, "vnd9de51a688dd");
+        assert!(ep.attachment.answers(&att("any-net", "abc", "eth0")));
+        assert!(!ep.attachment.answers(&att("any-net", "abc", "eth1")));
+        // Removing it by its attachment removes the old file.
+        store.remove(&ep.attachment).unwrap();
+        assert!(store.load_all().unwrap().is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn gc_of_one_network_releases_only_that_networks_stale_attachments() {
+        let recorded = [
+            att("net-a", "pod1", "eth0"),
+            att("net-b", "pod1", "net1"),
+            att("net-a", "pod2", "eth0"),
+            att("", "pod3", "eth0"),
+        ];
+        let valid = [att("net-a", "pod1", "eth0")];
+        assert_eq!(
+            stale_for_gc(&recorded, "net-a", &valid),
+            vec![att("net-a", "pod2", "eth0")]
+        );
+        assert_eq!(
+            stale_for_gc(&recorded, "net-b", &[]),
+            vec![att("net-b", "pod1", "net1")]
+        );
     }
 }

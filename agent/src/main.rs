@@ -146,15 +146,33 @@ async fn run(paths: daemon::Paths, node: String, metrics_addr: std::net::SocketA
     };
     let plan = vnetd::plan::NodePlan::from_spec(&spec, &node)?;
     daemon::ensure_dir(&paths.state_dir)?;
+    // Before anything is touched: a second agent on this state dir, or on this socket, stops
+    // here and leaves the running one's dataplane and socket alone.
+    let _lock = lock_state_dir(&paths.state_dir)?;
+    server::remove_stale(&paths.api_socket)?;
     let agent = Agent::start(plan, &paths.bpffs, &paths.state_dir).await?;
     let listener = server::bind(&paths.api_socket)?;
+    let result = serve_agent(agent, &paths, node, metrics_addr, listener).await;
+    let _ = std::fs::remove_file(&paths.api_socket);
+    result
+}
+
+async fn serve_agent(
+    agent: Agent,
+    paths: &daemon::Paths,
+    node: String,
+    metrics_addr: std::net::SocketAddr,
+    listener: tokio::net::UnixListener,
+) -> Result<()> {
     info!(node = %agent.node(), socket = %paths.api_socket.display(), "vnetd running");
+    let feed = metrics::StatusFeed::new(&agent);
     let agent = Arc::new(Mutex::new(agent));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        res = server::serve(listener, agent.clone()) => res?,
+        res = server::serve(listener, agent.clone(), feed.clone()) => res?,
         res = reload::watch(paths.spec.clone(), node.clone(), agent.clone()) => res?,
-        res = metrics::serve(metrics_addr, agent.clone()) => res?,
+        res = metrics::serve(metrics_addr, feed.clone()) => res?,
+        res = feed.clone().refresh(agent.clone()) => res?,
         res = netlink::links::watch(|| async {
             if let Err(err) = agent.lock().await.reconcile_links().await {
                 error!("following the node's links: {err:#}");
@@ -163,8 +181,48 @@ async fn run(paths: daemon::Paths, node: String, metrics_addr: std::net::SocketA
         _ = tokio::signal::ctrl_c() => info!("interrupted: leaving the dataplane running"),
         _ = term.recv() => info!("terminated: leaving the dataplane running"),
     }
-    let _ = std::fs::remove_file(&paths.api_socket);
     Ok(())
+}
+
+/// Takes `<state_dir>/lock` (an exclusive flock, held until the process exits, however it
+/// exits) and writes our pid in it: one agent per state dir, because two would hand out the
+/// same addresses and fight over the same endpoints.
+fn lock_state_dir(state_dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let path = state_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)
+                .and_then(|()| lock.write_all(format!("{}\n", std::process::id()).as_bytes()))
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(lock)
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            bail!(
+                "another vnetd agent{} uses the state dir {}: one agent per state dir (it holds \
+                 {})",
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                },
+                state_dir.display(),
+                path.display()
+            )
+        }
+        Err((_, errno)) => Err(errno).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 fn status(socket: &std::path::Path, json: bool) -> Result<()> {
@@ -232,6 +290,12 @@ async fn teardown(
             state_dir.display()
         );
     }
+    // A running agent would re-create what this removes, and hand out addresses it forgot.
+    let _lock = if state_dir.exists() {
+        Some(lock_state_dir(state_dir)?)
+    } else {
+        None
+    };
     // Programs first (every ABI's links detached, TCX and XDP), then the pods' interfaces.
     let pins = dataplane::teardown(bpffs)?;
     let mut interfaces = 0;

@@ -1,6 +1,9 @@
-//! Prometheus metrics at `http://<--metrics-addr>/metrics`, names prefixed `vnetd_`. Values are
-//! read from the dataplane's maps at scrape time, so a scrape always sees the kernel's counts.
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+//! Prometheus metrics at `http://<--metrics-addr>/metrics`, names prefixed `vnetd_`.
+//!
+//! A scrape never waits for the agent's lock (a CNI call may hold it while it creates an
+//! interface): it renders the latest [`StatusFeed`] snapshot, which the agent publishes after
+//! every change the API makes and every [`REFRESH_PERIOD`] (the dataplane's counters, reloads).
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use http_body_util::Full;
@@ -11,24 +14,64 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::{net::TcpListener, sync::Mutex};
+use tokio::{
+    net::TcpListener,
+    sync::{Mutex, watch},
+};
 use tracing::warn;
 
 use crate::{api::proto::StatusReport, daemon::Agent};
 
 type Labels = Vec<(&'static str, String)>;
 
-pub async fn serve(addr: SocketAddr, agent: Arc<Mutex<Agent>>) -> Result<()> {
+/// How often the snapshot is refreshed from the dataplane's maps.
+pub const REFRESH_PERIOD: Duration = Duration::from_secs(1);
+
+/// The latest status report of the agent, or why it could not be read.
+#[derive(Clone)]
+pub struct StatusFeed(Arc<watch::Sender<Result<StatusReport, String>>>);
+
+impl StatusFeed {
+    pub fn new(agent: &Agent) -> Self {
+        let first = agent.status_report().map_err(|e| format!("{e:#}"));
+        Self(Arc::new(watch::channel(first).0))
+    }
+
+    /// Reads the agent's status now (the caller holds the agent).
+    pub fn publish(&self, agent: &Agent) {
+        // The previous snapshot, replaced: nobody needs it.
+        let _previous = self
+            .0
+            .send_replace(agent.status_report().map_err(|e| format!("{e:#}")));
+    }
+
+    fn latest(&self) -> Result<StatusReport, String> {
+        self.0.borrow().clone()
+    }
+
+    /// Publishes every [`REFRESH_PERIOD`]; waits for the lock here, never in a scrape.
+    pub async fn refresh(self, agent: Arc<Mutex<Agent>>) -> Result<()> {
+        let mut tick = tokio::time::interval(REFRESH_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let agent = agent.lock().await;
+            self.publish(&agent);
+        }
+    }
+}
+
+pub async fn serve(addr: SocketAddr, feed: StatusFeed) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding metrics on {addr}"))?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let agent = agent.clone();
+        let feed = feed.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let agent = agent.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &agent).await) }
+                let feed = feed.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &feed)) }
             });
             if let Err(err) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -40,16 +83,12 @@ pub async fn serve(addr: SocketAddr, agent: Arc<Mutex<Agent>>) -> Result<()> {
     }
 }
 
-async fn respond(
-    req: &Request<hyper::body::Incoming>,
-    agent: &Mutex<Agent>,
-) -> Response<Full<Bytes>> {
+fn respond(req: &Request<hyper::body::Incoming>, feed: &StatusFeed) -> Response<Full<Bytes>> {
     if req.uri().path() != "/metrics" {
         return text(404, "see /metrics\n".into());
     }
-    let report = agent.lock().await.status_report();
-    match report
-        .map_err(|e| format!("{e:#}"))
+    match feed
+        .latest()
         .and_then(|r| render(&r).map_err(|e| e.to_string()))
     {
         Ok(body) => text(200, body),

@@ -57,9 +57,11 @@ impl Agent {
     pub fn spawn(&mut self, mode: LogMode) -> Result<()> {
         let mut args = vec![bin("vnetd").into_os_string()];
         args.extend(self.node.agent_args(&self.spec));
-        let bg = self.node.spawn_with(self.node.command(args), mode)?;
+        // A socket left by a killed agent must not pass for the new one's; removed before the
+        // start, or it could remove the new agent's socket.
         let socket = self.node.api_socket.clone();
         let _ = std::fs::remove_file(&socket);
+        let bg = self.node.spawn_with(self.node.command(args), mode)?;
         let up = wait_for(Duration::from_secs(20), || {
             socket.exists() && self.status().is_ok() || !bg.is_running()
         });

@@ -19,7 +19,12 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
     stream.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    stream.write_all(&line).context("sending the request")?;
+    if let Err(err) = stream.write_all(&line) {
+        // The agent may have answered and hung up before reading (a refusal): read why.
+        if err.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(err).context("sending the request");
+        }
+    }
     let mut reply = String::new();
     BufReader::new(stream)
         .read_line(&mut reply)

@@ -4,11 +4,89 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// A pod's attachment, as CNI names it: (container id, interface name).
+/// A pod's attachment, as CNI names it: (network name, container id, interface name). A pod
+/// attached to two networks (Multus: eth0 on one, net1 on another) has one per network, and
+/// GC for one network lists only that network's.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Attachment {
+    /// The network configuration's `name`. Empty in the records of agents that did not key
+    /// attachments by network (see [`Attachment::is_legacy`]).
+    #[serde(default)]
+    pub network: String,
     pub container_id: String,
     pub ifname: String,
+}
+
+impl Attachment {
+    /// Recorded before attachments were keyed by network: it matches a request for the same
+    /// container and interface on any network, and GC collects it only when it is named.
+    pub fn is_legacy(&self) -> bool {
+        self.network.is_empty()
+    }
+
+    /// Whether this (recorded) attachment is the one `requested` names.
+    pub fn answers(&self, requested: &Attachment) -> bool {
+        self.container_id == requested.container_id
+            && self.ifname == requested.ifname
+            && (self.network == requested.network || self.is_legacy())
+    }
+
+    /// CNI's rules for the three names; the agent checks them on every request, whatever the
+    /// plugin did.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let problem = container_id_problem(&self.container_id)
+            .or_else(|| ifname_problem(&self.ifname))
+            .or_else(|| {
+                (!self.network.is_empty())
+                    .then(|| network_name_problem(&self.network))
+                    .flatten()
+            });
+        match problem {
+            Some(problem) => Err(ApiError::new(ApiError::INVALID_ENVIRONMENT, problem)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// CNI's rule for container ids and network names: an alphanumeric, then alphanumerics,
+/// `_`, `.` or `-`.
+fn is_cni_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// What is wrong with a container id, if anything (the message names `CNI_CONTAINERID`).
+pub fn container_id_problem(id: &str) -> Option<String> {
+    (!is_cni_name(id)).then(|| {
+        format!(
+            "CNI_CONTAINERID {id:?} is not a valid container id (an alphanumeric, then \
+             alphanumerics, '_', '.' or '-')"
+        )
+    })
+}
+
+/// What is wrong with a network name, if anything.
+pub fn network_name_problem(name: &str) -> Option<String> {
+    (!is_cni_name(name)).then(|| {
+        format!(
+            "network name {name:?} is not valid (an alphanumeric, then alphanumerics, '_', '.' \
+             or '-')"
+        )
+    })
+}
+
+/// The spec's (and Linux's) rule for interface names.
+pub fn ifname_problem(name: &str) -> Option<String> {
+    let bad_char = name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    (name.is_empty() || name.len() >= 16 || name == "." || name == ".." || bad_char).then(|| {
+        format!(
+            "CNI_IFNAME {name:?} is not a valid interface name (1 to 15 bytes, not . or .., no \
+             '/', ':' or whitespace)"
+        )
+    })
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -20,8 +98,12 @@ pub enum Request {
     Del(Attachment),
     /// CNI CHECK: verify what ADD made is still there.
     Check(CheckRequest),
-    /// CNI GC: release every attachment not in `valid`.
-    Gc { valid: Vec<Attachment> },
+    /// CNI GC: release every attachment of `network` not in `valid`.
+    Gc {
+        #[serde(default)]
+        network: String,
+        valid: Vec<Attachment>,
+    },
     /// CNI STATUS: is the agent ready to ADD (and is the pool not empty)?
     Ready { subnet: Option<String> },
     /// `vnetd status`.
@@ -76,6 +158,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub const INVALID_ENVIRONMENT: u32 = 4;
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
     pub const NOT_READY: u32 = 50;
@@ -83,6 +166,8 @@ impl ApiError {
     pub const POOL_EXHAUSTED: u32 = 100;
     /// Plugin-specific: the interface already exists in the pod's namespace.
     pub const INTERFACE_EXISTS: u32 = 101;
+    /// Plugin-specific: the client is not allowed to use the API (not uid 0).
+    pub const PERMISSION_DENIED: u32 = 102;
     /// Plugin-specific: the dataplane or the kernel refused an operation.
     pub const INTERNAL: u32 = 999;
 

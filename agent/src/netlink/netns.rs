@@ -1,6 +1,6 @@
 //! Work inside a pod's network namespace, on a thread of its own.
 
-use std::{fs::File, future::Future, io, path::Path};
+use std::{fs::File, future::Future, path::Path};
 
 use anyhow::{Context, anyhow};
 use nix::sched::{CloneFlags, setns};
@@ -63,15 +63,15 @@ where
     })
 }
 
+/// Opens without blocking and refuses what is not a pod's network namespace (a FIFO, the
+/// agent's own): see [`crate::api::netns`].
 pub(super) fn open_netns(path: &Path) -> Result<File, PodInterfaceError> {
-    match File::open(path) {
+    match crate::api::netns::open(path) {
         Ok(f) => Ok(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            Err(PodInterfaceError::NetnsNotFound(path.to_owned()))
+        Err(crate::api::netns::NetnsError::NotFound(path)) => {
+            Err(PodInterfaceError::NetnsNotFound(path))
         }
-        Err(e) => Err(anyhow!(e)
-            .context(format!("opening network namespace {}", path.display()))
-            .into()),
+        Err(e) => Err(anyhow!(e).into()),
     }
 }
 

@@ -122,13 +122,46 @@ pub fn load_file(path: &Path) -> Result<Spec, Vec<Problem>> {
             format!("cannot read: {error}"),
         )]
     })?;
-    let spec = parse_str(&text)?;
-    let problems = validate(&spec);
+    check_str(&text)
+}
+
+/// Parses and validates a spec's text: `Ok` only for a spec without problems. When the parse
+/// found problems but could still build the model (an unknown keyword, say), the validation
+/// problems follow the parse problems, except those inside an object that had a parse problem
+/// (they would judge a stand-in value, not what the author wrote).
+pub fn check_str(text: &str) -> Result<Spec, Vec<Problem>> {
+    let root = value::parse_document(text).map_err(|problem| vec![problem])?;
+    let (spec, mut problems) = parse::spec_and_problems(&root);
+    let Some(spec) = spec else {
+        return Err(problems);
+    };
+    let unreliable: Vec<&str> = problems.iter().map(|p| parent_path(&p.path)).collect();
+    let validation: Vec<Problem> = validate(&spec)
+        .into_iter()
+        .filter(|v| !unreliable.iter().any(|object| is_within(&v.path, object)))
+        .collect();
+    problems.extend(validation);
     if problems.is_empty() {
         Ok(spec)
     } else {
         Err(problems)
     }
+}
+
+/// The object a problem's path points into: `a.b[0].c` -> `a.b[0]`; a top-level path (or the
+/// document itself) -> `` (everything).
+fn parent_path(path: &str) -> &str {
+    match path.rfind(['.', '[']) {
+        Some(at) => &path[..at],
+        None => "",
+    }
+}
+
+fn is_within(path: &str, object: &str) -> bool {
+    object.is_empty()
+        || path
+            .strip_prefix(object)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 /// The body of `vnetd validate FILE`: prints `FILE: valid` and returns success, or prints one

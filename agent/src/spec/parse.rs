@@ -175,21 +175,27 @@ const CONTAINER_PROPERTIES: Schema = Schema {
 
 /// Reads a document tree into a [`Spec`], or returns every problem found on the way.
 pub(crate) fn spec_from_value(root: &Value) -> Result<Spec, Vec<Problem>> {
+    match spec_and_problems(root) {
+        (Some(spec), problems) if problems.is_empty() => Ok(spec),
+        (_, problems) => Err(problems),
+    }
+}
+
+/// Reads a document tree as far as it goes: the problems found, and a [`Spec`] whenever every
+/// object could be built. An unknown keyword is recorded as a problem and read as its set's
+/// first value, so that the rest of the spec can still be validated (see
+/// [`super::check_str`], which does not validate the objects that had problems).
+pub(crate) fn spec_and_problems(root: &Value) -> (Option<Spec>, Vec<Problem>) {
     let mut walker = Walker {
         problems: Vec::new(),
         suggested: HashSet::new(),
     };
     let spec = walker.spec(root);
-    match spec {
-        Some(spec) if walker.problems.is_empty() => Ok(spec),
-        _ => {
-            if walker.problems.is_empty() {
-                // Every `None` is recorded first; this is a guard, not an expected path.
-                walker.report("", "could not be read");
-            }
-            Err(walker.problems)
-        }
+    if spec.is_none() && walker.problems.is_empty() {
+        // Every `None` is recorded first; this is a guard, not an expected path.
+        walker.report("", "could not be read");
     }
+    (spec, walker.problems)
 }
 
 /// An object that passed the field-name check.
@@ -763,5 +769,7 @@ fn keyword_in<T: Copy>(
         path,
         format!("{text:?} is not one of {expected}{suggestion}"),
     );
-    None
+    // A stand-in, so that the objects around this one can still be built and validated; the
+    // problem recorded above keeps the spec from being accepted.
+    names.first().map(|(_, standin)| *standin)
 }

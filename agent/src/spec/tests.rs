@@ -296,6 +296,46 @@ fn keywords_outside_their_sets() {
     assert_eq!(problems.len(), 4, "{}", Problems(&problems));
 }
 
+/// An unknown keyword does not hide the rest: the other values are still validated (issue 7,
+/// item 12: a bad `nextHopType` used to hide every validation problem in the file).
+#[test]
+fn an_unknown_keyword_does_not_hide_validation_problems() {
+    let text = edited("nextHopType: VirtualAppliance", "nextHopType: Appliance").replacen(
+        "maxPods: 30",
+        "maxPods: 500",
+        1,
+    );
+    let problems = check_str(&text).unwrap_err();
+    assert_problem(
+        &problems,
+        "routeTables[0].routes[0].nextHopType",
+        "\"Appliance\" is not one of",
+    );
+    assert_problem(&problems, "nodes[0].maxPods", "500 is outside 10..=250");
+    // The route with the unknown keyword is not validated with a stand-in value: no problem
+    // about its nextHopIpAddress, which is right for the type it meant.
+    assert_eq!(problems.len(), 2, "{}", Problems(&problems));
+}
+
+/// A problem within an object that did not parse is not reported twice, and the parse
+/// problems come first.
+#[test]
+fn keyword_problems_come_before_validation_problems() {
+    let text = edited("direction: Inbound", "direction: Sideways").replacen(
+        "maxPods: 30",
+        "maxPods: 5",
+        1,
+    );
+    let problems = check_str(&text).unwrap_err();
+    assert_eq!(problems.len(), 2, "{}", Problems(&problems));
+    assert!(
+        problems[0].path.ends_with(".direction"),
+        "{}",
+        Problems(&problems)
+    );
+    assert_eq!(problems[1].path, "nodes[0].maxPods");
+}
+
 #[test]
 fn keywords_are_case_insensitive_as_in_azure() {
     let text = edited("direction: Inbound", "direction: inbound").replacen(
