@@ -206,7 +206,11 @@ fn reload_moves_endpoints_to_another_route_table() -> Result<()> {
         drops + 2,
         "the pod's packets now meet the new table's None route"
     );
-    assert_eq!(a.ping_count(b.ip, 1)?, 1, "the new table still has VnetLocal");
+    assert_eq!(
+        a.ping_count(b.ip, 1)?,
+        1,
+        "the new table still has VnetLocal"
+    );
     let lines = capture.stop()?;
     let seen_after = lines
         .iter()
@@ -412,7 +416,10 @@ fn agent_killed_during_adds_never_duplicates_or_leaks_an_address() -> Result<()>
             .map(|h| h.join().expect("thread").unwrap_or(-1))
             .collect();
         assert!(inside, "an ADD reached the pause point");
-        (outcomes, std::fs::read_to_string(&paused).unwrap_or_default())
+        (
+            outcomes,
+            std::fs::read_to_string(&paused).unwrap_or_default(),
+        )
     });
     assert!(
         outcomes.iter().all(|&exit| exit != 0),
