@@ -36,7 +36,7 @@ enum Task {
         #[arg(long)]
         no_lint: bool,
     },
-    /// `cargo fmt --check` and both clippy passes (workspace, and the eBPF crate for its target).
+    /// `cargo fmt --check` and the clippy passes (workspace, fuzz target library, eBPF crate).
     Lint,
     /// Check that nextest's serial group `kernel` holds every kernel test (run by `test`).
     KernelGroup,
@@ -142,6 +142,19 @@ fn lint() -> Result<()> {
         "clippy",
         "--release",
         "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The cargo-fuzz target (its own workspace): its body is the library, built and linted
+    // without libFuzzer (which cargo-fuzz adds, from crates.io, with nightly).
+    exec(cargo().args([
+        "clippy",
+        "--release",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--no-default-features",
+        "--lib",
         "--",
         "-D",
         "warnings",
