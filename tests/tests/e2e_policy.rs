@@ -561,3 +561,34 @@ fn agent_refuses_an_invalid_spec_or_a_non_bpf_pin_dir() -> Result<()> {
     );
     Ok(())
 }
+
+/// NSGs are validated and compiled, not yet enforced: the agent says so once at start-up, and
+/// a deny-all rule lets everything through (the README says the same).
+#[test]
+fn nsg_rules_are_accepted_with_a_not_enforced_warning() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
+    let nsg = "networkSecurityGroups:\n  - name: apps-nsg\n    securityRules:\n      - name: deny-all-in\n        priority: 100\n        direction: Inbound\n        access: Deny\n        protocol: \"*\"\n        sourceAddressPrefix: \"*\"\n        sourcePortRange: \"*\"\n        destinationAddressPrefix: \"*\"\n        destinationPortRange: \"*\"\nrouteTables:\n";
+    let spec = lab_spec()
+        .replace(
+            "      routeTable: apps-routes",
+            "      networkSecurityGroup: apps-nsg\n      routeTable: apps-routes",
+        )
+        .replace("routeTables:\n", nsg);
+    ensure!(spec.contains("deny-all-in") && spec.contains("networkSecurityGroup: apps-nsg"));
+    let agent = Agent::start(&node, &spec)?;
+    let (a, b) = two_pods(&lab, &node)?;
+    assert_eq!(
+        agent.log().matches("not yet enforced").count(),
+        1,
+        "warned once: {}",
+        agent.log()
+    );
+    assert_eq!(
+        a.ping_count(b.ip, 1)?,
+        1,
+        "the deny-all rule is not enforced"
+    );
+    Ok(())
+}
