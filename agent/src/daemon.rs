@@ -294,6 +294,7 @@ impl Agent {
         let mtu = self.pod_mtu(req.mtu).await?;
         let owner = endpoints::owner(&att);
         let ip = self.allocate(&subnet, requested_ip, &owner)?;
+        pause_for_tests_after_ipam(ip).await;
         let host_ifname = endpoints::host_ifname(&att);
         let spec = PodInterfaceSpec {
             netns: req.netns.clone(),
@@ -639,4 +640,23 @@ pub fn recorded_node(state_dir: &Path) -> Result<Option<String>> {
 
 pub fn ensure_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))
+}
+
+/// Test-only pause point: with `VNETD_TEST_PAUSE_AFTER_IPAM=<file>` set, an ADD writes its
+/// address to `<file>` once the IPAM record is durable and then waits while the file exists,
+/// so an end-to-end test can kill the agent inside an ADD for certain (not after a guessed
+/// sleep). Unset in production: one environment lookup per ADD.
+async fn pause_for_tests_after_ipam(ip: Ipv4Addr) {
+    let Some(marker) = std::env::var_os("VNETD_TEST_PAUSE_AFTER_IPAM") else {
+        return;
+    };
+    let marker = PathBuf::from(marker);
+    if let Err(e) = std::fs::write(&marker, ip.to_string()) {
+        warn!(marker = %marker.display(), "test pause point: {e}");
+        return;
+    }
+    warn!(%ip, marker = %marker.display(), "test pause point: ADD paused after the IPAM record");
+    while marker.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

@@ -145,6 +145,13 @@ async fn run(paths: daemon::Paths, node: String, metrics_addr: std::net::SocketA
         }
     };
     let plan = vnetd::plan::NodePlan::from_spec(&spec, &node)?;
+    if let Some(nsg) = spec
+        .network_security_groups
+        .iter()
+        .find(|n| !n.security_rules.is_empty())
+    {
+        tracing::warn!(nsg = %nsg.name, "the spec has NSG rules: they are validated and compiled, not yet enforced (every packet passes as if there were none)");
+    }
     daemon::ensure_dir(&paths.state_dir)?;
     // Before anything is touched: a second agent on this state dir, or on this socket, stops
     // here and leaves the running one's dataplane and socket alone.

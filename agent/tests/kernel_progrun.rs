@@ -475,25 +475,37 @@ fn the_uplink_passes_what_is_not_vnetds_untouched() {
     }
 }
 
+/// Syncing a new set of routes leaves the map holding exactly that set: unchanged routes stay,
+/// changed ones take their new value, new ones appear, stale ones (another table's too) go.
 #[test]
-fn route_sync_writes_only_differences_and_removes_stale_routes() {
+fn route_sync_leaves_exactly_the_synced_routes() {
     let mut dp = dataplane();
     let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
-    let internet = Route {
-        next_hop: NextHop::Internet as u32,
-        next_hop_ip: [0; 4],
+    let route = |hop: NextHop, ip: [u8; 4]| Route {
+        next_hop: hop as u32,
+        next_hop_ip: ip,
     };
+    let before = dp.routes().unwrap();
+    assert_eq!(before.len(), 5, "the fixture's routes: {before:?}");
     let routes = BTreeMap::from([
-        ((1, net("0.0.0.0/0")), internet),
+        // Unchanged.
+        ((1, net("0.0.0.0/0")), route(NextHop::Internet, [0; 4])),
+        ((1, net("10.0.0.0/16")), route(NextHop::VnetLocal, [0; 4])),
+        // Another appliance.
         (
-            (1, net("10.0.0.0/16")),
-            Route {
-                next_hop: NextHop::VnetLocal as u32,
-                next_hop_ip: [0; 4],
-            },
+            (1, net("192.0.2.0/24")),
+            route(NextHop::VirtualAppliance, [10, 0, 0, 101]),
         ),
+        // New, in a new table.
+        ((2, net("0.0.0.0/0")), route(NextHop::None, [0; 4])),
     ]);
+    assert_ne!(before, routes);
     dp.sync_routes(&routes).unwrap();
+    assert_eq!(
+        dp.routes().unwrap(),
+        routes,
+        "the map holds exactly the synced routes"
+    );
     // The None route is gone: 10.99/16 now takes the default route.
     let r = run(
         &mut dp,
@@ -502,6 +514,9 @@ fn route_sync_writes_only_differences_and_removes_stale_routes() {
     );
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_eq!(drops(&dp, DropReason::RouteNone), 0);
+    // Syncing the same set again changes nothing.
+    dp.sync_routes(&routes).unwrap();
+    assert_eq!(dp.routes().unwrap(), routes);
 }
 
 /// What vnetd leaves alone on the uplink goes on to the TCX programs attached after its own

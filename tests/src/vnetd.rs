@@ -35,18 +35,27 @@ pub fn lab_spec() -> String {
 pub struct Agent {
     pub node: Node,
     pub spec: PathBuf,
+    /// Environment variables every (re)start of the agent gets (test-only switches such as
+    /// `VNETD_TEST_PAUSE_AFTER_IPAM`); change it between [`Agent::spawn`]s.
+    pub env: Vec<(String, String)>,
     process: Option<Bg>,
 }
 
 impl Agent {
     /// Writes `spec` to the node's directory and starts the agent on it, waiting until it serves.
     pub fn start(node: &Node, spec: &str) -> Result<Agent> {
+        Self::start_with_env(node, spec, Vec::new())
+    }
+
+    /// [`Agent::start`] with extra environment variables (kept in [`Agent::env`]).
+    pub fn start_with_env(node: &Node, spec: &str, env: Vec<(String, String)>) -> Result<Agent> {
         let path = node.dir.join("spec.yaml");
         std::fs::create_dir_all(&node.dir)?;
         std::fs::write(&path, spec)?;
         let mut agent = Agent {
             node: node.clone(),
             spec: path,
+            env,
             process: None,
         };
         agent.spawn(LogMode::Files)?;
@@ -61,7 +70,9 @@ impl Agent {
         // start, or it could remove the new agent's socket.
         let socket = self.node.api_socket.clone();
         let _ = std::fs::remove_file(&socket);
-        let bg = self.node.spawn_with(self.node.command(args), mode)?;
+        let mut cmd = self.node.command(args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let bg = self.node.spawn_with(cmd, mode)?;
         let up = wait_for(Duration::from_secs(20), || {
             socket.exists() && self.status().is_ok() || !bg.is_running()
         });

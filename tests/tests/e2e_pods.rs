@@ -257,3 +257,94 @@ fn cni_pool_exhaustion_status_gc_and_del() -> Result<()> {
     );
     Ok(())
 }
+
+/// A declared container group attached through `VNETD_CONTAINER_GROUP` (no `subnet` in the
+/// network config) gets its declared address in its delegated subnet and is reachable there;
+/// it attaches once, and the delegated subnet takes nothing but declared groups.
+#[test]
+fn declared_container_group_gets_its_address_in_the_delegated_subnet() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    let agent = Agent::start(&node, &lab_spec())?;
+    let api = add_pod(&lab, &node, "api", None, "VNETD_CONTAINER_GROUP=api")?;
+    assert_eq!(
+        api.ip,
+        "10.0.1.10".parse::<Ipv4Addr>()?,
+        "the group's declared address (examples/lab.yaml, subnet aci)"
+    );
+    let addr = api.ip(["-4", "-o", "addr", "show", "dev", "eth0"])?;
+    assert!(
+        addr.contains("10.0.1.10/32"),
+        "the address is on the group's interface: {addr}"
+    );
+    let status = agent.status()?;
+    assert!(
+        status["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["container_group"] == "api" && e["ip"] == "10.0.1.10"),
+        "{status}"
+    );
+
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    assert_eq!(a.ping_count(api.ip, 2)?, 2, "an apps pod reaches the group");
+    tcp_echo_ok(&a, &api, api.ip, 8080)?;
+    assert_eq!(node.ping_count(api.ip, 1)?, 1, "its node reaches the group");
+
+    let again = lab.add_pod_netns("api-again")?;
+    let out = node.cni(&cni_call(
+        "ADD",
+        &node,
+        &again,
+        None,
+        "VNETD_CONTAINER_GROUP=api",
+    ))?;
+    assert_eq!(out.exit, 1, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()?["code"], 7, "{}", out.stdout);
+    assert!(out.stdout.contains("already attached"), "{}", out.stdout);
+    let out = node.cni(&cni_call("ADD", &node, &again, Some("aci"), ""))?;
+    assert_eq!(out.json()?["code"], 7, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("VNETD_CONTAINER_GROUP"),
+        "the delegated subnet asks for a group: {}",
+        out.stdout
+    );
+    Ok(())
+}
+
+/// The node's `maxPods` holds at run time: the ADD beyond it fails with CNI code 11 ("try
+/// again later") naming the limit, though the pool has addresses left; after a DEL it fits.
+#[test]
+fn adds_beyond_max_pods_fail_until_a_pod_leaves() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    // 10 is the smallest maxPods the spec accepts; the apps pool has 40 addresses.
+    let spec = lab_spec().replacen("maxPods: 30", "maxPods: 10", 1);
+    assert_ne!(spec, lab_spec());
+    let agent = Agent::start(&node, &spec)?;
+    let pods: Vec<_> = (0..10)
+        .map(|i| add_pod(&lab, &node, &format!("pod-{i}"), Some("apps"), ""))
+        .collect::<Result<_>>()?;
+    let extra = lab.add_pod_netns("pod-extra")?;
+    let out = node.cni(&cni_call("ADD", &node, &extra, Some("apps"), ""))?;
+    assert_eq!(out.exit, 1, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()?["code"], 11, "{}", out.stdout);
+    assert!(out.stdout.contains("maxPods 10"), "{}", out.stdout);
+    assert!(
+        extra.ip(["link", "show", "eth0"]).is_err(),
+        "the refused pod got no interface"
+    );
+    assert_eq!(
+        agent.status()?["endpoints"].as_array().map(Vec::len),
+        Some(10)
+    );
+
+    let del = cni_call("DEL", &node, &pods[3].ns, Some("apps"), "");
+    assert_eq!(node.cni(&del)?.exit, 0);
+    let out = node.cni(&cni_call("ADD", &node, &extra, Some("apps"), ""))?;
+    assert_eq!(out.exit, 0, "room again after a DEL: {}", out.stdout);
+    Ok(())
+}

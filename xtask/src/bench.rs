@@ -9,8 +9,10 @@
 //!
 //! Each metric is measured on both, one run at a time, alternating (the dataplane that goes
 //! first alternates per repetition), and reported as median [min-max] with the ratio of the
-//! medians. A table goes to stdout and a JSON report to `target/bench/report.json`. Nothing is
-//! asserted: speed is never a test verdict.
+//! medians. A table goes to stdout, a JSON report to `target/bench/report.json` and the
+//! README's table, naming that report, beside it (`report.md`). A run during which the
+//! dataplane's evidence counter did not move is marked invalid and left out of the figures.
+//! Nothing is asserted: speed is never a test verdict.
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
@@ -50,6 +52,14 @@ impl Dp {
         match self {
             Dp::Vnetd => "vnetd",
             Dp::Reference => "reference",
+        }
+    }
+
+    /// The counter that moves only when this dataplane forwards the pods' packets.
+    fn evidence(self) -> &'static str {
+        match self {
+            Dp::Vnetd => "vnetd pod_to_pod counter",
+            Dp::Reference => "reference FORWARD -> CNI-FORWARD rule counter",
         }
     }
 }
@@ -114,6 +124,8 @@ impl Metric {
 struct Results {
     samples: [[Vec<f64>; 2]; 4],
     runs: Vec<Value>,
+    /// Runs whose evidence counter did not move (their samples are not in `samples`).
+    invalid: u32,
 }
 
 impl Results {
@@ -215,6 +227,16 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         durations.rr.as_secs_f64(),
         durations.udp
     ));
+    // Proof that each run took the measured path: vnetd's pod-to-pod counter, and the packets
+    // the reference node's iptables FORWARD chain sent to the firewall plugin's chain (bridged
+    // frames reach it only through bridge netfilter). A run during which its dataplane's
+    // counter did not move measured something else: it is marked invalid and left out.
+    let evidence = |dp: Dp| -> Result<u64> {
+        match dp {
+            Dp::Vnetd => agent.traffic("pod_to_pod"),
+            Dp::Reference => forward_to_cni_packets(&rnode),
+        }
+    };
     let started = Instant::now();
     let mut results = Results::default();
     for rep in 0..reps {
@@ -226,12 +248,21 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         for kind in ["bulk", "rr", "udp"] {
             for dp in order {
                 let pair = &pairs[dp as usize];
+                let before = evidence(dp)?;
                 let run = measure(kind, pair, durations)
                     .with_context(|| format!("{kind} run {} for {}", rep + 1, dp.key()))?;
+                let after = evidence(dp)?;
+                let valid = after > before;
                 print!("   rep {} {:<9} {:<5}", rep + 1, dp.key(), kind);
                 for (metric, value) in &run.values {
-                    results.add(dp, *metric, *value);
+                    if valid {
+                        results.add(dp, *metric, *value);
+                    }
                     print!("  {} {}", metric.key(), fmt_num(*value));
+                }
+                if !valid {
+                    results.invalid += 1;
+                    print!("  INVALID: {} did not move", dp.evidence());
                 }
                 if let Some(r) = run.details.get("sender_retrans_segs") {
                     print!(
@@ -247,20 +278,23 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                     "values": run.values.iter().map(|(m, v)| (m.key().to_string(), json!(v)))
                         .collect::<serde_json::Map<_, _>>(),
                     "details": run.details,
+                    "evidence": {
+                        "counter": dp.evidence(), "before": before, "after": after,
+                        "packets": after.saturating_sub(before),
+                    },
+                    "valid": valid,
                 }));
             }
         }
     }
     let measuring = started.elapsed();
 
-    // Proof that each dataplane carried the traffic: vnetd's pod-to-pod counter, and the packets
-    // the reference node's iptables FORWARD chain sent to the firewall plugin's chain (bridged
-    // frames reach it only through bridge netfilter).
-    let vnetd_packets = agent.traffic("pod_to_pod").unwrap_or(0);
-    let ref_fw_packets = forward_to_cni_packets(&rnode).unwrap_or(0);
+    let vnetd_packets = evidence(Dp::Vnetd)?;
+    let ref_fw_packets = evidence(Dp::Reference)?;
     println!(
         "\n   packets seen: vnetd pod_to_pod counter {vnetd_packets}; reference node's \
-         FORWARD -> CNI-FORWARD rule {ref_fw_packets}"
+         FORWARD -> CNI-FORWARD rule {ref_fw_packets}; {} invalid run(s)",
+        results.invalid
     );
 
     let env = environment();
@@ -272,11 +306,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         "iptables_rules_in_node": ref_rules,
         "forward_to_cni_forward_packets": ref_fw_packets,
     });
-    print_table(&results, &env, &nf_call, reps);
-    if let Ok(v) = &progrun {
+    let notes = notes(&env, &results);
+    print_table(&results, &env, &nf_call, reps, &notes);
+    let progrun_ns = progrun.as_ref().ok().and_then(|v| v["ns_per_run"].as_f64());
+    if let Some(ns) = progrun_ns {
         println!(
             "   BPF_PROG_RUN pod_ingress (vnetd only): {} ns per run",
-            fmt_num(v["ns_per_run"].as_f64().unwrap_or(f64::NAN))
+            fmt_num(ns)
         );
     }
     let mut report = json!({
@@ -301,14 +337,25 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             Ok(v) => v.clone(),
             Err(e) => json!({ "error": format!("{e:#}") }),
         },
-        "notes": NOTES,
+        "invalid_runs": results.invalid,
+        "notes": notes,
     });
     if let Some(dir) = out_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(&out_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", out_path.display()))?;
-    println!("\n   report: {}", out_path.display());
+    let md_path = out_path.with_extension("md");
+    std::fs::write(
+        &md_path,
+        markdown(&results, &env, reps, opts.quick, progrun_ns, &out_path),
+    )
+    .with_context(|| format!("writing {}", md_path.display()))?;
+    println!(
+        "\n   report: {} (table for the README: {})",
+        out_path.display(),
+        md_path.display()
+    );
 
     step("tearing down");
     drop((va, vb, agent));
@@ -335,19 +382,112 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     Ok(())
 }
 
-const NOTES: &[&str] = &[
-    "One VM with 2 vCPUs, shared with whatever else runs: numbers are noisy; compare the ratios \
-     of the same run, not absolute values across runs.",
-    "TCP bulk with one stream is CPU-bound on the sender and receiver (both on 2 vCPUs): it \
-     measures the whole stack, the dataplane's per-packet cost is a small part of it.",
-    "TCP bulk retransmissions (per run in the report) are mostly spurious: segments the \
-     receiver reports as duplicates (DSACK) were reordered, not lost.",
-    "UDP 64 B is iperf3's receiver rate with -b 0 (loss about 1%): bound by one sender \
-     thread's syscalls (0.13-0.24 Mpps on this machine kind), with the forwarding running in \
-     the sender's softirq; it compares the socket stacks more than the dataplanes.",
-    "TCP_RR is one connection, 1-byte request and response, Nagle off, in-process sockets; \
-     latency is the mean round trip (1 / rate).",
-];
+/// The notes of a report: only what this run measured or this machine reports (the CPU count,
+/// the UDP loss and send rate, the retransmissions), besides how the metrics are taken.
+fn notes(env: &Value, r: &Results) -> Vec<String> {
+    let detail = |dp: Dp, kind: &str, key: &str| -> Vec<f64> {
+        r.runs
+            .iter()
+            .filter(|run| run["dataplane"] == dp.key() && run["kind"] == kind)
+            .filter(|run| run["valid"] == true)
+            .filter_map(|run| run["details"][key].as_f64())
+            .collect()
+    };
+    let range = |values: Vec<f64>| -> String {
+        if values.is_empty() {
+            return "no valid run".into();
+        }
+        let (lo, hi) = min_max(&values);
+        if lo == hi {
+            fmt_num(lo)
+        } else {
+            format!("{}-{}", fmt_num(lo), fmt_num(hi))
+        }
+    };
+    let total = |dp: Dp, key: &str| -> f64 { detail(dp, "bulk", key).iter().sum() };
+    let cpus = &env["cpus"];
+    let mut notes = vec![
+        format!(
+            "One machine with {cpus} CPU(s) (as the kernel reports them), shared with whatever \
+             else runs: numbers are noisy; compare the ratios of the same run, not absolute \
+             values across runs."
+        ),
+        format!(
+            "TCP bulk with one stream runs sender and receiver on the same {cpus} CPU(s): it \
+             measures the whole stack, the dataplane's per-packet cost is a small part of it."
+        ),
+        format!(
+            "TCP bulk retransmitted segments over all runs: vnetd {} ({} reported duplicate by \
+             the receiver, DSACK: reordered, not lost), reference {} ({} DSACK).",
+            fmt_num(total(Dp::Vnetd, "sender_retrans_segs")),
+            fmt_num(total(Dp::Vnetd, "sender_dsack_recv_segs")),
+            fmt_num(total(Dp::Reference, "sender_retrans_segs")),
+            fmt_num(total(Dp::Reference, "sender_dsack_recv_segs")),
+        ),
+        format!(
+            "UDP 64 B is iperf3's receiver rate with -b 0, bound by one sender thread's \
+             syscalls (the forwarding runs in the sender's softirq): it compares the socket \
+             stacks more than the dataplanes. In this run the senders sent {} kpps (vnetd) and \
+             {} kpps (reference), and the receivers lost {}% and {}%.",
+            range(detail(Dp::Vnetd, "udp", "sent_kpps")),
+            range(detail(Dp::Reference, "udp", "sent_kpps")),
+            range(detail(Dp::Vnetd, "udp", "lost_percent")),
+            range(detail(Dp::Reference, "udp", "lost_percent")),
+        ),
+        "TCP_RR is one connection, 1-byte request and response, Nagle off, in-process \
+         sockets; latency is the mean round trip (1 / rate)."
+            .to_string(),
+    ];
+    if r.invalid > 0 {
+        notes.push(format!(
+            "{} run(s) INVALID and left out of the figures: the dataplane's evidence counter \
+             (vnetd: pod_to_pod; reference: FORWARD -> CNI-FORWARD) did not move during them.",
+            r.invalid
+        ));
+    }
+    notes
+}
+
+/// The README's results table, with where it comes from.
+fn markdown(
+    r: &Results,
+    env: &Value,
+    reps: u32,
+    quick: bool,
+    progrun_ns: Option<f64>,
+    report: &Path,
+) -> String {
+    let mut md = format!(
+        "From `{}` ({}, kernel {}, {} CPU(s) {}, git {}, {} repetition(s){}; {} invalid \
+         run(s)):\n\n| metric | vnetd | bridge + iptables | vnetd / reference |\n|---|---|---|---|\n",
+        report.display(),
+        env["date"].as_str().unwrap_or("?"),
+        env["kernel"].as_str().unwrap_or("?"),
+        env["cpus"],
+        env["cpu_model"].as_str().unwrap_or("?"),
+        env["git"].as_str().unwrap_or("?"),
+        reps,
+        if quick { ", --quick" } else { "" },
+        r.invalid,
+    );
+    for m in METRICS {
+        let (v, b) = (r.get(Dp::Vnetd, m), r.get(Dp::Reference, m));
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.2} |\n",
+            m.label(),
+            cell(v),
+            cell(b),
+            median(v) / median(b)
+        ));
+    }
+    if let Some(ns) = progrun_ns {
+        md.push_str(&format!(
+            "| BPF_PROG_RUN `pod_ingress`, ns per run | {} | | |\n",
+            fmt_num(ns)
+        ));
+    }
+    md
+}
 
 fn step(what: &str) {
     println!("\n== {what}");
@@ -724,7 +864,7 @@ fn summary_json(r: &Results, m: Metric) -> Value {
     })
 }
 
-fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32) {
+fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32, notes: &[String]) {
     step("results: pod to pod, same node (median [min-max])");
     println!(
         "   {} | kernel {} | {} vCPU ({}) | {} repetition(s)",
@@ -771,7 +911,7 @@ fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32) {
         );
     }
     println!();
-    for n in NOTES {
+    for n in notes {
         println!("   note: {n}");
     }
 }

@@ -37,8 +37,10 @@ enum Task {
         #[arg(long)]
         no_lint: bool,
     },
-    /// `cargo fmt --check` and both clippy passes (workspace, and the eBPF crate for its target).
+    /// `cargo fmt --check` and the clippy passes (workspace, fuzz target library, eBPF crate).
     Lint,
+    /// Check that nextest's serial group `kernel` holds every kernel test (run by `test`).
+    KernelGroup,
     /// Setup, build, then bring up a lab and show the dataplane working; Ctrl-C tears it down.
     Demo {
         /// Tear down after showing everything instead of waiting for Ctrl-C.
@@ -79,6 +81,7 @@ fn main() -> Result<()> {
             setup::run()?;
             lint()
         }
+        Task::KernelGroup => check_kernel_group(),
         Task::Demo { no_wait } => {
             setup::run()?;
             build()?;
@@ -144,6 +147,19 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The cargo-fuzz target (its own workspace): its body is the library, built and linted
+    // without libFuzzer (which cargo-fuzz adds, from crates.io, with nightly).
+    exec(cargo().args([
+        "clippy",
+        "--release",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--no-default-features",
+        "--lib",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The eBPF crate is not a default member: it only builds for the BPF target.
     exec(Command::new("rustup").args([
         "run",
@@ -165,7 +181,7 @@ fn lint() -> Result<()> {
 
 /// Unit tests and BPF_PROG_RUN tests, then the end-to-end tests. Tests that share kernel state
 /// (attach programs, make namespaces) serialise on a lock in `vnetd-lab`; nextest groups them
-/// (see .config/nextest.toml).
+/// (see .config/nextest.toml), and without nextest every test runs on one thread.
 fn test(filter: Option<&str>) -> Result<()> {
     let bins = workspace_root().join("target/release");
     let mut cmd = cargo();
@@ -175,6 +191,7 @@ fn test(filter: Option<&str>) -> Result<()> {
         .output()
         .is_ok()
     {
+        check_kernel_group()?;
         cmd.args(["nextest", "run", "--release", "--no-fail-fast"]);
         if let Some(filter) = filter {
             cmd.arg(filter);
@@ -187,4 +204,129 @@ fn test(filter: Option<&str>) -> Result<()> {
         cmd.arg("--test-threads=1");
     }
     exec(&mut cmd)
+}
+
+/// The nextest group that runs kernel tests one at a time (`.config/nextest.toml`) must hold
+/// every binary that touches the kernel: each `agent/tests/kernel_*.rs`, the BPF_PROG_RUN
+/// microbenchmark, every test of the lab package, and the agent library's netlink kernel tests.
+/// A filter that matches by test name is emptied silently by a rename; this lists the group's
+/// members as nextest resolves them and fails on anything missing.
+fn check_kernel_group() -> Result<()> {
+    let root = workspace_root();
+    let mut cmd = cargo();
+    cmd.current_dir(&root).args([
+        "nextest",
+        "show-config",
+        "test-groups",
+        "--release",
+        "--run-ignored",
+        "all",
+        "--groups",
+        "kernel",
+    ]);
+    println!("+ {}", display(&cmd));
+    let out = cmd
+        .output()
+        .context("running cargo nextest show-config test-groups")?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "cargo nextest show-config test-groups failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let members = kernel_group_members(&listing);
+    let mut required: Vec<(String, Option<&str>)> = Vec::new();
+    let stems = |dir: &str, keep: &dyn Fn(&str) -> bool| -> Result<Vec<String>> {
+        let dir = root.join(dir);
+        let mut stems = Vec::new();
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "rs")
+                && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+                && keep(stem)
+            {
+                stems.push(stem.to_string());
+            }
+        }
+        Ok(stems)
+    };
+    for stem in stems("agent/tests", &|s| {
+        s.starts_with("kernel_") || s == "progrun_bench"
+    })? {
+        required.push((format!("vnetd::{stem}"), None));
+    }
+    for stem in stems("tests/tests", &|_| true)? {
+        required.push((format!("vnetd-lab::{stem}"), None));
+    }
+    required.push(("vnetd".into(), Some("netlink::kernel_tests::")));
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|(binary, prefix)| {
+            !members
+                .iter()
+                .any(|(b, test)| b == binary && prefix.is_none_or(|p| test.starts_with(p)))
+        })
+        .map(|(binary, prefix)| match prefix {
+            Some(p) => format!("{binary} {p}*"),
+            None => binary.clone(),
+        })
+        .collect();
+    if members.is_empty() || !missing.is_empty() {
+        bail!(
+            "the nextest test group `kernel` (.config/nextest.toml) misses kernel tests: {}\n{listing}",
+            if members.is_empty() {
+                "it is empty".to_string()
+            } else {
+                missing.join(", ")
+            }
+        );
+    }
+    println!(
+        "nextest group `kernel`: {} tests, every kernel test binary included",
+        members.len()
+    );
+    Ok(())
+}
+
+/// (binary id, test name) pairs from `cargo nextest show-config test-groups` output: a binary
+/// id is a line ending in `:` indented by six spaces, its tests follow indented by ten.
+fn kernel_group_members(listing: &str) -> Vec<(String, String)> {
+    let mut members = Vec::new();
+    let mut binary = None;
+    for line in listing.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let text = line.trim();
+        if indent == 6 && text.ends_with(':') {
+            binary = Some(text.trim_end_matches(':').to_string());
+        } else if indent >= 10 && !text.is_empty() {
+            if let Some(b) = &binary {
+                members.push((b.clone(), text.to_string()));
+            }
+        } else if indent < 6 {
+            binary = None;
+        }
+    }
+    members
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_group_members;
+
+    #[test]
+    fn reads_nextest_group_listing() {
+        let listing = "group: kernel (max threads = 1)\n  * override for default profile with filter 'x':\n      vnetd:\n          netlink::kernel_tests::a\n      vnetd::kernel_progrun:\n          b\n          c\n";
+        assert_eq!(
+            kernel_group_members(listing),
+            [
+                ("vnetd".into(), "netlink::kernel_tests::a".into()),
+                ("vnetd::kernel_progrun".into(), "b".into()),
+                ("vnetd::kernel_progrun".into(), "c".into()),
+            ]
+        );
+        assert!(kernel_group_members("group: kernel (max threads = 1)\n").is_empty());
+    }
 }

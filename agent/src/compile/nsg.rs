@@ -1,6 +1,12 @@
 //! NSG rules compiled to bit-vector classifier tables (the bpf-iptables / Polycube design),
-//! so that the eBPF side classifies a packet with a handful of map lookups whatever the number
-//! of rules:
+//! so that the eBPF side will classify a packet with a handful of map lookups whatever the
+//! number of rules.
+//!
+//! **Status: validated and compiled, not yet enforced.** No eBPF program reads these tables
+//! yet and the agent does not write them to any map: NSG rules in a spec are checked and
+//! compiled (and the agent warns once at start-up that they are not enforced), but every
+//! packet passes as if there were none. The layout below is the design the dataplane is to
+//! follow:
 //!
 //! * Each (NSG, direction) is a *classifier* with an id (1..). Its rule list is the user rules
 //!   of that direction by priority, then the three default rules. Rule `i` is bit `i` of a
@@ -230,8 +236,8 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Classifies a packet exactly as the eBPF side does: longest-prefix lookups, AND, lowest
-    /// bit. `None` only for tables that were not built by [`compile_classifier`].
+    /// Classifies a packet the way the eBPF side is designed to (not yet enforced: see the
+    /// module docs): longest-prefix lookups, AND, lowest bit. `None` only for tables that were not built by [`compile_classifier`].
     pub fn lookup(
         &self,
         src: Ipv4Addr,

@@ -1,6 +1,13 @@
 //! Reference evaluators: Azure's NSG and route semantics written the obvious way, straight
 //! from the spec, sharing no code with the compiled tables. The property tests hold the
 //! compiled lookups to these.
+//!
+//! What it does share with the implementation, deliberately small: the spec's types
+//! (`crate::spec`), `PortRange::contains` and `PortRange::is_any` (a range's bounds), the
+//! `AZURE_LOAD_BALANCER` address, and `ipnet`'s `Ipv4Net::contains`. It has its own
+//! `VirtualNetwork`/`Internet` tag test (`in_virtual_network`) and its own default rules; the
+//! property tests build the implementation's side (service tags, classifiers) through the
+//! production `compile_valid`, not through helpers of their own.
 
 use std::net::Ipv4Addr;
 

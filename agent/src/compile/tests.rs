@@ -393,17 +393,24 @@ fn rule_bitmap_operations() {
     assert_eq!(format!("{bitmap:?}"), "{64, 1023}");
 }
 
+/// The contract example with `vnet`'s address spaces and `nsgs` in place of its own, compiled
+/// for node-1 by the production path (`compile_valid`: the spec need not be valid, the tables
+/// follow it literally), so that service tags and classifiers are built as the agent builds them.
+fn compile_with(vnet: &VirtualNetwork, nsgs: Vec<NetworkSecurityGroup>) -> Compiled {
+    static CONTRACT_SPEC: std::sync::OnceLock<Spec> = std::sync::OnceLock::new();
+    let mut spec = CONTRACT_SPEC.get_or_init(contract).clone();
+    spec.virtual_network.address_space = vnet.address_space.clone();
+    spec.virtual_network.connected_address_spaces = vnet.connected_address_spaces.clone();
+    spec.network_security_groups = nsgs;
+    compile_valid(&spec, "node-1").expect("compiles")
+}
+
+/// The service tags for `vnet`, as [`compile_valid`] computes them.
 fn tags_for(vnet: &VirtualNetwork) -> ServiceTags {
-    let virtual_network: Vec<Ipv4Net> = vnet
-        .address_space
-        .iter()
-        .chain(&vnet.connected_address_spaces)
-        .copied()
-        .collect();
-    let internet = prefix::complement(&virtual_network);
+    let compiled = compile_with(vnet, vec![]);
     ServiceTags {
-        virtual_network,
-        internet,
+        virtual_network: compiled.vnet_prefixes,
+        internet: compiled.internet_prefixes,
     }
 }
 
@@ -587,8 +594,27 @@ fn rule_body() -> impl Strategy<Value = SecurityRule> {
         )
 }
 
+/// The most rules an NSG may have (validation's limit, as Azure's).
+const MAX_NSG_RULES: usize = 1000;
+
+/// Mostly small NSGs (up to 24 rules: every rule interacts with the others); one case in
+/// twenty near the 1000-rule limit, half of those with every rule in one direction, so the
+/// bitmaps' words beyond the first (64 rules each) are exercised on random rules too.
 fn nsg_strategy() -> impl Strategy<Value = NetworkSecurityGroup> {
-    prop::collection::vec((rule_body(), 100u32..=4096), 0..=24).prop_map(|rules| {
+    let small = prop::collection::vec((rule_body(), 100u32..=4096), 0..=24)
+        .prop_map(|rules| (rules, None))
+        .boxed();
+    let large = (
+        prop::collection::vec(
+            (rule_body(), 100u32..=4096),
+            MAX_NSG_RULES - 40..=MAX_NSG_RULES,
+        ),
+        prop::option::of(prop::sample::select(
+            &[Direction::Inbound, Direction::Outbound][..],
+        )),
+    )
+        .boxed();
+    prop_oneof![19 => small, 1 => large].prop_map(|(rules, one_direction)| {
         // Priorities are unique (validation refuses duplicates): a taken one moves to the next
         // free value.
         let mut taken = std::collections::HashSet::new();
@@ -602,6 +628,7 @@ fn nsg_strategy() -> impl Strategy<Value = NetworkSecurityGroup> {
                 SecurityRule {
                     name: format!("r{i}"),
                     priority,
+                    direction: one_direction.unwrap_or(rule.direction),
                     ..rule
                 }
             })
@@ -674,9 +701,10 @@ proptest! {
         nsg in nsg_strategy(),
         packets in prop::collection::vec(packet(), 16),
     ) {
-        let tags = tags_for(&vnet);
+        let compiled = compile_with(&vnet, vec![nsg.clone()]);
         for direction in [Direction::Inbound, Direction::Outbound] {
-            let classifier = compile_classifier(1, 1, &nsg, direction, &tags).unwrap();
+            let id = NsgTables::classifier_id(1, direction);
+            let classifier = compiled.nsgs.classifiers.iter().find(|c| c.id == id).expect("compiled");
             let mut ordered: Vec<SecurityRule> =
                 nsg.security_rules.iter().filter(|r| r.direction == direction).cloned().collect();
             ordered.sort_by_key(|r| r.priority);
