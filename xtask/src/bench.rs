@@ -526,8 +526,6 @@ fn target_dir(root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("target"))
 }
 
-/// The reference conflist's plugins (bridge, then firewall), as one list for the report.
-
 /// A pod namespace on the reference node, attached by running the conflist's chain as a
 /// runtime does. Returns the namespace and the pod's address.
 fn ref_pod(lab: &Lab, node: &Node, name: &str) -> Result<(Ns, Ipv4Addr)> {
