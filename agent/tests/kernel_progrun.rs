@@ -486,7 +486,7 @@ fn route_sync_leaves_exactly_the_synced_routes() {
         next_hop_ip: ip,
     };
     let before = dp.routes().unwrap();
-    assert_eq!(before.len(), 5, "the fixture's routes: {before:?}");
+    assert_eq!(before.len(), 6, "the fixture's routes: {before:?}");
     let routes = BTreeMap::from([
         // Unchanged.
         ((1, net("0.0.0.0/0")), route(NextHop::Internet, [0; 4])),

@@ -184,7 +184,7 @@ fn internet_route_reaches_the_internet_host_through_the_node_gateway() -> Result
     receiver.set_read_timeout(Some(Duration::from_millis(200)))?;
     let sender = a.udp_bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
     let target = SocketAddr::from((vnetd_lab::INTERNET_HOST_IP, 5401));
-    let out_before = agent.traffic("pod_to_uplink")?;
+    let out_before = agent.traffic("pod_to_internet")?;
     let payload = format!("vnetd internet route {}", std::process::id());
     let mut buf = [0u8; 256];
     let mut arrived = None;
@@ -207,7 +207,7 @@ fn internet_route_reaches_the_internet_host_through_the_node_gateway() -> Result
         ))),
         "the internet host received the pod's datagram, from the pod's own address"
     );
-    assert!(agent.traffic("pod_to_uplink")? > out_before);
+    assert!(agent.traffic("pod_to_internet")? > out_before);
     assert_eq!(agent.drops("redirect_failed")?, 0);
     Ok(())
 }
