@@ -375,9 +375,15 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     };
     std::fs::write(&out_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", out_path.display()))?;
+    if report["control_plane"]["pods"].is_number() {
+        let mut md = std::fs::read_to_string(&md_path)?;
+        md += &bench_cni::markdown(&report["control_plane"]);
+        std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    }
     println!(
-        "\n   report (with the control plane): {}",
-        out_path.display()
+        "\n   report (with the control plane): {} and {}",
+        out_path.display(),
+        md_path.display()
     );
     Ok(())
 }

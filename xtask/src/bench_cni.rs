@@ -224,3 +224,34 @@ fn percentile(v: &[Duration], p: f64) -> f64 {
     let rank = ((p / 100.0) * ms.len() as f64).ceil() as usize;
     ms[rank.clamp(1, ms.len()) - 1]
 }
+
+/// The control plane's table for `report.md`, from the figures [`run`] returned.
+pub fn markdown(report: &Value) -> String {
+    let mut md = format!(
+        "\nCNI latency, {} pods on one node, one plugin process at a time (ms; p99 ratio \
+         vnetd / reference: ADD {:.2}, DEL {:.2}):\n\n\
+         | call | p50 | p99 | first 25, p50 | last 25, p50 |\n|---|---|---|---|---|\n",
+        report["pods"],
+        report["p99_ratio_vnetd_over_reference"]["add"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        report["p99_ratio_vnetd_over_reference"]["del"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+    );
+    for name in ["vnetd", "bridge+iptables"] {
+        for op in ["add", "del"] {
+            let s = &report[name][op];
+            let ms = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+            md += &format!(
+                "| {name} {} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                op.to_uppercase(),
+                ms("p50_ms"),
+                ms("p99_ms"),
+                ms("first_25_p50_ms"),
+                ms("last_25_p50_ms")
+            );
+        }
+    }
+    md
+}
