@@ -123,8 +123,10 @@ impl Node {
         ]
     }
 
-    /// Runs a CNI plugin inside this node's namespace (see [`CniCall`]).
-    pub fn cni(&self, call: &CniCall) -> Result<CniOutput> {
+    /// The command that runs `call`'s plugin inside this node's namespace, with the CNI
+    /// environment set (the network configuration goes to its stdin). [`Node::cni`] runs it with
+    /// a timeout; a benchmark may run it with a blocking wait, which measures without polling.
+    pub fn cni_command(&self, call: &CniCall) -> std::process::Command {
         let mut cmd = self.command([&call.plugin]);
         for var in [
             "CNI_COMMAND",
@@ -156,6 +158,12 @@ impl Node {
         for (k, v) in &call.env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    /// Runs a CNI plugin inside this node's namespace (see [`CniCall`]).
+    pub fn cni(&self, call: &CniCall) -> Result<CniOutput> {
+        let cmd = self.cni_command(call);
         let what = format!(
             "CNI {} ({}) in netns {} for {}",
             call.command,

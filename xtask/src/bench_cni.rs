@@ -64,16 +64,19 @@ pub fn ref_chain(
             conf["prevResult"] = prev.clone();
         }
         let ty = conf["type"].as_str().unwrap_or_default().to_string();
-        let out = node.cni(&CniCall {
-            command: command.into(),
-            plugin: Path::new(CNI_DIR).join(&ty),
-            container_id: format!("ref-{id}"),
-            netns: pod.path.clone(),
-            ifname: "eth0".into(),
-            config: conf.to_string(),
-            cni_path: Some(CNI_DIR.into()),
-            ..CniCall::default()
-        })?;
+        let out = cni(
+            node,
+            &CniCall {
+                command: command.into(),
+                plugin: Path::new(CNI_DIR).join(&ty),
+                container_id: format!("ref-{id}"),
+                netns: pod.path.clone(),
+                ifname: "eth0".into(),
+                config: conf.to_string(),
+                cni_path: Some(CNI_DIR.into()),
+                ..CniCall::default()
+            },
+        )?;
         if out.exit != 0 {
             bail!(
                 "reference plugin {ty} {command} for {id} failed ({}): {} {}",
@@ -90,6 +93,46 @@ pub fn ref_chain(
         prev.unwrap_or(Value::Null)
     } else {
         Value::Null
+    })
+}
+
+/// What a plugin returned.
+pub struct PluginOutput {
+    pub exit: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl PluginOutput {
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("a plugin's output is not JSON: {}", self.stdout.trim()))
+    }
+}
+
+/// Runs a CNI plugin call to completion with a blocking wait: the time it takes is the
+/// plugin's, not a polling interval's (the lab's `Node::cni` polls with back-off).
+pub fn cni(node: &Node, call: &CniCall) -> Result<PluginOutput> {
+    use std::{io::Write as _, os::unix::process::ExitStatusExt as _, process::Stdio};
+    let mut child = node
+        .cni_command(call)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", call.plugin.display()))?;
+    let mut stdin = child.stdin.take().context("piped stdin")?;
+    // A plugin that does not read its configuration closes the pipe: not our error.
+    let _ = stdin.write_all(call.config.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output()?;
+    Ok(PluginOutput {
+        exit: out
+            .status
+            .code()
+            .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0)),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }
 
@@ -124,7 +167,7 @@ pub fn run(pods: usize) -> Result<Value> {
         let vpod = lab.add_pod_netns(&format!("cv{i}"))?;
         let rpod = lab.add_pod_netns(&format!("cr{i}"))?;
         let t = Instant::now();
-        let out = node.cni(&cni_call("ADD", &node, &vpod, Some("apps"), ""))?;
+        let out = cni(&node, &cni_call("ADD", &node, &vpod, Some("apps"), ""))?;
         vnetd.add.push(t.elapsed());
         ensure!(
             out.exit == 0,
@@ -139,7 +182,7 @@ pub fn run(pods: usize) -> Result<Value> {
     }
     for (i, (vpod, rpod, result)) in attached.iter().enumerate() {
         let t = Instant::now();
-        let out = node.cni(&cni_call("DEL", &node, vpod, Some("apps"), ""))?;
+        let out = cni(&node, &cni_call("DEL", &node, vpod, Some("apps"), ""))?;
         vnetd.del.push(t.elapsed());
         ensure!(
             out.exit == 0,

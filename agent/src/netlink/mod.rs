@@ -44,9 +44,13 @@ pub use veth::{
     PodInterface, PodInterfaceError, PodInterfaceSpec, create_pod_interface, delete_pod_interface,
 };
 
-/// The pods' default gateway (Azure CNI transparent mode). Nothing owns this address: the pod
-/// reaches it through a permanent neighbour entry pointing at the host veth.
-pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pods' default gateway (Azure CNI transparent mode), as the dataplane defines it. Nothing
+/// owns this address: the pod reaches it through a permanent neighbour entry pointing at the
+/// host veth.
+pub const POD_GATEWAY: Ipv4Addr = {
+    let [a, b, c, d] = vnetd_common::POD_GATEWAY;
+    Ipv4Addr::new(a, b, c, d)
+};
 
 /// An rtnetlink connection bound to the namespace of the thread that created it. The
 /// connection task is aborted on drop, so each call leaves nothing running behind.
