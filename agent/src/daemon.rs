@@ -113,6 +113,7 @@ impl Agent {
     /// never a mix. On any error before the switch completes, what was written is deleted and
     /// the endpoints stay on the old tables: the running configuration really stays.
     pub async fn reload(&mut self, plan: NodePlan) -> Result<()> {
+        self.check_subnets_in_use(&plan)?;
         if plan.uplink != self.plan.uplink || plan.primary_ip != self.plan.primary_ip {
             self.move_uplink(&plan).await?;
         }
@@ -136,6 +137,32 @@ impl Agent {
         )?;
         self.plan = plan;
         Ok(())
+    }
+
+    /// Refuses a plan without a subnet that endpoints still use: as in Azure, where a subnet in
+    /// use cannot be deleted (InUseSubnetCannotBeDeleted), its pods would be left without a
+    /// route table.
+    fn check_subnets_in_use(&self, plan: &NodePlan) -> Result<()> {
+        let mut orphans: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for ep in self.endpoints.values() {
+            if plan.subnet(&ep.subnet).is_none() {
+                orphans
+                    .entry(&ep.subnet)
+                    .or_default()
+                    .push(ep.ip.to_string());
+            }
+        }
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = orphans
+            .iter()
+            .map(|(subnet, ips)| format!("subnet {subnet:?} is in use by {}", ips.join(", ")))
+            .collect();
+        anyhow::bail!(
+            "{}: delete those endpoints (CNI DEL) before removing the subnet",
+            list.join("; ")
+        )
     }
 
     /// Points the dataplane at `plan`'s uplink and primary IP. The new uplink gets the programs

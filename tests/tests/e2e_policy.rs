@@ -770,3 +770,42 @@ fn nsg_rules_are_accepted_with_a_not_enforced_warning() -> Result<()> {
     );
     Ok(())
 }
+
+/// A reload that removes a subnet still holding endpoints is refused (Azure: a subnet in use
+/// cannot be deleted), naming the subnet and its endpoints; the pods keep their routes.
+#[test]
+fn a_reload_removing_a_subnet_in_use_is_refused() -> Result<()> {
+    let _serial = serial();
+    let (lab, node, agent) = lab_with_node()?;
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    let b = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
+    // The same VNet without `apps`: its subnet, its route table's use, the nodes' pools in it.
+    let without_apps = lab_spec()
+        .replace(
+            "    - name: apps\n      addressPrefix: 10.0.2.0/23\n      routeTable: apps-routes\n",
+            "",
+        )
+        .replace(", \"10.0.2.10-10.0.2.49\"", "")
+        .replace(", \"10.0.2.50-10.0.2.89\"", "");
+    ensure!(
+        !without_apps.contains("- name: apps\n") && !without_apps.contains("10.0.2."),
+        "examples/lab.yaml changed: update this test's edit"
+    );
+    agent.write_spec(&without_apps)?;
+    assert!(
+        wait_for(Duration::from_secs(10), || agent
+            .status()
+            .map(|s| s["reloads_failed"] == 1)
+            .unwrap_or(false)),
+        "the edit was refused: {}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("apps") && log.contains(&a.ip.to_string()) && log.contains("in use"),
+        "the refusal names the subnet and its endpoints: {log}"
+    );
+    assert_eq!(a.ping_count(b.ip, 2)?, 2, "the pods keep their routes");
+    assert_eq!(agent.drops("no_route")?, 0);
+    Ok(())
+}
