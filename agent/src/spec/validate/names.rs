@@ -1,0 +1,73 @@
+//! The naming rules: Azure resources, ACI groups and containers, node host names, Linux
+//! interfaces, DNS labels.
+
+/// Azure's rule for resource names (NSGs, rules, route tables, routes, subnets): 1 to `max`
+/// characters, letters, digits, underscores, periods and hyphens, starting with a letter or
+/// digit, ending with a letter, digit or underscore.
+pub fn azure_name_problem(name: &str, max: usize) -> Option<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name.chars().all(allowed)
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+    (!ok).then(|| {
+        let shown: String = name.chars().take(90).collect();
+        let ellipsis = if name.chars().count() > 90 { "..." } else { "" };
+        format!(
+            "{shown:?}{ellipsis} is not a valid name: use 1-{max} letters, digits, underscores, periods and hyphens, starting with a letter or digit and ending with a letter, digit or underscore"
+        )
+    })
+}
+
+/// ACI's rule for container group and container names: 1-63 lowercase letters, digits and
+/// hyphens, not starting or ending with a hyphen.
+pub fn aci_name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    (!ok).then(|| {
+        format!("{name:?} is not a valid name: use 1-63 lowercase letters, digits and hyphens, not starting or ending with a hyphen")
+    })
+}
+
+/// Node names become host names and directory names: 1-63 letters, digits, hyphens,
+/// underscores and periods, starting with a letter or digit.
+pub(super) fn host_name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    (!ok).then(|| {
+        format!("{name:?} is not a valid node name: use 1-63 letters, digits, hyphens, underscores and periods, starting with a letter or digit")
+    })
+}
+
+/// Linux interface names: 1-15 bytes (IFNAMSIZ - 1), no `/`, `:` or white space, not `.` or
+/// `..`.
+pub(super) fn interface_name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && !name.contains(['/', ':'])
+        && !name.chars().any(char::is_whitespace)
+        && name != "."
+        && name != "..";
+    (!ok).then(|| {
+        format!("{name:?} is not a Linux interface name: 1-15 characters, no '/', ':' or spaces")
+    })
+}
+
+/// RFC 1123 label: 1-63 letters, digits and hyphens, starting and ending with a letter or digit.
+pub fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+}
