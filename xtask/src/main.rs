@@ -4,7 +4,6 @@
 //! a fresh machine needs nothing but `cargo xtask test` (as root).
 
 mod bench;
-mod bench_cni;
 mod demo;
 mod setup;
 

@@ -156,7 +156,7 @@ pub fn run(pods: usize) -> Result<Value> {
     );
     ensure!(
         spec != base,
-        "examples/lab.yaml's node-1 changed: update bench_cni's pool edit"
+        "examples/lab.yaml's node-1 changed: update bench::cni's pool edit"
     );
     let _agent = Agent::start(&node, &spec).context("starting the vnetd agent")?;
     let rnode = lab.add_node("ref", "10.0.0.9/24".parse()?)?;

@@ -1,0 +1,264 @@
+//! The bench's report: the summary of each metric, the table on stdout, the notes, the
+//! README's markdown and the environment the numbers come from.
+
+use std::{path::Path, process::Command};
+
+use super::{Dp, METRICS, Metric, Results, step};
+use serde_json::{Value, json};
+
+pub(super) fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+pub(super) fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+pub(super) fn fmt_num(x: f64) -> String {
+    if x >= 1000.0 {
+        format!("{x:.0}")
+    } else if x >= 100.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+pub(super) fn cell(v: &[f64]) -> String {
+    let (lo, hi) = min_max(v);
+    if v.len() == 1 {
+        fmt_num(v[0])
+    } else {
+        format!("{} [{}-{}]", fmt_num(median(v)), fmt_num(lo), fmt_num(hi))
+    }
+}
+
+pub(super) fn summary_json(r: &Results, m: Metric) -> Value {
+    let side = |dp: Dp| {
+        let v = r.get(dp, m);
+        let (lo, hi) = min_max(v);
+        json!({ "samples": v, "median": median(v), "min": lo, "max": hi })
+    };
+    json!({
+        "metric": m.key(),
+        "label": m.label(),
+        "higher_is_better": m.higher_is_better(),
+        "vnetd": side(Dp::Vnetd),
+        "reference": side(Dp::Reference),
+        "ratio_vnetd_over_reference": median(r.get(Dp::Vnetd, m)) / median(r.get(Dp::Reference, m)),
+    })
+}
+
+pub(super) fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32, notes: &[String]) {
+    step("results: pod to pod, same node (median [min-max])");
+    println!(
+        "   {} | kernel {} | {} vCPU ({}) | {} repetition(s)",
+        env["date"].as_str().unwrap_or("?"),
+        env["kernel"].as_str().unwrap_or("?"),
+        env["cpus"],
+        env["cpu_model"].as_str().unwrap_or("?"),
+        reps
+    );
+    println!(
+        "   reference: bridge + host-local + firewall (iptables), bridge-nf-call-iptables={nf_call}\n"
+    );
+    let w = [42, 26, 26, 10];
+    println!(
+        "   {:<w0$} | {:<w1$} | {:<w2$} | {:>w3$}",
+        "metric",
+        "vnetd",
+        "bridge+iptables",
+        "vnetd/ref",
+        w0 = w[0],
+        w1 = w[1],
+        w2 = w[2],
+        w3 = w[3]
+    );
+    println!(
+        "   {}-|-{}-|-{}-|-{}",
+        "-".repeat(w[0]),
+        "-".repeat(w[1]),
+        "-".repeat(w[2]),
+        "-".repeat(w[3])
+    );
+    for m in METRICS {
+        let (v, b) = (r.get(Dp::Vnetd, m), r.get(Dp::Reference, m));
+        println!(
+            "   {:<w0$} | {:<w1$} | {:<w2$} | {:>w3$.2}",
+            m.label(),
+            cell(v),
+            cell(b),
+            median(v) / median(b),
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        );
+    }
+    println!();
+    for n in notes {
+        println!("   note: {n}");
+    }
+}
+
+pub(super) fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+pub(super) fn package_version(pkg: &str) -> String {
+    first_line(Command::new("dpkg-query").args(["-W", "-f=${Version}", pkg]))
+}
+
+/// Where and when: for the report and the table's header.
+pub(super) fn environment() -> Value {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let git = first_line(Command::new("git").args(["rev-parse", "--short", "HEAD"]));
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    json!({
+        "date": first_line(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string()).unwrap_or_default(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu_model,
+        "iperf3": first_line(Command::new("iperf3").arg("--version")),
+        "git": if dirty { format!("{git}-dirty") } else { git },
+    })
+}
+
+/// The notes of a report: only what this run measured or this machine reports (the CPU count,
+/// the UDP loss and send rate, the retransmissions), besides how the metrics are taken.
+pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
+    let detail = |dp: Dp, kind: &str, key: &str| -> Vec<f64> {
+        r.runs
+            .iter()
+            .filter(|run| run["dataplane"] == dp.key() && run["kind"] == kind)
+            .filter(|run| run["valid"] == true)
+            .filter_map(|run| run["details"][key].as_f64())
+            .collect()
+    };
+    let range = |values: Vec<f64>| -> String {
+        if values.is_empty() {
+            return "no valid run".into();
+        }
+        let (lo, hi) = min_max(&values);
+        if lo == hi {
+            fmt_num(lo)
+        } else {
+            format!("{}-{}", fmt_num(lo), fmt_num(hi))
+        }
+    };
+    let total = |dp: Dp, key: &str| -> f64 { detail(dp, "bulk", key).iter().sum() };
+    let cpus = &env["cpus"];
+    let mut notes = vec![
+        format!(
+            "One machine with {cpus} CPU(s) (as the kernel reports them), shared with whatever \
+             else runs: numbers are noisy; compare the ratios of the same run, not absolute \
+             values across runs."
+        ),
+        format!(
+            "TCP bulk with one stream runs sender and receiver on the same {cpus} CPU(s): it \
+             measures the whole stack, the dataplane's per-packet cost is a small part of it."
+        ),
+        format!(
+            "TCP bulk retransmitted segments over all runs: vnetd {} ({} reported duplicate by \
+             the receiver, DSACK: reordered, not lost), reference {} ({} DSACK).",
+            fmt_num(total(Dp::Vnetd, "sender_retrans_segs")),
+            fmt_num(total(Dp::Vnetd, "sender_dsack_recv_segs")),
+            fmt_num(total(Dp::Reference, "sender_retrans_segs")),
+            fmt_num(total(Dp::Reference, "sender_dsack_recv_segs")),
+        ),
+        format!(
+            "UDP 64 B is iperf3's receiver rate with -b 0, bound by one sender thread's \
+             syscalls (the forwarding runs in the sender's softirq): it compares the socket \
+             stacks more than the dataplanes. In this run the senders sent {} kpps (vnetd) and \
+             {} kpps (reference), and the receivers lost {}% and {}%.",
+            range(detail(Dp::Vnetd, "udp", "sent_kpps")),
+            range(detail(Dp::Reference, "udp", "sent_kpps")),
+            range(detail(Dp::Vnetd, "udp", "lost_percent")),
+            range(detail(Dp::Reference, "udp", "lost_percent")),
+        ),
+        "TCP_RR is one connection, 1-byte request and response, Nagle off, in-process \
+         sockets; latency is the mean round trip (1 / rate)."
+            .to_string(),
+    ];
+    if r.invalid > 0 {
+        notes.push(format!(
+            "{} run(s) INVALID and left out of the figures: the dataplane's evidence counter \
+             (vnetd: pod_to_pod; reference: FORWARD -> CNI-FORWARD) did not move during them.",
+            r.invalid
+        ));
+    }
+    notes
+}
+
+/// The README's results table, with where it comes from.
+pub(super) fn markdown(
+    r: &Results,
+    env: &Value,
+    reps: u32,
+    quick: bool,
+    progrun_ns: Option<f64>,
+    report: &Path,
+) -> String {
+    let mut md = format!(
+        "From `{}` ({}, kernel {}, {} CPU(s) {}, git {}, {} repetition(s){}; {} invalid \
+         run(s)):\n\n| metric | vnetd | bridge + iptables | vnetd / reference |\n|---|---|---|---|\n",
+        report.display(),
+        env["date"].as_str().unwrap_or("?"),
+        env["kernel"].as_str().unwrap_or("?"),
+        env["cpus"],
+        env["cpu_model"].as_str().unwrap_or("?"),
+        env["git"].as_str().unwrap_or("?"),
+        reps,
+        if quick { ", --quick" } else { "" },
+        r.invalid,
+    );
+    for m in METRICS {
+        let (v, b) = (r.get(Dp::Vnetd, m), r.get(Dp::Reference, m));
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.2} |\n",
+            m.label(),
+            cell(v),
+            cell(b),
+            median(v) / median(b)
+        ));
+    }
+    if let Some(ns) = progrun_ns {
+        md.push_str(&format!(
+            "| BPF_PROG_RUN `pod_ingress`, ns per run | {} | | |\n",
+            fmt_num(ns)
+        ));
+    }
+    md
+}
