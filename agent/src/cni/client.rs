@@ -2,10 +2,10 @@
 //! plugin reports.
 use std::time::Duration;
 
-use super::{CniError, config::NetConf};
+use super::config::NetConf;
 use crate::api::{
     client,
-    proto::{ApiError, Request, Response},
+    proto::{CniError, Request, Response},
 };
 
 /// How long to wait for the agent: ADD creates a veth pair and programs maps, which can take a
@@ -27,7 +27,7 @@ pub(super) fn ask_agent(
             .any(|json_err| !json_err.is_eof());
         if garbled {
             CniError::new(
-                ApiError::INTERNAL,
+                CniError::INTERNAL,
                 format!(
                     "cannot read the answer of the vnetd agent at {} (are the plugin and the \
                      agent the same version?)",
@@ -59,9 +59,9 @@ pub(super) fn expect_done(answer: Result<Response, CniError>) -> Result<String, 
 /// an internal error.
 pub(super) fn unexpected(answer: &Response) -> CniError {
     match answer {
-        Response::Error(err) => err.clone().into(),
+        Response::Error(err) => err.clone(),
         other => CniError::new(
-            ApiError::INTERNAL,
+            CniError::INTERNAL,
             format!("the vnetd agent answered {}", answer_kind(other)),
         ),
     }
@@ -85,8 +85,8 @@ mod tests {
 
     #[test]
     fn agent_errors_pass_through() {
-        let agent = FakeAgent::answering(Response::Error(ApiError {
-            code: ApiError::POOL_EXHAUSTED,
+        let agent = FakeAgent::answering(Response::Error(CniError {
+            code: CniError::POOL_EXHAUSTED,
             msg: "subnet apps has no free address".into(),
             details: "10.0.2.0/23".into(),
         }));
@@ -123,7 +123,7 @@ mod tests {
     fn add_with_a_garbled_answer_is_an_internal_error() {
         let agent = FakeAgent::answering_line(r#"{"what":"ever"}"#.into());
         let (exit, stdout) = run(add_env(""), &config(&agent.socket, "1.1.0", json!({})));
-        assert_eq!((exit, code_of(&stdout)), (1, u64::from(ApiError::INTERNAL)));
+        assert_eq!((exit, code_of(&stdout)), (1, u64::from(CniError::INTERNAL)));
         agent.request();
     }
 

@@ -18,8 +18,10 @@ use client::{ask_agent, expect_done, unexpected};
 pub use config::{DEFAULT_AGENT_SOCKET, NetConf, parse_config};
 use config::{check_prev_result, output_version};
 pub use env::{CniArgs, CniEnv, parse_cni_args, parse_env};
-pub use result::{CniError, error_json, format_mac, result_json, version_json};
+pub use result::{error_json, format_mac, result_json, version_json};
 
+/// The plugin's errors are the agent's: one type, defined with the protocol both speak.
+pub use crate::api::proto::CniError;
 use crate::api::proto::{AddRequest, Attachment, CheckRequest, Request, Response};
 
 /// The spec versions this plugin speaks, oldest first.
@@ -141,7 +143,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{api::proto::ApiError, cni::testing::*};
+    use crate::cni::testing::*;
 
     #[test]
     fn version_reports_supported_versions() {
@@ -297,8 +299,8 @@ mod tests {
                 .contains(&*socket.to_string_lossy())
         );
 
-        let agent = FakeAgent::answering(Response::Error(ApiError::new(
-            ApiError::NOT_READY,
+        let agent = FakeAgent::answering(Response::Error(CniError::new(
+            CniError::NOT_AVAILABLE,
             "no free address in the pool of node n1",
         )));
         let (exit, stdout) = run(&status, &config(&agent.socket, "1.1.0", json!({})));

@@ -4,52 +4,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::SUPPORTED_VERSIONS;
-use crate::api::proto::{AddResult, ApiError};
-
-/// A CNI error: printed as JSON on stdout, with a non-zero exit.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{msg}")]
-pub struct CniError {
-    pub code: u32,
-    pub msg: String,
-    pub details: String,
-}
-
-impl CniError {
-    // The spec's well-known codes.
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
-    pub const UNSUPPORTED_FIELD: u32 = 2;
-    pub const INVALID_ENVIRONMENT: u32 = 4;
-    pub const IO_FAILURE: u32 = 5;
-    pub const DECODE_FAILURE: u32 = 6;
-    pub const INVALID_CONFIG: u32 = 7;
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    /// STATUS (1.1.0): the plugin cannot service ADD requests.
-    pub const NOT_AVAILABLE: u32 = 50;
-
-    pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        Self {
-            code,
-            msg: msg.into(),
-            details: String::new(),
-        }
-    }
-
-    pub fn with_details(mut self, details: impl Into<String>) -> Self {
-        self.details = details.into();
-        self
-    }
-}
-
-impl From<ApiError> for CniError {
-    fn from(err: ApiError) -> Self {
-        Self {
-            code: err.code,
-            msg: err.msg,
-            details: err.details,
-        }
-    }
-}
+use crate::api::proto::{AddResult, CniError};
 
 #[derive(Serialize)]
 struct ResultOutput<'a> {
