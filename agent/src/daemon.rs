@@ -13,7 +13,7 @@ use vnetd_common::{NodeConfig, programs};
 
 use crate::{
     api::proto::{
-        AddRequest, AddResult, ApiError, Attachment, CheckRequest, Request, Response, StatusReport,
+        AddRequest, AddResult, Attachment, CheckRequest, CniError, Request, Response, StatusReport,
     },
     dataplane::{
         Dataplane,
@@ -295,22 +295,22 @@ impl Agent {
             Request::Status => self
                 .status_report()
                 .map(Response::Status)
-                .map_err(|e| ApiError::internal(&e)),
+                .map_err(|e| CniError::internal(&e)),
         };
         result.unwrap_or_else(Response::Error)
     }
 
-    async fn add(&mut self, req: AddRequest) -> Result<AddResult, ApiError> {
+    async fn add(&mut self, req: AddRequest) -> Result<AddResult, CniError> {
         let att = req.attachment.clone();
         if self.recorded(&att).is_some() {
-            return Err(ApiError::new(
-                ApiError::INTERFACE_EXISTS,
+            return Err(CniError::new(
+                CniError::INTERFACE_EXISTS,
                 format!("{:?} already has {:?}", att.container_id, att.ifname),
             ));
         }
         if self.endpoints.len() >= self.plan.max_pods as usize {
-            return Err(ApiError::new(
-                ApiError::TRY_AGAIN_LATER,
+            return Err(CniError::new(
+                CniError::TRY_AGAIN_LATER,
                 format!(
                     "node {} has maxPods {} endpoints",
                     self.plan.node, self.plan.max_pods
@@ -336,9 +336,9 @@ impl Agent {
                 let _ = self.ipam.release(ip, &owner);
                 return Err(match err {
                     PodInterfaceError::AlreadyExists(msg) => {
-                        ApiError::new(ApiError::INTERFACE_EXISTS, msg)
+                        CniError::new(CniError::INTERFACE_EXISTS, msg)
                     }
-                    other => ApiError::internal(&anyhow::Error::from(other)),
+                    other => CniError::internal(&anyhow::Error::from(other)),
                 });
             }
         };
@@ -358,7 +358,7 @@ impl Agent {
         if let Err(err) = self.program(&ep) {
             let _ = netlink::delete_pod_interface(&host_ifname).await;
             let _ = self.forget(&ep);
-            return Err(ApiError::internal(&err));
+            return Err(CniError::internal(&err));
         }
         info!(%ip, network = ?att.network, container_id = ?att.container_id, %host_ifname, "endpoint added");
         self.endpoints.insert(att, ep);
@@ -375,13 +375,13 @@ impl Agent {
     /// The pod's MTU: the network configuration's `mtu` if given, else the uplink's. Never more
     /// than the uplink's: a veth silently drops what exceeds its peer's MTU, so a pod sending
     /// larger packets than the uplink carries would see them vanish; a larger `mtu` is refused.
-    async fn pod_mtu(&self, requested: Option<u32>) -> Result<u32, ApiError> {
+    async fn pod_mtu(&self, requested: Option<u32>) -> Result<u32, CniError> {
         let uplink = netlink::node_link(&self.plan.uplink)
             .await
-            .map_err(|e| ApiError::internal(&e))?
+            .map_err(|e| CniError::internal(&e))?
             .ok_or_else(|| {
-                ApiError::new(
-                    ApiError::TRY_AGAIN_LATER,
+                CniError::new(
+                    CniError::TRY_AGAIN_LATER,
                     format!(
                         "uplink {} of node {} is gone",
                         self.plan.uplink, self.plan.node
@@ -389,8 +389,8 @@ impl Agent {
                 )
             })?;
         match requested {
-            Some(mtu) if mtu > uplink.mtu => Err(ApiError::new(
-                ApiError::INVALID_CONFIG,
+            Some(mtu) if mtu > uplink.mtu => Err(CniError::new(
+                CniError::INVALID_CONFIG,
                 format!(
                     "mtu {mtu} in the network configuration is larger than the MTU {} of uplink \
                      {} on node {}: pods cannot send packets larger than the uplink carries",
@@ -403,8 +403,8 @@ impl Agent {
     }
 
     /// Which subnet (and address, for a container group that names one) a request gets.
-    fn placement(&self, req: &AddRequest) -> Result<(String, Option<Ipv4Addr>), ApiError> {
-        let invalid = |msg: String| ApiError::new(ApiError::INVALID_CONFIG, msg);
+    fn placement(&self, req: &AddRequest) -> Result<(String, Option<Ipv4Addr>), CniError> {
+        let invalid = |msg: String| CniError::new(CniError::INVALID_CONFIG, msg);
         if let Some(name) = &req.container_group {
             let group = self
                 .plan
@@ -443,19 +443,19 @@ impl Agent {
         subnet: &str,
         requested: Option<Ipv4Addr>,
         owner: &str,
-    ) -> Result<Ipv4Addr, ApiError> {
+    ) -> Result<Ipv4Addr, CniError> {
         let pool = &self
             .plan
             .subnet(subnet)
             .ok_or_else(|| {
-                ApiError::new(ApiError::INVALID_CONFIG, format!("no subnet {subnet:?}"))
+                CniError::new(CniError::INVALID_CONFIG, format!("no subnet {subnet:?}"))
             })?
             .pool;
-        let internal = |e: anyhow::Error| ApiError::internal(&e);
+        let internal = |e: anyhow::Error| CniError::internal(&e);
         match requested {
             Some(ip) if self.ipam.reserve(ip, owner).map_err(internal)? => Ok(ip),
-            Some(ip) => Err(ApiError::new(
-                ApiError::TRY_AGAIN_LATER,
+            Some(ip) => Err(CniError::new(
+                CniError::TRY_AGAIN_LATER,
                 format!("address {ip} is held by another endpoint"),
             )),
             None => self
@@ -463,8 +463,8 @@ impl Agent {
                 .allocate(pool, owner)
                 .map_err(internal)?
                 .ok_or_else(|| {
-                    ApiError::new(
-                        ApiError::POOL_EXHAUSTED,
+                    CniError::new(
+                        CniError::POOL_EXHAUSTED,
                         format!(
                             "the pool of subnet {subnet:?} on node {} is exhausted",
                             self.plan.node
@@ -507,8 +507,8 @@ impl Agent {
             .cloned()
     }
 
-    async fn del(&mut self, att: &Attachment) -> Result<(), ApiError> {
-        let internal = |e: anyhow::Error| ApiError::internal(&e);
+    async fn del(&mut self, att: &Attachment) -> Result<(), CniError> {
+        let internal = |e: anyhow::Error| CniError::internal(&e);
         let recorded = self.recorded(att);
         // The interface name is derived, so DEL works even for an endpoint never recorded.
         let host_ifname = recorded
@@ -525,13 +525,13 @@ impl Agent {
         Ok(())
     }
 
-    async fn check(&mut self, req: &CheckRequest) -> Result<(), ApiError> {
+    async fn check(&mut self, req: &CheckRequest) -> Result<(), CniError> {
         let ep = self
             .recorded(&req.attachment)
             .and_then(|key| self.endpoints.get(&key))
             .ok_or_else(|| {
-                ApiError::new(
-                    ApiError::INVALID_CONFIG,
+                CniError::new(
+                    CniError::INVALID_CONFIG,
                     format!(
                         "no endpoint for container {:?} interface {:?} on network {:?}",
                         req.attachment.container_id, req.attachment.ifname, req.attachment.network
@@ -548,15 +548,15 @@ impl Agent {
         };
         netlink::check_pod_interface(&spec)
             .await
-            .map_err(|e| ApiError::internal(&e))
+            .map_err(|e| CniError::internal(&e))
     }
 
-    async fn gc(&mut self, network: &str, valid: &[Attachment]) -> Result<(), ApiError> {
+    async fn gc(&mut self, network: &str, valid: &[Attachment]) -> Result<(), CniError> {
         if network.is_empty() {
             // A plugin older than this agent: without the network, GC cannot tell its
             // attachments from another network's.
-            return Err(ApiError::new(
-                ApiError::INVALID_CONFIG,
+            return Err(CniError::new(
+                CniError::INVALID_CONFIG,
                 "GC needs the network's name: update vnetd-cni to the agent's version",
             ));
         }
@@ -567,15 +567,15 @@ impl Agent {
         Ok(())
     }
 
-    fn ready(&self, subnet: Option<&str>) -> Result<(), ApiError> {
+    fn ready(&self, subnet: Option<&str>) -> Result<(), CniError> {
         let pools: Vec<_> = match subnet {
             Some(name) => self.plan.subnet(name).into_iter().collect(),
             None => self.plan.subnets.iter().collect(),
         };
         let free: u64 = pools.iter().map(|s| self.ipam.free_in(&s.pool)).sum();
         if free == 0 {
-            return Err(ApiError::new(
-                ApiError::NOT_READY,
+            return Err(CniError::new(
+                CniError::NOT_AVAILABLE,
                 format!("no free address in the pool of node {}", self.plan.node),
             ));
         }

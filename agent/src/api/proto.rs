@@ -33,7 +33,7 @@ impl Attachment {
 
     /// CNI's rules for the three names; the agent checks them on every request, whatever the
     /// plugin did.
-    pub fn check(&self) -> Result<(), ApiError> {
+    pub fn check(&self) -> Result<(), CniError> {
         let problem = container_id_problem(&self.container_id)
             .or_else(|| ifname_problem(&self.ifname))
             .or_else(|| {
@@ -42,7 +42,7 @@ impl Attachment {
                     .flatten()
             });
         match problem {
-            Some(problem) => Err(ApiError::new(ApiError::INVALID_ENVIRONMENT, problem)),
+            Some(problem) => Err(CniError::new(CniError::INVALID_ENVIRONMENT, problem)),
             None => Ok(()),
         }
     }
@@ -146,29 +146,42 @@ pub struct AddResult {
     pub mtu: u32,
 }
 
-/// An error the plugin passes on to the runtime, with a CNI error code.
+/// A CNI error: a code, a message and details, as the spec's error object carries them.
+///
+/// One type for both sides: the agent answers a request with it and the plugin prints it
+/// unchanged (plus `cniVersion`), so a code means the same in the agent's API and in the
+/// plugin's output. It lives here, with the protocol, because the plugin (`crate::cni`) already
+/// depends on the protocol and the agent does not depend on the plugin.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{msg}")]
-pub struct ApiError {
-    /// CNI's code: 4 invalid config, 7 invalid network config, 11 try again later, 50 not ready...
+pub struct CniError {
+    /// The spec's well-known codes (< 100) or vnetd's own (>= 100); see the constants.
     pub code: u32,
     pub msg: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub details: String,
 }
 
-impl ApiError {
+impl CniError {
+    // The spec's well-known codes.
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
     pub const INVALID_ENVIRONMENT: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODE_FAILURE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
-    pub const NOT_READY: u32 = 50;
-    /// Plugin-specific (>= 100): the pool of the requested subnet is exhausted.
+    /// STATUS (1.1.0): the plugin cannot service ADD requests (the agent is not ready, or the
+    /// pool is empty).
+    pub const NOT_AVAILABLE: u32 = 50;
+    // vnetd's plugin-specific codes (>= 100).
+    /// The pool of the requested subnet is exhausted.
     pub const POOL_EXHAUSTED: u32 = 100;
-    /// Plugin-specific: the interface already exists in the pod's namespace.
+    /// The interface already exists in the pod's namespace.
     pub const INTERFACE_EXISTS: u32 = 101;
-    /// Plugin-specific: the client is not allowed to use the API (not uid 0).
+    /// The client is not allowed to use the API (not uid 0).
     pub const PERMISSION_DENIED: u32 = 102;
-    /// Plugin-specific: the dataplane or the kernel refused an operation.
+    /// The dataplane or the kernel refused an operation.
     pub const INTERNAL: u32 = 999;
 
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
@@ -179,12 +192,14 @@ impl ApiError {
         }
     }
 
+    pub fn with_details(mut self, details: impl Into<String>) -> Self {
+        self.details = details.into();
+        self
+    }
+
+    /// An unexpected failure: its top-level message, with the whole chain as details.
     pub fn internal(err: &anyhow::Error) -> Self {
-        Self {
-            code: Self::INTERNAL,
-            msg: err.to_string(),
-            details: format!("{err:#}"),
-        }
+        Self::new(Self::INTERNAL, err.to_string()).with_details(format!("{err:#}"))
     }
 }
 
@@ -194,7 +209,7 @@ pub enum Response {
     Added(AddResult),
     Done,
     Status(StatusReport),
-    Error(ApiError),
+    Error(CniError),
 }
 
 /// What `vnetd status` shows.
@@ -225,4 +240,31 @@ pub struct EndpointStatus {
     pub container_group: Option<String>,
     pub k8s_namespace: Option<String>,
     pub k8s_pod: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plugin of one release may talk to the agent of another: an error's line must not
+    /// change.
+    #[test]
+    fn error_answers_keep_their_wire_format() {
+        let with_details = Response::Error(CniError {
+            code: CniError::POOL_EXHAUSTED,
+            msg: "subnet apps has no free address".into(),
+            details: "10.0.2.0/23".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&with_details).unwrap(),
+            r#"{"error":{"code":100,"msg":"subnet apps has no free address","details":"10.0.2.0/23"}}"#
+        );
+        let bare = Response::Error(CniError::new(CniError::TRY_AGAIN_LATER, "busy"));
+        let line = r#"{"error":{"code":11,"msg":"busy"}}"#;
+        assert_eq!(serde_json::to_string(&bare).unwrap(), line);
+        let Response::Error(read) = serde_json::from_str(line).unwrap() else {
+            panic!("{line} is not an error answer");
+        };
+        assert_eq!(read, CniError::new(11, "busy"));
+    }
 }

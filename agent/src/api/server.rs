@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use super::{
     netns::{self, NetnsError},
-    proto::{ApiError, Request, Response},
+    proto::{CniError, Request, Response},
 };
 use crate::{daemon::Agent, metrics::StatusFeed};
 
@@ -105,8 +105,8 @@ pub async fn serve(
                 pid = ?cred.pid(),
                 "refused an API client: only uid 0 may use the API"
             );
-            let refusal = ApiError::new(
-                ApiError::PERMISSION_DENIED,
+            let refusal = CniError::new(
+                CniError::PERMISSION_DENIED,
                 format!(
                     "permission denied: the vnetd API serves uid 0 only (the client is uid {})",
                     cred.uid()
@@ -118,8 +118,8 @@ pub async fn serve(
         // Taken here, in accept order, so that the limit holds exactly.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             warn!("refused an API client: {MAX_CONNECTIONS} connections are open");
-            let busy = ApiError::new(
-                ApiError::TRY_AGAIN_LATER,
+            let busy = CniError::new(
+                CniError::TRY_AGAIN_LATER,
                 format!("the agent has {MAX_CONNECTIONS} API connections open: try again later"),
             );
             tokio::spawn(answer_and_close(stream, busy));
@@ -137,7 +137,7 @@ pub async fn serve(
 
 /// Answers a client that will not be served, then lets it finish sending its request (a
 /// little of it, briefly) before closing, so that its write does not fail before it reads why.
-async fn answer_and_close(stream: UnixStream, err: ApiError) {
+async fn answer_and_close(stream: UnixStream, err: CniError) {
     let (read, mut write) = stream.into_split();
     let _ = timeout(IDLE_TIMEOUT, send(&mut write, &Response::Error(err))).await;
     let mut reader = BufReader::new(read);
@@ -193,8 +193,8 @@ async fn connection(
             None => return Ok(()),
             Some(Line::TooLarge) => {
                 warn!("refused an API request larger than {MAX_REQUEST_BYTES} bytes");
-                let err = ApiError::new(
-                    ApiError::INVALID_CONFIG,
+                let err = CniError::new(
+                    CniError::INVALID_CONFIG,
                     format!("the request is larger than {MAX_REQUEST_BYTES} bytes"),
                 );
                 // The rest of the line is not read: the connection ends here.
@@ -213,8 +213,8 @@ async fn respond(line: &[u8], agent: &Mutex<Agent>, status: &StatusFeed) -> Resp
     let request = match serde_json::from_slice::<Request>(line) {
         Ok(request) => request,
         Err(err) => {
-            return Response::Error(ApiError::new(
-                ApiError::INVALID_CONFIG,
+            return Response::Error(CniError::new(
+                CniError::INVALID_CONFIG,
                 format!("malformed API request: {err}"),
             ));
         }
@@ -238,7 +238,7 @@ async fn respond(line: &[u8], agent: &Mutex<Agent>, status: &StatusFeed) -> Resp
 
 /// What the agent refuses whatever its state: names outside CNI's rules, and a `CNI_NETNS`
 /// that is not a pod's network namespace.
-fn check(request: &Request) -> Result<(), ApiError> {
+fn check(request: &Request) -> Result<(), CniError> {
     match request {
         Request::Add(req) => {
             req.attachment.check()?;
@@ -251,7 +251,7 @@ fn check(request: &Request) -> Result<(), ApiError> {
         Request::Del(attachment) => attachment.check(),
         Request::Gc { network, valid } => {
             if let Some(problem) = super::proto::network_name_problem(network) {
-                return Err(ApiError::new(ApiError::INVALID_CONFIG, problem));
+                return Err(CniError::new(CniError::INVALID_CONFIG, problem));
             }
             valid.iter().try_for_each(|attachment| attachment.check())
         }
@@ -259,13 +259,13 @@ fn check(request: &Request) -> Result<(), ApiError> {
     }
 }
 
-fn check_netns(path: &Path) -> Result<(), ApiError> {
+fn check_netns(path: &Path) -> Result<(), CniError> {
     match netns::open(path) {
         Ok(_) => Ok(()),
-        Err(err @ (NetnsError::Refused { .. } | NetnsError::NotFound(_))) => Err(ApiError::new(
-            ApiError::INVALID_ENVIRONMENT,
+        Err(err @ (NetnsError::Refused { .. } | NetnsError::NotFound(_))) => Err(CniError::new(
+            CniError::INVALID_ENVIRONMENT,
             err.to_string(),
         )),
-        Err(err) => Err(ApiError::internal(&anyhow::Error::from(err))),
+        Err(err) => Err(CniError::internal(&anyhow::Error::from(err))),
     }
 }
