@@ -78,10 +78,7 @@ pub fn network_name_problem(name: &str) -> Option<String> {
 
 /// The spec's (and Linux's) rule for interface names.
 pub fn ifname_problem(name: &str) -> Option<String> {
-    let bad_char = name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace());
-    (name.is_empty() || name.len() >= 16 || name == "." || name == ".." || bad_char).then(|| {
+    (!crate::netlink::is_valid_ifname(name)).then(|| {
         format!(
             "CNI_IFNAME {name:?} is not a valid interface name (1 to 15 bytes, not . or .., no \
              '/', ':' or whitespace)"

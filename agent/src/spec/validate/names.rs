@@ -52,13 +52,7 @@ pub(super) fn host_name_problem(name: &str) -> Option<String> {
 /// Linux interface names: 1-15 bytes (IFNAMSIZ - 1), no `/`, `:` or white space, not `.` or
 /// `..`.
 pub(super) fn interface_name_problem(name: &str) -> Option<String> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && !name.contains(['/', ':'])
-        && !name.chars().any(char::is_whitespace)
-        && name != "."
-        && name != "..";
-    (!ok).then(|| {
+    (!crate::netlink::is_valid_ifname(name)).then(|| {
         format!("{name:?} is not a Linux interface name: 1-15 characters, no '/', ':' or spaces")
     })
 }
