@@ -78,7 +78,7 @@ pub fn network_name_problem(name: &str) -> Option<String> {
 
 /// The spec's (and Linux's) rule for interface names.
 pub fn ifname_problem(name: &str) -> Option<String> {
-    (!crate::netlink::is_valid_ifname(name)).then(|| {
+    (!crate::spec::is_valid_ifname(name)).then(|| {
         format!(
             "CNI_IFNAME {name:?} is not a valid interface name (1 to 15 bytes, not . or .., no \
              '/', ':' or whitespace)"

@@ -44,19 +44,6 @@ pub use veth::{
     PodInterface, PodInterfaceError, PodInterfaceSpec, create_pod_interface, delete_pod_interface,
 };
 
-/// Linux's rule for interface names (the kernel's `dev_valid_name`): 1 to 15 bytes, not `.` or
-/// `..`, no `/`, `:` or whitespace. The one definition: the spec's `interface` and the CNI
-/// plugin's `CNI_IFNAME` are both checked with it.
-pub fn is_valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
-}
-
 /// The pods' default gateway (Azure CNI transparent mode), as the dataplane defines it. Nothing
 /// owns this address: the pod reaches it through a permanent neighbour entry pointing at the
 /// host veth.

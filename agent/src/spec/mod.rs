@@ -54,7 +54,8 @@ pub use model::*;
 pub use validate::{
     IDLE_TIMEOUT_RANGE, MAX_PODS_RANGE, MAX_PREFIXES_PER_NSG, MAX_ROUTES_PER_TABLE,
     MAX_RULES_PER_NSG, MAX_SUBNET_PREFIX_LEN, MAX_VNET_ADDRESSES, MIN_SNAT_PORT, PRIORITY_RANGE,
-    aci_name_problem, azure_name_problem, is_dns_label, is_reserved_in_subnet, overlaps, validate,
+    aci_name_problem, azure_name_problem, is_dns_label, is_reserved_in_subnet, is_valid_ifname,
+    overlaps, validate,
 };
 
 /// One thing wrong with a spec: where (a path such as `nodes[0].maxPods`, or `line 3, column 5`

@@ -24,7 +24,7 @@ use super::Problem;
 use super::model::*;
 
 pub use addresses::{is_reserved_in_subnet, overlaps};
-pub use names::{aci_name_problem, azure_name_problem, is_dns_label};
+pub use names::{aci_name_problem, azure_name_problem, is_dns_label, is_valid_ifname};
 pub use nat::{IDLE_TIMEOUT_RANGE, MIN_SNAT_PORT};
 pub use nodes::{MAX_PODS_RANGE, MAX_VNET_ADDRESSES};
 pub use nsg::{MAX_PREFIXES_PER_NSG, MAX_RULES_PER_NSG, PRIORITY_RANGE};

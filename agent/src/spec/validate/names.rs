@@ -52,9 +52,22 @@ pub(super) fn host_name_problem(name: &str) -> Option<String> {
 /// Linux interface names: 1-15 bytes (IFNAMSIZ - 1), no `/`, `:` or white space, not `.` or
 /// `..`.
 pub(super) fn interface_name_problem(name: &str) -> Option<String> {
-    (!crate::netlink::is_valid_ifname(name)).then(|| {
+    (!is_valid_ifname(name)).then(|| {
         format!("{name:?} is not a Linux interface name: 1-15 characters, no '/', ':' or spaces")
     })
+}
+
+/// Linux's rule for interface names (the kernel's `dev_valid_name`): 1 to 15 bytes, not `.` or
+/// `..`, no `/`, `:` or whitespace. The one definition: the spec's `interface` and the CNI
+/// plugin's `CNI_IFNAME` are both checked with it.
+pub fn is_valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 /// RFC 1123 label: 1-63 letters, digits and hyphens, starting and ending with a letter or digit.
