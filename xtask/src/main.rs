@@ -58,6 +58,9 @@ enum Task {
         /// Where to write the JSON report (default target/bench/report.json).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Only the control plane's CNI ADD/DEL latency (report: target/bench/control-plane.json).
+        #[arg(long)]
+        control_plane_only: bool,
     },
 }
 
@@ -86,10 +89,20 @@ fn main() -> Result<()> {
             build()?;
             demo::run(&workspace_root(), !no_wait)
         }
-        Task::Bench { quick, reps, out } => {
+        Task::Bench {
+            quick,
+            reps,
+            out,
+            control_plane_only,
+        } => {
             setup::run()?;
             build()?;
-            bench::run(&workspace_root(), bench::Options { quick, reps, out })
+            let opts = bench::Options { quick, reps, out };
+            if control_plane_only {
+                bench::run_control_plane(&workspace_root(), opts)
+            } else {
+                bench::run(&workspace_root(), opts)
+            }
         }
     }
 }

@@ -146,6 +146,28 @@ impl Results {
     }
 }
 
+/// Only the control plane's scenario (`--control-plane-only`): CNI ADD/DEL latency.
+pub fn run_control_plane(root: &Path, opts: Options) -> Result<()> {
+    check_tools()?;
+    vnetd_lab::ensure_bpffs()?;
+    vnetd_lab::cleanup_on_signal()?;
+    let pods = if opts.quick { 25 } else { 250 };
+    step(&format!(
+        "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
+    ));
+    let report = json!({ "environment": report::environment(), "control_plane": cni::run(pods)? });
+    let out = opts
+        .out
+        .unwrap_or_else(|| target_dir(root).join("bench/control-plane.json"));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("\n   report: {}", out.display());
+    Ok(())
+}
+
 pub fn run(root: &Path, opts: Options) -> Result<()> {
     check_tools()?;
     let reps = opts.reps.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
