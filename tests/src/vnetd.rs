@@ -121,6 +121,14 @@ impl Agent {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// Waits up to 10 s for the status field `key` (`reloads_ok`, `reloads_failed`) to reach
+    /// `n`: a spec edit is applied or refused asynchronously, by the agent's file watch.
+    pub fn wait_for_status(&self, key: &str, n: u64) -> bool {
+        wait_for(Duration::from_secs(10), || {
+            self.status().map(|s| s[key] == n).unwrap_or(false)
+        })
+    }
+
     /// Packets counted on a traffic path (`pod_to_pod`, `uplink_in`, ...).
     pub fn traffic(&self, path: &str) -> Result<u64> {
         counter(&self.status()?["traffic"], path)

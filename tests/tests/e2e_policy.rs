@@ -239,10 +239,7 @@ fn reload_moves_endpoints_to_another_route_table() -> Result<()> {
     );
     agent.write_spec(&moved)?;
     assert!(
-        wait_for(Duration::from_secs(10), || agent
-            .status()
-            .map(|s| s["reloads_ok"] == 1)
-            .unwrap_or(false)),
+        agent.wait_for_status("reloads_ok", 1),
         "the edit was applied: {}",
         agent.log()
     );
@@ -294,10 +291,7 @@ fn spec_edits_apply_live_and_invalid_edits_are_refused() -> Result<()> {
     let drops = agent.drops("route_none")?;
     agent.write_spec(&blackholed)?;
     assert!(
-        wait_for(Duration::from_secs(10), || agent
-            .status()
-            .map(|s| s["reloads_ok"] == 1)
-            .unwrap_or(false)),
+        agent.wait_for_status("reloads_ok", 1),
         "the edit was applied: {}",
         agent.log()
     );
@@ -310,10 +304,7 @@ fn spec_edits_apply_live_and_invalid_edits_are_refused() -> Result<()> {
     // An invalid edit: refused, logged with its path, the running spec stays.
     agent.write_spec(&blackholed.replace("maxPods: 30", "maxPods: 5"))?;
     assert!(
-        wait_for(Duration::from_secs(10), || agent
-            .status()
-            .map(|s| s["reloads_failed"] == 1)
-            .unwrap_or(false)),
+        agent.wait_for_status("reloads_failed", 1),
         "the invalid edit was refused"
     );
     assert!(
@@ -392,10 +383,7 @@ fn route_table_reloads_keep_traffic_flowing_with_no_loss() -> Result<()> {
     for (i, spec) in [&inserted, &changed, &lab_spec()].into_iter().enumerate() {
         agent.write_spec(spec)?;
         assert!(
-            wait_for(Duration::from_secs(10), || agent
-                .status()
-                .map(|s| s["reloads_ok"] == i as u64 + 1)
-                .unwrap_or(false)),
+            agent.wait_for_status("reloads_ok", i as u64 + 1),
             "reload {} applied: {}",
             i + 1,
             agent.log()
@@ -793,10 +781,7 @@ fn a_reload_removing_a_subnet_in_use_is_refused() -> Result<()> {
     );
     agent.write_spec(&without_apps)?;
     assert!(
-        wait_for(Duration::from_secs(10), || agent
-            .status()
-            .map(|s| s["reloads_failed"] == 1)
-            .unwrap_or(false)),
+        agent.wait_for_status("reloads_failed", 1),
         "the edit was refused: {}",
         agent.log()
     );
