@@ -184,6 +184,20 @@ pub fn ping_from_forged(pod: &Ns, forged: Ipv4Addr, dst: Ipv4Addr) -> Result<u32
     Ok(stdout.lines().filter(|l| l.contains("bytes from")).count() as u32)
 }
 
+/// `ip/24` on the lab's fabric, the way the lab's nodes are addressed (`node_cidr("10.0.0.4")`).
+pub fn node_cidr(ip: &str) -> ipnet::Ipv4Net {
+    format!("{ip}/24").parse().expect("a node address")
+}
+
+/// Where most end-to-end tests start: a lab whose node-1 (10.0.0.4) runs an agent on the lab's
+/// spec (`examples/lab.yaml`).
+pub fn lab_with_agent() -> Result<(Lab, Node, Agent)> {
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    let agent = Agent::start(&node, &lab_spec())?;
+    Ok((lab, node, agent))
+}
+
 /// The network config the CNI plugin gets on stdin for `agent` and `subnet`.
 pub fn cni_config(node: &Node, subnet: Option<&str>) -> String {
     let mut conf = serde_json::json!({

@@ -11,13 +11,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 use vnetd_lab::{
-    Lab, Node, PodNs, serial,
-    vnetd::{Agent, add_pod, bin, cni_call, lab_spec},
+    Node, PodNs, serial,
+    vnetd::{add_pod, bin, cni_call, lab_with_agent},
 };
-
-fn node_cidr(ip: &str) -> vnetd_lab::ipnet::Ipv4Net {
-    format!("{ip}/24").parse().unwrap()
-}
 
 /// `vnetd run` for `node` with some of its arguments replaced, run to completion (an agent
 /// that does not exit within `timeout` is killed and that is an error).
@@ -80,9 +76,7 @@ fn ask(socket: &Path, line: &[u8]) -> Result<Value> {
 #[test]
 fn a_second_agent_on_the_same_state_dir_is_refused() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let agent = Agent::start(&node, &lab_spec())?;
+    let (_lab, node, agent) = lab_with_agent()?;
     let inode = std::fs::metadata(&node.api_socket)?.ino();
 
     let other_socket = node.dir.join("second.sock");
@@ -128,9 +122,7 @@ fn a_second_agent_on_the_same_state_dir_is_refused() -> Result<()> {
 #[test]
 fn the_api_socket_serves_root_only_and_bounds_requests() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let agent = Agent::start(&node, &lab_spec())?;
+    let (_lab, node, agent) = lab_with_agent()?;
     let mode = std::fs::metadata(&node.api_socket)?.mode() & 0o7777;
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
 
@@ -189,9 +181,7 @@ fn the_api_socket_serves_root_only_and_bounds_requests() -> Result<()> {
 #[test]
 fn cni_netns_must_be_a_pod_network_namespace() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let agent = Agent::start(&node, &lab_spec())?;
+    let (lab, node, agent) = lab_with_agent()?;
     let fifo = node.dir.join("fifo-netns");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
     let file = node.dir.join("file-netns");
@@ -269,9 +259,7 @@ fn gc_on(network: &str, node: &Node, pod: &PodNs, valid: Value) -> Result<i32> {
 #[test]
 fn gc_of_one_network_leaves_another_networks_attachments() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let agent = Agent::start(&node, &lab_spec())?;
+    let (lab, node, agent) = lab_with_agent()?;
     let pod_a = lab.add_pod_netns("pod-a")?;
     let pod_b = lab.add_pod_netns("pod-b")?;
     for (network, pod) in [("net-a", &pod_a), ("net-b", &pod_b)] {

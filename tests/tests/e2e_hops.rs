@@ -7,9 +7,8 @@ use anyhow::{Context as _, Result};
 use vnetd_lab::{
     Lab, Ns,
     frames::{parse_mac, send_raw, udp_frame},
-    ipnet::Ipv4Net,
     serial,
-    vnetd::{Agent, Pod, add_pod, lab_spec},
+    vnetd::{Agent, Pod, add_pod, lab_with_agent},
 };
 
 #[test]
@@ -87,9 +86,7 @@ fn neighbour_mac(pod: &Ns, ip: &str) -> Result<[u8; 6]> {
 
 /// A lab node running the agent, with two pods in `apps`.
 fn node_with_two_pods() -> Result<(Lab, Agent, Pod, Pod)> {
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", "10.0.0.4/24".parse::<Ipv4Net>()?)?;
-    let agent = Agent::start(&node, &lab_spec())?;
+    let (lab, node, agent) = lab_with_agent()?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     let b = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
     Ok((lab, agent, a, b))

@@ -23,10 +23,10 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
 use vnetd_lab::{
-    Lab, Node, POD_GATEWAY, PodNs,
+    Node, POD_GATEWAY, PodNs,
     ipnet::Ipv4Net,
     serial,
-    vnetd::{Agent, bin, lab_spec},
+    vnetd::{Agent, bin, lab_with_agent},
 };
 
 /// Where Debian's `golang-github-appc-cni-dev` puts libcni (GOPATH layout).
@@ -415,9 +415,7 @@ fn endpoint(agent: &Agent, ip: Ipv4Addr) -> Result<Value> {
 #[test]
 fn libcni_adds_checks_and_deletes_pods() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
-    let agent = Agent::start(&node, &lab_spec())?;
+    let (lab, node, agent) = lab_with_agent()?;
     let spec = Runtime::libcni_spec(&cnitool()?)?;
     ensure!(
         PLUGIN_VERSIONS.contains(&spec.as_str()),
@@ -514,9 +512,7 @@ fn libcni_adds_checks_and_deletes_pods() -> Result<()> {
 #[test]
 fn libcni_with_a_1_1_0_conflist() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
-    let agent = Agent::start(&node, &lab_spec())?;
+    let (lab, node, agent) = lab_with_agent()?;
     let spec = Runtime::libcni_spec(&cnitool()?)?;
     let runtime = Runtime::new(&node, "1.1.0")?;
     let validate = runtime.run(&["validate", NET], &[])?;

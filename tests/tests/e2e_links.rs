@@ -5,19 +5,13 @@ use std::{net::Ipv4Addr, time::Duration};
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 use vnetd_lab::{
-    Lab, Node, Ns,
-    ipnet::Ipv4Net,
-    serial,
-    vnetd::{Agent, Pod, add_pod, cni_call, lab_spec},
+    Lab, Node, Ns, serial,
+    vnetd::{Agent, Pod, add_pod, cni_call, lab_spec, lab_with_agent, node_cidr},
     wait_for,
 };
 
 /// How long the agent may take to notice a link event and act on it.
 const NOTICE: Duration = Duration::from_secs(10);
-
-fn node_cidr(ip: &str) -> Ipv4Net {
-    format!("{ip}/24").parse().unwrap()
-}
 
 /// The host-side veth of a pod, from its CNI result.
 fn host_ifname(pod: &Pod) -> Result<String> {
@@ -112,9 +106,7 @@ fn deleted_pod_veth_releases_the_endpoint() -> Result<()> {
 #[test]
 fn restart_sweeps_pod_veths_without_a_record() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let mut agent = Agent::start(&node, &lab_spec())?;
+    let (lab, node, mut agent) = lab_with_agent()?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     let a_host = host_ifname(&a)?;
     agent.kill()?;

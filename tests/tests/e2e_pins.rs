@@ -11,15 +11,9 @@ use aya::programs::{
 };
 use vnetd_common::ABI_VERSION;
 use vnetd_lab::{
-    Lab, Node,
-    ipnet::Ipv4Net,
-    serial,
-    vnetd::{Agent, Pod, add_pod, lab_spec},
+    Lab, Node, serial,
+    vnetd::{Agent, Pod, add_pod, lab_with_agent},
 };
-
-fn node_cidr(ip: &str) -> Ipv4Net {
-    format!("{ip}/24").parse().unwrap()
-}
 
 fn abi_dir(node: &Node, version: u32) -> std::path::PathBuf {
     node.bpffs_dir.join(format!("abi-v{version}"))
@@ -73,9 +67,7 @@ struct OldAbi {
 }
 
 fn node_left_by_an_older_abi() -> Result<OldAbi> {
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let mut agent = Agent::start(&node, &lab_spec())?;
+    let (lab, node, mut agent) = lab_with_agent()?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     let b = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
     assert_eq!(a.ping_count(b.ip, 1)?, 1, "pod to pod before the upgrade");

@@ -5,24 +5,16 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
 use vnetd_lab::{
-    Lab,
-    ipnet::Ipv4Net,
-    serial, tcp_echo_ok, udp_ok,
-    vnetd::{Agent, add_pod, cni_call, lab_spec},
+    Lab, serial, tcp_echo_ok, udp_ok,
+    vnetd::{Agent, add_pod, cni_call, lab_spec, lab_with_agent, node_cidr},
 };
-
-fn node_cidr(ip: &str) -> Ipv4Net {
-    format!("{ip}/24").parse().unwrap()
-}
 
 /// One node, two pods: the first slice through every layer. Packets went through the XDP
 /// program on the uplink and the TC program on the pods' veths (their counters moved).
 #[test]
 fn pods_on_one_node_talk_through_both_programs() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let agent = Agent::start(&node, &lab_spec())?;
+    let (lab, node, agent) = lab_with_agent()?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     let b = add_pod(
         &lab,
@@ -143,9 +135,7 @@ fn pods_talk_across_nodes_without_overlay() -> Result<()> {
 #[test]
 fn teardown_removes_the_node_dataplane() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let mut agent = Agent::start(&node, &lab_spec())?;
+    let (lab, node, mut agent) = lab_with_agent()?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     assert!(
         node.bpffs_dir
@@ -264,9 +254,7 @@ fn cni_pool_exhaustion_status_gc_and_del() -> Result<()> {
 #[test]
 fn declared_container_group_gets_its_address_in_the_delegated_subnet() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let agent = Agent::start(&node, &lab_spec())?;
+    let (lab, node, agent) = lab_with_agent()?;
     let api = add_pod(&lab, &node, "api", None, "VNETD_CONTAINER_GROUP=api")?;
     assert_eq!(
         api.ip,

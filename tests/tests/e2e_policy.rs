@@ -6,16 +6,9 @@ use std::{net::Ipv4Addr, time::Duration};
 use anyhow::{Result, ensure};
 use vnetd_lab::{
     Lab, Node, serial,
-    vnetd::{Agent, Pod, add_pod, lab_spec, ping_from_forged},
+    vnetd::{Agent, Pod, add_pod, lab_spec, lab_with_agent, ping_from_forged},
     wait_for,
 };
-
-fn lab_with_node() -> Result<(Lab, Node, Agent)> {
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
-    let agent = Agent::start(&node, &lab_spec())?;
-    Ok((lab, node, agent))
-}
 
 /// Sends exactly `count` echo requests (200 ms apart, 1 s to answer each) and returns how many
 /// were answered. [`vnetd_lab::Ns::ping_count`] keeps sending until its deadline while
@@ -55,7 +48,7 @@ fn two_pods(lab: &Lab, node: &Node) -> Result<(Pod, Pod)> {
 #[test]
 fn spoofed_sources_are_dropped_counted_and_never_arrive() -> Result<()> {
     let _serial = serial();
-    let (lab, node, agent) = lab_with_node()?;
+    let (lab, node, agent) = lab_with_agent()?;
     let (a, b) = two_pods(&lab, &node)?;
     let c = add_pod(&lab, &node, "pod-c", Some("apps"), "")?;
     assert_eq!(a.ping_count(b.ip, 1)?, 1);
@@ -146,7 +139,7 @@ fn spoofed_sources_are_dropped_counted_and_never_arrive() -> Result<()> {
 #[test]
 fn none_route_drops_and_appliance_route_reaches_the_appliance() -> Result<()> {
     let _serial = serial();
-    let (lab, node, agent) = lab_with_node()?;
+    let (lab, node, agent) = lab_with_agent()?;
     let nva = lab.add_appliance("nva", "10.0.0.100/24".parse()?)?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
 
@@ -176,7 +169,7 @@ fn none_route_drops_and_appliance_route_reaches_the_appliance() -> Result<()> {
 fn internet_route_reaches_the_internet_host_through_the_node_gateway() -> Result<()> {
     use std::net::{SocketAddr, SocketAddrV4};
     let _serial = serial();
-    let (lab, node, agent) = lab_with_node()?;
+    let (lab, node, agent) = lab_with_agent()?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     let receiver = lab
         .internet()
@@ -217,7 +210,7 @@ fn internet_route_reaches_the_internet_host_through_the_node_gateway() -> Result
 #[test]
 fn reload_moves_endpoints_to_another_route_table() -> Result<()> {
     let _serial = serial();
-    let (lab, node, agent) = lab_with_node()?;
+    let (lab, node, agent) = lab_with_agent()?;
     let nva = lab.add_appliance("nva", "10.0.0.100/24".parse()?)?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     let b = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
@@ -273,7 +266,7 @@ fn reload_moves_endpoints_to_another_route_table() -> Result<()> {
 #[test]
 fn spec_edits_apply_live_and_invalid_edits_are_refused() -> Result<()> {
     let _serial = serial();
-    let (lab, node, agent) = lab_with_node()?;
+    let (lab, node, agent) = lab_with_agent()?;
     let nva = lab.add_appliance("nva", "10.0.0.100/24".parse()?)?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     let capture = nva.capture("eth0", "icmp")?;
@@ -329,7 +322,7 @@ fn spec_edits_apply_live_and_invalid_edits_are_refused() -> Result<()> {
 #[test]
 fn route_table_reloads_keep_traffic_flowing_with_no_loss() -> Result<()> {
     let _serial = serial();
-    let (lab, node, agent) = lab_with_node()?;
+    let (lab, node, agent) = lab_with_agent()?;
     let nva = lab.add_appliance("nva", "10.0.0.100/24".parse()?)?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     ensure!(
@@ -450,7 +443,7 @@ fn with_route_tables(tables: usize) -> String {
 fn route_tables_over_capacity_are_refused_at_start_and_on_reload() -> Result<()> {
     use vnetd_lab::vnetd::bin;
     let _serial = serial();
-    let (lab, node, agent) = lab_with_node()?;
+    let (lab, node, agent) = lab_with_agent()?;
     let nva = lab.add_appliance("nva", "10.0.0.100/24".parse()?)?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     ensure!(
@@ -764,7 +757,7 @@ fn nsg_rules_are_accepted_with_a_not_enforced_warning() -> Result<()> {
 #[test]
 fn a_reload_removing_a_subnet_in_use_is_refused() -> Result<()> {
     let _serial = serial();
-    let (lab, node, agent) = lab_with_node()?;
+    let (lab, node, agent) = lab_with_agent()?;
     let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
     let b = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
     // The same VNet without `apps`: its subnet, its route table's use, the nodes' pools in it.
