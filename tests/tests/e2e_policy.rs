@@ -758,8 +758,7 @@ fn nsg_rules_are_accepted_with_a_not_enforced_warning() -> Result<()> {
 fn a_reload_removing_a_subnet_in_use_is_refused() -> Result<()> {
     let _serial = serial();
     let (lab, node, agent) = lab_with_agent()?;
-    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
-    let b = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
+    let (a, b) = two_pods(&lab, &node)?;
     // The same VNet without `apps`: its subnet, its route table's use, the nodes' pools in it.
     let without_apps = lab_spec()
         .replace(
