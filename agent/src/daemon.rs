@@ -619,6 +619,9 @@ fn node_config(plan: &NodePlan, uplink: &NodeLink) -> NodeConfig {
         uplink_ifindex: uplink.ifindex,
         primary_ip: plan.primary_ip.octets(),
         uplink_mac: uplink.mac,
+        // Wired to the spec's outboundNat.portRange with the NAT tables (issue 8).
+        snat_port_min: crate::spec::OutboundNat::DEFAULT_PORT_RANGE.first,
+        snat_port_max: crate::spec::OutboundNat::DEFAULT_PORT_RANGE.last,
         _pad: [0; 2],
     }
 }

@@ -220,6 +220,7 @@ fn a_pod_whose_table_is_missing_has_no_route() {
             route_table: 7,
             pod_mac: MAC_A,
             host_mac: HOST_A,
+            public_ip: [0; 4],
         },
     )
     .unwrap();

@@ -71,6 +71,7 @@ fn endpoint(route_table: u32) -> Endpoint {
         route_table,
         pod_mac: [2, 0xaa, 0, 0, 0, 10],
         host_mac: [2, 0xbb, 0, 0, 0, 10],
+        public_ip: [0; 4],
     }
 }
 

@@ -281,7 +281,16 @@ fn remove_pin(path: &Path) -> Result<()> {
 /// all of NODE and ROUTES before it attaches any program, and TRAFFIC and DROPS only count
 /// (Prometheus sees a counter reset). Any other map (ENDPOINTS: the pods; later conntrack) holds
 /// state between agents and is refused.
-const REPLACED_ON_MISMATCH: &[&str] = &[maps::NODE, maps::ROUTES, maps::TRAFFIC, maps::DROPS];
+const REPLACED_ON_MISMATCH: &[&str] = &[
+    maps::NODE,
+    maps::ROUTES,
+    maps::TRAFFIC,
+    maps::DROPS,
+    maps::CONNTRACK_STATS,
+    maps::NO_MASQUERADE,
+    maps::PUBLIC_IPS,
+    maps::PUBLIC_PORTS,
+];
 
 /// A map as the object defines it: what the kernel reports for a map created from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

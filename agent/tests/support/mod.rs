@@ -115,6 +115,8 @@ pub fn dataplane_on(ifindex_a: u32, ifindex_b: u32, host_b: [u8; 6]) -> Dataplan
         uplink_ifindex: TEST_IFINDEX,
         primary_ip: NODE_IP,
         uplink_mac: UPLINK_MAC,
+        snat_port_min: 32768,
+        snat_port_max: 65535,
         _pad: [0; 2],
     })
     .unwrap();
@@ -130,6 +132,7 @@ pub fn dataplane_on(ifindex_a: u32, ifindex_b: u32, host_b: [u8; 6]) -> Dataplan
                 route_table: 1,
                 pod_mac,
                 host_mac,
+                public_ip: [0; 4],
             },
         )
         .unwrap();

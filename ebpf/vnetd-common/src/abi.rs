@@ -13,7 +13,10 @@
 
 use core::mem::{align_of, offset_of, size_of};
 
-use crate::{DropReason, Endpoint, NextHop, NodeConfig, Path, Route, RouteKey, Traffic, maps};
+use crate::{
+    ConntrackStat, Direction, DropReason, Endpoint, Flow, FlowKey, FlowKind, NextHop, NodeConfig,
+    Path, PublicAddress, PublicPortKey, Rewrite, Route, RouteKey, Traffic, maps,
+};
 
 /// Every layout the ABI has had, oldest first: (ABI version, fingerprint).
 ///
@@ -24,6 +27,7 @@ use crate::{DropReason, Endpoint, NextHop, NodeConfig, Path, Route, RouteKey, Tr
 pub const RECORDED: &[(u32, u64)] = &[
     (1, 0x4a49_2cb4_e629_3932),
     (2, 0xaf98_788e_fb11_9259),
+    (3, 0x6955_5748_7391_9887),
 ];
 
 /// Part of every pin path (`<bpffs>/abi-v<N>/...`).
@@ -105,12 +109,42 @@ const fn fingerprint() -> u64 {
     let h = field!(h, Endpoint, route_table);
     let h = field!(h, Endpoint, pod_mac);
     let h = field!(h, Endpoint, host_mac);
+    let h = field!(h, Endpoint, public_ip);
 
     let h = h.layout::<NodeConfig>("NodeConfig");
     let h = field!(h, NodeConfig, uplink_ifindex);
     let h = field!(h, NodeConfig, primary_ip);
     let h = field!(h, NodeConfig, uplink_mac);
+    let h = field!(h, NodeConfig, snat_port_min);
+    let h = field!(h, NodeConfig, snat_port_max);
     let h = field!(h, NodeConfig, _pad);
+
+    let h = h.layout::<FlowKey>("FlowKey");
+    let h = field!(h, FlowKey, src_ip);
+    let h = field!(h, FlowKey, dst_ip);
+    let h = field!(h, FlowKey, src_port);
+    let h = field!(h, FlowKey, dst_port);
+    let h = field!(h, FlowKey, proto);
+
+    let h = h.layout::<Flow>("Flow");
+    let h = field!(h, Flow, created_ns);
+    let h = field!(h, Flow, last_seen_ns);
+    let h = field!(h, Flow, packets);
+    let h = field!(h, Flow, bytes);
+    let h = field!(h, Flow, sibling);
+    let h = field!(h, Flow, nat_ip);
+    let h = field!(h, Flow, nat_port);
+    let h = field!(h, Flow, rewrite);
+    let h = field!(h, Flow, kind);
+    let h = field!(h, Flow, direction);
+    let h = field!(h, Flow, tcp_flags_seen);
+
+    let h = h.layout::<PublicAddress>("PublicAddress");
+    let h = field!(h, PublicAddress, private_ip);
+    let h = h.layout::<PublicPortKey>("PublicPortKey");
+    let h = field!(h, PublicPortKey, public_ip);
+    let h = field!(h, PublicPortKey, port);
+    let h = field!(h, PublicPortKey, proto);
 
     let h = h.layout::<RouteKey>("RouteKey");
     let h = field!(h, RouteKey, table);
@@ -132,7 +166,11 @@ const fn fingerprint() -> u64 {
     }
     let mut h = h
         .word(maps::ENDPOINTS_MAX as usize)
-        .word(maps::ROUTES_MAX as usize);
+        .word(maps::ROUTES_MAX as usize)
+        .word(maps::FLOWS_MAX as usize)
+        .word(maps::NO_MASQUERADE_MAX as usize)
+        .word(maps::PUBLIC_IPS_MAX as usize)
+        .word(maps::PUBLIC_PORTS_MAX as usize);
 
     // Counter indices: the TRAFFIC and DROPS arrays are as long as these lists.
     h = h.word(Path::COUNT as usize);
@@ -145,6 +183,29 @@ const fn fingerprint() -> u64 {
     let mut i = 0;
     while i < DropReason::ALL.len() {
         h = h.word(DropReason::ALL[i] as usize);
+        i += 1;
+    }
+
+    h = h.word(ConntrackStat::COUNT as usize);
+    let mut i = 0;
+    while i < ConntrackStat::ALL.len() {
+        h = h.word(ConntrackStat::ALL[i] as usize);
+        i += 1;
+    }
+    // Flow entry codes.
+    let codes = [
+        Rewrite::None as u8,
+        Rewrite::Source as u8,
+        Rewrite::Destination as u8,
+        FlowKind::PodSnat as u8,
+        FlowKind::Host as u8,
+        FlowKind::PublicInbound as u8,
+        Direction::Original as u8,
+        Direction::Reply as u8,
+    ];
+    let mut i = 0;
+    while i < codes.len() {
+        h = h.word(codes[i] as usize);
         i += 1;
     }
 

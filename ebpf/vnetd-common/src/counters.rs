@@ -37,10 +37,16 @@ pub enum Path {
     /// ICMP errors the dataplane sent in place of a packet it could not forward (time
     /// exceeded).
     IcmpError = 10,
+    /// Replies of SNAT flows, translated back and delivered into their pod.
+    InternetToPod = 11,
+    /// Inbound traffic to a Public group's address, translated to its private address.
+    PublicToPod = 12,
+    /// The node's own traffic whose port was remapped (a pod flow held its port first).
+    HostNat = 13,
 }
 
 impl Path {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Path; Self::COUNT as usize] = [
         Path::UplinkIn,
         Path::PodOut,
@@ -53,6 +59,9 @@ impl Path {
         Path::PodToAppliance,
         Path::PodToInternet,
         Path::IcmpError,
+        Path::InternetToPod,
+        Path::PublicToPod,
+        Path::HostNat,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -68,6 +77,9 @@ impl Path {
             Path::PodToAppliance => "pod_to_appliance",
             Path::PodToInternet => "pod_to_internet",
             Path::IcmpError => "icmp_error",
+            Path::InternetToPod => "internet_to_pod",
+            Path::PublicToPod => "public_to_pod",
+            Path::HostNat => "host_nat",
         }
     }
 }
@@ -100,10 +112,21 @@ pub enum DropReason {
     /// A pod's ARP probe (sender 0.0.0.0, duplicate address detection): never answered, so the
     /// pod keeps its address.
     ArpProbe = 9,
+    /// A new flow out of the VNet found no free SNAT port (established flows are untouched).
+    SnatPortsExhausted = 10,
+    /// A fragment on a translated path: vnetd does not reassemble, and a later fragment has
+    /// no ports to find its flow by.
+    NatFragment = 11,
+    /// Inbound to a public address on a port (or protocol) the group does not expose.
+    PublicPortClosed = 12,
+    /// The flow table refused a new entry (not a port clash: the kernel said no).
+    FlowInsertFailed = 13,
+    /// An ICMP error about a flow vnetd does not know, to a translated address.
+    IcmpNoFlow = 14,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 15;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::Spoofed,
@@ -115,6 +138,11 @@ impl DropReason {
         DropReason::VlanTagged,
         DropReason::Ipv6,
         DropReason::ArpProbe,
+        DropReason::SnatPortsExhausted,
+        DropReason::NatFragment,
+        DropReason::PublicPortClosed,
+        DropReason::FlowInsertFailed,
+        DropReason::IcmpNoFlow,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -129,6 +157,11 @@ impl DropReason {
             DropReason::VlanTagged => "vlan_tagged",
             DropReason::Ipv6 => "ipv6",
             DropReason::ArpProbe => "arp_probe",
+            DropReason::SnatPortsExhausted => "snat_ports_exhausted",
+            DropReason::NatFragment => "nat_fragment",
+            DropReason::PublicPortClosed => "public_port_closed",
+            DropReason::FlowInsertFailed => "flow_insert_failed",
+            DropReason::IcmpNoFlow => "icmp_no_flow",
         }
     }
 }

@@ -11,6 +11,9 @@ pub struct Endpoint {
     pub pod_mac: [u8; 6],
     /// The host-side veth's MAC: what the pod resolves 169.254.1.1 to.
     pub host_mac: [u8; 6],
+    /// A Public group's public address, network byte order: its traffic to the internet
+    /// leaves with it. `[0; 4]`: masquerade to the node's primary address.
+    pub public_ip: [u8; 4],
 }
 
 #[cfg(feature = "user")]

@@ -5,15 +5,22 @@
 #![no_std]
 
 pub mod abi;
+mod conntrack;
 mod counters;
 mod endpoint;
 pub mod maps;
+mod nat;
 mod node;
 pub mod programs;
 mod route;
 
 pub use abi::ABI_VERSION;
+pub use conntrack::{
+    ConntrackStat, Direction, Flow, FlowKey, FlowKind, Rewrite, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    TcpState,
+};
 pub use counters::{DropReason, Path, Traffic};
 pub use endpoint::Endpoint;
+pub use nat::{NoMasqueradeKey, PublicAddress, PublicPortKey};
 pub use node::{NodeConfig, POD_GATEWAY};
 pub use route::{NextHop, Route, RouteKey};

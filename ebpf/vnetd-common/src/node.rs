@@ -11,6 +11,10 @@ pub struct NodeConfig {
     /// The node's primary address (SNAT source), network byte order.
     pub primary_ip: [u8; 4],
     pub uplink_mac: [u8; 6],
+    /// `outboundNat.portRange` (host byte order, inclusive): the source ports SNAT allocates,
+    /// and the node's own ports that are tracked so pods never share them.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
     pub _pad: [u8; 2],
 }
 

@@ -6,3 +6,6 @@ pub const UPLINK_XDP: &str = "uplink_xdp";
 pub const UPLINK_TC_INGRESS: &str = "uplink_ingress";
 /// TC ingress on a pod's host-side veth: everything the pod sends.
 pub const POD_TC_INGRESS: &str = "pod_ingress";
+/// TC egress on the uplink: the node's own connections from ports in the SNAT range are
+/// tracked (and remapped if a pod flow holds their port).
+pub const UPLINK_TC_EGRESS: &str = "uplink_egress";

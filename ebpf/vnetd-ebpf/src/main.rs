@@ -5,12 +5,14 @@
 #![no_main]
 
 mod arp;
+mod conntrack;
 mod counters;
 mod drop;
 mod endpoint;
 mod forward;
 mod icmp;
 mod l3;
+mod nat;
 mod node;
 mod parse;
 mod pod;

@@ -14,6 +14,7 @@ pub fn abi_endpoint(ep: &endpoints::Endpoint, route_table: u32) -> Endpoint {
         route_table,
         pod_mac: ep.pod_mac,
         host_mac: ep.host_mac,
+        public_ip: [0; 4],
     }
 }
 
