@@ -36,6 +36,12 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
     uplink::ingress(&ctx)
 }
 
+/// The node's uplink (TC egress): the node's own connections from ports in the SNAT range.
+#[classifier]
+pub fn uplink_egress(ctx: TcContext) -> i32 {
+    uplink::egress(&ctx)
+}
+
 /// Everything a pod sends (TC ingress on its host-side veth).
 #[classifier]
 pub fn pod_ingress(ctx: TcContext) -> i32 {

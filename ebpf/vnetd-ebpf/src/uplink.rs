@@ -71,3 +71,9 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     forward::to_local_pod(eth, ep, Path::UplinkToPod, pkt.len())
 }
+
+#[inline(always)]
+pub fn egress(_ctx: &TcContext) -> i32 {
+    // The node's own flows are tracked here once connection tracking lands (issue 8).
+    forward::PASS_ON
+}
