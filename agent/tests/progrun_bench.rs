@@ -81,3 +81,68 @@ fn pod_ingress_pod_to_pod() {
         wall.as_nanos() as f64 / done as f64
     );
 }
+
+/// The cost of each stage on the path to the internet, one BPF_PROG_RUN per packet (the SNAT
+/// rewrite changes the source the next run's anti-spoofing checks, so runs cannot repeat on
+/// one skb): the same pod-to-pod frame as above, and a pod's UDP packet of an established,
+/// masqueraded flow (route, conntrack lookup, rewrite with the checksum helpers). Both measured
+/// the same way in the same run, so their difference is the NAT stage's cost.
+#[test]
+#[ignore = "a benchmark: `cargo xtask bench` runs it"]
+fn pod_ingress_snat_established() {
+    let runs: u32 = std::env::var("VNETD_BENCH_PROGRUN_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000)
+        .clamp(1000, 200_000);
+    let mut dp = dataplane_with_host_b(MAC_A);
+    let mut internet = udp(MAC_A, POD_A, [198, 51, 100, 10]);
+    internet.resize(64, 0);
+    let frames = [
+        ("pod_ingress_single", frame(), Path::PodToPod),
+        (
+            "pod_ingress_snat_established",
+            internet,
+            Path::PodToInternet,
+        ),
+    ];
+    let mut out = vec![0u8; 64 + 256];
+    for (name, frame, path) in frames {
+        let mut total_ns = 0u64;
+        // The first run creates the flow; it is not counted.
+        for i in 0..=runs {
+            let r = dp
+                .classifier(programs::POD_TC_INGRESS)
+                .unwrap()
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&support::skb_ctx_on(support::TEST_IFINDEX)),
+                    ..Default::default()
+                })
+                .expect("BPF_PROG_RUN of pod_ingress");
+            assert_eq!(
+                r.return_value,
+                TC_ACT_REDIRECT,
+                "{name}: {:?}",
+                dp.drops().unwrap()
+            );
+            if i > 0 {
+                total_ns += r.duration.as_nanos() as u64;
+            }
+        }
+        let taken = dp
+            .traffic()
+            .unwrap()
+            .into_iter()
+            .find(|(p, _)| *p == path)
+            .unwrap()
+            .1
+            .packets;
+        assert!(taken > u64::from(runs), "{name} took its path");
+        println!(
+            "vnetd-bench program={name} runs={runs} ns_per_run={:.1}",
+            total_ns as f64 / f64::from(runs)
+        );
+    }
+}
