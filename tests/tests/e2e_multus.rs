@@ -103,6 +103,7 @@ struct MultiPod {
     container_id: String,
     eth0: Ipv4Addr,
     net1: Ipv4Addr,
+    eth0_result: Value,
     net1_result: Value,
 }
 
@@ -129,10 +130,11 @@ fn multus_lab() -> Result<Multus> {
     )?)?;
 
     let ns = lab.add_pod_netns("multi")?;
-    let eth0 = address_of(&add(
+    let eth0_result = add(
         &node,
         &call("ADD", &node, &ns, (NET_A, "apps"), "eth0", json!({})),
-    )?)?;
+    )?;
+    let eth0 = address_of(&eth0_result)?;
     let second = call("ADD", &node, &ns, (NET_B, "data"), "net1", data_routes());
     let net1_result = add(&node, &second)?;
     let net1 = address_of(&net1_result)?;
@@ -147,6 +149,7 @@ fn multus_lab() -> Result<Multus> {
             container_id: second.container_id,
             eth0,
             net1,
+            eth0_result,
             net1_result,
         },
     })
@@ -191,7 +194,7 @@ fn a_second_interface_is_its_own_endpoint_and_keeps_the_default_route_on_eth0() 
     let _serial = serial();
     let Multus {
         lab: _lab,
-        node: _node,
+        node,
         agent,
         peer,
         data_peer: (data_ns, data_ip),
@@ -235,7 +238,11 @@ fn a_second_interface_is_its_own_endpoint_and_keeps_the_default_route_on_eth0() 
             .any(|r| r["dst"] == DATA_PREFIX && r["gateway"] == POD_GATEWAY.to_string()),
         "the conflist's route via net1: {net1_routes:?}"
     );
-    assert_eq!(net1_routes.len(), 2, "nothing else on net1: {net1_routes:?}");
+    assert_eq!(
+        net1_routes.len(),
+        2,
+        "nothing else on net1: {net1_routes:?}"
+    );
     assert_eq!(
         multi.net1_result["routes"],
         json!([{ "dst": DATA_PREFIX, "gw": POD_GATEWAY.to_string() }]),
@@ -243,6 +250,21 @@ fn a_second_interface_is_its_own_endpoint_and_keeps_the_default_route_on_eth0() 
         multi.net1_result
     );
     assert_eq!(multi.net1_result["interfaces"][1]["name"], "net1");
+    // CHECK of each interface against its own result: net1 without a default route is right.
+    for (network, ifname, result) in [
+        ((NET_A, "apps"), "eth0", &multi.eth0_result),
+        ((NET_B, "data"), "net1", &multi.net1_result),
+    ] {
+        let out = node.cni(&call(
+            "CHECK",
+            &node,
+            pod,
+            network,
+            ifname,
+            json!({ "prevResult": result }),
+        ))?;
+        assert_eq!(out.exit, 0, "CHECK {ifname}: {} {}", out.stdout, out.stderr);
+    }
 
     // Both addresses answer a pod of network A; each reply leaves by its own interface (a reply
     // from net1's address through eth0 would be dropped as spoofed).
@@ -255,7 +277,11 @@ fn a_second_interface_is_its_own_endpoint_and_keeps_the_default_route_on_eth0() 
     assert_eq!(*report.client_local.ip(), multi.net1, "{report:?}");
     let report = tcp_echo(pod, &peer, peer.ip, 5304, Duration::from_secs(3))?;
     assert_eq!(*report.client_local.ip(), multi.eth0, "{report:?}");
-    assert_eq!(agent.drops("spoofed")?, 0, "no reply left by the wrong interface");
+    assert_eq!(
+        agent.drops("spoofed")?,
+        0,
+        "no reply left by the wrong interface"
+    );
 
     // net1 sending with eth0's address is dropped and counted.
     let net1_host = host_ifname(&agent, &multi.container_id, "net1")?;
@@ -295,7 +321,9 @@ fn a_second_interface_is_its_own_endpoint_and_keeps_the_default_route_on_eth0() 
     );
     let lines = arrivals.stop()?;
     assert!(
-        !lines.iter().any(|l| l.contains(&format!("{}.40000", multi.eth0))),
+        !lines
+            .iter()
+            .any(|l| l.contains(&format!("{}.40000", multi.eth0))),
         "the forged frame never arrived: {lines:?}"
     );
     Ok(())
@@ -322,6 +350,7 @@ fn host_ifname(agent: &Agent, container_id: &str, ifname: &str) -> Result<String
 fn del_of_one_network_removes_only_its_interface() -> Result<()> {
     let _serial = serial();
     let Multus {
+        lab: _lab,
         node,
         agent,
         peer,
@@ -343,7 +372,11 @@ fn del_of_one_network_removes_only_its_interface() -> Result<()> {
         endpoints_of(&agent, &multi.container_id)?,
         vec![(NET_A.into(), "eth0".into(), multi.eth0.to_string())]
     );
-    assert_eq!(default_routes(pod)?.len(), 1, "eth0 keeps the default route");
+    assert_eq!(
+        default_routes(pod)?.len(),
+        1,
+        "eth0 keeps the default route"
+    );
     assert_eq!(peer.ping_count(multi.eth0, 2)?, 2, "eth0 still works");
     assert_eq!(node.cni(&del_net1)?.exit, 0, "DEL is idempotent");
 
@@ -373,6 +406,7 @@ fn del_of_one_network_removes_only_its_interface() -> Result<()> {
 fn gc_of_one_network_keeps_the_other_networks_interfaces() -> Result<()> {
     let _serial = serial();
     let Multus {
+        lab: _lab,
         node,
         agent,
         peer,
@@ -391,7 +425,13 @@ fn gc_of_one_network_keeps_the_other_networks_interfaces() -> Result<()> {
             json!({ "cni.dev/valid-attachments": valid }),
         );
         let out = node.cni(&call)?;
-        ensure!(out.exit == 0, "GC of {}: {} {}", network.0, out.stdout, out.stderr);
+        ensure!(
+            out.exit == 0,
+            "GC of {}: {} {}",
+            network.0,
+            out.stdout,
+            out.stderr
+        );
         Ok(())
     };
 
@@ -404,7 +444,11 @@ fn gc_of_one_network_keeps_the_other_networks_interfaces() -> Result<()> {
         endpoints_of(&agent, &multi.container_id)?,
         vec![(NET_B.into(), "net1".into(), multi.net1.to_string())]
     );
-    assert_eq!(peer.ping_count(multi.net1, 2)?, 2, "net1 untouched by GC of A");
+    assert_eq!(
+        peer.ping_count(multi.net1, 2)?,
+        2,
+        "net1 untouched by GC of A"
+    );
 
     gc(
         (NET_B, "data"),
@@ -417,7 +461,10 @@ fn gc_of_one_network_keeps_the_other_networks_interfaces() -> Result<()> {
         1,
         "GC of B leaves A's pods"
     );
-    assert!(data_ns.ip(["link", "show", "eth0"]).is_ok(), "B's valid pod stays");
+    assert!(
+        data_ns.ip(["link", "show", "eth0"]).is_ok(),
+        "B's valid pod stays"
+    );
     assert_eq!(peer.ping_count(node.ip, 1)?, 1);
     Ok(())
 }

@@ -144,6 +144,7 @@ fn spec(pod: &PodNs, host: &str, ip: [u8; 4]) -> PodInterfaceSpec {
         host_ifname: host.into(),
         ip: ip.into(),
         mtu: 1400,
+        routes: None,
     }
 }
 
@@ -387,6 +388,7 @@ fn kernel_missing_netns_creates_nothing() {
             host_ifname: "vhmissing".into(),
             ip: Ipv4Addr::new(10, 0, 1, 11),
             mtu: 1500,
+            routes: None,
         };
         match create_pod_interface(&spec).await {
             Err(PodInterfaceError::NetnsNotFound(p)) => assert_eq!(p, spec.netns),
