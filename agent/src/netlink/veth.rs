@@ -22,7 +22,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::{
     Handle, IpVersion, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        link::{InfoData, InfoVeth},
+        link::{InfoData, InfoVeth, LinkAttribute},
         neighbour::NeighbourState,
         route::RouteScope,
         rule::{RuleAction, RuleAttribute, RuleMessage},
@@ -253,6 +253,7 @@ async fn configure_pod_side(
     };
     let takes_default = routes.contains(&DEFAULT_ROUTE);
     if let (true, Some(other)) = (takes_default, existing_default) {
+        let other = link_name(h, other).await;
         anyhow::bail!(
             "the pod already has a default route (dev {other}): {ifname}'s network \
              configuration must not route 0.0.0.0/0 as well (list its destinations in `routes`)"
@@ -330,6 +331,20 @@ async fn configure_pod_side(
         .await
         .with_context(|| format!("adding neighbour {POD_GATEWAY} dev {ifname}"))?;
     Ok((index, link_mac(&pod), routes))
+}
+
+/// The name of link `index`, or its number if it has none we can read.
+async fn link_name(h: &Handle, index: u32) -> String {
+    let link = h.link().get().match_index(index).execute().try_next().await;
+    link.ok()
+        .flatten()
+        .and_then(|link| {
+            link.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name),
+                _ => None,
+            })
+        })
+        .unwrap_or_else(|| format!("ifindex {index}"))
 }
 
 /// The interface of the pod's default route in the main table, if it has one.
