@@ -202,6 +202,9 @@ impl Agent {
         for att in vanished {
             if let Some(ep) = self.endpoints.remove(&att) {
                 warn!(ip = %ep.ip, host_ifname = %ep.host_ifname, "endpoint's interface vanished: releasing it");
+                if let Err(err) = netlink::delete_pod_source_rule(&ep.netns, ep.ip).await {
+                    warn!(ip = %ep.ip, "{err:#}");
+                }
                 self.forget(&ep)?;
             }
         }

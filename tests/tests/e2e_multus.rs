@@ -345,7 +345,7 @@ fn host_ifname(agent: &Agent, container_id: &str, ifname: &str) -> Result<String
 
 /// DEL of net1 (network B) removes net1, its address and endpoint, and nothing of eth0; the
 /// address goes back to the pool and a new ADD of net1 works again. Then DEL of eth0 leaves
-/// net1 working.
+/// net1 working; net1's host veth deleted behind the agent's back takes its rule along.
 #[test]
 fn del_of_one_network_removes_only_its_interface() -> Result<()> {
     let _serial = serial();
@@ -397,6 +397,23 @@ fn del_of_one_network_removes_only_its_interface() -> Result<()> {
     );
     assert_eq!(peer.ping_count(multi.net1, 2)?, 2, "net1 still works");
     assert_eq!(agent.drops("spoofed")?, 0);
+
+    // net1's host veth deleted behind the agent's back: the endpoint and its rule go too.
+    let host = host_ifname(&agent, &multi.container_id, "net1")?;
+    node.ip(["link", "del", &host])?;
+    assert!(
+        vnetd_lab::wait_for(Duration::from_secs(5), || endpoints_of(
+            &agent,
+            &multi.container_id
+        )
+        .is_ok_and(|eps| eps.is_empty())),
+        "the vanished interface's endpoint is released"
+    );
+    let rules = pod.ip(["-4", "rule", "show"])?;
+    assert!(
+        !rules.contains(&multi.net1.to_string()),
+        "no rule left for net1's address: {rules}"
+    );
     Ok(())
 }
 
