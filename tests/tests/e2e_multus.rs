@@ -187,13 +187,13 @@ fn endpoints_of(agent: &Agent, container_id: &str) -> Result<Vec<(String, String
 
 /// The second ADD (net1 on another network and subnet) succeeds; the pod keeps one default
 /// route, on eth0; net1 has its address, a link route for the gateway and the conflist's route;
-/// both addresses answer another pod, each from its own interface; net1 cannot send with eth0's
-/// address.
+/// both addresses answer another pod (on the node and on another node), each from its own
+/// interface; CHECK passes for each; net1 cannot send with eth0's address.
 #[test]
 fn a_second_interface_is_its_own_endpoint_and_keeps_the_default_route_on_eth0() -> Result<()> {
     let _serial = serial();
     let Multus {
-        lab: _lab,
+        lab,
         node,
         agent,
         peer,
@@ -282,6 +282,22 @@ fn a_second_interface_is_its_own_endpoint_and_keeps_the_default_route_on_eth0() 
         0,
         "no reply left by the wrong interface"
     );
+
+    // From a pod on another node too: node-1 answers ARP for both addresses on the fabric.
+    let node2 = lab.add_node("node-2", node_cidr("10.0.0.5"))?;
+    let _agent2 = Agent::start(&node2, &multus_spec())?;
+    let remote = add_pod(&lab, &node2, "remote", Some("apps"), "")?;
+    assert_eq!(
+        remote.ping_count(multi.eth0, 2)?,
+        2,
+        "eth0's address across nodes"
+    );
+    assert_eq!(
+        remote.ping_count(multi.net1, 2)?,
+        2,
+        "net1's address across nodes"
+    );
+    tcp_echo_ok(&remote, pod, multi.net1, 5305)?;
 
     // net1 sending with eth0's address is dropped and counted.
     let net1_host = host_ifname(&agent, &multi.container_id, "net1")?;
