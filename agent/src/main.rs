@@ -135,6 +135,20 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Test-only pause point: with `VNETD_TEST_PAUSE_BEFORE_SOCKET=<file>` set, the agent waits
+/// while `<file>` exists once the dataplane is attached, before it binds the API socket, so an
+/// end-to-end test sees for certain what the probes answer in between (not after a guessed
+/// sleep). Unset in production: one environment lookup per start.
+async fn pause_for_tests_before_socket() {
+    let Some(marker) = std::env::var_os("VNETD_TEST_PAUSE_BEFORE_SOCKET") else {
+        return;
+    };
+    tracing::warn!(marker = ?marker, "test pause point: waiting before binding the API socket");
+    while std::path::Path::new(&marker).exists() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The agent, held locked after a drain: no queued request may start while the runtime shuts
 /// down (it would be cancelled half-way), so it is dropped after the runtime.
 type Drained = Option<tokio::sync::OwnedMutexGuard<Agent>>;
@@ -198,6 +212,7 @@ async fn run_agent(
     ));
     let agent = Agent::start(plan, &paths.bpffs, &paths.state_dir).await?;
     feed.publish(&agent);
+    pause_for_tests_before_socket().await;
     let listener = server::bind(&paths.api_socket)?;
     health.serving();
     let serving = Serving {
