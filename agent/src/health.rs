@@ -112,7 +112,12 @@ impl Health {
         }
         match feed.latest() {
             Err(err) => Answer::unavailable(format!("not ready: reading the dataplane: {err}\n")),
-            Ok(report) if !report.links.iter().any(|(_, ifname)| *ifname == report.uplink) => {
+            Ok(report)
+                if !report
+                    .links
+                    .iter()
+                    .any(|(_, ifname)| *ifname == report.uplink) =>
+            {
                 Answer::unavailable(format!(
                     "not ready: no program is attached to the uplink {}\n",
                     report.uplink

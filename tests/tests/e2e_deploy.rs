@@ -32,7 +32,13 @@ fn probe(node: &Ns, path: &str) -> Option<(u16, String)> {
 }
 
 fn cni_ip(out: &CniOutput) -> Result<Ipv4Addr> {
-    ensure!(out.exit == 0, "CNI failed ({}): {} {}", out.exit, out.stdout, out.stderr);
+    ensure!(
+        out.exit == 0,
+        "CNI failed ({}): {} {}",
+        out.exit,
+        out.stdout,
+        out.stderr
+    );
     let result = out.json()?;
     result["ips"][0]["address"]
         .as_str()
@@ -193,8 +199,14 @@ fn sigterm_finishes_the_add_in_progress_removes_the_socket_and_leaves_the_datapl
     assert!(!node.api_socket.exists());
 
     // No agent: the dataplane forwards from its pins.
-    assert!(pods[1].ping(ip_a, 3), "pod-b reaches pod-a with the agent stopped");
-    assert!(pods[0].ping(ip_b, 3), "pod-a reaches pod-b with the agent stopped");
+    assert!(
+        pods[1].ping(ip_a, 3),
+        "pod-b reaches pod-a with the agent stopped"
+    );
+    assert!(
+        pods[0].ping(ip_b, 3),
+        "pod-a reaches pod-b with the agent stopped"
+    );
 
     agent.env.clear();
     agent.spawn(LogMode::Files)?;
@@ -250,12 +262,18 @@ fn a_configmap_update_by_data_symlink_swap_is_applied() -> Result<()> {
     std::thread::sleep(Duration::from_millis(1500));
     let status = agent.status()?;
     assert_eq!(
-        (status["reloads_ok"].as_u64(), status["reloads_failed"].as_u64()),
+        (
+            status["reloads_ok"].as_u64(),
+            status["reloads_failed"].as_u64()
+        ),
         (Some(1), Some(0)),
         "another key changed, the spec did not: no reload"
     );
 
-    data.insert("spec.yaml".into(), "apiVersion: vnetd/v1\nnodes: 3\n".into());
+    data.insert(
+        "spec.yaml".into(),
+        "apiVersion: vnetd/v1\nnodes: 3\n".into(),
+    );
     update(&data, 4)?;
     assert!(
         agent.wait_for_status("reloads_failed", 1),
@@ -345,12 +363,20 @@ fn the_daemonset_as_rendered_installs_the_plugin_and_serves_pods() -> Result<()>
         std::fs::read(bin("vnetd-cni"))?,
         "the installed plugin is the built one"
     );
-    let conflist: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(host.map("/etc/cni/net.d/10-vnetd.conflist"))?)?;
+    let conflist: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        host.map("/etc/cni/net.d/10-vnetd.conflist"),
+    )?)?;
 
     // The agent: exactly the rendered command line and environment.
     let container = manifests.container("vnetd")?;
-    let rendered = Rendered::new(&manifests, container, &host, &configmaps, &image, &node.role)?;
+    let rendered = Rendered::new(
+        &manifests,
+        container,
+        &host,
+        &configmaps,
+        &image,
+        &node.role,
+    )?;
     assert_eq!(rendered.command, [bin("vnetd").display().to_string()]);
     assert_eq!(rendered.arg("--node")?, "node-1");
     let k8s_node = Node {
@@ -396,7 +422,10 @@ fn the_daemonset_as_rendered_installs_the_plugin_and_serves_pods() -> Result<()>
     conf["name"] = conflist["name"].clone();
     let socket = conf["agentSocket"].as_str().context("agentSocket")?;
     conf["agentSocket"] = host.map(socket).display().to_string().into();
-    assert_eq!(Path::new(conf["agentSocket"].as_str().unwrap()), k8s_node.api_socket);
+    assert_eq!(
+        Path::new(conf["agentSocket"].as_str().unwrap()),
+        k8s_node.api_socket
+    );
     let mut pods = Vec::new();
     for name in ["pod-a", "pod-b"] {
         let ns = lab.add_pod_netns(name)?;

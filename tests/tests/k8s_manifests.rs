@@ -131,7 +131,10 @@ fn the_daemonset_wires_what_the_agent_needs() -> Result<()> {
         "/etc/cni/net.d",
         "/var/run/netns",
     ] {
-        assert!(host_paths.iter().any(|p| p == path), "{path} in {host_paths:?}");
+        assert!(
+            host_paths.iter().any(|p| p == path),
+            "{path} in {host_paths:?}"
+        );
     }
     let netns = agent
         .volume_mounts
@@ -155,13 +158,24 @@ fn the_daemonset_wires_what_the_agent_needs() -> Result<()> {
             "the README's Running on Kubernetes section explains {cap}"
         );
     }
-    assert!(readme.contains("kubectl apply -f deploy/kubernetes/"), "{readme}");
+    assert!(
+        readme.contains("kubectl apply -f deploy/kubernetes/"),
+        "{readme}"
+    );
 
     // The binaries run are the image's, and the init container installs the plugin and the
     // CNI ConfigMap's conflist.
     let image: Vec<String> = image_files()?.into_iter().map(|(at, _)| at).collect();
-    assert!(image.contains(&agent.command.as_ref().unwrap()[0]), "{image:?}");
-    let script = install.command.iter().flatten().cloned().collect::<String>();
+    assert!(
+        image.contains(&agent.command.as_ref().unwrap()[0]),
+        "{image:?}"
+    );
+    let script = install
+        .command
+        .iter()
+        .flatten()
+        .cloned()
+        .collect::<String>();
     let conflists = manifests.data("vnetd-cni")?;
     for (name, text) in conflists {
         assert!(script.contains(name), "the init container installs {name}");

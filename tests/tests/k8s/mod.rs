@@ -99,18 +99,29 @@ impl Manifests {
         for file in manifest_files()? {
             let text = std::fs::read_to_string(&file)?;
             let what = file.display().to_string();
-            let kind = yaml_value(&text)?["kind"].as_str().unwrap_or("").to_string();
+            let kind = yaml_value(&text)?["kind"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             match kind.as_str() {
                 "DaemonSet" => daemonsets.push(strict::<DaemonSet>(&text, &what)?),
                 "ConfigMap" => {
                     let cm: ConfigMap = strict(&text, &what)?;
-                    let name = cm.metadata.name.clone().context("a ConfigMap without a name")?;
+                    let name = cm
+                        .metadata
+                        .name
+                        .clone()
+                        .context("a ConfigMap without a name")?;
                     configmaps.insert(name, cm);
                 }
                 other => bail!("{what}: kind {other:?} is not one the deploy tests read"),
             }
         }
-        ensure!(daemonsets.len() == 1, "one DaemonSet, found {}", daemonsets.len());
+        ensure!(
+            daemonsets.len() == 1,
+            "one DaemonSet, found {}",
+            daemonsets.len()
+        );
         Ok(Manifests {
             daemonset: daemonsets.remove(0),
             configmaps,
@@ -176,7 +187,10 @@ pub fn image_files() -> Result<Vec<(String, String)>> {
             .filter(|w| !w.starts_with("--"))
             .collect();
         let (dest, sources) = words.split_last().context("COPY without a destination")?;
-        ensure!(dest.ends_with('/'), "COPY into {dest}: expected a directory");
+        ensure!(
+            dest.ends_with('/'),
+            "COPY into {dest}: expected a directory"
+        );
         for source in sources {
             let name = source.rsplit('/').next().unwrap_or(source).to_string();
             files.push((format!("{dest}{name}"), name));
@@ -206,7 +220,11 @@ impl HostPaths {
 /// Writes a ConfigMap's data into `dir` the way kubelet projects a ConfigMap volume: the
 /// files in a timestamped directory, `..data` a symlink to it, and each key a symlink to
 /// `..data/<key>`. Returns the timestamped directory's name.
-pub fn project_configmap(dir: &Path, data: &BTreeMap<String, String>, version: u32) -> Result<String> {
+pub fn project_configmap(
+    dir: &Path,
+    data: &BTreeMap<String, String>,
+    version: u32,
+) -> Result<String> {
     std::fs::create_dir_all(dir)?;
     let timestamped = format!("..2026_11_29_12_00_00.{version:09}");
     let tmp_dir = dir.join(&timestamped);
@@ -253,10 +271,15 @@ impl Rendered {
         for var in container.env.iter().flatten() {
             let value = match (&var.value, &var.value_from) {
                 (Some(v), None) => v.clone(),
-                (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                    Some("spec.nodeName") => node.to_string(),
-                    other => bail!("env {}: a source the lab cannot render: {other:?}", var.name),
-                },
+                (None, Some(from)) => {
+                    match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                        Some("spec.nodeName") => node.to_string(),
+                        other => bail!(
+                            "env {}: a source the lab cannot render: {other:?}",
+                            var.name
+                        ),
+                    }
+                }
                 _ => bail!("env {}: neither a value nor a field", var.name),
             };
             env.push((var.name.clone(), value));
