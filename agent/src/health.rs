@@ -59,7 +59,7 @@ impl Answer {
 }
 
 impl Health {
-    /// Starting: alive, not ready. `api_socket` is the socket readiness checks is still there.
+    /// Starting: alive, not ready. Readiness also checks that `api_socket` is still there.
     pub fn new(api_socket: PathBuf) -> Self {
         Self(Arc::new(Inner {
             phase: AtomicU8::new(STARTING),

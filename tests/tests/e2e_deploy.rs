@@ -223,6 +223,56 @@ fn sigterm_finishes_the_add_in_progress_removes_the_socket_and_leaves_the_datapl
     Ok(())
 }
 
+/// Item 1, liveness: a request that holds the agent (an ADD held at the pause point after
+/// IPAM) longer than the agent's 30 s limit makes `/healthz` fail, naming why; once it lets
+/// go, `/healthz` is 200 again. (This test waits those 30 s.)
+#[test]
+fn healthz_fails_while_a_request_holds_the_agent_too_long() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    let paused = node.dir.join("add-paused-after-ipam");
+    let agent = Agent::start_with_env(
+        &node,
+        &lab_spec(),
+        vec![(
+            "VNETD_TEST_PAUSE_AFTER_IPAM".into(),
+            paused.display().to_string(),
+        )],
+    )?;
+    let pod = lab.add_pod_netns("pod-a")?;
+    let stuck = std::thread::scope(|s| {
+        let add = s.spawn(|| node.cni(&cni_call("ADD", &node, &pod, Some("apps"), "")));
+        let seen = (|| -> Result<(u16, String)> {
+            ensure!(
+                wait_for(Duration::from_secs(20), || paused.exists()),
+                "the ADD never reached the pause point"
+            );
+            ensure!(probe(&node, "/healthz").map(|(c, _)| c) == Some(200));
+            let mut last = None;
+            wait_for(Duration::from_secs(45), || {
+                last = probe(&node, "/healthz");
+                last.as_ref().is_some_and(|(c, _)| *c == 503)
+            });
+            last.context("no answer on /healthz")
+        })();
+        let _ = std::fs::remove_file(&paused);
+        let out = add.join().map_err(|_| anyhow!("the ADD thread panicked"))?;
+        cni_ip(&out?)?;
+        seen
+    })?;
+    assert_eq!(stuck.0, 503, "{}", stuck.1);
+    assert!(stuck.1.contains("stuck"), "{}", stuck.1);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            probe(&node, "/healthz").map(|(c, _)| c) == Some(200)
+        }),
+        "/healthz is 200 again once the agent is free: {:?}",
+        probe(&node, "/healthz")
+    );
+    Ok(())
+}
+
 /// Item 3: the spec mounted from a ConfigMap (`spec.yaml -> ..data/spec.yaml`, `..data ->
 /// ..<timestamp>`) and updated as kubelet does it: a new timestamped directory, a new `..data`
 /// symlink renamed over the old one, the old directory removed. The change is applied; a
