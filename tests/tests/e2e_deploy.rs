@@ -232,7 +232,7 @@ fn healthz_fails_while_a_request_holds_the_agent_too_long() -> Result<()> {
     let lab = Lab::new()?;
     let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
     let paused = node.dir.join("add-paused-after-ipam");
-    let agent = Agent::start_with_env(
+    let _agent = Agent::start_with_env(
         &node,
         &lab_spec(),
         vec![(
