@@ -30,6 +30,46 @@ pub fn lab_spec() -> String {
     std::fs::read_to_string(&path).expect("examples/lab.yaml")
 }
 
+/// `spec` with an `outboundNat` section of `fields` (YAML lines at the section's indentation,
+/// e.g. `portRange: "40000-40015"`). The lab's spec has none, so the section is appended.
+pub fn with_outbound_nat(spec: &str, fields: &[&str]) -> String {
+    assert!(
+        !spec.lines().any(|l| l.starts_with("outboundNat:")),
+        "the spec already has an outboundNat section"
+    );
+    let mut out = spec.trim_end().to_string();
+    out.push_str("\noutboundNat:\n");
+    for f in fields {
+        out.push_str(&format!("  {f}\n"));
+    }
+    out
+}
+
+/// `spec` with one more container group: a Public group `name` in subnet `apps` with the
+/// public address `public_ip`, exposing TCP `port` (its one container declares it).
+pub fn with_public_group(spec: &str, name: &str, public_ip: Ipv4Addr, port: u16) -> String {
+    let group = format!(
+        "  - name: {name}
+    location: westeurope
+    properties:
+      osType: Linux
+      subnetIds: [{{ id: apps }}]
+      ipAddress:
+        type: Public
+        ip: {public_ip}
+        ports: [{{ protocol: TCP, port: {port} }}]
+      containers:
+        - name: {name}
+          properties: {{ image: {name}, ports: [{{ port: {port} }}] }}
+"
+    );
+    let at = spec
+        .find("\ncontainerGroups:\n")
+        .map(|i| i + "\ncontainerGroups:\n".len())
+        .expect("the spec has a containerGroups section");
+    format!("{}{group}{}", &spec[..at], &spec[at..])
+}
+
 /// A node's running agent (`vnetd run` under `nsenter --net`, so it sees the node's links and
 /// the real /sys/fs/bpf).
 pub struct Agent {
