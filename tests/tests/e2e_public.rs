@@ -79,8 +79,7 @@ fn a_public_group_is_closed_on_other_ports() -> Result<()> {
     let refused = lab
         .internet()
         .tcp_connect(SocketAddr::from((PUBLIC_IP, 8081)), Duration::from_secs(2))
-        .err()
-        .expect("port 8081 is not exposed");
+        .expect_err("port 8081 is not exposed");
     let kind = refused
         .chain()
         .find_map(|e| e.downcast_ref::<std::io::Error>())
