@@ -306,3 +306,46 @@ pub fn add_pod(
         result,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The edits give specs the agent accepts (`vnetd validate`, when the binary is built).
+    #[test]
+    fn spec_edits_validate() {
+        let specs = [
+            with_outbound_nat(&lab_spec(), &["portRange: \"40000-40015\""]),
+            with_outbound_nat(&lab_spec(), &["nonMasqueradeCidrs: [198.51.100.0/24]"]),
+            with_public_group(&lab_spec(), "web", Ipv4Addr::new(203, 0, 113, 20), 8080),
+        ];
+        let vnetd = bin("vnetd");
+        if !vnetd.exists() {
+            eprintln!(
+                "{} not built: checking the edits' text only",
+                vnetd.display()
+            );
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            assert_ne!(*spec, lab_spec());
+            if !vnetd.exists() {
+                continue;
+            }
+            let path = std::env::temp_dir()
+                .join(format!("vnetd-lab-spec-{}-{i}.yaml", std::process::id()));
+            std::fs::write(&path, spec).unwrap();
+            let out = std::process::Command::new(&vnetd)
+                .arg("validate")
+                .arg(&path)
+                .output()
+                .unwrap();
+            let _ = std::fs::remove_file(&path);
+            assert!(
+                out.status.success(),
+                "{spec}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
