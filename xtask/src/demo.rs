@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use vnetd_lab::{
-    INTERNET_HOST_IP, Lab, LogMode, Ns, tcp_echo, tcp_echo_ok, udp_echo, udp_ok,
+    EchoReport, INTERNET_HOST_IP, Lab, LogMode, Ns, tcp_echo, tcp_echo_ok, udp_echo, udp_ok,
     vnetd::{Agent, Pod, add_pod, bin, lab_spec, ping_from_forged, with_public_group},
 };
 
@@ -99,7 +99,7 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
             7003,
             Duration::from_secs(3),
         )
-        .map(|r| format!("{} left as {}", r.client_local, r.server_peer)),
+        .map(|r| left_as(a.ip, &r)),
     );
     show(
         "   pod-a -> internet host, UDP",
@@ -110,7 +110,7 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
             7004,
             Duration::from_secs(3),
         )
-        .map(|r| format!("{} left as {}", r.client_local, r.server_peer)),
+        .map(|r| left_as(a.ip, &r)),
     );
     show_ping(&a, INTERNET_HOST_IP)?;
 
@@ -162,7 +162,7 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
             7005,
             Duration::from_secs(3),
         )
-        .map(|r| format!("{} left as {}", r.client_local, r.server_peer)),
+        .map(|r| left_as(web.ip, &r)),
     );
 
     step("anti-spoofing: pod-b sends from another address");
@@ -213,6 +213,17 @@ fn show(what: &str, outcome: Result<String>) {
         Ok(shown) => println!("{what}: {shown}"),
         Err(e) => println!("{what}: FAILED: {e:#}"),
     }
+}
+
+/// "<pod ip>:<port> left as <what the server saw>" (a UDP client is bound to 0.0.0.0: its
+/// address is the pod's).
+fn left_as(pod_ip: Ipv4Addr, r: &EchoReport) -> String {
+    format!(
+        "{}:{} left as {}",
+        pod_ip,
+        r.client_local.port(),
+        r.server_peer
+    )
 }
 
 /// A connection attempt to a port that must not answer: Ok if it timed out.
