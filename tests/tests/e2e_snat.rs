@@ -385,7 +385,19 @@ fn fragmentation_needed_reaches_the_pod_and_its_tcp_adapts() -> Result<()> {
 #[test]
 fn snat_streams_survive_agent_sigkill_and_restart() -> Result<()> {
     let _serial = serial();
-    let (lab, node, mut agent, pods) = node_with_pods(&lab_spec(), 3)?;
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    // The flow table's garbage collection every half second (the default is seconds): the
+    // restarted agent passes over the adopted table several times while the streams run, and
+    // must leave live flows alone.
+    let mut agent = Agent::start_with_env(
+        &node,
+        &lab_spec(),
+        vec![("VNETD_GC_INTERVAL_MS".into(), "500".into())],
+    )?;
+    let pods = (0..3)
+        .map(|i| add_pod(&lab, &node, &format!("pod-{i}"), Some("apps"), ""))
+        .collect::<Result<Vec<_>>>()?;
     let server = EchoServer::tcp(lab.internet(), 7601)?;
     let streams = pods
         .iter()
@@ -413,9 +425,11 @@ fn snat_streams_survive_agent_sigkill_and_restart() -> Result<()> {
 
     agent.kill()?;
     all_advance("with the agent dead")?;
+    std::thread::sleep(Duration::from_secs(1));
+    all_advance("with the agent dead for a second")?;
     agent.spawn(LogMode::Files)?;
     all_advance("after the restart")?;
-    // Long enough for the new agent's first pass over the table, if it would wrongly drop.
+    // Several of the new agent's passes over the adopted table.
     std::thread::sleep(Duration::from_secs(2));
     all_advance("a while after the restart")?;
 
