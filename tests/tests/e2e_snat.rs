@@ -380,6 +380,39 @@ fn fragmentation_needed_reaches_the_pod_and_its_tcp_adapts() -> Result<()> {
     Ok(())
 }
 
+/// Traceroute through the NAT: a pod's ping whose TTL runs out at the edge (the second hop,
+/// after the pod's gateway) is answered with time exceeded to the node's address; the dataplane
+/// finds the flow through the quoted header and the pod sees the edge as the hop.
+#[test]
+fn time_exceeded_beyond_the_node_reaches_the_pod() -> Result<()> {
+    let _serial = serial();
+    let (_lab, _node, agent, pods) = node_with_pods(&lab_spec(), 1)?;
+    let out = pods[0].run([
+        "ping",
+        "-n",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-t",
+        "2",
+        &INTERNET_HOST_IP.to_string(),
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("From {}", vnetd_lab::GATEWAY))
+            && stdout.contains("Time to live exceeded"),
+        "the edge is the second hop: {stdout}"
+    );
+    assert_eq!(agent.drops("icmp_no_flow")?, 0);
+    assert_eq!(
+        pods[0].ping_count(INTERNET_HOST_IP, 1)?,
+        1,
+        "with TTL to spare it passes"
+    );
+    Ok(())
+}
+
 /// SNATed TCP streams keep flowing while the agent is dead (SIGKILL) and after a new agent
 /// adopted the pinned flow table: the same connections, no new ones.
 #[test]
