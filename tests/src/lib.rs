@@ -54,7 +54,9 @@
 //! sockets inside the namespace ([`Ns::tcp_connect`], [`Ns::udp_bind`]): a socket belongs to
 //! the namespace it was created in for its whole life, so the lab creates it on a short-lived
 //! thread that entered the namespace and hands it back to the caller's thread. The
-//! [`traffic`] helpers build echo tests on that.
+//! [`traffic`] helpers build echo tests on that; for the SNAT tests also thousands of
+//! connections at once ([`Ns::tcp_connect_many`], [`EchoServer::tcp_many`]), a chosen source
+//! port ([`Ns::tcp_connect_from`]) and one-way bulk transfers ([`EchoServer::tcp_sink`]).
 
 pub mod frames;
 mod lab;
