@@ -30,6 +30,46 @@ pub fn lab_spec() -> String {
     std::fs::read_to_string(&path).expect("examples/lab.yaml")
 }
 
+/// `spec` with an `outboundNat` section of `fields` (YAML lines at the section's indentation,
+/// e.g. `portRange: "40000-40015"`). The lab's spec has none, so the section is appended.
+pub fn with_outbound_nat(spec: &str, fields: &[&str]) -> String {
+    assert!(
+        !spec.lines().any(|l| l.starts_with("outboundNat:")),
+        "the spec already has an outboundNat section"
+    );
+    let mut out = spec.trim_end().to_string();
+    out.push_str("\noutboundNat:\n");
+    for f in fields {
+        out.push_str(&format!("  {f}\n"));
+    }
+    out
+}
+
+/// `spec` with one more container group: a Public group `name` in subnet `apps` with the
+/// public address `public_ip`, exposing TCP `port` (its one container declares it).
+pub fn with_public_group(spec: &str, name: &str, public_ip: Ipv4Addr, port: u16) -> String {
+    let group = format!(
+        "  - name: {name}
+    location: westeurope
+    properties:
+      osType: Linux
+      subnetIds: [{{ id: apps }}]
+      ipAddress:
+        type: Public
+        ip: {public_ip}
+        ports: [{{ protocol: TCP, port: {port} }}]
+      containers:
+        - name: {name}
+          properties: {{ image: {name}, ports: [{{ port: {port} }}] }}
+"
+    );
+    let at = spec
+        .find("\ncontainerGroups:\n")
+        .map(|i| i + "\ncontainerGroups:\n".len())
+        .expect("the spec has a containerGroups section");
+    format!("{}{group}{}", &spec[..at], &spec[at..])
+}
+
 /// A node's running agent (`vnetd run` under `nsenter --net`, so it sees the node's links and
 /// the real /sys/fs/bpf).
 pub struct Agent {
@@ -340,4 +380,47 @@ pub fn add_pod(
         node: node.clone(),
         result,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The edits give specs the agent accepts (`vnetd validate`, when the binary is built).
+    #[test]
+    fn spec_edits_validate() {
+        let specs = [
+            with_outbound_nat(&lab_spec(), &["portRange: \"40000-40015\""]),
+            with_outbound_nat(&lab_spec(), &["nonMasqueradeCidrs: [198.51.100.0/24]"]),
+            with_public_group(&lab_spec(), "web", Ipv4Addr::new(203, 0, 113, 20), 8080),
+        ];
+        let vnetd = bin("vnetd");
+        if !vnetd.exists() {
+            eprintln!(
+                "{} not built: checking the edits' text only",
+                vnetd.display()
+            );
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            assert_ne!(*spec, lab_spec());
+            if !vnetd.exists() {
+                continue;
+            }
+            let path = std::env::temp_dir()
+                .join(format!("vnetd-lab-spec-{}-{i}.yaml", std::process::id()));
+            std::fs::write(&path, spec).unwrap();
+            let out = std::process::Command::new(&vnetd)
+                .arg("validate")
+                .arg(&path)
+                .output()
+                .unwrap();
+            let _ = std::fs::remove_file(&path);
+            assert!(
+                out.status.success(),
+                "{spec}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }
