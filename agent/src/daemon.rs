@@ -15,10 +15,12 @@ use crate::{
     api::proto::{
         AddRequest, AddResult, Attachment, CheckRequest, CniError, Request, Response, StatusReport,
     },
+    compile::nat,
     dataplane::{
         Dataplane,
         maps::{
             self,
+            nat::PublicTables,
             routes::{self, RouteEntries},
         },
         tables::VersionedTables,
@@ -104,6 +106,7 @@ impl Agent {
             reloads: (0, 0),
         };
         agent.restore().await?;
+        agent.sync_nat()?;
         Ok(agent)
     }
 
@@ -116,6 +119,9 @@ impl Agent {
         self.check_subnets_in_use(&plan)?;
         if plan.uplink != self.plan.uplink || plan.primary_ip != self.plan.primary_ip {
             self.move_uplink(&plan).await?;
+        } else if plan.compiled().snat_port_range != self.plan.compiled().snat_port_range {
+            let link = uplink_link(&plan).await?;
+            self.dataplane.set_node(node_config(&plan, &link))?;
         }
         let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
         let wanted = wanted_route_tables(&plan, &endpoints);
@@ -126,7 +132,7 @@ impl Agent {
             |dp, ids| {
                 for ep in &endpoints {
                     let id = route_table_id(&plan, ids, &ep.subnet);
-                    let entry = maps::abi_endpoint(ep, id);
+                    let entry = maps::abi_endpoint(ep, id, group_public_ip(&plan, ep));
                     if before.get(&ep.ip) != Some(&entry) {
                         dp.put_endpoint(ep.ip, entry)?;
                     }
@@ -136,7 +142,25 @@ impl Agent {
             |dp| dp.sync_endpoints(&before),
         )?;
         self.plan = plan;
-        Ok(())
+        self.sync_nat()
+    }
+
+    /// Makes NO_MASQUERADE, PUBLIC_IPS and PUBLIC_PORTS follow the plan and the attached
+    /// groups (a Public group is served by the node it is attached on).
+    fn sync_nat(&mut self) -> Result<()> {
+        let compiled = self.plan.compiled();
+        self.dataplane
+            .sync_no_masquerade(&compiled.no_masquerade)
+            .context("writing NO_MASQUERADE")?;
+        let mappings = nat::public_mappings(&compiled.container_groups, |group| {
+            self.endpoints
+                .values()
+                .find(|ep| ep.container_group.as_deref() == Some(group))
+                .map(|ep| ep.ip)
+        });
+        self.dataplane
+            .sync_public(&PublicTables::of(&mappings))
+            .context("writing the public addresses")
     }
 
     /// Refuses a plan without a subnet that endpoints still use: as in Azure, where a subnet in
@@ -203,6 +227,9 @@ impl Agent {
             if let Some(ep) = self.endpoints.remove(&att) {
                 warn!(ip = %ep.ip, host_ifname = %ep.host_ifname, "endpoint's interface vanished: releasing it");
                 self.forget(&ep)?;
+                if ep.container_group.is_some() {
+                    self.sync_nat()?;
+                }
             }
         }
         match links.get(&self.plan.uplink) {
@@ -361,7 +388,13 @@ impl Agent {
             return Err(CniError::internal(&err));
         }
         info!(%ip, network = ?att.network, container_id = ?att.container_id, %host_ifname, "endpoint added");
+        let group = ep.container_group.is_some();
         self.endpoints.insert(att, ep);
+        if group && let Err(err) = self.sync_nat() {
+            // The endpoint stays (DEL removes it); its public address is retried with the next
+            // change.
+            warn!("serving the group's public address: {err:#}");
+        }
         Ok(AddResult {
             host_ifname,
             host_mac: iface.host_mac,
@@ -483,8 +516,10 @@ impl Agent {
 
     fn write_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
         let route_table = route_table_id(&self.plan, &self.route_tables.ids().ids(), &ep.subnet);
-        self.dataplane
-            .put_endpoint(ep.ip, maps::abi_endpoint(ep, route_table))
+        self.dataplane.put_endpoint(
+            ep.ip,
+            maps::abi_endpoint(ep, route_table, group_public_ip(&self.plan, ep)),
+        )
     }
 
     /// Removes an endpoint's record, address and program pin (not its interface).
@@ -520,6 +555,9 @@ impl Agent {
             .map_err(internal)?;
         if let Some(ep) = recorded.and_then(|key| self.endpoints.remove(&key)) {
             self.forget(&ep).map_err(internal)?;
+            if ep.container_group.is_some() {
+                self.sync_nat().map_err(internal)?;
+            }
             info!(ip = %ep.ip, network = ?att.network, container_id = ?att.container_id, "endpoint deleted");
         }
         Ok(())
@@ -619,11 +657,16 @@ fn node_config(plan: &NodePlan, uplink: &NodeLink) -> NodeConfig {
         uplink_ifindex: uplink.ifindex,
         primary_ip: plan.primary_ip.octets(),
         uplink_mac: uplink.mac,
-        // Wired to the spec's outboundNat.portRange with the NAT tables (issue 8).
-        snat_port_min: crate::spec::OutboundNat::DEFAULT_PORT_RANGE.first,
-        snat_port_max: crate::spec::OutboundNat::DEFAULT_PORT_RANGE.last,
+        snat_port_min: plan.compiled().snat_port_range.first,
+        snat_port_max: plan.compiled().snat_port_range.last,
         _pad: [0; 2],
     }
+}
+
+/// The public address of `ep`'s group, if it is a Public group of `plan`.
+fn group_public_ip(plan: &NodePlan, ep: &Endpoint) -> Option<Ipv4Addr> {
+    let group = ep.container_group.as_deref()?;
+    nat::public_ip_of(&plan.compiled().container_groups, group)
 }
 
 /// The kind of table under which route-table ids are recorded in `<state-dir>/tables.json`.

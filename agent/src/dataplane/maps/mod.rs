@@ -3,6 +3,7 @@
 //! stale ones) so that a lookup never misses an entry that exists before and after.
 mod counters;
 mod endpoints;
+pub mod nat;
 mod node;
 pub mod routes;
 
