@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context as _, Result};
@@ -19,13 +20,14 @@ use crate::{
     dataplane::{
         Dataplane,
         maps::{
-            self,
+            self, ConntrackMaps,
             nat::PublicTables,
             routes::{self, RouteEntries},
         },
         tables::VersionedTables,
     },
     endpoints::{self, Endpoint, EndpointStore},
+    gc::Conntrack,
     ipam::Ipam,
     netlink::{self, NodeLink, POD_GATEWAY, PodInterfaceError, PodInterfaceSpec},
     plan::NodePlan,
@@ -43,6 +45,8 @@ pub struct Agent {
     uplink_ifindex: Option<u32>,
     /// Spec reloads applied and refused.
     reloads: (u64, u64),
+    /// The conntrack collector's totals and timeouts.
+    conntrack: Arc<Conntrack>,
 }
 
 impl Agent {
@@ -95,6 +99,7 @@ impl Agent {
             )
             .context("installing the route tables")?;
         info!(tables = wanted.len(), "route tables installed");
+        let plan_idle_timeout = plan.compiled().idle_timeout;
         let mut agent = Self {
             plan,
             route_tables,
@@ -104,6 +109,7 @@ impl Agent {
             endpoints: BTreeMap::new(),
             uplink_ifindex: Some(uplink.ifindex),
             reloads: (0, 0),
+            conntrack: Conntrack::new(plan_idle_timeout),
         };
         agent.restore().await?;
         agent.sync_nat()?;
@@ -142,7 +148,16 @@ impl Agent {
             |dp| dp.sync_endpoints(&before),
         )?;
         self.plan = plan;
+        self.conntrack
+            .set_idle_timeout(self.plan.compiled().idle_timeout);
         self.sync_nat()
+    }
+
+    /// What the conntrack collector needs: its own handles on the flow table and the shared
+    /// totals. Only a started agent has them (the dataplane adopted or loaded whole), so the
+    /// collector never runs on a half-restored state.
+    pub fn conntrack_collector(&self) -> Result<(ConntrackMaps, Arc<Conntrack>)> {
+        Ok((self.dataplane.conntrack_maps()?, self.conntrack.clone()))
     }
 
     /// Makes NO_MASQUERADE, PUBLIC_IPS and PUBLIC_PORTS follow the plan and the attached
@@ -641,6 +656,7 @@ impl Agent {
             maps: self.dataplane.occupancy()?,
             reloads_ok: self.reloads.0,
             reloads_failed: self.reloads.1,
+            conntrack: self.conntrack.report(self.dataplane.conntrack_stats()?),
         })
     }
 }

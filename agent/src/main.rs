@@ -173,6 +173,8 @@ async fn serve_agent(
 ) -> Result<()> {
     info!(node = %agent.node(), socket = %paths.api_socket.display(), "vnetd running");
     let feed = metrics::StatusFeed::new(&agent);
+    let (flows, conntrack) = agent.conntrack_collector()?;
+    let gc_interval = vnetd::gc::interval()?;
     let agent = Arc::new(Mutex::new(agent));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -180,6 +182,7 @@ async fn serve_agent(
         res = reload::watch(paths.spec.clone(), node.clone(), agent.clone()) => res?,
         res = metrics::serve(metrics_addr, feed.clone()) => res?,
         res = feed.clone().refresh(agent.clone()) => res?,
+        res = vnetd::gc::run(flows, conntrack, gc_interval) => res?,
         res = netlink::links::watch(|| async {
             if let Err(err) = agent.lock().await.reconcile_links().await {
                 error!("following the node's links: {err:#}");

@@ -1,6 +1,7 @@
 //! The dataplane's maps, one module per table: each converts what the agent holds to the ABI
 //! types of `vnetd-common` and writes it, syncing by difference (new entries first, then the
 //! stale ones) so that a lookup never misses an entry that exists before and after.
+mod conntrack;
 mod counters;
 mod endpoints;
 pub mod nat;
@@ -11,6 +12,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, LpmTrie, Map};
 use vnetd_common::{Endpoint, Route, RouteKey};
 
+pub use conntrack::ConntrackMaps;
 pub use endpoints::abi_endpoint;
 /// The maps' names and capacities, as the ABI defines them.
 pub use vnetd_common::maps::*;
