@@ -636,6 +636,14 @@ impl Agent {
     }
 
     pub fn status_report(&self) -> Result<StatusReport> {
+        let conntrack = self.conntrack.report(self.dataplane.conntrack_stats()?);
+        let mut maps = self.dataplane.occupancy()?;
+        // FLOWS is too large to count every second: its count is the collector's.
+        maps.push((
+            maps::FLOWS.to_lowercase(),
+            conntrack.entries.iter().map(|(_, n)| n).sum(),
+            conntrack.capacity,
+        ));
         Ok(StatusReport {
             node: self.plan.node.clone(),
             uplink: self.plan.uplink.clone(),
@@ -653,10 +661,10 @@ impl Agent {
                 .into_iter()
                 .map(|(reason, n)| (reason.name().to_string(), n))
                 .collect(),
-            maps: self.dataplane.occupancy()?,
+            maps,
             reloads_ok: self.reloads.0,
             reloads_failed: self.reloads.1,
-            conntrack: self.conntrack.report(self.dataplane.conntrack_stats()?),
+            conntrack,
         })
     }
 }

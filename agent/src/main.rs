@@ -278,6 +278,32 @@ fn print_status(r: &StatusReport) {
     for (reason, n) in &r.drops {
         println!("  {reason:<16} {n:>12}");
     }
+    let c = &r.conntrack;
+    let live: u64 = c.entries.iter().map(|(_, n)| n).sum();
+    println!(
+        "conntrack: {live} of {} entries, {} evicted, {} collector passes",
+        c.capacity, c.evictions, c.gc_passes
+    );
+    for (kind, n) in &c.entries {
+        println!("  {kind:<16} {n:>12}");
+    }
+    for (event, n) in &c.events {
+        println!("  {event:<20} {n:>8}");
+    }
+    let deleted: Vec<String> = c
+        .gc_deleted
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    println!(
+        "  expired: {}",
+        if deleted.is_empty() {
+            "none".to_string()
+        } else {
+            deleted.join(", ")
+        }
+    );
     println!(
         "spec reloads: {} applied, {} refused",
         r.reloads_ok, r.reloads_failed

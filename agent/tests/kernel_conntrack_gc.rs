@@ -125,3 +125,27 @@ fn one_pass_expires_idle_flows_and_orphans_and_keeps_the_rest() {
     assert!(again.deleted.is_empty(), "{:?}", again.deleted);
     assert_eq!(again.live_total(), 5);
 }
+
+/// The programs' counters are read summed over CPUs, one per ConntrackStat, by name.
+#[test]
+fn conntrack_counters_are_read_by_name() {
+    let dp = Dataplane::load_unpinned().expect("programs load");
+    let stats = dp.conntrack_stats().unwrap();
+    let names: Vec<&str> = stats.iter().map(|(s, _)| s.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "entries_created",
+            "port_probes",
+            "insert_races",
+            "host_ports_remapped"
+        ]
+    );
+    assert!(stats.iter().all(|(_, n)| *n == 0), "{stats:?}");
+    let maps = dp.conntrack_maps().unwrap();
+    assert_eq!(
+        maps.stats().unwrap(),
+        stats,
+        "the collector's handle reads the same map"
+    );
+}

@@ -37,6 +37,11 @@ fn no_masquerade_follows_the_wanted_prefixes() {
     ];
     dp.sync_no_masquerade(&second).unwrap();
     assert_eq!(dp.no_masquerade().unwrap(), BTreeSet::from(second));
+    let occupancy = dp.occupancy().unwrap();
+    assert!(
+        occupancy.contains(&("no_masquerade".into(), 3, 1024)),
+        "{occupancy:?}"
+    );
     dp.sync_no_masquerade(&[]).unwrap();
     assert!(dp.no_masquerade().unwrap().is_empty());
 }
@@ -74,6 +79,14 @@ fn public_tables_follow_the_attached_groups() {
     let after = PublicTables::of(&BTreeMap::from([moved]));
     dp.sync_public(&after).unwrap();
     assert_eq!(dp.public_tables().unwrap(), after);
+    let occupancy: BTreeMap<String, (u64, u64)> = dp
+        .occupancy()
+        .unwrap()
+        .into_iter()
+        .map(|(map, n, max)| (map, (n, max)))
+        .collect();
+    assert_eq!(occupancy["public_ips"], (1, 256));
+    assert_eq!(occupancy["public_ports"], (1, 4096));
 
     dp.sync_public(&PublicTables::default()).unwrap();
     assert_eq!(dp.public_tables().unwrap(), PublicTables::default());
