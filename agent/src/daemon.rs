@@ -664,7 +664,7 @@ impl Agent {
             maps,
             reloads_ok: self.reloads.0,
             reloads_failed: self.reloads.1,
-            conntrack,
+            conntrack: Box::new(conntrack),
         })
     }
 }

@@ -234,14 +234,14 @@ mod tests {
     #[test]
     fn conntrack_is_exported() {
         let report = StatusReport {
-            conntrack: ConntrackReport {
+            conntrack: Box::new(ConntrackReport {
                 entries: vec![("pod_snat".into(), 6), ("host".into(), 2)],
                 capacity: 262_144,
                 evictions: 3,
                 events: vec![("entries_created".into(), 11), ("port_probes".into(), 4)],
                 gc_deleted: vec![("tcp_established".into(), 2), ("orphan".into(), 1)],
                 gc_passes: 7,
-            },
+            }),
             ..StatusReport::default()
         };
         let text = render(&report).unwrap();

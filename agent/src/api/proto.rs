@@ -226,9 +226,10 @@ pub struct StatusReport {
     /// Spec reloads applied and refused since the agent started.
     pub reloads_ok: u64,
     pub reloads_failed: u64,
-    /// Connection tracking (absent from an agent before it).
+    /// Connection tracking (absent from an agent before it). Boxed: it would make every
+    /// [`Response`] as large as a status report.
     #[serde(default)]
-    pub conntrack: ConntrackReport,
+    pub conntrack: Box<ConntrackReport>,
 }
 
 /// The flow table: what is in it, what the programs counted, what the collector deleted.
