@@ -757,3 +757,76 @@ async fn pause_for_tests_after_ipam(ip: Ipv4Addr) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::proto::Attachment,
+        spec::{PortRange, parse_str},
+    };
+
+    const CONTRACT: &str = include_str!("../../examples/contract.yaml");
+
+    fn plan(port_range: PortRange) -> NodePlan {
+        let mut spec = parse_str(CONTRACT).expect("the contract example parses");
+        spec.outbound_nat.port_range = port_range;
+        NodePlan::from_spec(&spec, "node-1").unwrap()
+    }
+
+    fn endpoint(ip: [u8; 4], group: Option<&str>) -> Endpoint {
+        Endpoint {
+            attachment: Attachment {
+                network: "vnetd".into(),
+                container_id: "c".into(),
+                ifname: "eth0".into(),
+            },
+            netns: "/run/netns/p".into(),
+            ip: Ipv4Addr::from(ip),
+            subnet: "apps".into(),
+            host_ifname: "vnd0".into(),
+            host_ifindex: 7,
+            host_mac: [2, 0, 0, 0, 0, 1],
+            pod_mac: [2, 0, 0, 0, 0, 2],
+            container_group: group.map(Into::into),
+            k8s_namespace: None,
+            k8s_pod: None,
+        }
+    }
+
+    #[test]
+    fn nat_node_config_carries_the_spec_port_range() {
+        let uplink = NodeLink {
+            name: "eth0".into(),
+            ifindex: 2,
+            mac: [2, 0, 10, 0, 0, 4],
+            mtu: 1500,
+            veth: true,
+        };
+        let range = PortRange {
+            first: 40000,
+            last: 40015,
+        };
+        let config = node_config(&plan(range), &uplink);
+        assert_eq!((config.snat_port_min, config.snat_port_max), (40000, 40015));
+        assert_eq!(config.primary_ip, [10, 0, 0, 4]);
+    }
+
+    #[test]
+    fn nat_a_public_groups_endpoint_carries_its_public_address() {
+        let plan = plan(crate::spec::OutboundNat::DEFAULT_PORT_RANGE);
+        let web = endpoint([10, 0, 2, 10], Some("web"));
+        let api = endpoint([10, 0, 1, 10], Some("api"));
+        let pod = endpoint([10, 0, 2, 11], None);
+        assert_eq!(
+            maps::abi_endpoint(&web, 3, group_public_ip(&plan, &web)).public_ip,
+            [203, 0, 113, 20]
+        );
+        assert_eq!(
+            maps::abi_endpoint(&api, 3, group_public_ip(&plan, &api)).public_ip,
+            [0; 4],
+            "a Private group has none"
+        );
+        assert_eq!(group_public_ip(&plan, &pod), None);
+    }
+}
