@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context as _, Result};
@@ -15,15 +16,18 @@ use crate::{
     api::proto::{
         AddRequest, AddResult, Attachment, CheckRequest, CniError, Request, Response, StatusReport,
     },
+    compile::nat,
     dataplane::{
         Dataplane,
         maps::{
-            self,
+            self, ConntrackMaps,
+            nat::PublicTables,
             routes::{self, RouteEntries},
         },
         tables::VersionedTables,
     },
     endpoints::{self, Endpoint, EndpointStore},
+    gc::Conntrack,
     ipam::Ipam,
     netlink::{self, NodeLink, POD_GATEWAY, PodInterfaceError, PodInterfaceSpec},
     plan::NodePlan,
@@ -41,6 +45,8 @@ pub struct Agent {
     uplink_ifindex: Option<u32>,
     /// Spec reloads applied and refused.
     reloads: (u64, u64),
+    /// The conntrack collector's totals and timeouts.
+    conntrack: Arc<Conntrack>,
 }
 
 impl Agent {
@@ -93,6 +99,7 @@ impl Agent {
             )
             .context("installing the route tables")?;
         info!(tables = wanted.len(), "route tables installed");
+        let plan_idle_timeout = plan.compiled().idle_timeout;
         let mut agent = Self {
             plan,
             route_tables,
@@ -102,8 +109,10 @@ impl Agent {
             endpoints: BTreeMap::new(),
             uplink_ifindex: Some(uplink.ifindex),
             reloads: (0, 0),
+            conntrack: Conntrack::new(plan_idle_timeout),
         };
         agent.restore().await?;
+        agent.sync_nat()?;
         Ok(agent)
     }
 
@@ -116,6 +125,9 @@ impl Agent {
         self.check_subnets_in_use(&plan)?;
         if plan.uplink != self.plan.uplink || plan.primary_ip != self.plan.primary_ip {
             self.move_uplink(&plan).await?;
+        } else if plan.compiled().snat_port_range != self.plan.compiled().snat_port_range {
+            let link = uplink_link(&plan).await?;
+            self.dataplane.set_node(node_config(&plan, &link))?;
         }
         let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
         let wanted = wanted_route_tables(&plan, &endpoints);
@@ -126,7 +138,7 @@ impl Agent {
             |dp, ids| {
                 for ep in &endpoints {
                     let id = route_table_id(&plan, ids, &ep.subnet);
-                    let entry = maps::abi_endpoint(ep, id);
+                    let entry = maps::abi_endpoint(ep, id, group_public_ip(&plan, ep));
                     if before.get(&ep.ip) != Some(&entry) {
                         dp.put_endpoint(ep.ip, entry)?;
                     }
@@ -136,7 +148,34 @@ impl Agent {
             |dp| dp.sync_endpoints(&before),
         )?;
         self.plan = plan;
-        Ok(())
+        self.conntrack
+            .set_idle_timeout(self.plan.compiled().idle_timeout);
+        self.sync_nat()
+    }
+
+    /// What the conntrack collector needs: its own handles on the flow table and the shared
+    /// totals. Only a started agent has them (the dataplane adopted or loaded whole), so the
+    /// collector never runs on a half-restored state.
+    pub fn conntrack_collector(&self) -> Result<(ConntrackMaps, Arc<Conntrack>)> {
+        Ok((self.dataplane.conntrack_maps()?, self.conntrack.clone()))
+    }
+
+    /// Makes NO_MASQUERADE, PUBLIC_IPS and PUBLIC_PORTS follow the plan and the attached
+    /// groups (a Public group is served by the node it is attached on).
+    fn sync_nat(&mut self) -> Result<()> {
+        let compiled = self.plan.compiled();
+        self.dataplane
+            .sync_no_masquerade(&compiled.no_masquerade)
+            .context("writing NO_MASQUERADE")?;
+        let mappings = nat::public_mappings(&compiled.container_groups, |group| {
+            self.endpoints
+                .values()
+                .find(|ep| ep.container_group.as_deref() == Some(group))
+                .map(|ep| ep.ip)
+        });
+        self.dataplane
+            .sync_public(&PublicTables::of(&mappings))
+            .context("writing the public addresses")
     }
 
     /// Refuses a plan without a subnet that endpoints still use: as in Azure, where a subnet in
@@ -206,6 +245,9 @@ impl Agent {
                     warn!(ip = %ep.ip, "{err:#}");
                 }
                 self.forget(&ep)?;
+                if ep.container_group.is_some() {
+                    self.sync_nat()?;
+                }
             }
         }
         match links.get(&self.plan.uplink) {
@@ -366,7 +408,13 @@ impl Agent {
             return Err(CniError::internal(&err));
         }
         info!(%ip, network = ?att.network, container_id = ?att.container_id, %host_ifname, "endpoint added");
+        let group = ep.container_group.is_some();
         self.endpoints.insert(att, ep);
+        if group && let Err(err) = self.sync_nat() {
+            // The endpoint stays (DEL removes it); its public address is retried with the next
+            // change.
+            warn!("serving the group's public address: {err:#}");
+        }
         Ok(AddResult {
             host_ifname,
             host_mac: iface.host_mac,
@@ -489,8 +537,10 @@ impl Agent {
 
     fn write_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
         let route_table = route_table_id(&self.plan, &self.route_tables.ids().ids(), &ep.subnet);
-        self.dataplane
-            .put_endpoint(ep.ip, maps::abi_endpoint(ep, route_table))
+        self.dataplane.put_endpoint(
+            ep.ip,
+            maps::abi_endpoint(ep, route_table, group_public_ip(&self.plan, ep)),
+        )
     }
 
     /// Removes an endpoint's record, address and program pin (not its interface).
@@ -533,6 +583,9 @@ impl Agent {
             .map_err(internal)?;
         if let Some(ep) = recorded.and_then(|key| self.endpoints.remove(&key)) {
             self.forget(&ep).map_err(internal)?;
+            if ep.container_group.is_some() {
+                self.sync_nat().map_err(internal)?;
+            }
             info!(ip = %ep.ip, network = ?att.network, container_id = ?att.container_id, "endpoint deleted");
         }
         Ok(())
@@ -597,6 +650,14 @@ impl Agent {
     }
 
     pub fn status_report(&self) -> Result<StatusReport> {
+        let conntrack = self.conntrack.report(self.dataplane.conntrack_stats()?);
+        let mut maps = self.dataplane.occupancy()?;
+        // FLOWS is too large to count every second: its count is the collector's.
+        maps.push((
+            maps::FLOWS.to_lowercase(),
+            conntrack.entries.iter().map(|(_, n)| n).sum(),
+            conntrack.capacity,
+        ));
         Ok(StatusReport {
             node: self.plan.node.clone(),
             uplink: self.plan.uplink.clone(),
@@ -614,9 +675,10 @@ impl Agent {
                 .into_iter()
                 .map(|(reason, n)| (reason.name().to_string(), n))
                 .collect(),
-            maps: self.dataplane.occupancy()?,
+            maps,
             reloads_ok: self.reloads.0,
             reloads_failed: self.reloads.1,
+            conntrack: Box::new(conntrack),
         })
     }
 }
@@ -633,11 +695,16 @@ fn node_config(plan: &NodePlan, uplink: &NodeLink) -> NodeConfig {
         uplink_ifindex: uplink.ifindex,
         primary_ip: plan.primary_ip.octets(),
         uplink_mac: uplink.mac,
-        // Wired to the spec's outboundNat.portRange with the NAT tables (issue 8).
-        snat_port_min: crate::spec::OutboundNat::DEFAULT_PORT_RANGE.first,
-        snat_port_max: crate::spec::OutboundNat::DEFAULT_PORT_RANGE.last,
+        snat_port_min: plan.compiled().snat_port_range.first,
+        snat_port_max: plan.compiled().snat_port_range.last,
         _pad: [0; 2],
     }
+}
+
+/// The public address of `ep`'s group, if it is a Public group of `plan`.
+fn group_public_ip(plan: &NodePlan, ep: &Endpoint) -> Option<Ipv4Addr> {
+    let group = ep.container_group.as_deref()?;
+    nat::public_ip_of(&plan.compiled().container_groups, group)
 }
 
 /// The kind of table under which route-table ids are recorded in `<state-dir>/tables.json`.
@@ -702,5 +769,79 @@ async fn pause_for_tests_after_ipam(ip: Ipv4Addr) {
     warn!(%ip, marker = %marker.display(), "test pause point: ADD paused after the IPAM record");
     while marker.exists() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::proto::Attachment,
+        spec::{PortRange, parse_str},
+    };
+
+    const CONTRACT: &str = include_str!("../../examples/contract.yaml");
+
+    fn plan(port_range: PortRange) -> NodePlan {
+        let mut spec = parse_str(CONTRACT).expect("the contract example parses");
+        spec.outbound_nat.port_range = port_range;
+        NodePlan::from_spec(&spec, "node-1").unwrap()
+    }
+
+    fn endpoint(ip: [u8; 4], group: Option<&str>) -> Endpoint {
+        Endpoint {
+            attachment: Attachment {
+                network: "vnetd".into(),
+                container_id: "c".into(),
+                ifname: "eth0".into(),
+            },
+            netns: "/run/netns/p".into(),
+            ip: Ipv4Addr::from(ip),
+            subnet: "apps".into(),
+            host_ifname: "vnd0".into(),
+            host_ifindex: 7,
+            host_mac: [2, 0, 0, 0, 0, 1],
+            pod_mac: [2, 0, 0, 0, 0, 2],
+            container_group: group.map(Into::into),
+            k8s_namespace: None,
+            k8s_pod: None,
+            routes: crate::api::proto::default_route_only(),
+        }
+    }
+
+    #[test]
+    fn nat_node_config_carries_the_spec_port_range() {
+        let uplink = NodeLink {
+            name: "eth0".into(),
+            ifindex: 2,
+            mac: [2, 0, 10, 0, 0, 4],
+            mtu: 1500,
+            veth: true,
+        };
+        let range = PortRange {
+            first: 40000,
+            last: 40015,
+        };
+        let config = node_config(&plan(range), &uplink);
+        assert_eq!((config.snat_port_min, config.snat_port_max), (40000, 40015));
+        assert_eq!(config.primary_ip, [10, 0, 0, 4]);
+    }
+
+    #[test]
+    fn nat_a_public_groups_endpoint_carries_its_public_address() {
+        let plan = plan(crate::spec::OutboundNat::DEFAULT_PORT_RANGE);
+        let web = endpoint([10, 0, 2, 10], Some("web"));
+        let api = endpoint([10, 0, 1, 10], Some("api"));
+        let pod = endpoint([10, 0, 2, 11], None);
+        assert_eq!(
+            maps::abi_endpoint(&web, 3, group_public_ip(&plan, &web)).public_ip,
+            [203, 0, 113, 20]
+        );
+        assert_eq!(
+            maps::abi_endpoint(&api, 3, group_public_ip(&plan, &api)).public_ip,
+            [0; 4],
+            "a Private group has none"
+        );
+        assert_eq!(group_public_ip(&plan, &pod), None);
     }
 }

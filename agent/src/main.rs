@@ -254,6 +254,8 @@ async fn serve_agent(
         started_from,
     } = serving;
     info!(node = %agent.node(), socket = %paths.api_socket.display(), "vnetd running");
+    let (flows, conntrack) = agent.conntrack_collector()?;
+    let gc_interval = vnetd::gc::interval()?;
     let agent = Arc::new(Mutex::new(agent));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -261,6 +263,7 @@ async fn serve_agent(
         res = reload::watch(paths.spec.clone(), node.clone(), agent.clone(), started_from) => res?,
         res = &mut http => res.context("the metrics server")??,
         res = feed.clone().refresh(agent.clone()) => res?,
+        res = vnetd::gc::run(flows, conntrack, gc_interval) => res?,
         res = netlink::links::watch(|| async {
             if let Err(err) = agent.lock().await.reconcile_links().await {
                 error!("following the node's links: {err:#}");
@@ -370,6 +373,32 @@ fn print_status(r: &StatusReport) {
     for (reason, n) in &r.drops {
         println!("  {reason:<16} {n:>12}");
     }
+    let c = &r.conntrack;
+    let live: u64 = c.entries.iter().map(|(_, n)| n).sum();
+    println!(
+        "conntrack: {live} of {} entries, {} evicted, {} collector passes",
+        c.capacity, c.evictions, c.gc_passes
+    );
+    for (kind, n) in &c.entries {
+        println!("  {kind:<16} {n:>12}");
+    }
+    for (event, n) in &c.events {
+        println!("  {event:<20} {n:>8}");
+    }
+    let deleted: Vec<String> = c
+        .gc_deleted
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    println!(
+        "  expired: {}",
+        if deleted.is_empty() {
+            "none".to_string()
+        } else {
+            deleted.join(", ")
+        }
+    );
     println!(
         "spec reloads: {} applied, {} refused",
         r.reloads_ok, r.reloads_failed

@@ -26,7 +26,11 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::{api::proto::StatusReport, daemon::Agent, health::Health};
+use crate::{
+    api::proto::{ConntrackReport, StatusReport},
+    daemon::Agent,
+    health::Health,
+};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -217,7 +221,93 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
         "Spec reloads applied (ok) and refused (failed)",
         reloads,
     );
+    register_conntrack(&mut registry, &r.conntrack);
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
+}
+
+fn register_conntrack(registry: &mut Registry, c: &ConntrackReport) {
+    let entries = Family::<Labels, Gauge>::default();
+    for (kind, n) in &c.entries {
+        entries
+            .get_or_create(&vec![("kind", kind.clone())])
+            .set(*n as i64);
+    }
+    registry.register(
+        "conntrack_entries",
+        "Flow table entries (two per flow) by kind, as of the collector's last pass",
+        entries,
+    );
+    let capacity = Gauge::<i64>::default();
+    capacity.set(c.capacity as i64);
+    registry.register(
+        "conntrack_capacity",
+        "Entries the flow table holds before the LRU evicts",
+        capacity,
+    );
+    let evictions = Counter::<u64>::default();
+    evictions.inc_by(c.evictions);
+    registry.register(
+        "conntrack_evictions",
+        "Flow entries the LRU evicted (created - expired by the collector - live) since the \
+         agent started",
+        evictions,
+    );
+    let events = Family::<Labels, Counter>::default();
+    for (event, n) in &c.events {
+        events
+            .get_or_create(&vec![("event", event.clone())])
+            .inc_by(*n);
+    }
+    registry.register(
+        "conntrack_events",
+        "The dataplane's conntrack events (entries created, port probes, insert races, host \
+         ports remapped)",
+        events,
+    );
+    let deleted = Family::<Labels, Counter>::default();
+    for (reason, n) in &c.gc_deleted {
+        deleted
+            .get_or_create(&vec![("reason", reason.clone())])
+            .inc_by(*n);
+    }
+    registry.register(
+        "conntrack_gc_deleted",
+        "Flow entries the collector deleted, by the timeout that expired or orphan",
+        deleted,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_is_exported() {
+        let report = StatusReport {
+            conntrack: Box::new(ConntrackReport {
+                entries: vec![("pod_snat".into(), 6), ("host".into(), 2)],
+                capacity: 262_144,
+                evictions: 3,
+                events: vec![("entries_created".into(), 11), ("port_probes".into(), 4)],
+                gc_deleted: vec![("tcp_established".into(), 2), ("orphan".into(), 1)],
+                gc_passes: 7,
+            }),
+            ..StatusReport::default()
+        };
+        let text = render(&report).unwrap();
+        for line in [
+            "vnetd_conntrack_entries{kind=\"pod_snat\"} 6",
+            "vnetd_conntrack_entries{kind=\"host\"} 2",
+            "vnetd_conntrack_capacity 262144",
+            "vnetd_conntrack_evictions_total 3",
+            "vnetd_conntrack_events_total{event=\"entries_created\"} 11",
+            "vnetd_conntrack_events_total{event=\"port_probes\"} 4",
+            "vnetd_conntrack_gc_deleted_total{reason=\"tcp_established\"} 2",
+            "vnetd_conntrack_gc_deleted_total{reason=\"orphan\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+    }
 }

@@ -82,6 +82,16 @@ impl NodePlan {
                 maps::ENDPOINTS_MAX
             );
         }
+        let no_masquerade = self.compiled.no_masquerade.len();
+        if no_masquerade > maps::NO_MASQUERADE_MAX as usize {
+            bail!(
+                "node {}: {no_masquerade} prefixes are never masqueraded (address space, \
+                 connected spaces, nonMasqueradeCidrs, 169.254.0.0/16); NO_MASQUERADE holds \
+                 NO_MASQUERADE_MAX = {}",
+                self.node,
+                maps::NO_MASQUERADE_MAX
+            );
+        }
         let tables: Vec<(String, usize)> = self
             .route_tables()
             .map(|t| (t.key(), t.entries.len()))

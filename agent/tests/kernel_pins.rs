@@ -8,9 +8,14 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::maps::{MapData, MapInfo, MapType};
+use aya::{
+    maps::{MapData, MapInfo, MapType},
+    programs::{SchedClassifier, TcAttachType},
+};
 use vnetd::dataplane::{self, Dataplane, PinLayout};
-use vnetd_common::{ABI_VERSION, maps};
+use vnetd_common::{ABI_VERSION, maps, programs};
+
+mod support;
 
 /// A bpffs directory private to one test.
 struct BpffsDir(PathBuf);
@@ -202,4 +207,78 @@ fn other_abis_are_removed_at_load_and_by_teardown() {
     assert!(!old.exists(), "teardown removes an older ABI");
     assert!(!current.root().exists(), "teardown removes this ABI");
     dataplane::teardown(&dir.0).expect("teardown twice is fine");
+}
+
+/// The programs TCX runs on `ifname`'s `hook`, by name.
+fn tcx_programs(ifname: &str, hook: TcAttachType) -> Vec<String> {
+    let (_, programs) = SchedClassifier::query_tcx(ifname, hook).expect("querying TCX");
+    programs
+        .iter()
+        .map(|p| p.name_as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// The uplink gets `uplink_egress` on TCX egress beside `uplink_ingress`, pinned like it: a
+/// second agent adopts the link (one program, not two), detaching the uplink removes it, and
+/// so does teardown. Runs in a network namespace of its own thread (gone with it), on a veth.
+#[test]
+fn the_uplink_egress_link_is_pinned_adopted_and_removed() {
+    let dir = BpffsDir::new();
+    let bpffs = dir.0.clone();
+    std::thread::spawn(move || {
+        support::private_netns_with_veth_pair();
+        let uplink = "pa";
+        let pins = PinLayout::new(&bpffs);
+        let egress_pin = pins.link(programs::UPLINK_TC_EGRESS, uplink);
+
+        let mut first = Dataplane::load_pinned(&bpffs).unwrap();
+        first.attach_uplink(uplink, true).unwrap();
+        assert!(egress_pin.exists(), "{} pinned", egress_pin.display());
+        assert_eq!(
+            tcx_programs(uplink, TcAttachType::Egress),
+            [programs::UPLINK_TC_EGRESS]
+        );
+        assert_eq!(
+            tcx_programs(uplink, TcAttachType::Ingress),
+            [programs::UPLINK_TC_INGRESS]
+        );
+        assert!(
+            first
+                .links()
+                .unwrap()
+                .contains(&(programs::UPLINK_TC_EGRESS.into(), uplink.into()))
+        );
+        drop(first);
+
+        let mut second = Dataplane::load_pinned(&bpffs).unwrap();
+        second.attach_uplink(uplink, true).unwrap();
+        assert_eq!(
+            tcx_programs(uplink, TcAttachType::Egress),
+            [programs::UPLINK_TC_EGRESS],
+            "the pinned egress link is adopted, not doubled"
+        );
+        second.detach_uplink(uplink).unwrap();
+        assert!(!egress_pin.exists());
+        // The link goes with its last reference, the pin; the kernel releases it from a work
+        // queue, a moment later.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !tcx_programs(uplink, TcAttachType::Egress).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the egress link outlived its pin"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+
+        second.attach_uplink(uplink, true).unwrap();
+        assert_eq!(tcx_programs(uplink, TcAttachType::Egress).len(), 1);
+        dataplane::teardown(&bpffs).unwrap();
+        assert!(
+            tcx_programs(uplink, TcAttachType::Egress).is_empty(),
+            "teardown detaches the egress link even while the agent holds the program"
+        );
+        assert!(tcx_programs(uplink, TcAttachType::Ingress).is_empty());
+    })
+    .join()
+    .expect("the test thread");
 }

@@ -240,6 +240,26 @@ pub struct StatusReport {
     /// Spec reloads applied and refused since the agent started.
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// Connection tracking (absent from an agent before it). Boxed: it would make every
+    /// [`Response`] as large as a status report.
+    #[serde(default)]
+    pub conntrack: Box<ConntrackReport>,
+}
+
+/// The flow table: what is in it, what the programs counted, what the collector deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackReport {
+    /// (kind, entries) as of the collector's last pass; two entries per flow.
+    pub entries: Vec<(String, u64)>,
+    /// FLOWS_MAX.
+    pub capacity: u64,
+    /// Entries the LRU evicted since the agent started (see [`crate::gc`]).
+    pub evictions: u64,
+    /// The programs' counters: (event, count).
+    pub events: Vec<(String, u64)>,
+    /// Entries the collector deleted: (reason, count).
+    pub gc_deleted: Vec<(String, u64)>,
+    pub gc_passes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

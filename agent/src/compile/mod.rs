@@ -16,6 +16,7 @@
 //! * Packets without ports (ICMP, ESP, AH, ...) match only rules whose port ranges are `*`.
 //! * No `None` system routes for private ranges outside the address space.
 
+pub mod nat;
 pub mod nsg;
 pub mod prefix;
 pub mod reference;
@@ -242,17 +243,7 @@ pub fn compile_valid(spec: &Spec, node_name: &str) -> anyhow::Result<Compiled> {
 
     let vnet_prefixes = spec.vnet_prefixes();
     let internet_prefixes = prefix::complement(&vnet_prefixes);
-    let mut no_masquerade = vnet_prefixes.clone();
-    for net in spec
-        .outbound_nat
-        .non_masquerade_cidrs
-        .iter()
-        .chain([&LINK_LOCAL])
-    {
-        if !no_masquerade.contains(net) {
-            no_masquerade.push(*net);
-        }
-    }
+    let no_masquerade = nat::no_masquerade(spec);
 
     let container_groups = spec
         .container_groups
@@ -299,10 +290,8 @@ pub fn compile_valid(spec: &Spec, node_name: &str) -> anyhow::Result<Compiled> {
         vnet_prefixes,
         internet_prefixes,
         no_masquerade,
-        snat_port_range: spec.outbound_nat.port_range,
-        idle_timeout: Duration::from_secs(
-            u64::from(spec.outbound_nat.idle_timeout_in_minutes) * 60,
-        ),
+        snat_port_range: nat::snat_ports(spec),
+        idle_timeout: nat::idle_timeout(spec),
         container_groups,
         routes: routes::compile_route_tables(vnet, &spec.route_tables),
         nsgs: nsg::compile_nsgs(&spec.network_security_groups, &tags)?,

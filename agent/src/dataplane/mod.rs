@@ -128,15 +128,17 @@ impl Dataplane {
     }
 
     /// Attaches the uplink programs to `ifname`: XDP (native where the driver has it, unless
-    /// `generic_xdp`) and TC ingress. Programs are swapped into links a previous agent pinned.
+    /// `generic_xdp`), TC ingress and TC egress (the node's own flows in the SNAT port range).
+    /// Programs are swapped into links a previous agent pinned.
     pub fn attach_uplink(&mut self, ifname: &str, generic_xdp: bool) -> Result<()> {
         self.attach_xdp(programs::UPLINK_XDP, ifname, generic_xdp)?;
-        self.attach_tc_ingress(programs::UPLINK_TC_INGRESS, ifname)
+        self.attach_tc(programs::UPLINK_TC_INGRESS, ifname, TcAttachType::Ingress)?;
+        self.attach_tc(programs::UPLINK_TC_EGRESS, ifname, TcAttachType::Egress)
     }
 
     /// Attaches the pod program to TC ingress of a pod's host-side veth (what the pod sends).
     pub fn attach_pod(&mut self, host_ifname: &str) -> Result<()> {
-        self.attach_tc_ingress(programs::POD_TC_INGRESS, host_ifname)
+        self.attach_tc(programs::POD_TC_INGRESS, host_ifname, TcAttachType::Ingress)
     }
 
     /// Detaches a pod's program by removing its link pin (the link dies with its last fd).
@@ -147,7 +149,8 @@ impl Dataplane {
     /// Detaches the uplink programs from `ifname` (an uplink the spec no longer names).
     pub fn detach_uplink(&self, ifname: &str) -> Result<()> {
         remove_pin(&self.pins()?.link(programs::UPLINK_XDP, ifname))?;
-        remove_pin(&self.pins()?.link(programs::UPLINK_TC_INGRESS, ifname))
+        remove_pin(&self.pins()?.link(programs::UPLINK_TC_INGRESS, ifname))?;
+        remove_pin(&self.pins()?.link(programs::UPLINK_TC_EGRESS, ifname))
     }
 
     fn attach_xdp(&mut self, program: &str, ifname: &str, generic: bool) -> Result<()> {
@@ -175,7 +178,7 @@ impl Dataplane {
         pin_link(link, &pin)
     }
 
-    fn attach_tc_ingress(&mut self, program: &str, ifname: &str) -> Result<()> {
+    fn attach_tc(&mut self, program: &str, ifname: &str, hook: TcAttachType) -> Result<()> {
         let pin = self.pins()?.link(program, ifname);
         let pinned = open_pinned_link(&pin)?;
         let prog = self.classifier(program)?;
@@ -191,8 +194,8 @@ impl Dataplane {
             None => {
                 // TCX (kernel >= 6.6) needs no qdisc; netlink TC on older kernels does.
                 let _ = tc::qdisc_add_clsact(ifname);
-                prog.attach(ifname, TcAttachType::Ingress)
-                    .with_context(|| format!("attaching {program} (TC ingress) to {ifname}"))?
+                prog.attach(ifname, hook)
+                    .with_context(|| format!("attaching {program} (TC {hook:?}) to {ifname}"))?
             }
         };
         let link = FdLink::try_from(prog.take_link(link_id)?).context("TC link has no fd")?;

@@ -7,14 +7,20 @@ use vnetd_common::{Endpoint, maps};
 
 use crate::{dataplane::Dataplane, endpoints};
 
-/// The ABI entry of a recorded endpoint whose subnet uses the route table `route_table`.
-pub fn abi_endpoint(ep: &endpoints::Endpoint, route_table: u32) -> Endpoint {
+/// The ABI entry of a recorded endpoint whose subnet uses the route table `route_table`;
+/// `public_ip` is its Public group's address (its outbound traffic to the internet leaves
+/// with it).
+pub fn abi_endpoint(
+    ep: &endpoints::Endpoint,
+    route_table: u32,
+    public_ip: Option<Ipv4Addr>,
+) -> Endpoint {
     Endpoint {
         host_ifindex: ep.host_ifindex,
         route_table,
         pod_mac: ep.pod_mac,
         host_mac: ep.host_mac,
-        public_ip: [0; 4],
+        public_ip: public_ip.map_or([0; 4], |ip| ip.octets()),
     }
 }
 

@@ -1,15 +1,18 @@
 //! The dataplane's maps, one module per table: each converts what the agent holds to the ABI
 //! types of `vnetd-common` and writes it, syncing by difference (new entries first, then the
 //! stale ones) so that a lookup never misses an entry that exists before and after.
+mod conntrack;
 mod counters;
 mod endpoints;
+pub mod nat;
 mod node;
 pub mod routes;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, LpmTrie, Map};
-use vnetd_common::{Endpoint, Route, RouteKey};
+use vnetd_common::{Endpoint, NoMasqueradeKey, PublicAddress, PublicPortKey, Route, RouteKey};
 
+pub use conntrack::ConntrackMaps;
 pub use endpoints::abi_endpoint;
 /// The maps' names and capacities, as the ABI defines them.
 pub use vnetd_common::maps::*;
@@ -21,6 +24,12 @@ impl Dataplane {
     pub fn occupancy(&self) -> Result<Vec<(String, u64, u64)>> {
         let endpoints: HashMap<_, [u8; 4], Endpoint> = HashMap::try_from(self.map(ENDPOINTS)?)?;
         let routes: LpmTrie<_, RouteKey, Route> = LpmTrie::try_from(self.map(ROUTES)?)?;
+        let no_masquerade: LpmTrie<_, NoMasqueradeKey, u32> =
+            LpmTrie::try_from(self.map(NO_MASQUERADE)?)?;
+        let public_ips: HashMap<_, [u8; 4], PublicAddress> =
+            HashMap::try_from(self.map(PUBLIC_IPS)?)?;
+        let public_ports: HashMap<_, PublicPortKey, u32> =
+            HashMap::try_from(self.map(PUBLIC_PORTS)?)?;
         Ok(vec![
             (
                 ENDPOINTS.to_lowercase(),
@@ -31,6 +40,21 @@ impl Dataplane {
                 ROUTES.to_lowercase(),
                 routes.keys().count() as u64,
                 u64::from(ROUTES_MAX),
+            ),
+            (
+                NO_MASQUERADE.to_lowercase(),
+                no_masquerade.keys().count() as u64,
+                u64::from(NO_MASQUERADE_MAX),
+            ),
+            (
+                PUBLIC_IPS.to_lowercase(),
+                public_ips.keys().count() as u64,
+                u64::from(PUBLIC_IPS_MAX),
+            ),
+            (
+                PUBLIC_PORTS.to_lowercase(),
+                public_ports.keys().count() as u64,
+                u64::from(PUBLIC_PORTS_MAX),
             ),
         ])
     }

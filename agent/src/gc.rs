@@ -1,0 +1,607 @@
+//! Conntrack garbage collection: the programs create flow entries, the agent expires them.
+//! Every [`interval`] the collector walks FLOWS; each Original entry is judged with its
+//! sibling (the Reply entry) by [`verdict`], a pure function of the two entries, the clock and
+//! the [`Timeouts`]; an expired flow loses both entries, an entry whose sibling is gone (the
+//! LRU evicted it) is deleted as an orphan.
+//!
+//! LRU evictions are counted, not guessed: since the collector started, entries created minus
+//! entries the collector expired minus entries alive now is what the LRU took (never
+//! negative, never decreasing). Orphans are not subtracted: the flow they belonged to was
+//! broken by an eviction, and both of its entries count as evicted.
+//!
+//! The collector starts only once the agent has adopted or loaded the dataplane (it is
+//! spawned after [`crate::daemon::Agent::start`]), so it never deletes from a half-restored
+//! state.
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tracing::{debug, warn};
+use vnetd_common::{ConntrackStat, Direction, Flow, FlowKey, FlowKind, TcpState};
+
+use crate::{api::proto::ConntrackReport, dataplane::maps::ConntrackMaps};
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// How long a flow may stay idle, by what it is (nat-design.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub tcp_closed: Duration,
+    pub udp: Duration,
+    pub icmp: Duration,
+    /// Any other protocol (none is translated today).
+    pub other: Duration,
+}
+
+impl Timeouts {
+    /// The timeouts for `outboundNat.idleTimeoutInMinutes` = `idle`.
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            tcp_syn: Duration::from_secs(60),
+            tcp_established: idle,
+            tcp_closing: Duration::from_secs(120),
+            tcp_closed: Duration::from_secs(10),
+            udp: idle,
+            icmp: Duration::from_secs(30),
+            other: idle,
+        }
+    }
+
+    fn of(&self, class: GcReason) -> Duration {
+        match class {
+            GcReason::TcpSynSent | GcReason::TcpSynReceived => self.tcp_syn,
+            GcReason::TcpEstablished => self.tcp_established,
+            GcReason::TcpClosing => self.tcp_closing,
+            GcReason::TcpClosed => self.tcp_closed,
+            GcReason::Udp => self.udp,
+            GcReason::Icmp => self.icmp,
+            GcReason::Other | GcReason::Orphan => self.other,
+        }
+    }
+}
+
+/// Why the collector deleted an entry: the state whose timeout expired, or orphaned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GcReason {
+    TcpSynSent,
+    TcpSynReceived,
+    TcpEstablished,
+    TcpClosing,
+    TcpClosed,
+    Udp,
+    Icmp,
+    Other,
+    /// Its sibling was gone (evicted by the LRU).
+    Orphan,
+}
+
+impl GcReason {
+    pub const ALL: [GcReason; 9] = [
+        GcReason::TcpSynSent,
+        GcReason::TcpSynReceived,
+        GcReason::TcpEstablished,
+        GcReason::TcpClosing,
+        GcReason::TcpClosed,
+        GcReason::Udp,
+        GcReason::Icmp,
+        GcReason::Other,
+        GcReason::Orphan,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            GcReason::TcpSynSent => "tcp_syn_sent",
+            GcReason::TcpSynReceived => "tcp_syn_received",
+            GcReason::TcpEstablished => "tcp_established",
+            GcReason::TcpClosing => "tcp_closing",
+            GcReason::TcpClosed => "tcp_closed",
+            GcReason::Udp => "udp",
+            GcReason::Icmp => "icmp",
+            GcReason::Other => "other",
+            GcReason::Orphan => "orphan",
+        }
+    }
+}
+
+/// What the collector does with a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    /// Idle longer than its state's timeout: delete both entries.
+    Expired(GcReason),
+    /// Its sibling is gone: delete this entry.
+    Orphan,
+}
+
+/// An entry without its sibling is left alone this long after its creation: the programs
+/// insert the Reply entry a moment before the Original one, and a walk may fall in between.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
+/// Which timeout applies to a flow of protocol `proto` whose directions sent these TCP flags.
+pub fn class(proto: u8, original_flags: u8, reply_flags: u8) -> GcReason {
+    match proto {
+        IPPROTO_TCP => match TcpState::of(original_flags, reply_flags) {
+            TcpState::SynSent => GcReason::TcpSynSent,
+            TcpState::SynReceived => GcReason::TcpSynReceived,
+            TcpState::Established => GcReason::TcpEstablished,
+            TcpState::Closing => GcReason::TcpClosing,
+            TcpState::Closed => GcReason::TcpClosed,
+        },
+        IPPROTO_UDP => GcReason::Udp,
+        IPPROTO_ICMP => GcReason::Icmp,
+        _ => GcReason::Other,
+    }
+}
+
+/// The fate of the flow whose Original entry is `original` (keyed `key`) and whose Reply entry
+/// is `reply` (`None`: gone), at CLOCK_MONOTONIC `now_ns`. A flow expires when both directions
+/// have been idle longer than its state's timeout.
+pub fn verdict(
+    key: &FlowKey,
+    original: &Flow,
+    reply: Option<&Flow>,
+    now_ns: u64,
+    timeouts: &Timeouts,
+) -> Verdict {
+    let Some(reply) = reply else {
+        return orphan_verdict(original, now_ns);
+    };
+    let class = class(key.proto, original.tcp_flags_seen, reply.tcp_flags_seen);
+    let last_seen = original.last_seen_ns.max(reply.last_seen_ns);
+    let idle = Duration::from_nanos(now_ns.saturating_sub(last_seen));
+    if idle > timeouts.of(class) {
+        Verdict::Expired(class)
+    } else {
+        Verdict::Keep
+    }
+}
+
+/// An entry whose sibling is gone: an orphan once past [`ORPHAN_GRACE`].
+pub fn orphan_verdict(entry: &Flow, now_ns: u64) -> Verdict {
+    if Duration::from_nanos(now_ns.saturating_sub(entry.created_ns)) > ORPHAN_GRACE {
+        Verdict::Orphan
+    } else {
+        Verdict::Keep
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given, alive for the call.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    assert_eq!(ret, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail");
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What one pass did and saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcPass {
+    /// Entries deleted, by reason (an expired flow counts its two entries).
+    pub deleted: BTreeMap<GcReason, u64>,
+    /// Entries in FLOWS when the pass began.
+    pub seen: u64,
+    /// Entries left, by kind.
+    pub live: BTreeMap<&'static str, u64>,
+}
+
+impl GcPass {
+    pub fn live_total(&self) -> u64 {
+        self.live.values().sum()
+    }
+
+    /// Entries expired by their timeout (not orphans).
+    pub fn expired(&self) -> u64 {
+        self.deleted
+            .iter()
+            .filter(|(reason, _)| **reason != GcReason::Orphan)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+pub fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        k if k == FlowKind::PodSnat as u8 => "pod_snat",
+        k if k == FlowKind::Host as u8 => "host",
+        k if k == FlowKind::PublicInbound as u8 => "public_inbound",
+        _ => "unknown",
+    }
+}
+
+/// One pass over FLOWS at `now_ns`.
+pub fn gc_pass(maps: &mut ConntrackMaps, now_ns: u64, timeouts: &Timeouts) -> Result<GcPass> {
+    let flows = maps.flows()?;
+    let mut pass = GcPass {
+        seen: flows.len() as u64,
+        ..GcPass::default()
+    };
+    let mut gone: std::collections::HashSet<FlowKey> = std::collections::HashSet::new();
+    let sibling = |maps: &ConntrackMaps, key: &FlowKey| -> Result<Option<Flow>> {
+        // The walk's copy may predate the sibling's insertion: ask the map again.
+        match flows.get(key) {
+            Some(flow) => Ok(Some(*flow)),
+            None => maps.get(key),
+        }
+    };
+    for (key, flow) in &flows {
+        if gone.contains(key) {
+            continue;
+        }
+        let verdict = if flow.direction == Direction::Original as u8 {
+            let reply = sibling(maps, &flow.sibling)?;
+            verdict(key, flow, reply.as_ref(), now_ns, timeouts)
+        } else if sibling(maps, &flow.sibling)?.is_none() {
+            orphan_verdict(flow, now_ns)
+        } else {
+            // Judged with its Original entry.
+            Verdict::Keep
+        };
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Expired(reason) => {
+                for k in [*key, flow.sibling] {
+                    if maps.remove(&k)? {
+                        *pass.deleted.entry(reason).or_default() += 1;
+                    }
+                    gone.insert(k);
+                }
+            }
+            Verdict::Orphan => {
+                if maps.remove(key)? {
+                    *pass.deleted.entry(GcReason::Orphan).or_default() += 1;
+                }
+                gone.insert(*key);
+            }
+        }
+    }
+    for (key, flow) in &flows {
+        if !gone.contains(key) {
+            *pass.live.entry(kind_name(flow.kind)).or_default() += 1;
+        }
+    }
+    Ok(pass)
+}
+
+/// The collector's totals and settings, shared by the collector task (writes) and the agent
+/// (reads them into the status report; sets the timeouts on reload).
+#[derive(Debug)]
+pub struct Conntrack(Mutex<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    timeouts: Timeouts,
+    passes: u64,
+    deleted: BTreeMap<GcReason, u64>,
+    live: BTreeMap<&'static str, u64>,
+    /// Entries created minus entries alive, when the first pass began: what happened before
+    /// this agent (its predecessors' deletions and evictions) is not counted again.
+    baseline: Option<i128>,
+    evictions: u64,
+}
+
+impl Conntrack {
+    pub fn new(idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(Shared {
+            timeouts: Timeouts::new(idle_timeout),
+            passes: 0,
+            deleted: BTreeMap::new(),
+            live: BTreeMap::new(),
+            baseline: None,
+            evictions: 0,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn set_idle_timeout(&self, idle: Duration) {
+        self.lock().timeouts = Timeouts::new(idle);
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.lock().timeouts
+    }
+
+    /// Adds a pass, given the programs' `entries_created` read just before it began.
+    pub fn record(&self, created_before: u64, pass: &GcPass) {
+        let mut s = self.lock();
+        s.passes += 1;
+        for (reason, n) in &pass.deleted {
+            *s.deleted.entry(*reason).or_default() += n;
+        }
+        s.live = pass.live.clone();
+        let created = i128::from(created_before);
+        let baseline = *s.baseline.get_or_insert(created - i128::from(pass.seen));
+        let expired: u64 = s
+            .deleted
+            .iter()
+            .filter(|(reason, _)| **reason != GcReason::Orphan)
+            .map(|(_, n)| n)
+            .sum();
+        let evicted = created - baseline - i128::from(expired) - i128::from(pass.live_total());
+        // Entries created during the walk are live but not in `created_before`: the estimate
+        // may dip; the counter never goes back.
+        s.evictions = s.evictions.max(u64::try_from(evicted).unwrap_or(0));
+    }
+
+    /// The report's conntrack part; `stats` are the programs' counters.
+    pub fn report(&self, stats: Vec<(ConntrackStat, u64)>) -> ConntrackReport {
+        let s = self.lock();
+        ConntrackReport {
+            entries: ["pod_snat", "host", "public_inbound"]
+                .iter()
+                .map(|kind| (kind.to_string(), s.live.get(kind).copied().unwrap_or(0)))
+                .collect(),
+            capacity: u64::from(vnetd_common::maps::FLOWS_MAX),
+            evictions: s.evictions,
+            events: stats
+                .into_iter()
+                .map(|(stat, n)| (stat.name().to_string(), n))
+                .collect(),
+            gc_deleted: GcReason::ALL
+                .iter()
+                .map(|r| (r.name().to_string(), s.deleted.get(r).copied().unwrap_or(0)))
+                .collect(),
+            gc_passes: s.passes,
+        }
+    }
+}
+
+/// The pass interval: `VNETD_GC_INTERVAL_MS` (for tests), else 5 s.
+pub fn interval() -> Result<Duration> {
+    match std::env::var("VNETD_GC_INTERVAL_MS") {
+        Ok(ms) => {
+            let ms: u64 = ms
+                .parse()
+                .with_context(|| format!("VNETD_GC_INTERVAL_MS={ms:?} is not a number of ms"))?;
+            Ok(Duration::from_millis(ms.max(1)))
+        }
+        Err(_) => Ok(Duration::from_secs(5)),
+    }
+}
+
+/// Runs a pass every `every`, forever. A failed pass is logged and retried at the next tick.
+pub async fn run(maps: ConntrackMaps, shared: Arc<Conntrack>, every: Duration) -> Result<()> {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut maps = Some(maps);
+    loop {
+        tick.tick().await;
+        let mut owned = maps.take().context("the collector's maps")?;
+        let shared_now = shared.clone();
+        let (back, result) = tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let created = created(&owned)?;
+                let pass = gc_pass(&mut owned, monotonic_ns(), &shared_now.timeouts())?;
+                Ok::<_, anyhow::Error>((created, pass))
+            })();
+            (owned, result)
+        })
+        .await
+        .context("the conntrack collector's thread")?;
+        maps = Some(back);
+        match result {
+            Ok((created, pass)) => {
+                if !pass.deleted.is_empty() {
+                    debug!(deleted = ?pass.deleted, live = pass.live_total(), "conntrack GC pass");
+                }
+                shared.record(created, &pass);
+            }
+            Err(err) => warn!("conntrack GC pass: {err:#}"),
+        }
+    }
+}
+
+fn created(maps: &ConntrackMaps) -> Result<u64> {
+    Ok(maps
+        .stats()?
+        .into_iter()
+        .find(|(stat, _)| *stat == ConntrackStat::EntriesCreated)
+        .map_or(0, |(_, n)| n))
+}
+
+#[cfg(test)]
+mod tests {
+    use vnetd_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    const NOW: u64 = 100_000 * S;
+
+    fn key(proto: u8) -> FlowKey {
+        FlowKey {
+            src_ip: [10, 0, 2, 10],
+            dst_ip: [192, 0, 2, 1],
+            src_port: 40000u16.to_be(),
+            dst_port: 443u16.to_be(),
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    fn flow(direction: Direction, flags: u8, idle_s: u64) -> Flow {
+        Flow {
+            created_ns: NOW - 10_000 * S,
+            last_seen_ns: NOW - idle_s * S,
+            direction: direction as u8,
+            tcp_flags_seen: flags,
+            kind: FlowKind::PodSnat as u8,
+            ..Flow::default()
+        }
+    }
+
+    fn judge(proto: u8, original: (u8, u64), reply: (u8, u64)) -> Verdict {
+        let t = Timeouts::new(Duration::from_secs(240));
+        verdict(
+            &key(proto),
+            &flow(Direction::Original, original.0, original.1),
+            Some(&flow(Direction::Reply, reply.0, reply.1)),
+            NOW,
+            &t,
+        )
+    }
+
+    const EST: u8 = TCP_SYN | TCP_ACK;
+
+    #[test]
+    fn established_tcp_lives_for_the_idle_timeout() {
+        assert_eq!(judge(IPPROTO_TCP, (EST, 239), (EST, 239)), Verdict::Keep);
+        assert_eq!(
+            judge(IPPROTO_TCP, (EST, 241), (EST, 241)),
+            Verdict::Expired(GcReason::TcpEstablished)
+        );
+        // One direction still talking keeps the flow.
+        assert_eq!(judge(IPPROTO_TCP, (EST, 5000), (EST, 1)), Verdict::Keep);
+    }
+
+    #[test]
+    fn half_open_tcp_expires_after_60_seconds() {
+        assert_eq!(judge(IPPROTO_TCP, (TCP_SYN, 59), (0, 59)), Verdict::Keep);
+        assert_eq!(
+            judge(IPPROTO_TCP, (TCP_SYN, 61), (0, 61)),
+            Verdict::Expired(GcReason::TcpSynSent)
+        );
+        assert_eq!(
+            judge(IPPROTO_TCP, (TCP_SYN, 61), (EST, 61)),
+            Verdict::Expired(GcReason::TcpSynReceived)
+        );
+    }
+
+    #[test]
+    fn closing_and_closed_tcp_expire_after_120_and_10_seconds() {
+        let fin = EST | TCP_FIN;
+        assert_eq!(judge(IPPROTO_TCP, (fin, 119), (EST, 119)), Verdict::Keep);
+        assert_eq!(
+            judge(IPPROTO_TCP, (fin, 121), (EST, 121)),
+            Verdict::Expired(GcReason::TcpClosing)
+        );
+        assert_eq!(judge(IPPROTO_TCP, (fin, 9), (fin, 9)), Verdict::Keep);
+        assert_eq!(
+            judge(IPPROTO_TCP, (fin, 11), (fin, 11)),
+            Verdict::Expired(GcReason::TcpClosed)
+        );
+        assert_eq!(
+            judge(IPPROTO_TCP, (EST, 11), (EST | TCP_RST, 11)),
+            Verdict::Expired(GcReason::TcpClosed)
+        );
+    }
+
+    #[test]
+    fn udp_follows_the_idle_timeout_and_icmp_30_seconds() {
+        assert_eq!(judge(IPPROTO_UDP, (0, 239), (0, 300)), Verdict::Keep);
+        assert_eq!(
+            judge(IPPROTO_UDP, (0, 241), (0, 300)),
+            Verdict::Expired(GcReason::Udp)
+        );
+        assert_eq!(judge(IPPROTO_ICMP, (0, 29), (0, 29)), Verdict::Keep);
+        assert_eq!(
+            judge(IPPROTO_ICMP, (0, 31), (0, 31)),
+            Verdict::Expired(GcReason::Icmp)
+        );
+    }
+
+    #[test]
+    fn the_idle_timeout_follows_the_spec() {
+        let t = Timeouts::new(Duration::from_secs(30 * 60));
+        let v = |idle_s| {
+            verdict(
+                &key(IPPROTO_TCP),
+                &flow(Direction::Original, EST, idle_s),
+                Some(&flow(Direction::Reply, EST, idle_s)),
+                NOW,
+                &t,
+            )
+        };
+        assert_eq!(v(1799), Verdict::Keep);
+        assert_eq!(v(1801), Verdict::Expired(GcReason::TcpEstablished));
+    }
+
+    #[test]
+    fn a_flow_without_its_sibling_is_an_orphan_after_the_grace() {
+        let t = Timeouts::new(Duration::from_secs(240));
+        let mut young = flow(Direction::Original, TCP_SYN, 0);
+        young.created_ns = NOW - S;
+        assert_eq!(
+            verdict(&key(IPPROTO_TCP), &young, None, NOW, &t),
+            Verdict::Keep,
+            "the programs may be between the two inserts"
+        );
+        let old = flow(Direction::Original, EST, 0);
+        assert_eq!(
+            verdict(&key(IPPROTO_TCP), &old, None, NOW, &t),
+            Verdict::Orphan
+        );
+    }
+
+    #[test]
+    fn a_clock_behind_the_entries_keeps_them() {
+        let mut f = flow(Direction::Original, EST, 0);
+        f.last_seen_ns = NOW + S;
+        f.created_ns = NOW + S;
+        let t = Timeouts::new(Duration::from_secs(240));
+        assert_eq!(
+            verdict(&key(IPPROTO_TCP), &f, Some(&f), NOW, &t),
+            Verdict::Keep
+        );
+        assert_eq!(orphan_verdict(&f, NOW), Verdict::Keep);
+    }
+
+    #[test]
+    fn evictions_are_created_minus_expired_minus_live_since_the_first_pass() {
+        let shared = Conntrack::new(Duration::from_secs(240));
+        // First pass: 100 created before this agent, 10 entries in the table, 2 orphans deleted.
+        let first = GcPass {
+            deleted: BTreeMap::from([(GcReason::Orphan, 2)]),
+            seen: 10,
+            live: BTreeMap::from([("pod_snat", 8)]),
+        };
+        shared.record(100, &first);
+        assert_eq!(shared.report(vec![]).evictions, 2, "the orphans' entries");
+        // 50 more created; 20 expired; 30 live: 10 + 50 - 20 - 30 = 10 gone, 2 of them the
+        // orphans already counted, so 8 evicted since, 10 in all.
+        let second = GcPass {
+            deleted: BTreeMap::from([(GcReason::TcpEstablished, 20)]),
+            seen: 50,
+            live: BTreeMap::from([("pod_snat", 20), ("host", 10)]),
+        };
+        shared.record(150, &second);
+        let report = shared.report(vec![]);
+        assert_eq!(report.evictions, 10);
+        assert_eq!(
+            report.entries,
+            [
+                ("pod_snat".to_string(), 20),
+                ("host".to_string(), 10),
+                ("public_inbound".to_string(), 0)
+            ]
+        );
+        // A pass that sees entries created after its counter read never lowers the count.
+        let racing = GcPass {
+            deleted: BTreeMap::new(),
+            seen: 40,
+            live: BTreeMap::from([("pod_snat", 40)]),
+        };
+        shared.record(150, &racing);
+        assert_eq!(shared.report(vec![]).evictions, 10);
+        let deleted: BTreeMap<String, u64> = shared.report(vec![]).gc_deleted.into_iter().collect();
+        assert_eq!(deleted["orphan"], 2);
+        assert_eq!(deleted["tcp_established"], 20);
+        assert_eq!(shared.report(vec![]).gc_passes, 3);
+    }
+}
