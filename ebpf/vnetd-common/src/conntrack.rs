@@ -125,7 +125,7 @@ impl TcpState {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConntrackStat {
-    /// Flow entries inserted (two per flow).
+    /// Flow entries inserted: two per flow, counted once both are in.
     EntriesCreated = 0,
     /// SNAT port candidates tried beyond the first (probing under load).
     PortProbes = 1,

@@ -92,14 +92,12 @@ pub enum CreateError {
     Failed,
 }
 
-/// Inserts `flow` under `key` if the key is free.
+/// Inserts `flow` under `key` if the key is free. Not counted: a flow's entries are counted
+/// once both are in (see [`ConntrackStat::EntriesCreated`]), so one taken back is no eviction.
 #[inline(always)]
 pub fn insert_new(key: &FlowKey, flow: &Flow) -> Result<(), CreateError> {
     match FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
-        Ok(()) => {
-            count(ConntrackStat::EntriesCreated, 1);
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => Err(CreateError::Exists),
         Err(_) => Err(CreateError::Failed),
     }

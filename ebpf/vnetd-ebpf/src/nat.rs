@@ -234,7 +234,10 @@ fn insert_original(
     reply_key: &FlowKey,
 ) -> Result<&'static mut Flow, DropReason> {
     match conntrack::insert_new(key, original) {
-        Ok(()) => conntrack::lookup(key).ok_or(DropReason::FlowInsertFailed),
+        Ok(()) => {
+            conntrack::count(ConntrackStat::EntriesCreated, 2);
+            conntrack::lookup(key).ok_or(DropReason::FlowInsertFailed)
+        }
         Err(err) => {
             conntrack::remove(reply_key);
             if let CreateError::Exists = err {
