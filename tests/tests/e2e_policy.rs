@@ -162,9 +162,9 @@ fn none_route_drops_and_appliance_route_reaches_the_appliance() -> Result<()> {
 }
 
 /// The system route 0.0.0.0/0 (`Internet`) sends a pod's packet out of the uplink to the
-/// node's own default gateway (the lab's edge), which forwards it to the internet host. No SNAT
-/// exists yet, so only the arrival is checked, at the receiving socket, with the pod's own
-/// address as source (an answer could not come back: the edge has no route to pods).
+/// node's own default gateway (the lab's edge), which forwards it to the internet host,
+/// masqueraded to the node's address (e2e_snat.rs tests the translation itself: replies,
+/// ports, TCP, ping).
 #[test]
 fn internet_route_reaches_the_internet_host_through_the_node_gateway() -> Result<()> {
     use std::net::{SocketAddr, SocketAddrV4};
@@ -195,10 +195,11 @@ fn internet_route_reaches_the_internet_host_through_the_node_gateway() -> Result
     assert_eq!(
         arrived,
         Some(SocketAddr::V4(SocketAddrV4::new(
-            a.ip,
+            node.ip,
             sender.local_addr()?.port()
         ))),
-        "the internet host received the pod's datagram, from the pod's own address"
+        "the internet host received the pod's datagram, from the node's address (its own \
+         port kept: free in the SNAT range)"
     );
     assert!(agent.traffic("pod_to_internet")? > out_before);
     assert_eq!(agent.drops("redirect_failed")?, 0);

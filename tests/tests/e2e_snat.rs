@@ -370,7 +370,15 @@ fn fragmentation_needed_reaches_the_pod_and_its_tcp_adapts() -> Result<()> {
         "the pod received the edge's fragmentation-needed: {:?}",
         capture.lines()
     );
-    let route = pod.ip(["route", "get", &INTERNET_HOST_IP.to_string()])?;
+    // From the pod's address: its traffic uses the per-interface table its source rule picks
+    // (see the README's CNI section), where the learnt MTU is kept.
+    let route = pod.ip([
+        "route",
+        "get",
+        &INTERNET_HOST_IP.to_string(),
+        "from",
+        &pod.ip.to_string(),
+    ])?;
     assert!(
         route.contains("mtu 1200"),
         "the pod's route cache learnt the path MTU: {route}"
