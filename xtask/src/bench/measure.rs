@@ -56,7 +56,10 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
             Ok(Run {
                 values: vec![
                     (Quantity::TcpRr, tps),
-                    (Quantity::TcpRrLatency, elapsed.as_secs_f64() * 1e6 / n as f64),
+                    (
+                        Quantity::TcpRrLatency,
+                        elapsed.as_secs_f64() * 1e6 / n as f64,
+                    ),
                 ],
                 details: json!({ "transactions": n, "seconds": elapsed.as_secs_f64() }),
             })
@@ -95,6 +98,7 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
                     "failed": c.failed,
                     "errors": c.errors,
                     "server_served": c.served,
+                    "client_time_wait_before": c.time_wait_before,
                     "seconds": secs,
                 }),
             })
@@ -253,6 +257,9 @@ struct ConnectRun {
     errors: BTreeMap<String, u64>,
     /// Connections the server answered.
     served: u64,
+    /// The client namespace's sockets in TIME_WAIT before the run (each holds an ephemeral
+    /// port: too many and connect fails with "cannot assign requested address").
+    time_wait_before: u64,
     elapsed: Duration,
 }
 
@@ -302,6 +309,7 @@ fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
         c.read_exact(&mut b)
     };
     let client = pair.client.in_ns(|| {
+        let time_wait_before = time_wait_sockets()?;
         for i in 0..CONNECT_WARM_UP {
             one().with_context(|| format!("warm-up connection {} to {addr}", i + 1))?;
         }
@@ -317,13 +325,13 @@ fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
                 }
             }
         }
-        Ok((completed, failed, errors, start.elapsed()))
+        Ok((completed, failed, errors, start.elapsed(), time_wait_before))
     });
     stop.store(true, Ordering::Relaxed);
     let served = server
         .join()
         .map_err(|_| anyhow!("the connection server thread panicked"))?;
-    let (completed, failed, errors, elapsed) =
+    let (completed, failed, errors, elapsed, time_wait_before) =
         client.with_context(|| format!("new connections from netns {}", pair.client.name))?;
     ensure!(completed > 0, "no connection completed: {errors:?}");
     Ok(ConnectRun {
@@ -332,7 +340,24 @@ fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
         errors,
         served: served?.saturating_sub(u64::from(CONNECT_WARM_UP)),
         elapsed,
+        time_wait_before,
     })
+}
+
+/// The TCP sockets in TIME_WAIT in the calling thread's namespace (`tw` of
+/// `/proc/thread-self/net/sockstat`: /proc/net shows the main thread's namespace).
+fn time_wait_sockets() -> Result<u64> {
+    let path = "/proc/thread-self/net/sockstat";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("TCP: "))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.chunks(2)
+                .find(|kv| kv[0] == "tw")
+                .and_then(|kv| kv.get(1)?.parse().ok())
+        })
+        .ok_or_else(|| anyhow!("no TCP tw count in {path}: {text}"))
 }
 
 /// The server's side of one connection: read the request, answer it, wait for the client to

@@ -78,7 +78,9 @@ pub(super) fn summary_json(r: &Results, m: Metric) -> Value {
 }
 
 pub(super) fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32, notes: &[String]) {
-    step("results: pod to pod on one node, pod to internet via the node's address (median [min-max])");
+    step(
+        "results: pod to pod on one node, pod to internet via the node's address (median [min-max])",
+    );
     println!(
         "   {} | kernel {} | {} vCPU ({}) | {} repetition(s)",
         env["date"].as_str().unwrap_or("?"),
@@ -207,8 +209,10 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
             format!("{}-{}", fmt_num(lo), fmt_num(hi))
         }
     };
+    // Counts: whole numbers (and 0, not the -0 of an empty float sum).
     let total = |dp: Dp, scenario: Scenario, kind: &str, key: &str| -> String {
-        fmt_num(detail(dp, scenario, kind, key).iter().sum())
+        let sum: f64 = detail(dp, scenario, kind, key).iter().sum();
+        format!("{:.0}", sum + 0.0)
     };
     let retrans = |scenario: Scenario| -> String {
         format!(
