@@ -11,62 +11,6 @@ use support::*;
 use vnetd::dataplane::Dataplane;
 use vnetd_common::{DropReason, NextHop, Path, Route, programs};
 
-struct Run {
-    verdict: u32,
-    out: Vec<u8>,
-}
-
-fn run(dp: &mut Dataplane, program: &str, data: &[u8]) -> Run {
-    run_with_ctx(dp, program, data, None)
-}
-
-/// Runs a TC program on `data` as if it arrived on interface `ifindex`.
-fn run_on(dp: &mut Dataplane, program: &str, data: &[u8], ifindex: u32) -> Run {
-    run_with_ctx(dp, program, data, Some(&skb_ctx_on(ifindex)))
-}
-
-fn run_with_ctx(dp: &mut Dataplane, program: &str, data: &[u8], ctx: Option<&[u8]>) -> Run {
-    let mut out = vec![0u8; data.len() + 256];
-    let result = {
-        let opts = TestRunOptions {
-            data_in: Some(data),
-            data_out: Some(&mut out),
-            ctx_in: ctx,
-            ..Default::default()
-        };
-        if program == programs::UPLINK_XDP {
-            dp.xdp(program).unwrap().test_run(opts)
-        } else {
-            dp.classifier(program).unwrap().test_run(opts)
-        }
-    }
-    .unwrap_or_else(|e| panic!("BPF_PROG_RUN of {program} on {} bytes: {e}", data.len()));
-    out.truncate(result.data_size_out as usize);
-    Run {
-        verdict: result.return_value,
-        out,
-    }
-}
-
-fn traffic(dp: &Dataplane, path: Path) -> u64 {
-    dp.traffic()
-        .unwrap()
-        .into_iter()
-        .find(|(p, _)| *p == path)
-        .unwrap()
-        .1
-        .packets
-}
-
-fn drops(dp: &Dataplane, reason: DropReason) -> u64 {
-    dp.drops()
-        .unwrap()
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .unwrap()
-        .1
-}
-
 #[test]
 fn uplink_answers_arp_for_its_pods_in_place() {
     let mut dp = dataplane();

@@ -97,6 +97,9 @@ impl Dataplane {
         self.classifier(programs::POD_TC_INGRESS)?
             .load()
             .context("verifying pod_ingress")?;
+        self.classifier(programs::UPLINK_TC_EGRESS)?
+            .load()
+            .context("verifying uplink_egress")?;
         Ok(())
     }
 

@@ -4,9 +4,10 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
+use aya::programs::{TestRun as _, TestRunOptions};
 use ipnet::Ipv4Net;
 use vnetd::dataplane::Dataplane;
-use vnetd_common::{Endpoint, NextHop, NodeConfig, Route};
+use vnetd_common::{DropReason, Endpoint, NextHop, NodeConfig, Path, Route, programs};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -181,4 +182,61 @@ pub fn skb_ctx_on(ifindex: u32) -> Vec<u8> {
     let mut ctx = vec![0u8; IFINDEX_OFFSET + 4];
     ctx[IFINDEX_OFFSET..].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
+}
+
+/// What a BPF_PROG_RUN returned: the verdict and the packet as the program left it.
+pub struct Run {
+    pub verdict: u32,
+    pub out: Vec<u8>,
+}
+
+pub fn run(dp: &mut Dataplane, program: &str, data: &[u8]) -> Run {
+    run_with_ctx(dp, program, data, None)
+}
+
+/// Runs a TC program on `data` as if it arrived on interface `ifindex`.
+pub fn run_on(dp: &mut Dataplane, program: &str, data: &[u8], ifindex: u32) -> Run {
+    run_with_ctx(dp, program, data, Some(&skb_ctx_on(ifindex)))
+}
+
+pub fn run_with_ctx(dp: &mut Dataplane, program: &str, data: &[u8], ctx: Option<&[u8]>) -> Run {
+    let mut out = vec![0u8; data.len() + 256];
+    let result = {
+        let opts = TestRunOptions {
+            data_in: Some(data),
+            data_out: Some(&mut out),
+            ctx_in: ctx,
+            ..Default::default()
+        };
+        if program == programs::UPLINK_XDP {
+            dp.xdp(program).unwrap().test_run(opts)
+        } else {
+            dp.classifier(program).unwrap().test_run(opts)
+        }
+    }
+    .unwrap_or_else(|e| panic!("BPF_PROG_RUN of {program} on {} bytes: {e}", data.len()));
+    out.truncate(result.data_size_out as usize);
+    Run {
+        verdict: result.return_value,
+        out,
+    }
+}
+
+pub fn traffic(dp: &Dataplane, path: Path) -> u64 {
+    dp.traffic()
+        .unwrap()
+        .into_iter()
+        .find(|(p, _)| *p == path)
+        .unwrap()
+        .1
+        .packets
+}
+
+pub fn drops(dp: &Dataplane, reason: DropReason) -> u64 {
+    dp.drops()
+        .unwrap()
+        .into_iter()
+        .find(|(r, _)| *r == reason)
+        .unwrap()
+        .1
 }

@@ -1,13 +1,147 @@
-//! Connection tracking: the flow table both directions of a translated flow are found in.
+//! Connection tracking: the flow table where both directions of a translated flow are found
+//! with one lookup each. An entry knows how to rewrite its own packets and where its sibling
+//! (the other direction) is; the agent's garbage collector expires both together.
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use vnetd_common::{ConntrackStat, Flow, FlowKey, maps::FLOWS_MAX};
+use vnetd_common::{
+    ConntrackStat, Flow, FlowKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, maps::FLOWS_MAX,
+};
+
+use crate::parse::Ipv4;
 
 #[map(name = "FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOWS_MAX, 0);
+static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOWS_MAX, 0);
 
 #[map(name = "CONNTRACK_STATS")]
-pub static CONNTRACK_STATS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(ConntrackStat::COUNT, 0);
+static CONNTRACK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ConntrackStat::COUNT, 0);
+
+/// How often an established flow's `last_seen_ns` is written: often enough for idle timeouts
+/// counted in minutes, rarely enough that a busy flow does not write its entry per packet.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+const EEXIST: i32 = 17;
+
+/// The 5-tuple `ip` is tracked by, as it is on the wire.
+#[inline(always)]
+pub fn key_of(ip: &Ipv4) -> FlowKey {
+    FlowKey {
+        src_ip: ip.hdr.src_addr,
+        dst_ip: ip.hdr.dst_addr,
+        src_port: ip.src_port,
+        dst_port: ip.dst_port,
+        proto: ip.hdr.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The key of the packets going the other way.
+#[inline(always)]
+pub fn reversed(key: &FlowKey) -> FlowKey {
+    FlowKey {
+        src_ip: key.dst_ip,
+        dst_ip: key.src_ip,
+        src_port: key.dst_port,
+        dst_port: key.src_port,
+        proto: key.proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Option<&'static mut Flow> {
+    // SAFETY: the pointer is to a map value; the entry outlives the program run (RCU).
+    FLOWS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// Records a packet of `len` bytes with `tcp_flags` on `flow`. A SYN on a flow whose TCP
+/// connection has ended is the tuple reused: both directions start over.
+#[inline(always)]
+pub fn seen(flow: &mut Flow, tcp_flags: u8, len: usize) {
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(flow.last_seen_ns) > REFRESH_NS {
+        flow.last_seen_ns = now;
+    }
+    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.tcp_flags_seen & (TCP_FIN | TCP_RST) != 0
+    {
+        flow.tcp_flags_seen = 0;
+        flow.last_seen_ns = now;
+        if let Some(sibling) = lookup(&flow.sibling) {
+            sibling.tcp_flags_seen = 0;
+        }
+    }
+    if flow.tcp_flags_seen | tcp_flags != flow.tcp_flags_seen {
+        flow.tcp_flags_seen |= tcp_flags;
+    }
+    // Plain adds: a flow's packets are mostly on one CPU (RSS, one socket), and these sums are
+    // for flow logs, where a rare lost update under contention costs less than a locked add
+    // on every packet.
+    flow.packets += 1;
+    flow.bytes += len as u64;
+}
+
+/// Why a flow could not be created.
+pub enum CreateError {
+    /// The key is taken (another flow, or another CPU created this one first).
+    Exists,
+    /// The kernel refused the entry.
+    Failed,
+}
+
+/// Inserts `flow` under `key` if the key is free.
+#[inline(always)]
+pub fn insert_new(key: &FlowKey, flow: &Flow) -> Result<(), CreateError> {
+    match FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            count(ConntrackStat::EntriesCreated, 1);
+            Ok(())
+        }
+        Err(e) if e == -EEXIST => Err(CreateError::Exists),
+        Err(_) => Err(CreateError::Failed),
+    }
+}
+
+#[inline(always)]
+pub fn remove(key: &FlowKey) {
+    let _ = FLOWS.remove(key);
+}
+
+/// A new flow's entry for one direction.
+#[inline(always)]
+pub fn new_flow(
+    sibling: FlowKey,
+    nat_ip: [u8; 4],
+    nat_port: u16,
+    rewrite: u8,
+    kind: u8,
+    direction: u8,
+) -> Flow {
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    Flow {
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 0,
+        bytes: 0,
+        sibling,
+        nat_ip,
+        nat_port,
+        rewrite,
+        kind,
+        direction,
+        tcp_flags_seen: 0,
+        _pad: [0; 6],
+    }
+}
+
+#[inline(always)]
+pub fn count(stat: ConntrackStat, n: u64) {
+    if let Some(slot) = CONNTRACK_STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += n }
+    }
+}

@@ -26,6 +26,13 @@ pub fn to_hop(
     }
 }
 
+/// Out of the uplink wherever the node's routing table sends `dst` (a masqueraded packet to
+/// the internet).
+#[inline(always)]
+pub fn to_internet(node: &NodeConfig, len: usize) -> Result<i32, DropReason> {
+    to_uplink(node.uplink_ifindex, None, Path::PodToInternet, len)
+}
+
 /// Delivers into a local pod: its veth's peer, skipping the host's backlog queue. The frame
 /// looks as if the pod's gateway (its host veth) had routed it.
 #[inline(always)]

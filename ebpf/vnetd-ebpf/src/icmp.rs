@@ -12,10 +12,9 @@ use vnetd_common::{DropReason, Path};
 
 use crate::{
     drop, forward,
-    parse::{Fragment, IPPROTO_ICMP, Ipv4},
+    parse::{Fragment, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, Ipv4},
 };
 
-const ICMP_TIME_EXCEEDED: u8 = 11;
 /// The quote: the offending packet's IP header (without options) and 8 bytes of its payload.
 const QUOTE_LEN: usize = Ipv4Hdr::LEN + 8;
 const ERROR_LEN: usize = Ipv4Hdr::LEN + 8 + QUOTE_LEN;

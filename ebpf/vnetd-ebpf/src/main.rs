@@ -1,12 +1,15 @@
 //! vnetd's eBPF programs: one entry per hook, each a pipeline in its own file (`uplink`, `pod`)
 //! over modules of one concern each: parse, endpoint (and anti-spoofing), arp, route, l3, icmp,
-//! forward, counters (traffic) and drop (the one exit that counts why a packet was refused).
+//! conntrack (the flow table), nat (SNAT, public addresses, the node's own ports), csum
+//! (rewrites with the kernel's checksum helpers), forward, counters (traffic) and drop (the one
+//! exit that counts why a packet was refused).
 #![no_std]
 #![no_main]
 
 mod arp;
 mod conntrack;
 mod counters;
+mod csum;
 mod drop;
 mod endpoint;
 mod forward;

@@ -53,18 +53,35 @@ pub struct Ipv4 {
     /// Offset of the L4 header (the IP header's length honoured, options included).
     pub l4_offset: usize,
     pub fragment: Fragment,
-    /// TCP/UDP source and destination ports (network byte order) where the packet carries
-    /// them, else 0.
-    #[expect(
-        dead_code,
-        reason = "the flow key of connection tracking, the next stage"
-    )]
+    /// The flow's ports (network byte order) where the packet carries them: TCP and UDP ports;
+    /// for an ICMP echo the identifier, as the requester's port (`src_port` in a request,
+    /// `dst_port` in a reply). Otherwise 0.
     pub src_port: u16,
-    #[expect(
-        dead_code,
-        reason = "the flow key of connection tracking, the next stage"
-    )]
     pub dst_port: u16,
+    /// TCP: the flags byte (`vnetd_common::TCP_*`); else 0.
+    pub tcp_flags: u8,
+    /// ICMP: the message type; else 0xff.
+    pub icmp_type: u8,
+}
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+/// `icmp_type` of a packet that is not ICMP.
+pub const NOT_ICMP: u8 = 0xff;
+
+impl Ipv4 {
+    /// An ICMP error (destination unreachable, time exceeded, parameter problem): it quotes
+    /// the packet it is about.
+    #[inline(always)]
+    pub fn is_icmp_error(&self) -> bool {
+        matches!(
+            self.icmp_type,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+        )
+    }
 }
 
 impl Packet {
@@ -146,11 +163,34 @@ impl Packet {
             _ => Fragment::Later,
         };
         let l4_offset = EthHdr::LEN + ihl;
-        let (mut src_port, mut dst_port) = (0, 0);
-        if fragment != Fragment::Later && (hdr.proto == IPPROTO_TCP || hdr.proto == IPPROTO_UDP) {
-            // SAFETY: bounds checked by ptr_at.
-            let ports = unsafe { &*self.ptr_at::<[u16; 2]>(l4_offset)? };
-            (src_port, dst_port) = (ports[0], ports[1]);
+        let (mut src_port, mut dst_port, mut tcp_flags, mut icmp_type) = (0, 0, 0, NOT_ICMP);
+        if fragment != Fragment::Later {
+            match hdr.proto {
+                IPPROTO_TCP => {
+                    // SAFETY: bounds checked by ptr_at.
+                    let tcp = unsafe { &*self.ptr_at::<[u8; 14]>(l4_offset)? };
+                    src_port = u16::from_ne_bytes([tcp[0], tcp[1]]);
+                    dst_port = u16::from_ne_bytes([tcp[2], tcp[3]]);
+                    tcp_flags = tcp[13];
+                }
+                IPPROTO_UDP => {
+                    // SAFETY: bounds checked by ptr_at.
+                    let ports = unsafe { &*self.ptr_at::<[u16; 2]>(l4_offset)? };
+                    (src_port, dst_port) = (ports[0], ports[1]);
+                }
+                IPPROTO_ICMP => {
+                    // SAFETY: bounds checked by ptr_at.
+                    let icmp = unsafe { &*self.ptr_at::<[u8; 8]>(l4_offset)? };
+                    icmp_type = icmp[0];
+                    let id = u16::from_ne_bytes([icmp[4], icmp[5]]);
+                    match icmp_type {
+                        ICMP_ECHO_REQUEST => src_port = id,
+                        ICMP_ECHO_REPLY => dst_port = id,
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
         }
         Some(Ipv4 {
             hdr,
@@ -158,6 +198,8 @@ impl Packet {
             fragment,
             src_port,
             dst_port,
+            tcp_flags,
+            icmp_type,
         })
     }
 }

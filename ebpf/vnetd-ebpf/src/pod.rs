@@ -1,5 +1,6 @@
 //! Everything a pod sends (TC ingress on its host-side veth): anti-spoofing, then the route of
-//! the pod's subnet, one routed hop, and delivery to a local pod or out of the uplink.
+//! the pod's subnet, one routed hop, masquerading for the internet, and delivery to a local pod
+//! or out of the uplink.
 use aya_ebpf::programs::TcContext;
 use network_types::eth::EthHdr;
 use vnetd_common::{DropReason, POD_GATEWAY, Path};
@@ -7,9 +8,9 @@ use vnetd_common::{DropReason, POD_GATEWAY, Path};
 use crate::{
     arp,
     counters::count_traffic,
-    drop, endpoint, forward, icmp, l3, node,
+    drop, endpoint, forward, icmp, l3, nat, node,
     parse::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, Packet},
-    route,
+    route::{self, Hop},
 };
 
 #[inline(always)]
@@ -50,6 +51,10 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, eth: &mut EthHdr) -> Result<i32, DropReas
     if !l3::forward_hop(ip.hdr) {
         let macs = (src.pod_mac, src.host_mac);
         return icmp::time_exceeded_to_pod(ctx, &ip, pkt.ifindex, POD_GATEWAY, macs);
+    }
+    if matches!(hop, Hop::NodeDefault(_)) && !nat::keeps_pod_address(&ip.hdr.dst_addr) {
+        nat::pod_outbound(ctx, &ip, src, node, pkt.len())?;
+        return forward::to_internet(node, pkt.len());
     }
     forward::to_hop(eth, hop, node, pkt.len())
 }

@@ -6,13 +6,15 @@ use aya_ebpf::{
     bindings::xdp_action,
     programs::{TcContext, XdpContext},
 };
-use network_types::{arp::ArpHdr, eth::EthHdr};
-use vnetd_common::{DropReason, Path};
+use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
+use vnetd_common::{DropReason, FlowKind, Path};
 
 use crate::{
     arp,
     counters::count_traffic,
-    drop, endpoint, forward, l3, node,
+    drop, endpoint, forward, l3,
+    nat::{self, Inbound},
+    node,
     parse::{ETH_P_ARP, ETH_P_IPV4, Packet},
 };
 
@@ -36,7 +38,8 @@ fn try_xdp(ctx: &XdpContext) -> Result<u32, DropReason> {
     let (Some(arp), Some(node)) = (pkt.arp(), node::config()) else {
         return Ok(xdp_action::XDP_PASS);
     };
-    if !arp::is_request(arp) || endpoint::lookup(&arp.tpa).is_none() {
+    let ours = endpoint::lookup(&arp.tpa).is_some() || nat::is_public(&arp.tpa);
+    if !arp::is_request(arp) || !ours {
         return Ok(xdp_action::XDP_PASS);
     }
     arp::make_reply(eth, arp, &node.uplink_mac);
@@ -60,20 +63,68 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(forward::PASS_ON);
     };
     // What vnetd cannot parse is the kernel's to judge (it drops what is really malformed).
-    let Some(ip) = pkt.ipv4() else {
+    let Some(mut ip) = pkt.ipv4() else {
         return Ok(forward::PASS_ON);
     };
-    let Some(ep) = endpoint::lookup(&ip.hdr.dst_addr) else {
-        return Ok(forward::PASS_ON);
-    };
-    if !l3::forward_hop(ip.hdr) {
-        return Err(DropReason::TtlExceeded);
+    if let Some(ep) = endpoint::lookup(&ip.hdr.dst_addr) {
+        if !l3::forward_hop(ip.hdr) {
+            return Err(DropReason::TtlExceeded);
+        }
+        return forward::to_local_pod(eth, ep, Path::UplinkToPod, pkt.len());
     }
-    forward::to_local_pod(eth, ep, Path::UplinkToPod, pkt.len())
+    let Some(node) = node::config() else {
+        return Ok(forward::PASS_ON);
+    };
+    let to_node = ip.hdr.dst_addr == node.primary_ip;
+    if !to_node && !nat::is_public(&ip.hdr.dst_addr) {
+        return Ok(forward::PASS_ON);
+    }
+    let routed_hop = |hdr: &mut Ipv4Hdr| {
+        l3::forward_hop(hdr)
+            .then_some(())
+            .ok_or(DropReason::TtlExceeded)
+    };
+    match nat::inbound(ctx, &pkt, &mut ip, to_node, routed_hop)? {
+        Inbound::ToNode => Ok(forward::PASS_ON),
+        Inbound::ToPod(pod_ip, kind) => {
+            let ep = endpoint::lookup(&pod_ip).ok_or(DropReason::NoRoute)?;
+            // The translation moved the packet's bytes: its headers are read anew.
+            let eth = Packet::from_tc(ctx).eth().ok_or(DropReason::Malformed)?;
+            let path = match kind {
+                FlowKind::PublicInbound => Path::PublicToPod,
+                _ => Path::InternetToPod,
+            };
+            forward::to_local_pod(eth, ep, path, pkt.len())
+        }
+    }
 }
 
 #[inline(always)]
-pub fn egress(_ctx: &TcContext) -> i32 {
-    // The node's own flows are tracked here once connection tracking lands (issue 8).
-    forward::PASS_ON
+pub fn egress(ctx: &TcContext) -> i32 {
+    drop::tc(try_egress(ctx))
+}
+
+/// The node's own packets (never a pod's, which were received on a veth first): those from
+/// the primary address and a port in the SNAT range are tracked, so pods never get their tuple.
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
+    // SAFETY: reading a field of the __sk_buff the program was given.
+    if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
+        return Ok(forward::PASS_ON);
+    }
+    let pkt = Packet::from_tc(ctx);
+    if pkt
+        .eth()
+        .filter(|eth| eth.ether_type == ETH_P_IPV4)
+        .is_none()
+    {
+        return Ok(forward::PASS_ON);
+    }
+    let (Some(ip), Some(node)) = (pkt.ipv4(), node::config()) else {
+        return Ok(forward::PASS_ON);
+    };
+    if ip.hdr.src_addr == node.primary_ip && nat::host_outbound(ctx, &ip, node, pkt.len()) {
+        count_traffic(Path::HostNat, pkt.len());
+    }
+    Ok(forward::PASS_ON)
 }

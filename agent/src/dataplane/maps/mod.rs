@@ -41,6 +41,12 @@ impl Dataplane {
             .with_context(|| format!("no map {name}"))
     }
 
+    /// A map by its ABI name, for tests that write and read ABI entries themselves
+    /// (BPF_PROG_RUN fixtures).
+    pub fn raw_map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.map_mut(name)
+    }
+
     fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
         self.ebpf
             .map_mut(name)
