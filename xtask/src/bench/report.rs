@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use super::{Dp, METRICS, Metric, Results, Scenario, step};
+use super::{Dp, METRICS, Metric, Results, Scenario, SnatProgrun, step};
 use serde_json::{Value, json};
 
 /// The median; NaN when there is no sample (no valid run).
@@ -296,6 +296,7 @@ pub(super) fn markdown(
     reps: u32,
     quick: bool,
     progrun_ns: Option<f64>,
+    progrun_snat: Option<&SnatProgrun>,
     report: &Path,
 ) -> String {
     let mut md = format!(
@@ -325,6 +326,14 @@ pub(super) fn markdown(
         md.push_str(&format!(
             "| BPF_PROG_RUN `pod_ingress`, ns per run | {} | | |\n",
             fmt_num(ns)
+        ));
+    }
+    if let Some(snat) = progrun_snat {
+        md.push_str(&format!(
+            "| BPF_PROG_RUN `pod_ingress`, SNAT of an established TCP flow, ns per run (one run \
+             per call; pod to pod measured the same way: {}) | {} | | |\n",
+            fmt_num(snat.pod_to_pod_ns),
+            fmt_num(snat.ns)
         ));
     }
     md
