@@ -82,11 +82,12 @@ pub(super) fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32, no
         "results: pod to pod on one node, pod to internet via the node's address (median [min-max])",
     );
     println!(
-        "   {} | kernel {} | {} vCPU ({}) | {} repetition(s)",
+        "   {} | kernel {} | {} vCPU ({}) | load average {} | {} repetition(s)",
         env["date"].as_str().unwrap_or("?"),
         env["kernel"].as_str().unwrap_or("?"),
         env["cpus"],
         env["cpu_model"].as_str().unwrap_or("?"),
+        env["loadavg"].as_str().unwrap_or("?"),
         reps
     );
     println!(
@@ -182,6 +183,10 @@ pub(super) fn environment() -> Value {
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu_model": cpu_model,
         "iperf3": first_line(Command::new("iperf3").arg("--version")),
+        // What else ran: the machine is shared, and its load explains a noisy run.
+        "loadavg": std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
         "git": if dirty { format!("{git}-dirty") } else { git },
     })
 }
@@ -300,13 +305,15 @@ pub(super) fn markdown(
     report: &Path,
 ) -> String {
     let mut md = format!(
-        "From `{}` ({}, kernel {}, {} CPU(s) {}, git {}, {} repetition(s){}; {} invalid \
-         run(s)):\n\n| metric | vnetd | bridge + iptables | vnetd / reference |\n|---|---|---|---|\n",
+        "From `{}` ({}, kernel {}, {} CPU(s) {}, load average {} after the run, git {}, {} \
+         repetition(s){}; {} invalid run(s)):\n\n| metric | vnetd | bridge + iptables | vnetd / \
+         reference |\n|---|---|---|---|\n",
         report.display(),
         env["date"].as_str().unwrap_or("?"),
         env["kernel"].as_str().unwrap_or("?"),
         env["cpus"],
         env["cpu_model"].as_str().unwrap_or("?"),
+        env["loadavg"].as_str().unwrap_or("?"),
         env["git"].as_str().unwrap_or("?"),
         reps,
         if quick { ", --quick" } else { "" },
