@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use aya::programs::{TcAttachType, TestRun as _, TestRunOptions};
+use aya::programs::TcAttachType;
 use ipnet::Ipv4Net;
 use support::*;
 use vnetd::dataplane::Dataplane;

@@ -42,7 +42,7 @@ const PROBES: u32 = 32;
 /// link-local).
 #[inline(always)]
 pub fn keeps_pod_address(dst: &[u8; 4]) -> bool {
-    NO_MASQUERADE.get(&Key::new(32, *dst)).is_some()
+    NO_MASQUERADE.get(Key::new(32, *dst)).is_some()
 }
 
 /// A Public group's address hosted on this node.
@@ -295,7 +295,7 @@ fn allocate_port(
 #[inline(always)]
 fn create_public_inbound(key: &FlowKey) -> Result<&'static mut Flow, DropReason> {
     // SAFETY: the value is copied out at once.
-    let public = unsafe { PUBLIC_IPS.get(&key.dst_ip) }
+    let public = unsafe { PUBLIC_IPS.get(key.dst_ip) }
         .copied()
         .ok_or(DropReason::PublicPortClosed)?;
     let port = PublicPortKey {
@@ -305,7 +305,7 @@ fn create_public_inbound(key: &FlowKey) -> Result<&'static mut Flow, DropReason>
         _pad: 0,
     };
     // SAFETY: the value is not read.
-    if unsafe { PUBLIC_PORTS.get(&port) }.is_none() {
+    if unsafe { PUBLIC_PORTS.get(port) }.is_none() {
         return Err(DropReason::PublicPortClosed);
     }
     let mut reply_key = conntrack::reversed(key);

@@ -337,7 +337,7 @@ pub(super) fn markdown(
     }
     if let Some(snat) = progrun_snat {
         md.push_str(&format!(
-            "| BPF_PROG_RUN `pod_ingress`, SNAT of an established TCP flow, ns per run (one run \
+            "| BPF_PROG_RUN `pod_ingress`, SNAT of an established UDP flow, ns per run (one run \
              per call; pod to pod measured the same way: {}) | {} | | |\n",
             fmt_num(snat.pod_to_pod_ns),
             fmt_num(snat.ns)
