@@ -265,11 +265,15 @@ struct ConnectRun {
 
 /// How long a connection may take to open or to answer before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// At most this many connections per run: a client pod has 28,232 ephemeral ports
+/// (32768-60999) and each connection holds one in TIME_WAIT for 60 s, longer than a repetition
+/// of the bench; two runs' worth must fit, or the next run's connect fails for want of a port.
+const CONNECT_MAX: u64 = 10_000;
 /// Connections before the measured ones (neighbours resolved, code paths warm): they must all
 /// work, or the run fails.
 const CONNECT_WARM_UP: u32 = 20;
 
-/// New connections, one after the other for `dur`: connect, send 1 byte, read the 1-byte
+/// New connections, one after the other for `dur` (or [`CONNECT_MAX`] of them): connect, send 1 byte, read the 1-byte
 /// answer, close (the client closes first, so the TIME_WAIT is the client's, as with a real
 /// client). The loop runs on a thread inside the client's namespace.
 fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
@@ -316,7 +320,7 @@ fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
         let (mut completed, mut failed) = (0u64, 0u64);
         let mut errors = BTreeMap::<String, u64>::new();
         let start = Instant::now();
-        while start.elapsed() < dur {
+        while start.elapsed() < dur && completed + failed < CONNECT_MAX {
             match one() {
                 Ok(()) => completed += 1,
                 Err(e) => {

@@ -306,9 +306,8 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             bulk: 5,
             rr: Duration::from_secs(3),
             udp: 5,
-            // A client pod has 28,232 ephemeral ports (32768-60999) and each connection leaves
-            // one in TIME_WAIT for 60 s, about the time between two repetitions: one second at
-            // the rates seen here (6,000/s) leaves room for the next repetition's run.
+            // Or 10,000 connections, whichever comes first (ephemeral ports in TIME_WAIT: see
+            // measure::CONNECT_MAX).
             connect: Duration::from_secs(1),
         }
     };

@@ -267,8 +267,9 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
          (filter FORWARD, nat POSTROUTING MASQUERADE) and its conntrack."
             .to_string(),
         format!(
-            "New connections: one at a time for the run's duration (connect, 1 byte each way, \
-             the client closes first); completed vnetd {}, reference {}; failed vnetd {}, \
+            "New connections: one at a time for the run's duration or 10,000 connections, \
+             whichever comes first (connect, 1 byte each way, the client closes first; each \
+             leaves an ephemeral port of the client pod in TIME_WAIT for 60 s); completed vnetd {}, reference {}; failed vnetd {}, \
              reference {} (errors per run in the JSON report).",
             total(Dp::Vnetd, inet, "connect", "completed"),
             total(Dp::Reference, inet, "connect", "completed"),
