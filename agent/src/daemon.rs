@@ -202,6 +202,9 @@ impl Agent {
         for att in vanished {
             if let Some(ep) = self.endpoints.remove(&att) {
                 warn!(ip = %ep.ip, host_ifname = %ep.host_ifname, "endpoint's interface vanished: releasing it");
+                if let Err(err) = netlink::delete_pod_source_rule(&ep.netns, ep.ip).await {
+                    warn!(ip = %ep.ip, "{err:#}");
+                }
                 self.forget(&ep)?;
             }
         }
@@ -329,6 +332,7 @@ impl Agent {
             host_ifname: host_ifname.clone(),
             ip,
             mtu,
+            routes: req.routes.clone(),
         };
         let iface = match netlink::create_pod_interface(&spec).await {
             Ok(iface) => iface,
@@ -354,6 +358,7 @@ impl Agent {
             container_group: req.container_group,
             k8s_namespace: req.k8s_namespace,
             k8s_pod: req.k8s_pod,
+            routes: iface.routes.clone(),
         };
         if let Err(err) = self.program(&ep) {
             let _ = netlink::delete_pod_interface(&host_ifname).await;
@@ -369,6 +374,7 @@ impl Agent {
             ip,
             gateway: POD_GATEWAY,
             mtu,
+            routes: iface.routes,
         })
     }
 
@@ -510,6 +516,13 @@ impl Agent {
     async fn del(&mut self, att: &Attachment) -> Result<(), CniError> {
         let internal = |e: anyhow::Error| CniError::internal(&e);
         let recorded = self.recorded(att);
+        // The pod may keep other interfaces: the rule that sent this address's traffic here
+        // goes with it (the interface takes its routes along, not the rule).
+        if let Some(ep) = recorded.as_ref().and_then(|key| self.endpoints.get(key))
+            && let Err(err) = netlink::delete_pod_source_rule(&ep.netns, ep.ip).await
+        {
+            warn!(ip = %ep.ip, "{err:#}");
+        }
         // The interface name is derived, so DEL works even for an endpoint never recorded.
         let host_ifname = recorded
             .as_ref()
@@ -545,6 +558,7 @@ impl Agent {
             ip: ep.ip,
             // The pod's MTU may be smaller (the conflist's); CHECK verifies it is not larger.
             mtu: self.pod_mtu(None).await?,
+            routes: Some(ep.routes.clone()),
         };
         netlink::check_pod_interface(&spec)
             .await

@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::api::proto::{Attachment, EndpointStatus};
@@ -25,6 +26,10 @@ pub struct Endpoint {
     pub container_group: Option<String>,
     pub k8s_namespace: Option<String>,
     pub k8s_pod: Option<String>,
+    /// The destinations routed through the interface in the pod's main table (CHECK verifies
+    /// them); records of agents before per-interface routes had the default route.
+    #[serde(default = "crate::api::proto::default_route_only")]
+    pub routes: Vec<Ipv4Net>,
 }
 
 impl Endpoint {
@@ -194,6 +199,11 @@ mod tests {
             "the IPAM owner the old agent recorded"
         );
         assert_eq!(ep.host_ifname, "vnd9de51a688dd");
+        assert_eq!(
+            ep.routes,
+            vec![Ipv4Net::default()],
+            "the default route, as every interface had"
+        );
         assert!(ep.attachment.answers(&att("any-net", "abc", "eth0")));
         assert!(!ep.attachment.answers(&att("any-net", "abc", "eth1")));
         // Removing it by its attachment removes the old file.

@@ -8,6 +8,7 @@ pub mod compile;
 pub mod daemon;
 pub mod dataplane;
 pub mod endpoints;
+pub mod health;
 pub mod ipam;
 pub mod metrics;
 pub mod netlink;

@@ -12,12 +12,15 @@ use vnetd::{
         server,
     },
     daemon::{self, Agent},
-    dataplane, metrics, netlink, reload, spec,
+    dataplane, health, metrics, netlink, reload, spec,
 };
 
 const DEFAULT_SOCKET: &str = "/run/vnetd/vnetd.sock";
 const DEFAULT_STATE_DIR: &str = "/var/lib/vnetd";
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vnetd";
+/// How long SIGTERM waits for a request in progress (a CNI ADD creating an interface) to
+/// finish; well inside the DaemonSet's terminationGracePeriodSeconds.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Parser)]
 #[command(
@@ -90,7 +93,9 @@ fn main() -> ExitCode {
             log_format,
         } => {
             init_logging(log_format);
-            run(
+            // The agent, if it was drained on SIGTERM, is dropped only here, after the
+            // runtime: see `serve_agent`.
+            let (result, _drained) = run(
                 daemon::Paths {
                     spec,
                     api_socket,
@@ -99,7 +104,8 @@ fn main() -> ExitCode {
                 },
                 node,
                 metrics_addr,
-            )
+            );
+            result
         }
         Command::Status { api_socket, json } => status(&api_socket, json),
         Command::Teardown {
@@ -129,9 +135,48 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Test-only pause point: with `VNETD_TEST_PAUSE_BEFORE_SOCKET=<file>` set, the agent waits
+/// while `<file>` exists once the dataplane is attached, before it binds the API socket, so an
+/// end-to-end test sees for certain what the probes answer in between (not after a guessed
+/// sleep). Unset in production: one environment lookup per start.
+async fn pause_for_tests_before_socket() {
+    let Some(marker) = std::env::var_os("VNETD_TEST_PAUSE_BEFORE_SOCKET") else {
+        return;
+    };
+    tracing::warn!(marker = ?marker, "test pause point: waiting before binding the API socket");
+    while std::path::Path::new(&marker).exists() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The agent, held locked after a drain: no queued request may start while the runtime shuts
+/// down (it would be cancelled half-way), so it is dropped after the runtime.
+type Drained = Option<tokio::sync::OwnedMutexGuard<Agent>>;
+
 #[tokio::main]
-async fn run(paths: daemon::Paths, node: String, metrics_addr: std::net::SocketAddr) -> Result<()> {
-    let spec = match spec::load_file(&paths.spec) {
+async fn run(
+    paths: daemon::Paths,
+    node: String,
+    metrics_addr: std::net::SocketAddr,
+) -> (Result<()>, Drained) {
+    let mut drained = None;
+    let result = run_agent(paths, node, metrics_addr, &mut drained).await;
+    (result, drained)
+}
+
+async fn run_agent(
+    paths: daemon::Paths,
+    node: String,
+    metrics_addr: std::net::SocketAddr,
+    drained: &mut Drained,
+) -> Result<()> {
+    // The text the agent starts from: the spec watch compares what it reads later with it.
+    let started_from = std::fs::read_to_string(&paths.spec).ok();
+    let loaded = match &started_from {
+        Some(text) => spec::check_str(text),
+        None => spec::load_file(&paths.spec),
+    };
+    let spec = match loaded {
         Ok(spec) => spec,
         Err(problems) => {
             for p in &problems {
@@ -157,36 +202,86 @@ async fn run(paths: daemon::Paths, node: String, metrics_addr: std::net::SocketA
     // here and leaves the running one's dataplane and socket alone.
     let _lock = lock_state_dir(&paths.state_dir)?;
     server::remove_stale(&paths.api_socket)?;
+    // The probes answer from here on: alive while the dataplane loads, ready once it serves.
+    let health = health::Health::new(paths.api_socket.clone());
+    let feed = metrics::StatusFeed::starting();
+    let http = tokio::spawn(metrics::serve(
+        metrics::bind(metrics_addr).await?,
+        feed.clone(),
+        health.clone(),
+    ));
     let agent = Agent::start(plan, &paths.bpffs, &paths.state_dir).await?;
+    feed.publish(&agent);
+    pause_for_tests_before_socket().await;
     let listener = server::bind(&paths.api_socket)?;
-    let result = serve_agent(agent, &paths, node, metrics_addr, listener).await;
+    health.serving();
+    let serving = Serving {
+        feed,
+        health,
+        http,
+        started_from,
+    };
+    let result = serve_agent(agent, &paths, node, listener, serving, drained).await;
     let _ = std::fs::remove_file(&paths.api_socket);
     result
 }
 
+/// What the serving agent needs besides itself: the status snapshot, the probes' state, the
+/// metrics server's task, and the spec's text at start (for the spec watch).
+struct Serving {
+    feed: metrics::StatusFeed,
+    health: health::Health,
+    http: tokio::task::JoinHandle<Result<()>>,
+    started_from: Option<String>,
+}
+
+/// Serves until an error or a signal. On SIGTERM (or Ctrl-C) the agent stops accepting,
+/// turns not ready, removes its socket (a CNI call now fails at once with "try again later"
+/// instead of waiting), waits up to [`DRAIN_TIMEOUT`] for a request in progress to finish,
+/// and leaves the dataplane running: only `vnetd teardown` removes it.
 async fn serve_agent(
     agent: Agent,
     paths: &daemon::Paths,
     node: String,
-    metrics_addr: std::net::SocketAddr,
     listener: tokio::net::UnixListener,
+    serving: Serving,
+    drained: &mut Drained,
 ) -> Result<()> {
+    let Serving {
+        feed,
+        health,
+        mut http,
+        started_from,
+    } = serving;
     info!(node = %agent.node(), socket = %paths.api_socket.display(), "vnetd running");
-    let feed = metrics::StatusFeed::new(&agent);
     let agent = Arc::new(Mutex::new(agent));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         res = server::serve(listener, agent.clone(), feed.clone()) => res?,
-        res = reload::watch(paths.spec.clone(), node.clone(), agent.clone()) => res?,
-        res = metrics::serve(metrics_addr, feed.clone()) => res?,
+        res = reload::watch(paths.spec.clone(), node.clone(), agent.clone(), started_from) => res?,
+        res = &mut http => res.context("the metrics server")??,
         res = feed.clone().refresh(agent.clone()) => res?,
         res = netlink::links::watch(|| async {
             if let Err(err) = agent.lock().await.reconcile_links().await {
                 error!("following the node's links: {err:#}");
             }
         }) => res?,
-        _ = tokio::signal::ctrl_c() => info!("interrupted: leaving the dataplane running"),
-        _ = term.recv() => info!("terminated: leaving the dataplane running"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted: stopping, leaving the dataplane running"),
+        _ = term.recv() => info!("terminated: stopping, leaving the dataplane running"),
+    }
+    // The accept loop is gone with the select; the probes still answer (not ready) meanwhile.
+    health.stopping();
+    let _ = std::fs::remove_file(&paths.api_socket);
+    match tokio::time::timeout(DRAIN_TIMEOUT, agent.lock_owned()).await {
+        Ok(guard) => {
+            info!("stopped: no request in progress; the dataplane keeps running from its pins");
+            *drained = Some(guard);
+        }
+        Err(_) => error!(
+            "a request still held the agent after {}s: stopping anyway (the next agent \
+             completes or releases what it left)",
+            DRAIN_TIMEOUT.as_secs()
+        ),
     }
     Ok(())
 }

@@ -3,7 +3,13 @@
 //! A scrape never waits for the agent's lock (a CNI call may hold it while it creates an
 //! interface): it renders the latest [`StatusFeed`] snapshot, which the agent publishes after
 //! every change the API makes and every [`REFRESH_PERIOD`] (the dataplane's counters, reloads).
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+//! The same server answers kubelet's probes (`/healthz`, `/readyz`: [`crate::health`]).
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use http_body_util::Full;
@@ -20,33 +26,56 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::{api::proto::StatusReport, daemon::Agent};
+use crate::{api::proto::StatusReport, daemon::Agent, health::Health};
 
 type Labels = Vec<(&'static str, String)>;
 
 /// How often the snapshot is refreshed from the dataplane's maps.
 pub const REFRESH_PERIOD: Duration = Duration::from_secs(1);
 
-/// The latest status report of the agent, or why it could not be read.
+/// The latest status report of the agent (or why it could not be read), and when it was read.
 #[derive(Clone)]
-pub struct StatusFeed(Arc<watch::Sender<Result<StatusReport, String>>>);
+pub struct StatusFeed(Arc<watch::Sender<Snapshot>>);
+
+struct Snapshot {
+    at: Instant,
+    report: Result<StatusReport, String>,
+}
 
 impl StatusFeed {
     pub fn new(agent: &Agent) -> Self {
-        let first = agent.status_report().map_err(|e| format!("{e:#}"));
-        Self(Arc::new(watch::channel(first).0))
+        let feed = Self::starting();
+        feed.publish(agent);
+        feed
+    }
+
+    /// A feed before the agent exists (the probes answer while the dataplane is loaded).
+    pub fn starting() -> Self {
+        Self(Arc::new(
+            watch::channel(Snapshot {
+                at: Instant::now(),
+                report: Err("the agent is starting".into()),
+            })
+            .0,
+        ))
     }
 
     /// Reads the agent's status now (the caller holds the agent).
     pub fn publish(&self, agent: &Agent) {
         // The previous snapshot, replaced: nobody needs it.
-        let _previous = self
-            .0
-            .send_replace(agent.status_report().map_err(|e| format!("{e:#}")));
+        let _previous = self.0.send_replace(Snapshot {
+            at: Instant::now(),
+            report: agent.status_report().map_err(|e| format!("{e:#}")),
+        });
     }
 
-    fn latest(&self) -> Result<StatusReport, String> {
-        self.0.borrow().clone()
+    pub fn latest(&self) -> Result<StatusReport, String> {
+        self.0.borrow().report.clone()
+    }
+
+    /// How long ago the latest snapshot was read.
+    pub fn age(&self) -> Duration {
+        self.0.borrow().at.elapsed()
     }
 
     /// Publishes every [`REFRESH_PERIOD`]; waits for the lock here, never in a scrape.
@@ -61,17 +90,25 @@ impl StatusFeed {
     }
 }
 
-pub async fn serve(addr: SocketAddr, feed: StatusFeed) -> Result<()> {
-    let listener = TcpListener::bind(addr)
+/// Binds the metrics and probes address (before the dataplane is touched: a taken port stops
+/// the agent before it changes anything).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding metrics on {addr}"))?;
+        .with_context(|| format!("binding metrics on {addr}"))
+}
+
+pub async fn serve(listener: TcpListener, feed: StatusFeed, health: Health) -> Result<()> {
     loop {
-        let (stream, _) = listener.accept().await?;
-        let feed = feed.clone();
+        let (stream, _) = listener
+            .accept()
+            .await
+            .context("accepting on the metrics address")?;
+        let (feed, health) = (feed.clone(), health.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let feed = feed.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &feed)) }
+                let (feed, health) = (feed.clone(), health.clone());
+                async move { Ok::<_, Infallible>(respond(&req, &feed, &health)) }
             });
             if let Err(err) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -83,9 +120,23 @@ pub async fn serve(addr: SocketAddr, feed: StatusFeed) -> Result<()> {
     }
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, feed: &StatusFeed) -> Response<Full<Bytes>> {
-    if req.uri().path() != "/metrics" {
-        return text(404, "see /metrics\n".into());
+fn respond(
+    req: &Request<hyper::body::Incoming>,
+    feed: &StatusFeed,
+    health: &Health,
+) -> Response<Full<Bytes>> {
+    let probe = match req.uri().path() {
+        "/metrics" => None,
+        "/healthz" => Some(health.liveness(feed)),
+        "/readyz" => Some(health.readiness(feed)),
+        _ => return text(404, "see /metrics, /healthz, /readyz\n".into()),
+    };
+    if let Some(answer) = probe {
+        return Response::builder()
+            .status(answer.status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from(answer.body)))
+            .expect("a static response");
     }
     match feed
         .latest()

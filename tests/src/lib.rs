@@ -54,7 +54,9 @@
 //! sockets inside the namespace ([`Ns::tcp_connect`], [`Ns::udp_bind`]): a socket belongs to
 //! the namespace it was created in for its whole life, so the lab creates it on a short-lived
 //! thread that entered the namespace and hands it back to the caller's thread. The
-//! [`traffic`] helpers build echo tests on that.
+//! [`traffic`] helpers build echo tests on that; for the SNAT tests also thousands of
+//! connections at once ([`Ns::tcp_connect_many`], [`EchoServer::tcp_many`]), a chosen source
+//! port ([`Ns::tcp_connect_from`]) and one-way bulk transfers ([`EchoServer::tcp_sink`]).
 
 pub mod frames;
 mod lab;
@@ -74,8 +76,8 @@ pub use ns::{DEFAULT_RUN_TIMEOUT, LinkInfo, LinkStats, Ns};
 pub use process::{Bg, Capture, LogMode};
 pub use sweep::{SweepReport, cleanup_on_signal, sweep_all, sweep_current_process, sweep_stale};
 pub use traffic::{
-    DEFAULT_TIMEOUT, EchoReport, EchoServer, Seen, http_get, tcp_echo, tcp_echo_ok, tcp_roundtrip,
-    udp_echo, udp_ok, udp_roundtrip,
+    DEFAULT_TIMEOUT, EchoReport, EchoServer, Seen, SinkReceipt, http_get, sink_transfer, tcp_echo,
+    tcp_echo_ok, tcp_roundtrip, udp_echo, udp_ok, udp_roundtrip,
 };
 
 use std::net::Ipv4Addr;
@@ -129,6 +131,34 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
         pause = (pause * 2).min(Duration::from_millis(50));
     }
+}
+
+/// Raises this process's soft limit of open files to `want` (capped at the hard limit) and
+/// returns the new soft limit. Tests that hold thousands of connections (both ends live in
+/// the test process) need more than the usual 1024.
+pub fn raise_open_files_limit(want: u64) -> anyhow::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        anyhow::ensure!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0,
+            "getrlimit(RLIMIT_NOFILE): {}",
+            std::io::Error::last_os_error()
+        );
+        let target = want.min(lim.rlim_max);
+        if lim.rlim_cur < target {
+            lim.rlim_cur = target;
+            anyhow::ensure!(
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0,
+                "setrlimit(RLIMIT_NOFILE, {target}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(lim.rlim_cur)
 }
 
 /// Mounts a bpf filesystem on /sys/fs/bpf unless one is there already. The agent needs it for

@@ -10,7 +10,8 @@
 use crate::ns::Ns;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -114,6 +115,71 @@ impl EchoServer {
         })
     }
 
+    /// A TCP echo server in `ns` on `port` for thousands of connections at once: one thread
+    /// serves every connection (non-blocking sockets and `poll`) instead of a thread each, so
+    /// the test process stays within its thread and memory budget.
+    pub fn tcp_many(ns: &Ns, port: u16) -> Result<EchoServer> {
+        let listener = ns.tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("echo-many-{port}"))
+            .spawn(move || serve_many(listener, &stop2, &seen2))
+            .context("spawning the tcp echo server thread")?;
+        Ok(EchoServer {
+            port,
+            ns: ns.name.clone(),
+            stop,
+            seen,
+            thread: Some(thread),
+        })
+    }
+
+    /// A TCP server in `ns` on `port` that reads each connection to its end and then answers
+    /// with what arrived, as [`SinkReceipt`] bytes (count and hash), and closes. Unlike an
+    /// echo it sends (almost) nothing back: for bulk transfers in one direction, where only the
+    /// sender's path is under test (path MTU). Records its clients as the echo servers do.
+    pub fn tcp_sink(ns: &Ns, port: u16) -> Result<EchoServer> {
+        let listener = ns.tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("sink-tcp-{port}"))
+            .spawn(move || {
+                let mut conns: Vec<JoinHandle<()>> = Vec::new();
+                while !stop2.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, peer)) => {
+                            seen2.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
+                                peer: v4(peer),
+                                local: stream.local_addr().ok().map(v4),
+                            });
+                            let stop3 = stop2.clone();
+                            conns.push(std::thread::spawn(move || sink_tcp_conn(stream, &stop3)));
+                        }
+                        Err(_) => nonblocking_pause(),
+                    }
+                }
+                for c in conns {
+                    let _ = c.join();
+                }
+            })
+            .context("spawning the tcp sink server thread")?;
+        Ok(EchoServer {
+            port,
+            ns: ns.name.clone(),
+            stop,
+            seen,
+            thread: Some(thread),
+        })
+    }
+
     /// A UDP echo server in `ns` on `port` (0: any free port).
     pub fn udp(ns: &Ns, port: u16) -> Result<EchoServer> {
         let sock = ns.udp_bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
@@ -194,6 +260,154 @@ fn echo_tcp_conn(mut stream: TcpStream, stop: &AtomicBool) {
             Err(_) => return,
         }
     }
+}
+
+/// The loop of [`EchoServer::tcp_many`]: accepts and echoes on non-blocking sockets, waiting
+/// in `poll` (50 ms at most, to notice `stop`).
+fn serve_many(listener: TcpListener, stop: &AtomicBool, seen: &Mutex<Vec<Seen>>) {
+    let mut conns: Vec<TcpStream> = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
+            .chain(conns.iter().map(AsRawFd::as_raw_fd))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+        if ready <= 0 {
+            continue;
+        }
+        let readable: Vec<bool> = fds[1..].iter().map(|p| p.revents != 0).collect();
+        let mut keep = readable.iter();
+        conns.retain_mut(|stream| {
+            if !keep.next().copied().unwrap_or(false) {
+                return true;
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => false,
+                Ok(n) => write_all_nonblocking(stream, &buf[..n]).is_ok(),
+                Err(e) => e.kind() == ErrorKind::WouldBlock,
+            }
+        });
+        if fds[0].revents != 0 {
+            while let Ok((stream, peer)) = listener.accept() {
+                seen.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
+                    peer: v4(peer),
+                    local: stream.local_addr().ok().map(v4),
+                });
+                if stream.set_nonblocking(true).is_ok() {
+                    conns.push(stream);
+                }
+            }
+        }
+    }
+}
+
+/// `write_all` on a non-blocking socket: the echoes are small, so a full send buffer is rare
+/// and short; waiting for it in place keeps the loop simple.
+fn write_all_nonblocking(stream: &mut TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !data.is_empty() {
+        match stream.write(data) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// What a [`EchoServer::tcp_sink`] received on one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinkReceipt {
+    pub bytes: u64,
+    /// FNV-1a over the bytes, so a corrupted or reordered stream does not pass.
+    pub hash: u64,
+}
+
+impl SinkReceipt {
+    const LEN: usize = 16;
+
+    fn of(data: &[u8]) -> SinkReceipt {
+        let mut r = SinkReceipt {
+            bytes: 0,
+            hash: FNV_OFFSET,
+        };
+        r.add(data);
+        r
+    }
+
+    fn add(&mut self, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        for b in data {
+            self.hash = (self.hash ^ u64::from(*b)).wrapping_mul(FNV_PRIME);
+        }
+    }
+
+    fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..8].copy_from_slice(&self.bytes.to_be_bytes());
+        out[8..].copy_from_slice(&self.hash.to_be_bytes());
+        out
+    }
+
+    fn from_bytes(b: [u8; Self::LEN]) -> SinkReceipt {
+        SinkReceipt {
+            bytes: u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+            hash: u64::from_be_bytes(b[8..].try_into().expect("8 bytes")),
+        }
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn sink_tcp_conn(mut stream: TcpStream, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut receipt = SinkReceipt::of(&[]);
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                let _ = stream.write_all(&receipt.to_bytes());
+                return;
+            }
+            Ok(n) => receipt.add(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sends `len` bytes of a pattern on `stream` to an [`EchoServer::tcp_sink`], closes the
+/// sending side and checks the receipt: every byte arrived, in order. Fails if that does not
+/// happen within `timeout`.
+pub fn sink_transfer(stream: &mut TcpStream, len: usize, timeout: Duration) -> Result<()> {
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream
+        .write_all(&data)
+        .with_context(|| format!("sending {len} bytes"))?;
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .context("closing the sending side")?;
+    let mut receipt = [0u8; SinkReceipt::LEN];
+    stream
+        .read_exact(&mut receipt)
+        .with_context(|| format!("reading the sink's receipt within {timeout:?}"))?;
+    let got = SinkReceipt::from_bytes(receipt);
+    let sent = SinkReceipt::of(&data);
+    ensure!(got == sent, "the sink received {got:?}, {sent:?} was sent");
+    Ok(())
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);

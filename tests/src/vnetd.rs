@@ -30,6 +30,46 @@ pub fn lab_spec() -> String {
     std::fs::read_to_string(&path).expect("examples/lab.yaml")
 }
 
+/// `spec` with an `outboundNat` section of `fields` (YAML lines at the section's indentation,
+/// e.g. `portRange: "40000-40015"`). The lab's spec has none, so the section is appended.
+pub fn with_outbound_nat(spec: &str, fields: &[&str]) -> String {
+    assert!(
+        !spec.lines().any(|l| l.starts_with("outboundNat:")),
+        "the spec already has an outboundNat section"
+    );
+    let mut out = spec.trim_end().to_string();
+    out.push_str("\noutboundNat:\n");
+    for f in fields {
+        out.push_str(&format!("  {f}\n"));
+    }
+    out
+}
+
+/// `spec` with one more container group: a Public group `name` in subnet `apps` with the
+/// public address `public_ip`, exposing TCP `port` (its one container declares it).
+pub fn with_public_group(spec: &str, name: &str, public_ip: Ipv4Addr, port: u16) -> String {
+    let group = format!(
+        "  - name: {name}
+    location: westeurope
+    properties:
+      osType: Linux
+      subnetIds: [{{ id: apps }}]
+      ipAddress:
+        type: Public
+        ip: {public_ip}
+        ports: [{{ protocol: TCP, port: {port} }}]
+      containers:
+        - name: {name}
+          properties: {{ image: {name}, ports: [{{ port: {port} }}] }}
+"
+    );
+    let at = spec
+        .find("\ncontainerGroups:\n")
+        .map(|i| i + "\ncontainerGroups:\n".len())
+        .expect("the spec has a containerGroups section");
+    format!("{}{group}{}", &spec[..at], &spec[at..])
+}
+
 /// A node's running agent (`vnetd run` under `nsenter --net`, so it sees the node's links and
 /// the real /sys/fs/bpf).
 pub struct Agent {
@@ -38,6 +78,9 @@ pub struct Agent {
     /// Environment variables every (re)start of the agent gets (test-only switches such as
     /// `VNETD_TEST_PAUSE_AFTER_IPAM`); change it between [`Agent::spawn`]s.
     pub env: Vec<(String, String)>,
+    /// The command line after the binary; `None`: [`Node::agent_args`] for [`Agent::spec`].
+    /// (The deploy tests give the one the DaemonSet renders.)
+    pub args: Option<Vec<std::ffi::OsString>>,
     process: Option<Bg>,
 }
 
@@ -56,25 +99,60 @@ impl Agent {
             node: node.clone(),
             spec: path,
             env,
+            args: None,
             process: None,
         };
         agent.spawn(LogMode::Files)?;
         Ok(agent)
     }
 
+    /// An agent of `node` not started yet, with exactly `args` after the binary and `env`
+    /// (`node`'s `api_socket`, `state_dir` and `bpffs_dir` must be where `args` put them).
+    /// Start it with [`Agent::spawn`], or [`Agent::spawn_unwaited`] to watch it start.
+    pub fn with_args(
+        node: &Node,
+        spec: PathBuf,
+        args: Vec<std::ffi::OsString>,
+        env: Vec<(String, String)>,
+    ) -> Agent {
+        Agent {
+            node: node.clone(),
+            spec,
+            env,
+            args: Some(args),
+            process: None,
+        }
+    }
+
     /// Starts the agent (again), with its output as `mode`.
     pub fn spawn(&mut self, mode: LogMode) -> Result<()> {
+        self.spawn_unwaited(mode)?;
+        self.wait_serving(Duration::from_secs(20))
+    }
+
+    /// Starts the agent (again) and returns at once.
+    pub fn spawn_unwaited(&mut self, mode: LogMode) -> Result<()> {
         let mut args = vec![bin("vnetd").into_os_string()];
-        args.extend(self.node.agent_args(&self.spec));
+        match &self.args {
+            Some(given) => args.extend(given.iter().cloned()),
+            None => args.extend(self.node.agent_args(&self.spec)),
+        }
         // A socket left by a killed agent must not pass for the new one's; removed before the
         // start, or it could remove the new agent's socket.
-        let socket = self.node.api_socket.clone();
-        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&self.node.api_socket);
         let mut cmd = self.node.command(args);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        let bg = self.node.spawn_with(cmd, mode)?;
-        let up = wait_for(Duration::from_secs(20), || {
-            socket.exists() && self.status().is_ok() || !bg.is_running()
+        self.process = Some(self.node.spawn_with(cmd, mode)?);
+        Ok(())
+    }
+
+    /// Waits until the agent answers `vnetd status` on its socket.
+    pub fn wait_serving(&self, timeout: Duration) -> Result<()> {
+        let Some(bg) = &self.process else {
+            bail!("the agent of {} was not started", self.node.role);
+        };
+        let up = wait_for(timeout, || {
+            self.node.api_socket.exists() && self.status().is_ok() || !bg.is_running()
         });
         if !up || !bg.is_running() {
             bail!(
@@ -83,13 +161,50 @@ impl Agent {
                 bg.stderr()
             );
         }
-        self.process = Some(bg);
         Ok(())
+    }
+
+    /// True while the agent's process runs.
+    pub fn is_running(&self) -> bool {
+        self.process.as_ref().is_some_and(Bg::is_running)
+    }
+
+    /// Sends SIGTERM to the agent (as kubelet does) and returns at once; see
+    /// [`Agent::wait_exit`].
+    pub fn terminate(&self) -> Result<()> {
+        match &self.process {
+            Some(bg) => bg.signal_leader(nix::sys::signal::Signal::SIGTERM),
+            None => bail!("the agent of {} is not running", self.node.role),
+        }
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself and returns its status; an agent
+    /// still running then is killed and that is an error.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let Some(mut bg) = self.process.take() else {
+            bail!("the agent of {} is not running", self.node.role);
+        };
+        match bg.wait_timeout(timeout)? {
+            Some(status) => {
+                self.process = Some(bg);
+                Ok(status)
+            }
+            None => {
+                let log = bg.stderr();
+                bg.kill()?;
+                bail!(
+                    "the agent of {} did not exit within {timeout:?}:\n{log}",
+                    self.node.role
+                )
+            }
+        }
     }
 
     /// Kills the agent with SIGKILL: no chance to clean up (the dataplane must stay).
     pub fn kill(&mut self) -> Result<()> {
-        if let Some(bg) = self.process.take() {
+        if let Some(bg) = self.process.take()
+            && bg.is_running()
+        {
             bg.kill()?;
         }
         Ok(())
@@ -265,4 +380,47 @@ pub fn add_pod(
         node: node.clone(),
         result,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The edits give specs the agent accepts (`vnetd validate`, when the binary is built).
+    #[test]
+    fn spec_edits_validate() {
+        let specs = [
+            with_outbound_nat(&lab_spec(), &["portRange: \"40000-40015\""]),
+            with_outbound_nat(&lab_spec(), &["nonMasqueradeCidrs: [198.51.100.0/24]"]),
+            with_public_group(&lab_spec(), "web", Ipv4Addr::new(203, 0, 113, 20), 8080),
+        ];
+        let vnetd = bin("vnetd");
+        if !vnetd.exists() {
+            eprintln!(
+                "{} not built: checking the edits' text only",
+                vnetd.display()
+            );
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            assert_ne!(*spec, lab_spec());
+            if !vnetd.exists() {
+                continue;
+            }
+            let path = std::env::temp_dir()
+                .join(format!("vnetd-lab-spec-{}-{i}.yaml", std::process::id()));
+            std::fs::write(&path, spec).unwrap();
+            let out = std::process::Command::new(&vnetd)
+                .arg("validate")
+                .arg(&path)
+                .output()
+                .unwrap();
+            let _ = std::fs::remove_file(&path);
+            assert!(
+                out.status.success(),
+                "{spec}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }

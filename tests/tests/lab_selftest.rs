@@ -452,3 +452,64 @@ fn ctrl_c_removes_the_labs() -> Result<()> {
     );
     Ok(())
 }
+
+/// The helpers of the SNAT tests on a path that needs no dataplane (the node's own traffic to
+/// the internet host): thousands of connections held at once against one echo server, and a
+/// connection from a chosen source port.
+#[test]
+fn many_connections_and_chosen_source_ports() -> Result<()> {
+    let _serial = serial();
+    let limit = vnetd_lab::raise_open_files_limit(16384)?;
+    ensure!(limit >= 5000, "open-files limit {limit}");
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
+    let server = EchoServer::tcp_many(lab.internet(), 7201)?;
+    let dst = SocketAddr::from((INTERNET_HOST_IP, 7201));
+    let mut conns = node.tcp_connect_many(dst, 2000, Duration::from_secs(5))?;
+    assert!(server.wait_seen(2000, Duration::from_secs(10)));
+    for (i, stream) in conns.iter_mut().enumerate() {
+        tcp_roundtrip(
+            stream,
+            format!("connection {i}").as_bytes(),
+            DEFAULT_TIMEOUT,
+        )?;
+    }
+    let ports: BTreeSet<u16> = server.seen().iter().map(|c| c.peer.port()).collect();
+    assert_eq!(ports.len(), 2000);
+
+    let mut from = node.tcp_connect_from(
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 40123)),
+        dst,
+        DEFAULT_TIMEOUT,
+    )?;
+    assert_eq!(from.local_addr()?.port(), 40123);
+    tcp_roundtrip(&mut from, b"from a chosen port", DEFAULT_TIMEOUT)?;
+    assert!(server.wait_seen(2001, DEFAULT_TIMEOUT));
+    assert_eq!(server.seen()[2000].peer, "10.0.0.4:40123".parse()?);
+    Ok(())
+}
+
+/// The lab's path-MTU setting as the SNAT test uses it, with the node's own traffic: the edge's
+/// link to the internet lowered to 1200 bytes, the edge answers with fragmentation-needed, the
+/// sender's route cache learns 1200 and a bulk transfer to the sink arrives intact.
+#[test]
+fn a_lowered_edge_mtu_is_discovered_by_the_sender() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
+    lab.edge().ip(["link", "set", "eth1", "mtu", "1200"])?;
+    let server = EchoServer::tcp_sink(lab.internet(), 7501)?;
+    let capture = node.capture("eth0", "icmp")?;
+    let mut stream =
+        node.tcp_connect(SocketAddr::from((INTERNET_HOST_IP, 7501)), DEFAULT_TIMEOUT)?;
+    vnetd_lab::sink_transfer(&mut stream, 4 << 20, Duration::from_secs(30))?;
+    assert!(
+        capture.wait_for("need to frag (mtu 1200)", Duration::from_secs(2)),
+        "{:?}",
+        capture.lines()
+    );
+    let route = node.ip(["route", "get", &INTERNET_HOST_IP.to_string()])?;
+    assert!(route.contains("mtu 1200"), "{route}");
+    assert_eq!(server.seen().len(), 1);
+    Ok(())
+}

@@ -1,13 +1,24 @@
 //! `cargo xtask demo`: a lab of two nodes, their agents, pods created through the CNI plugin,
 //! and the dataplane shown working with real traffic. Everything lives in the lab's
 //! namespaces and is torn down on exit or Ctrl-C.
-use std::{net::Ipv4Addr, path::Path, process::Command, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use vnetd_lab::{
-    Lab, LogMode, tcp_echo_ok, udp_ok,
-    vnetd::{Agent, Pod, add_pod, bin, lab_spec, ping_from_forged},
+    EchoReport, INTERNET_HOST_IP, Lab, LogMode, Ns, tcp_echo, tcp_echo_ok, udp_echo, udp_ok,
+    vnetd::{Agent, Pod, add_pod, bin, lab_spec, ping_from_forged, with_public_group},
 };
+
+/// The demo's Public container group: `web`, its public address and the port it exposes
+/// (added to `examples/lab.yaml`'s groups for the demo).
+const PUBLIC_GROUP: &str = "web";
+const PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+const PUBLIC_PORT: u16 = 8080;
 
 pub fn run(_root: &Path, wait: bool) -> Result<()> {
     vnetd_lab::ensure_bpffs()?;
@@ -26,9 +37,13 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
         lab.prefix()
     );
 
-    step("agents: `vnetd run --spec examples/lab.yaml --node node-N` in each node's namespace");
-    let mut agent1 = Agent::start(&n1, &lab_spec())?;
-    let _agent2 = Agent::start(&n2, &lab_spec())?;
+    step(&format!(
+        "agents: `vnetd run --spec examples/lab.yaml --node node-N` in each node's namespace \
+         (plus a Public group `{PUBLIC_GROUP}`: {PUBLIC_IP}, TCP {PUBLIC_PORT})"
+    ));
+    let spec = with_public_group(&lab_spec(), PUBLIC_GROUP, PUBLIC_IP, PUBLIC_PORT);
+    let mut agent1 = Agent::start(&n1, &spec)?;
+    let _agent2 = Agent::start(&n2, &spec)?;
 
     step("pods through the CNI plugin (vnetd-cni ADD, subnet apps; group `api` in subnet aci)");
     let a = add_pod(
@@ -74,6 +89,82 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
         a.ping_count("10.99.0.1".parse()?, 2)?
     );
 
+    step("to the internet: SNAT to node-1's address (the edge has no route back to pods)");
+    show(
+        "   pod-a -> internet host, TCP",
+        tcp_echo(
+            &a,
+            lab.internet(),
+            INTERNET_HOST_IP,
+            7003,
+            Duration::from_secs(3),
+        )
+        .map(|r| left_as(a.ip, &r)),
+    );
+    show(
+        "   pod-a -> internet host, UDP",
+        udp_echo(
+            &a,
+            lab.internet(),
+            INTERNET_HOST_IP,
+            7004,
+            Duration::from_secs(3),
+        )
+        .map(|r| left_as(a.ip, &r)),
+    );
+    show_ping(&a, INTERNET_HOST_IP)?;
+
+    step(&format!(
+        "a Public container group: `{PUBLIC_GROUP}` behind {PUBLIC_IP} (the edge routes it to node-1)"
+    ));
+    let web = add_pod(
+        &lab,
+        &n1,
+        PUBLIC_GROUP,
+        None,
+        &format!("VNETD_CONTAINER_GROUP={PUBLIC_GROUP}"),
+    )?;
+    lab.host_public_ip(&n1, PUBLIC_IP)?;
+    println!(
+        "   {PUBLIC_GROUP} has the private address {} in subnet apps",
+        web.ip
+    );
+    show(
+        &format!("   internet host -> {PUBLIC_IP}:{PUBLIC_PORT}"),
+        tcp_echo(
+            lab.internet(),
+            &web,
+            PUBLIC_IP,
+            PUBLIC_PORT,
+            Duration::from_secs(3),
+        )
+        .map(|r| {
+            let at = r.server_local.map_or("?".to_string(), |a| a.to_string());
+            format!("served at {at}, which saw the client {}", r.server_peer)
+        }),
+    );
+    show(
+        &format!(
+            "   internet host -> {PUBLIC_IP}:{} (not exposed)",
+            PUBLIC_PORT + 1
+        ),
+        closed_port(
+            lab.internet(),
+            SocketAddr::from((PUBLIC_IP, PUBLIC_PORT + 1)),
+        ),
+    );
+    show(
+        &format!("   {PUBLIC_GROUP} -> internet host, TCP"),
+        tcp_echo(
+            &web,
+            lab.internet(),
+            INTERNET_HOST_IP,
+            7005,
+            Duration::from_secs(3),
+        )
+        .map(|r| left_as(web.ip, &r)),
+    );
+
     step("anti-spoofing: pod-b sends from another address");
     let answered = ping_from_forged(&b, "10.0.2.77".parse()?, a.ip)?;
     println!("   pings from a forged source: {answered}/2 answered (dropped and counted)");
@@ -105,7 +196,7 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
         }
     }
     step("tearing down");
-    drop((a, b, c, api));
+    drop((a, b, c, api, web));
     lab.teardown()?;
     println!("   done: no namespace, link, pin or process of the demo is left");
     Ok(())
@@ -113,6 +204,41 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
 
 fn step(what: &str) {
     println!("\n== {what}");
+}
+
+/// Prints what a traffic check showed, or that it failed (the demo goes on: it shows, the
+/// tests judge).
+fn show(what: &str, outcome: Result<String>) {
+    match outcome {
+        Ok(shown) => println!("{what}: {shown}"),
+        Err(e) => println!("{what}: FAILED: {e:#}"),
+    }
+}
+
+/// "<pod ip>:<port> left as <what the server saw>" (a UDP client is bound to 0.0.0.0: its
+/// address is the pod's).
+fn left_as(pod_ip: Ipv4Addr, r: &EchoReport) -> String {
+    format!(
+        "{}:{} left as {}",
+        pod_ip,
+        r.client_local.port(),
+        r.server_peer
+    )
+}
+
+/// A connection attempt to a port that must not answer: Ok if it timed out.
+fn closed_port(from: &Ns, to: SocketAddr) -> Result<String> {
+    match from.tcp_connect(to, Duration::from_secs(1)) {
+        Ok(_) => anyhow::bail!("it answered"),
+        Err(e) => {
+            let timed_out = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
+            anyhow::ensure!(timed_out, "refused with an answer, not dropped: {e:#}");
+            Ok("no answer (dropped and counted: public_port_closed)".into())
+        }
+    }
 }
 
 fn show_ping(from: &Pod, to: Ipv4Addr) -> Result<()> {

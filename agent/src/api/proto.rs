@@ -2,6 +2,7 @@
 //! The CNI plugin and the `status` command are its clients.
 use std::{net::Ipv4Addr, path::PathBuf};
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 /// A pod's attachment, as CNI names it: (network name, container id, interface name). A pod
@@ -122,6 +123,10 @@ pub struct AddRequest {
     /// The conflist's `mtu`: the pod's MTU, at most the uplink's; absent = the uplink's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// The conflist's `routes`: the destinations routed through this interface. Absent: the
+    /// default route if the pod has none yet (its first interface), else none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<Ipv4Net>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -141,6 +146,15 @@ pub struct AddResult {
     /// The pods' default gateway, 169.254.1.1 (as Azure CNI's transparent mode).
     pub gateway: Ipv4Addr,
     pub mtu: u32,
+    /// The destinations routed through the interface via `gateway` in the pod's main table.
+    /// An agent that does not send them made the default route.
+    #[serde(default = "default_route_only")]
+    pub routes: Vec<Ipv4Net>,
+}
+
+/// What every pod interface got before interfaces had their own `routes`: the default route.
+pub fn default_route_only() -> Vec<Ipv4Net> {
+    vec![Ipv4Net::default()]
 }
 
 /// A CNI error: a code, a message and details, as the spec's error object carries them.

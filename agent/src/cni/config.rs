@@ -1,11 +1,18 @@
 //! The network configuration on stdin: one plugin object of a conflist, decoded and checked, and
 //! the version the output is written in.
-use std::path::{Path, PathBuf};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
+use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use super::{CniError, LATEST_VERSION, SUPPORTED_VERSIONS};
-use crate::api::proto::{Attachment, network_name_problem};
+use crate::{
+    api::proto::{Attachment, network_name_problem},
+    netlink::POD_GATEWAY,
+};
 
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/vnetd/vnetd.sock";
 
@@ -18,6 +25,9 @@ pub struct NetConf {
     /// Which subnet's pool ADD allocates from; the agent picks when absent.
     pub subnet: Option<String>,
     pub mtu: Option<u32>,
+    /// The destinations routed through the interface (via the gateway, 169.254.1.1) in the
+    /// pod's main table. `None`: the default route if the pod has none yet, else none.
+    pub routes: Option<Vec<Ipv4Net>>,
     /// CHECK's `prevResult`, checked only by CHECK (DEL may carry one too and ignores it).
     pub prev_result: Option<serde_json::Value>,
     /// GC's `cni.dev/valid-attachments`; `None` when the key is absent.
@@ -36,6 +46,7 @@ struct RawNetConf {
     agent_socket: Option<PathBuf>,
     subnet: Option<String>,
     mtu: Option<u32>,
+    routes: Option<Vec<RawRoute>>,
     ipam: Option<serde_json::Value>,
     #[serde(rename = "prevResult")]
     prev_result: Option<serde_json::Value>,
@@ -57,6 +68,14 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A route as CNI results and IPAM configurations write them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    dst: String,
+    gw: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +122,7 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
     if let Some(mtu) = raw.mtu.filter(|mtu| !(68..=65535).contains(mtu)) {
         return Err(invalid(format!("mtu {mtu} is outside 68..=65535")));
     }
+    let routes = raw.routes.map(|routes| parse_routes(&routes)).transpose()?;
     let agent_socket = raw
         .agent_socket
         .unwrap_or_else(|| DEFAULT_AGENT_SOCKET.into());
@@ -126,9 +146,55 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
         agent_socket,
         subnet: raw.subnet.filter(|subnet| !subnet.is_empty()),
         mtu: raw.mtu,
+        routes,
         prev_result: raw.prev_result,
         valid_attachments,
     })
+}
+
+/// `routes`: IPv4 prefixes without host bits, each once; a `gw` may only name the gateway the
+/// dataplane is (169.254.1.1).
+fn parse_routes(routes: &[RawRoute]) -> Result<Vec<Ipv4Net>, CniError> {
+    let invalid = |i: usize, msg: String| {
+        CniError::new(CniError::INVALID_CONFIG, format!("routes[{i}]: {msg}"))
+    };
+    let mut out: Vec<Ipv4Net> = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        let dst: Ipv4Net = route.dst.parse().map_err(|_| {
+            invalid(
+                i,
+                format!(
+                    "dst {:?} is not an IPv4 prefix such as 10.0.4.0/24",
+                    route.dst
+                ),
+            )
+        })?;
+        if dst.trunc() != dst {
+            return Err(invalid(
+                i,
+                format!(
+                    "dst {dst} has host bits set (did you mean {}?)",
+                    dst.trunc()
+                ),
+            ));
+        }
+        if let Some(gw) = &route.gw
+            && gw.parse::<Ipv4Addr>().ok() != Some(POD_GATEWAY)
+        {
+            return Err(invalid(
+                i,
+                format!(
+                    "gw {gw:?}: a pod's routes all go via its gateway {POD_GATEWAY}, where the \
+                     dataplane routes them (leave gw out)"
+                ),
+            ));
+        }
+        if out.contains(&dst) {
+            return Err(invalid(i, format!("dst {dst} is listed twice")));
+        }
+        out.push(dst);
+    }
+    Ok(out)
 }
 
 fn check_version(version: Option<&str>) -> Result<String, CniError> {
@@ -224,6 +290,7 @@ mod tests {
                 agent_socket: DEFAULT_AGENT_SOCKET.into(),
                 subnet: None,
                 mtu: None,
+                routes: None,
                 prev_result: None,
                 valid_attachments: None,
             }
@@ -325,6 +392,54 @@ mod tests {
             conf.valid_attachments.unwrap()[0].network,
             "net-b",
             "GC's list is of this network"
+        );
+    }
+
+    #[test]
+    fn routes_are_prefixes_via_the_pod_gateway() {
+        let with = |routes: &str| {
+            let text =
+                format!(r#"{{"cniVersion":"1.1.0","name":"n","type":"t","routes":{routes}}}"#);
+            parse_config(text.as_bytes())
+        };
+        assert_eq!(
+            with(r#"[{"dst":"10.0.4.0/24"},{"dst":"0.0.0.0/0","gw":"169.254.1.1"}]"#)
+                .unwrap()
+                .routes,
+            Some(vec![
+                "10.0.4.0/24".parse().unwrap(),
+                "0.0.0.0/0".parse().unwrap()
+            ])
+        );
+        assert_eq!(with("[]").unwrap().routes, Some(vec![]), "no routes at all");
+        for (routes, needle) in [
+            (
+                r#"[{"dst":"10.0.4.1/24"}]"#,
+                "routes[0]: dst 10.0.4.1/24 has host bits",
+            ),
+            (
+                r#"[{"dst":"10.0.4.0"}]"#,
+                "routes[0]: dst \"10.0.4.0\" is not",
+            ),
+            (r#"[{"dst":"fd00::/8"}]"#, "is not an IPv4 prefix"),
+            (
+                r#"[{"dst":"10.0.4.0/24","gw":"10.0.0.1"}]"#,
+                "gw \"10.0.0.1\"",
+            ),
+            (
+                r#"[{"dst":"10.0.4.0/24"},{"dst":"10.0.4.0/24"}]"#,
+                "routes[1]: dst 10.0.4.0/24 is listed twice",
+            ),
+        ] {
+            let err = with(routes).unwrap_err();
+            assert_eq!(err.code, CniError::INVALID_CONFIG, "{routes}");
+            assert!(err.msg.contains(needle), "{routes}: {}", err.msg);
+        }
+        assert_eq!(
+            with(r#"[{"dst":"10.0.4.0/24","via":"x"}]"#)
+                .unwrap_err()
+                .code,
+            CniError::DECODE_FAILURE
         );
     }
 }

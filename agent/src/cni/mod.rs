@@ -89,6 +89,7 @@ fn execute(
                 k8s_namespace: args.k8s_namespace,
                 k8s_pod: args.k8s_pod,
                 mtu: conf.mtu,
+                routes: conf.routes.clone(),
             });
             match ask_agent(&conf, &request, CniError::TRY_AGAIN_LATER).map_err(failed)? {
                 Response::Added(added) => {
@@ -201,6 +202,19 @@ mod tests {
         let (exit, stdout) = run(add_env(""), &stdin);
         assert_eq!(exit, 0, "{stdout}");
         assert_eq!(agent.request()["mtu"], 1300);
+    }
+
+    #[test]
+    fn add_passes_the_configured_routes_to_the_agent() {
+        let agent = FakeAgent::answering(Response::Added(added()));
+        let stdin = config(
+            &agent.socket,
+            "1.1.0",
+            json!({"routes": [{"dst": "10.0.4.0/24"}]}),
+        );
+        let (exit, stdout) = run(add_env(""), &stdin);
+        assert_eq!(exit, 0, "{stdout}");
+        assert_eq!(agent.request()["routes"], json!(["10.0.4.0/24"]));
     }
 
     #[test]

@@ -12,7 +12,7 @@ struct ResultOutput<'a> {
     cni_version: &'a str,
     interfaces: [InterfaceOutput; 2],
     ips: [IpOutput; 1],
-    routes: [RouteOutput; 1],
+    routes: Vec<RouteOutput>,
     dns: DnsOutput,
 }
 
@@ -37,7 +37,7 @@ struct IpOutput {
 
 #[derive(Serialize)]
 struct RouteOutput {
-    dst: &'static str,
+    dst: String,
     gw: String,
 }
 
@@ -54,7 +54,8 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 }
 
 /// ADD's result: the host and pod ends of the veth, the pod's /32 behind the gateway, and the
-/// default route via the gateway.
+/// routes through the interface via the gateway (the default route for a pod's first
+/// interface, what its network configuration lists for the others).
 pub fn result_json(cni_version: &str, ifname: &str, netns: &Path, added: &AddResult) -> String {
     let mtu = (cni_version != "1.0.0").then_some(added.mtu);
     let output = ResultOutput {
@@ -78,10 +79,14 @@ pub fn result_json(cni_version: &str, ifname: &str, netns: &Path, added: &AddRes
             gateway: added.gateway.to_string(),
             interface: 1,
         }],
-        routes: [RouteOutput {
-            dst: "0.0.0.0/0",
-            gw: added.gateway.to_string(),
-        }],
+        routes: added
+            .routes
+            .iter()
+            .map(|dst| RouteOutput {
+                dst: dst.to_string(),
+                gw: added.gateway.to_string(),
+            })
+            .collect(),
         dns: DnsOutput {},
     };
     serde_json::to_string(&output).expect("the result serializes")
@@ -169,5 +174,26 @@ mod tests {
             error_json("1.1.0", &CniError::new(11, "later")),
             r#"{"cniVersion":"1.1.0","code":11,"msg":"later"}"#
         );
+    }
+
+    /// A pod's further interface (Multus' net1) lists only the routes its network asked for.
+    #[test]
+    fn result_lists_the_interface_routes() {
+        let net1 = AddResult {
+            routes: vec!["10.0.4.0/24".parse().unwrap()],
+            ..added()
+        };
+        let out = parsed(&result_json("1.1.0", "net1", Path::new(NETNS), &net1));
+        assert_eq!(
+            out["routes"],
+            json!([{"dst": "10.0.4.0/24", "gw": "169.254.1.1"}])
+        );
+        assert_eq!(out["interfaces"][1]["name"], "net1");
+        let none = AddResult {
+            routes: vec![],
+            ..added()
+        };
+        let out = parsed(&result_json("1.1.0", "net1", Path::new(NETNS), &none));
+        assert_eq!(out["routes"], json!([]));
     }
 }

@@ -131,6 +131,7 @@ pub(super) fn added() -> AddResult {
         ip: Ipv4Addr::new(10, 0, 2, 4),
         gateway: Ipv4Addr::new(169, 254, 1, 1),
         mtu: 1500,
+        routes: crate::api::proto::default_route_only(),
     }
 }
 

@@ -4,17 +4,20 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, anyhow};
 use futures::TryStreamExt;
+use ipnet::Ipv4Net;
 use rtnetlink::{
-    Handle, RouteMessageBuilder,
+    Handle, IpVersion, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
         link::LinkAttribute,
         route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
+        rule::RuleMessage,
     },
 };
 
 use super::{
-    POD_GATEWAY, PodInterfaceSpec, Rtnl, get_link, in_netns, is_up, is_veth, veth::validate_spec,
+    DEFAULT_ROUTE, POD_GATEWAY, PodInterfaceSpec, Rtnl, get_link, in_netns, is_up, is_veth,
+    veth::{is_source_rule, validate_spec},
 };
 
 /// Verifies that what [`create_pod_interface`] made is all still there. The error lists every
@@ -55,8 +58,9 @@ pub async fn check_pod_interface(spec: &PodInterfaceSpec) -> anyhow::Result<()> 
     };
 
     let (ifname, ip, max_mtu) = (spec.ifname.clone(), spec.ip, spec.mtu);
+    let routes = spec.routes.clone().unwrap_or_else(|| vec![DEFAULT_ROUTE]);
     let pod_problems = in_netns(&spec.netns, move |h| async move {
-        check_pod_side(&h, &ifname, ip, max_mtu, host_ifindex).await
+        check_pod_side(&h, &ifname, ip, max_mtu, host_ifindex, &routes).await
     })
     .await
     .map_err(anyhow::Error::from)?;
@@ -80,6 +84,7 @@ async fn check_pod_side(
     ip: Ipv4Addr,
     max_mtu: u32,
     host_ifindex: Option<u32>,
+    wanted_routes: &[Ipv4Net],
 ) -> anyhow::Result<Vec<String>> {
     let mut problems = Vec::new();
     let Some(pod) = get_link(h, ifname).await? else {
@@ -128,20 +133,38 @@ async fn check_pod_side(
     }
 
     let routes = ipv4_routes(h).await?;
-    if !routes.iter().any(|r| {
-        is_main(r)
-            && r.header.destination_prefix_length == 0
-            && route_gateway(r) == Some(POD_GATEWAY)
-            && route_oif(r) == Some(index)
-    }) {
-        problems.push(format!("no default route via {POD_GATEWAY} dev {ifname}"));
+    for dst in wanted_routes {
+        if !routes.iter().any(|r| {
+            is_main(r)
+                && r.header.destination_prefix_length == dst.prefix_len()
+                && route_dst(r).unwrap_or(Ipv4Addr::UNSPECIFIED) == dst.addr()
+                && route_gateway(r) == Some(POD_GATEWAY)
+                && route_oif(r) == Some(index)
+        }) {
+            let dst = if *dst == DEFAULT_ROUTE {
+                "default".to_string()
+            } else {
+                dst.to_string()
+            };
+            problems.push(format!("no {dst} route via {POD_GATEWAY} dev {ifname}"));
+        }
+    }
+    let rules: Vec<RuleMessage> = h
+        .rule()
+        .get(IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await
+        .context("listing the pod's rules")?;
+    if !rules.iter().any(|rule| is_source_rule(rule, ip)) {
+        problems.push(format!("no rule from {ip} to {ifname}'s table"));
     }
     Ok(problems)
 }
 
 /// All IPv4 routes of all tables (the dump is not filtered by the kernel without strict
 /// checking, hence [`is_main`]).
-async fn ipv4_routes(h: &Handle) -> anyhow::Result<Vec<RouteMessage>> {
+pub(super) async fn ipv4_routes(h: &Handle) -> anyhow::Result<Vec<RouteMessage>> {
     h.route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
         .execute()
@@ -150,7 +173,7 @@ async fn ipv4_routes(h: &Handle) -> anyhow::Result<Vec<RouteMessage>> {
         .context("listing routes")
 }
 
-fn is_main(r: &RouteMessage) -> bool {
+pub(super) fn is_main(r: &RouteMessage) -> bool {
     let table = r
         .attributes
         .iter()
@@ -176,7 +199,7 @@ fn route_gateway(r: &RouteMessage) -> Option<Ipv4Addr> {
     })
 }
 
-fn route_oif(r: &RouteMessage) -> Option<u32> {
+pub(super) fn route_oif(r: &RouteMessage) -> Option<u32> {
     r.attributes.iter().find_map(|a| match a {
         RouteAttribute::Oif(i) => Some(*i),
         _ => None,

@@ -144,6 +144,7 @@ fn spec(pod: &PodNs, host: &str, ip: [u8; 4]) -> PodInterfaceSpec {
         host_ifname: host.into(),
         ip: ip.into(),
         mtu: 1400,
+        routes: None,
     }
 }
 
@@ -350,7 +351,8 @@ fn kernel_check_names_what_is_missing() {
 fn kernel_failure_midway_leaves_nothing() {
     in_fresh_node_ns(|| async {
         let pod = PodNs::new("midway");
-        // A default route already in the pod makes ADD fail after the veth pair exists.
+        // A default route already in the pod makes an ADD that asks for one fail after the veth
+        // pair exists.
         let n = pod.name.as_str();
         // (A veth pair inside the pod: this kernel has no dummy driver.)
         let add = [
@@ -359,12 +361,18 @@ fn kernel_failure_midway_leaves_nothing() {
         run("ip", &add);
         run("ip", &["-n", n, "link", "set", "d0", "up"]);
         run("ip", &["-n", n, "route", "add", "default", "dev", "d0"]);
-        let spec = spec(&pod, "vhmidway", [10, 0, 1, 30]);
+        let spec = PodInterfaceSpec {
+            routes: Some(vec![super::DEFAULT_ROUTE]),
+            ..spec(&pod, "vhmidway", [10, 0, 1, 30])
+        };
         let err = match create_pod_interface(&spec).await {
             Err(PodInterfaceError::Other(e)) => format!("{e:#}"),
             other => panic!("expected an error, got {other:?}"),
         };
-        assert!(err.contains("default route via 169.254.1.1"), "{err}");
+        assert!(
+            err.contains("the pod already has a default route (dev d0)"),
+            "{err}"
+        );
         assert_eq!(link_by_name("vhmidway").await.unwrap(), None);
         assert_fresh_node_ns().await;
         let pod_links = pod.ip_json(&["link"]);
@@ -387,6 +395,7 @@ fn kernel_missing_netns_creates_nothing() {
             host_ifname: "vhmissing".into(),
             ip: Ipv4Addr::new(10, 0, 1, 11),
             mtu: 1500,
+            routes: None,
         };
         match create_pod_interface(&spec).await {
             Err(PodInterfaceError::NetnsNotFound(p)) => assert_eq!(p, spec.netns),
@@ -438,5 +447,93 @@ fn kernel_concurrent_pods_and_link_lookup() {
         delete_pod_interface("vha").await.unwrap();
         delete_pod_interface("vhb").await.unwrap();
         assert_fresh_node_ns().await;
+    });
+}
+
+/// A second interface in a pod (Multus' net1): no second default route, only its own routes,
+/// the gateway on link at its own metric, and its address's traffic routed out of it by its
+/// rule; CHECK passes for both; removing its rule leaves eth0's.
+#[test]
+fn kernel_second_interface_routes_and_source_rule() {
+    in_fresh_node_ns(|| async {
+        let pod = PodNs::new("twoifs");
+        let eth0 = spec(&pod, "vheth0", [10, 0, 2, 40]);
+        let data: ipnet::Ipv4Net = "10.0.4.0/24".parse().unwrap();
+        let net1 = PodInterfaceSpec {
+            ifname: "net1".into(),
+            routes: Some(vec![data]),
+            ..spec(&pod, "vhnet1", [10, 0, 4, 40])
+        };
+        let first = create_pod_interface(&eth0).await.unwrap();
+        assert_eq!(first.routes, vec![DEFAULT_ROUTE]);
+        let second = create_pod_interface(&net1).await.unwrap();
+        assert_eq!(second.routes, vec![data]);
+        // Without `routes`, a third interface takes no default route either.
+        let net2 = PodInterfaceSpec {
+            ifname: "net2".into(),
+            ..spec(&pod, "vhnet2", [10, 0, 4, 41])
+        };
+        assert_eq!(create_pod_interface(&net2).await.unwrap().routes, vec![]);
+
+        let main = pod.ip_json(&["-4", "route", "show", "table", "main"]);
+        let routes = main.as_array().unwrap();
+        let defaults: Vec<_> = routes.iter().filter(|r| r["dst"] == "default").collect();
+        assert_eq!(defaults.len(), 1, "{main}");
+        assert_eq!(defaults[0]["dev"], "eth0", "{main}");
+        assert!(
+            routes
+                .iter()
+                .any(|r| r["dst"] == "10.0.4.0/24" && r["dev"] == "net1"),
+            "{main}"
+        );
+        let on_link = |dev: &str| {
+            routes
+                .iter()
+                .find(|r| r["dst"] == "169.254.1.1" && r["dev"] == dev)
+                .map(|r| r["metric"].as_u64().unwrap_or(0))
+        };
+        assert_eq!(on_link("eth0"), Some(0), "{main}");
+        assert_eq!(on_link("net1").map(|m| m > 0), Some(true), "{main}");
+        assert_eq!(on_link("net2").map(|m| m > 0), Some(true), "{main}");
+
+        // Traffic from net1's address to anywhere leaves by net1; unbound traffic by eth0.
+        let get = |args: &[&str]| {
+            let mut full = vec!["-4", "route", "get"];
+            full.extend_from_slice(args);
+            pod.ip_json(&full)[0]["dev"].as_str().unwrap().to_string()
+        };
+        assert_eq!(get(&["10.0.2.99", "from", "10.0.4.40"]), "net1");
+        assert_eq!(get(&["10.0.2.99"]), "eth0");
+        assert_eq!(get(&["10.0.4.99"]), "net1");
+        assert_eq!(get(&["10.0.4.99", "from", "10.0.2.40"]), "eth0");
+
+        check_pod_interface(&eth0).await.unwrap();
+        check_pod_interface(&net1).await.unwrap();
+        let rule_sources = |pod: &PodNs| {
+            pod.ip_json(&["-4", "rule", "show"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|r| r["src"].as_str().filter(|s| *s != "all"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rule_sources(&pod),
+            vec!["10.0.2.40", "10.0.4.40", "10.0.4.41"]
+        );
+        delete_pod_source_rule(&net1.netns, net1.ip).await.unwrap();
+        delete_pod_interface("vhnet1").await.unwrap();
+        assert_eq!(rule_sources(&pod), vec!["10.0.2.40", "10.0.4.41"]);
+        let err = check_pod_interface(&net1).await.unwrap_err().to_string();
+        assert!(err.contains("net1 does not exist"), "{err}");
+        check_pod_interface(&eth0).await.unwrap();
+        // A namespace that is gone took its rules along.
+        delete_pod_source_rule(Path::new("/run/netns/vnltest-absent"), net1.ip)
+            .await
+            .unwrap();
+        for host in ["vheth0", "vhnet2"] {
+            delete_pod_interface(host).await.unwrap();
+        }
     });
 }

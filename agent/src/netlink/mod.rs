@@ -32,6 +32,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, anyhow};
 use futures::TryStreamExt;
+use ipnet::Ipv4Net;
 use rtnetlink::{
     Handle,
     packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
@@ -42,6 +43,7 @@ pub use links::{NodeLink, is_veth_link, link_by_name, node_link, node_links};
 pub use netns::in_netns;
 pub use veth::{
     PodInterface, PodInterfaceError, PodInterfaceSpec, create_pod_interface, delete_pod_interface,
+    delete_pod_source_rule,
 };
 
 /// The pods' default gateway (Azure CNI transparent mode), as the dataplane defines it. Nothing
@@ -51,6 +53,20 @@ pub const POD_GATEWAY: Ipv4Addr = {
     let [a, b, c, d] = vnetd_common::POD_GATEWAY;
     Ipv4Addr::new(a, b, c, d)
 };
+
+/// 0.0.0.0/0, as a pod interface's `routes` name the default route.
+pub const DEFAULT_ROUTE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0);
+
+/// The priority of the rule `from <pod ip>/32 lookup <its interface's table>`: before the main
+/// table (32766), after the local one (0).
+pub const SOURCE_RULE_PRIORITY: u32 = 1000;
+/// A pod interface's own table is this plus its ifindex in the pod (unique there while the
+/// interface lives; the kernel does not reuse ifindexes soon).
+pub const SOURCE_TABLE_BASE: u32 = 1000;
+
+pub(super) fn source_table(pod_ifindex: u32) -> u32 {
+    SOURCE_TABLE_BASE.saturating_add(pod_ifindex)
+}
 
 /// An rtnetlink connection bound to the namespace of the thread that created it. The
 /// connection task is aborted on drop, so each call leaves nothing running behind.

@@ -1,26 +1,40 @@
 //! CNI ADD and DEL: the pod's veth pair with its addresses, routes and gateway neighbour.
+//!
+//! A pod may have several vnetd interfaces (Multus: `eth0` on one network, `net1` on another).
+//! Each has its own /32, a link route for the gateway and a permanent neighbour entry for it;
+//! the main table's routes through an interface are what its network configuration asks for
+//! (`routes`), and without that, the default route if the pod has none yet (the first
+//! interface takes it, the others add none). So that replies and traffic from an interface's
+//! address leave by that interface (anything else is spoofing to the dataplane), each one also
+//! has a table of its own (the gateway on link and a default route through it) chosen by a
+//! rule `from <ip>/32`.
 
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr},
     os::fd::AsRawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context, anyhow};
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
 use rtnetlink::{
-    Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, IpVersion, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        link::{InfoData, InfoVeth},
+        link::{InfoData, InfoVeth, LinkAttribute},
         neighbour::NeighbourState,
         route::RouteScope,
+        rule::{RuleAction, RuleAttribute, RuleMessage},
     },
 };
 
 use super::{
-    POD_GATEWAY, Rtnl, get_link, is_veth, link_mac,
+    DEFAULT_ROUTE, POD_GATEWAY, Rtnl, SOURCE_RULE_PRIORITY, SOURCE_TABLE_BASE,
+    check::{ipv4_routes, is_main, route_oif},
+    get_link, in_netns, is_veth, link_mac,
     netns::{clone_fd, in_netns_file, open_netns},
-    nl_errno, validate_ifname,
+    nl_errno, source_table, validate_ifname,
 };
 
 /// What CNI ADD asks for.
@@ -36,15 +50,21 @@ pub struct PodInterfaceSpec {
     pub ip: Ipv4Addr,
     /// MTU of both ends; for CHECK, the most they may have (the uplink's).
     pub mtu: u32,
+    /// The destinations routed through this interface (via the gateway) in the pod's main
+    /// table: the network configuration's `routes`. `None`: the default route if the pod has
+    /// no default route yet, else nothing. For CHECK, the routes ADD made.
+    pub routes: Option<Vec<Ipv4Net>>,
 }
 
-/// What ADD created: both ends' ifindex (each in its own namespace) and MAC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What ADD created: both ends' ifindex (each in its own namespace) and MAC, and the routes
+/// through the interface in the pod's main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInterface {
     pub host_ifindex: u32,
     pub host_mac: [u8; 6],
     pub pod_ifindex: u32,
     pub pod_mac: [u8; 6],
+    pub routes: Vec<Ipv4Net>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,9 +173,9 @@ async fn configure(
     let host_ifindex = host.header.index;
     let host_mac = link_mac(&host);
 
-    let (ifname, ip) = (spec.ifname.clone(), spec.ip);
-    let (pod_ifindex, pod_mac) = in_netns_file(ns, move |h| async move {
-        configure_pod_side(&h, &ifname, ip, host_mac).await
+    let (ifname, ip, wanted) = (spec.ifname.clone(), spec.ip, spec.routes.clone());
+    let (pod_ifindex, pod_mac, routes) = in_netns_file(ns, move |h| async move {
+        configure_pod_side(&h, &ifname, ip, host_mac, wanted).await
     })
     .await?;
 
@@ -185,17 +205,20 @@ async fn configure(
         host_mac,
         pod_ifindex,
         pod_mac,
+        routes,
     })
 }
 
-/// Runs inside the pod namespace: lo and `ifname` up, address, gateway route, default route,
-/// gateway neighbour. Returns the pod end's ifindex and MAC.
+/// Runs inside the pod namespace: lo and `ifname` up, address, the gateway on link, the main
+/// table's routes (see the module documentation), the interface's own table and its rule, the
+/// gateway neighbour. Returns the pod end's ifindex and MAC and the main table's routes.
 async fn configure_pod_side(
     h: &Handle,
     ifname: &str,
     ip: Ipv4Addr,
     host_mac: [u8; 6],
-) -> anyhow::Result<(u32, [u8; 6])> {
+    wanted: Option<Vec<Ipv4Net>>,
+) -> anyhow::Result<(u32, [u8; 6], Vec<Ipv4Net>)> {
     let pod = get_link(h, ifname)
         .await?
         .with_context(|| format!("{ifname} did not appear in the pod namespace"))?;
@@ -221,25 +244,84 @@ async fn configure_pod_side(
         .execute()
         .await
         .with_context(|| format!("adding {ip}/32 to {ifname}"))?;
+
+    let existing_default = main_default_route(h).await?;
+    let routes = match wanted {
+        Some(routes) => routes,
+        None if existing_default.is_some() => Vec::new(),
+        None => vec![DEFAULT_ROUTE],
+    };
+    let takes_default = routes.contains(&DEFAULT_ROUTE);
+    if let (true, Some(other)) = (takes_default, existing_default) {
+        let other = link_name(h, other).await;
+        anyhow::bail!(
+            "the pod already has a default route (dev {other}): {ifname}'s network \
+             configuration must not route 0.0.0.0/0 as well (list its destinations in `routes`)"
+        );
+    }
+    // The main table holds one route per prefix and metric: the interface with the default
+    // route has the gateway at metric 0 (as a pod with one interface always had), every other
+    // one at a metric of its own, its ifindex.
+    let metric = if takes_default { 0 } else { index };
     let gateway = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(POD_GATEWAY, 32)
         .output_interface(index)
         .scope(RouteScope::Link)
+        .priority(metric)
         .build();
     h.route()
         .add(gateway)
         .execute()
         .await
         .with_context(|| format!("adding route {POD_GATEWAY} dev {ifname} scope link"))?;
-    let default = RouteMessageBuilder::<Ipv4Addr>::new()
+    for dst in &routes {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .gateway(POD_GATEWAY)
+            .output_interface(index)
+            .pref_source(ip)
+            .build();
+        h.route().add(route).execute().await.with_context(|| {
+            format!(
+                "adding route {dst} via {POD_GATEWAY} dev {ifname} (another interface of the \
+                 pod may route it already)"
+            )
+        })?;
+    }
+
+    let table = source_table(index);
+    let own_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(POD_GATEWAY, 32)
+        .output_interface(index)
+        .scope(RouteScope::Link)
+        .table_id(table)
+        .build();
+    let own_default = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(POD_GATEWAY)
         .output_interface(index)
+        .table_id(table)
         .build();
-    h.route()
-        .add(default)
+    for route in [own_gateway, own_default] {
+        h.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding {ifname}'s routes to table {table}"))?;
+    }
+    // A rule left by an earlier owner of the address in this pod points elsewhere: replaced.
+    delete_source_rules(h, ip).await?;
+    h.rule()
+        .add()
+        .v4()
+        .source_prefix(ip, 32)
+        .table_id(table)
+        .priority(SOURCE_RULE_PRIORITY)
+        .action(RuleAction::ToTable)
         .execute()
         .await
-        .with_context(|| format!("adding default route via {POD_GATEWAY} dev {ifname}"))?;
+        .with_context(|| format!("adding rule from {ip} lookup {table}"))?;
+
     h.neighbours()
         .add(index, IpAddr::V4(POD_GATEWAY))
         .link_layer_address(&host_mac)
@@ -248,7 +330,96 @@ async fn configure_pod_side(
         .execute()
         .await
         .with_context(|| format!("adding neighbour {POD_GATEWAY} dev {ifname}"))?;
-    Ok((index, link_mac(&pod)))
+    Ok((index, link_mac(&pod), routes))
+}
+
+/// The name of link `index`, or its number if it has none we can read.
+async fn link_name(h: &Handle, index: u32) -> String {
+    let link = h.link().get().match_index(index).execute().try_next().await;
+    link.ok()
+        .flatten()
+        .and_then(|link| {
+            link.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name),
+                _ => None,
+            })
+        })
+        .unwrap_or_else(|| format!("ifindex {index}"))
+}
+
+/// The interface of the pod's default route in the main table, if it has one.
+async fn main_default_route(h: &Handle) -> anyhow::Result<Option<u32>> {
+    Ok(ipv4_routes(h)
+        .await?
+        .iter()
+        .find(|r| is_main(r) && r.header.destination_prefix_length == 0)
+        .map(|r| route_oif(r).unwrap_or(0)))
+}
+
+/// The rules vnetd made for `ip` (`from ip/32` at [`SOURCE_RULE_PRIORITY`], into a table of
+/// its range), whoever's interface they served.
+async fn source_rules(h: &Handle, ip: Ipv4Addr) -> anyhow::Result<Vec<RuleMessage>> {
+    let rules: Vec<RuleMessage> = h
+        .rule()
+        .get(IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await
+        .context("listing the pod's rules")?;
+    Ok(rules
+        .into_iter()
+        .filter(|rule| is_source_rule(rule, ip))
+        .collect())
+}
+
+pub(super) fn is_source_rule(rule: &RuleMessage, ip: Ipv4Addr) -> bool {
+    let attr = |f: fn(&RuleAttribute) -> Option<u32>| rule.attributes.iter().find_map(f);
+    let source = rule.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Source(IpAddr::V4(src)) => Some(*src),
+        _ => None,
+    });
+    let table = attr(|a| match a {
+        RuleAttribute::Table(t) => Some(*t),
+        _ => None,
+    })
+    .unwrap_or(u32::from(rule.header.table));
+    let priority = attr(|a| match a {
+        RuleAttribute::Priority(p) => Some(*p),
+        _ => None,
+    });
+    rule.header.src_len == 32
+        && source == Some(ip)
+        && priority == Some(SOURCE_RULE_PRIORITY)
+        && table > SOURCE_TABLE_BASE
+}
+
+async fn delete_source_rules(h: &Handle, ip: Ipv4Addr) -> anyhow::Result<()> {
+    for rule in source_rules(h, ip).await? {
+        match h.rule().del(rule).execute().await {
+            Ok(()) => {}
+            Err(e) if nl_errno(&e) == Some(libc::ENOENT) => {}
+            Err(e) => return Err(anyhow!(e).context(format!("deleting the rule from {ip}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the rule that sends traffic from `ip` to its interface's table, in the pod
+/// namespace `netns` (DEL of one interface of a pod that keeps its others). A namespace that is
+/// gone took the rule along: success.
+pub async fn delete_pod_source_rule(netns: &Path, ip: Ipv4Addr) -> anyhow::Result<()> {
+    match in_netns(
+        netns,
+        move |h| async move { delete_source_rules(&h, ip).await },
+    )
+    .await
+    {
+        Ok(()) | Err(PodInterfaceError::NetnsNotFound(_)) => Ok(()),
+        Err(e) => Err(anyhow!(e).context(format!(
+            "removing the rule from {ip} in {}",
+            netns.display()
+        ))),
+    }
 }
 
 /// Deletes the host-side veth, which deletes its peer in the pod namespace (with the pod's
@@ -305,6 +476,7 @@ mod tests {
             host_ifname: "vh1".into(),
             ip: Ipv4Addr::new(10, 0, 1, 10),
             mtu: 1500,
+            routes: None,
         };
         assert!(validate_spec(&ok).is_ok());
         assert!(
