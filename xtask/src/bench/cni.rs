@@ -21,7 +21,9 @@ pub const CNI_DIR: &str = "/usr/lib/cni";
 /// The reference pods' subnet (host-local hands out up to 253 addresses).
 const REF_SUBNET: &str = "10.244.0.0/24";
 
-/// The reference conflist's plugins, in order.
+/// The reference conflist's plugins, in order. The pods get a default route via the bridge
+/// (as vnetd's pods have one via their gateway), so they reach the internet host through the
+/// node's MASQUERADE.
 pub fn ref_plugins_conf(node_dir: &Path) -> Value {
     json!([
         {
@@ -32,6 +34,7 @@ pub fn ref_plugins_conf(node_dir: &Path) -> Value {
             "ipam": {
                 "type": "host-local",
                 "subnet": REF_SUBNET,
+                "routes": [{ "dst": "0.0.0.0/0" }],
                 "dataDir": node_dir.join("cni-ipam"),
             },
         },

@@ -1,13 +1,20 @@
-//! The measurements: iperf3 (TCP bulk, UDP 64 B), TCP_RR over in-process sockets, the
-//! counters that prove each run took the measured path, and the BPF_PROG_RUN microbenchmark.
+//! The measurements: iperf3 (TCP bulk, UDP 64 B), TCP_RR and new connections per second over
+//! in-process sockets, the counters that prove each run took the measured path, and the
+//! BPF_PROG_RUN microbenchmark.
 
 use std::{
+    collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use super::{Durations, Metric, Pair};
+use super::{Durations, Kind, Pair, Quantity};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
 use vnetd_lab::{Node, Ns};
@@ -17,13 +24,13 @@ const IPERF_PORT: &str = "5201";
 
 /// What one run measured.
 pub(super) struct Run {
-    pub(super) values: Vec<(Metric, f64)>,
+    pub(super) values: Vec<(Quantity, f64)>,
     pub(super) details: Value,
 }
 
-pub(super) fn measure(kind: &str, pair: &Pair, d: Durations) -> Result<Run> {
+pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
     match kind {
-        "bulk" => {
+        Kind::Bulk => {
             let before = tcp_counters(&pair.client)?;
             let j = iperf3(pair, &["-t", &d.bulk.to_string()], d.bulk)?;
             let after = tcp_counters(&pair.client)?;
@@ -33,7 +40,7 @@ pub(super) fn measure(kind: &str, pair: &Pair, d: Durations) -> Result<Run> {
                 .ok_or_else(|| anyhow!("no end.sum_received in iperf3's output"))?;
             let delta = |i: usize| after[i].saturating_sub(before[i]);
             Ok(Run {
-                values: vec![(Metric::TcpBulk, bps / 1e9)],
+                values: vec![(Quantity::TcpBulk, bps / 1e9)],
                 details: json!({
                     "retransmits": j["end"]["sum_sent"]["retransmits"],
                     "sender_retrans_segs": delta(0),
@@ -43,18 +50,21 @@ pub(super) fn measure(kind: &str, pair: &Pair, d: Durations) -> Result<Run> {
                 }),
             })
         }
-        "rr" => {
+        Kind::Rr => {
             let (n, elapsed) = tcp_rr(pair, d.rr)?;
             let tps = n as f64 / elapsed.as_secs_f64();
             Ok(Run {
                 values: vec![
-                    (Metric::TcpRr, tps),
-                    (Metric::TcpRrLatency, elapsed.as_secs_f64() * 1e6 / n as f64),
+                    (Quantity::TcpRr, tps),
+                    (
+                        Quantity::TcpRrLatency,
+                        elapsed.as_secs_f64() * 1e6 / n as f64,
+                    ),
                 ],
                 details: json!({ "transactions": n, "seconds": elapsed.as_secs_f64() }),
             })
         }
-        "udp" => {
+        Kind::Udp => {
             let j = iperf3(
                 pair,
                 &["-u", "-l", "64", "-b", "0", "-t", &d.udp.to_string()],
@@ -70,7 +80,7 @@ pub(super) fn measure(kind: &str, pair: &Pair, d: Durations) -> Result<Run> {
             let secs = f(recv, "seconds")?;
             ensure!(secs > 0.0, "iperf3 reported a run of 0 s");
             Ok(Run {
-                values: vec![(Metric::UdpRx, received / secs / 1e3)],
+                values: vec![(Quantity::UdpRx, received / secs / 1e3)],
                 details: json!({
                     "sent_kpps": f(sent, "packets")? / f(sent, "seconds")?.max(1e-9) / 1e3,
                     "lost_percent": recv["lost_percent"],
@@ -78,7 +88,21 @@ pub(super) fn measure(kind: &str, pair: &Pair, d: Durations) -> Result<Run> {
                 }),
             })
         }
-        _ => unreachable!("unknown run kind {kind}"),
+        Kind::Connect => {
+            let c = connect_rate(pair, d.connect)?;
+            let secs = c.elapsed.as_secs_f64();
+            Ok(Run {
+                values: vec![(Quantity::ConnRate, c.completed as f64 / secs)],
+                details: json!({
+                    "completed": c.completed,
+                    "failed": c.failed,
+                    "errors": c.errors,
+                    "server_served": c.served,
+                    "client_time_wait_before": c.time_wait_before,
+                    "seconds": secs,
+                }),
+            })
+        }
     }
 }
 
@@ -224,23 +248,196 @@ fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration)> {
     Ok((n, elapsed))
 }
 
+/// What a run of new connections did.
+struct ConnectRun {
+    /// Connections that completed their request and response.
+    completed: u64,
+    /// Connections that failed (connect, send or receive), by error.
+    failed: u64,
+    errors: BTreeMap<String, u64>,
+    /// Connections the server answered.
+    served: u64,
+    /// The client namespace's sockets in TIME_WAIT before the run (each holds an ephemeral
+    /// port: too many and connect fails with "cannot assign requested address").
+    time_wait_before: u64,
+    elapsed: Duration,
+}
+
+/// How long a connection may take to open or to answer before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// At most this many connections per run: a client pod has 28,232 ephemeral ports
+/// (32768-60999) and each connection holds one in TIME_WAIT for 60 s, longer than a repetition
+/// of the bench; two runs' worth must fit, or the next run's connect fails for want of a port.
+const CONNECT_MAX: u64 = 10_000;
+/// Connections before the measured ones (neighbours resolved, code paths warm): they must all
+/// work, or the run fails.
+const CONNECT_WARM_UP: u32 = 20;
+
+/// New connections, one after the other for `dur` (or [`CONNECT_MAX`] of them): connect, send 1 byte, read the 1-byte
+/// answer, close (the client closes first, so the TIME_WAIT is the client's, as with a real
+/// client). The loop runs on a thread inside the client's namespace.
+fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
+    let listener = pair
+        .server
+        .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+    let addr = SocketAddr::from((pair.server_ip, listener.local_addr()?.port()));
+    // accept() honours SO_RCVTIMEO: the server wakes up to see that the client is done.
+    set_receive_timeout(&listener, Duration::from_millis(100))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<u64> {
+            let mut served = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    // One at a time, as the client makes them; a broken one is the client's
+                    // failure to count, not the server's.
+                    Ok((s, _)) => served += u64::from(answer_once(s).is_ok()),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(e).context("accepting"),
+                }
+            }
+            Ok(served)
+        })
+    };
+    let one = move || -> std::io::Result<()> {
+        let mut c = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+        c.set_nodelay(true)?;
+        c.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+        c.write_all(&[1])?;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)
+    };
+    let client = pair.client.in_ns(|| {
+        let time_wait_before = time_wait_sockets()?;
+        for i in 0..CONNECT_WARM_UP {
+            one().with_context(|| format!("warm-up connection {} to {addr}", i + 1))?;
+        }
+        let (mut completed, mut failed) = (0u64, 0u64);
+        let mut errors = BTreeMap::<String, u64>::new();
+        let start = Instant::now();
+        while start.elapsed() < dur && completed + failed < CONNECT_MAX {
+            match one() {
+                Ok(()) => completed += 1,
+                Err(e) => {
+                    failed += 1;
+                    *errors.entry(e.to_string()).or_default() += 1;
+                }
+            }
+        }
+        Ok((completed, failed, errors, start.elapsed(), time_wait_before))
+    });
+    stop.store(true, Ordering::Relaxed);
+    let served = server
+        .join()
+        .map_err(|_| anyhow!("the connection server thread panicked"))?;
+    let (completed, failed, errors, elapsed, time_wait_before) =
+        client.with_context(|| format!("new connections from netns {}", pair.client.name))?;
+    ensure!(completed > 0, "no connection completed: {errors:?}");
+    Ok(ConnectRun {
+        completed,
+        failed,
+        errors,
+        served: served?.saturating_sub(u64::from(CONNECT_WARM_UP)),
+        elapsed,
+        time_wait_before,
+    })
+}
+
+/// The TCP sockets in TIME_WAIT in the calling thread's namespace (`tw` of
+/// `/proc/thread-self/net/sockstat`: /proc/net shows the main thread's namespace).
+fn time_wait_sockets() -> Result<u64> {
+    let path = "/proc/thread-self/net/sockstat";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("TCP: "))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.chunks(2)
+                .find(|kv| kv[0] == "tw")
+                .and_then(|kv| kv.get(1)?.parse().ok())
+        })
+        .ok_or_else(|| anyhow!("no TCP tw count in {path}: {text}"))
+}
+
+/// The server's side of one connection: read the request, answer it, wait for the client to
+/// close.
+fn answer_once(mut s: TcpStream) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    s.write_all(&b)?;
+    while s.read(&mut b)? > 0 {}
+    Ok(())
+}
+
+fn set_receive_timeout(listener: &TcpListener, t: Duration) -> Result<()> {
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid socket fd and a timeval of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "setting SO_RCVTIMEO on the connection server's listener: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// The packets counted by the MASQUERADE rules of `node`'s nat table (the bridge plugin's
+/// `ipMasq` adds one per pod). The nat table sees only a connection's first packet, so this
+/// counts the connections masqueraded.
+pub(super) fn masquerade_packets(node: &Node) -> Result<u64> {
+    let dump = node.run_ok(["iptables-save", "-c", "-t", "nat"])?;
+    let rules: Vec<&str> = dump
+        .lines()
+        .filter(|l| l.contains(" -j MASQUERADE"))
+        .collect();
+    ensure!(
+        !rules.is_empty(),
+        "no MASQUERADE rule in the nat table of node {} (is the bridge plugin's ipMasq on?)",
+        node.role
+    );
+    rules.into_iter().map(rule_packets).sum()
+}
+
+/// The packet count of an `iptables-save -c` rule line (`[packets:bytes] -A ...`).
+fn rule_packets(line: &str) -> Result<u64> {
+    line.strip_prefix('[')
+        .and_then(|r| r.split_once(':'))
+        .and_then(|(p, _)| p.parse::<u64>().ok())
+        .ok_or_else(|| anyhow!("cannot read the counter of {line:?}"))
+}
+
 /// The packet counter of the rule in `node`'s filter FORWARD chain that jumps to the firewall
 /// plugin's `CNI-FORWARD` chain (`iptables-save -c`: `[packets:bytes] -A FORWARD ...`).
 pub(super) fn forward_to_cni_packets(node: &Node) -> Result<u64> {
     let dump = node.run_ok(["iptables-save", "-c", "-t", "filter"])?;
     dump.lines()
         .filter(|l| l.contains("-A FORWARD") && l.contains("-j CNI-FORWARD"))
-        .map(|l| {
-            l.strip_prefix('[')
-                .and_then(|r| r.split_once(':'))
-                .and_then(|(p, _)| p.parse::<u64>().ok())
-                .ok_or_else(|| anyhow!("cannot read the counter of {l:?}"))
-        })
+        .map(rule_packets)
         .sum()
 }
 
-/// Runs the ignored BPF_PROG_RUN benchmark of the agent's tests (through cargo, which builds
-/// it if needed) and returns the numbers of its `vnetd-bench key=value ...` line.
+/// Runs the ignored BPF_PROG_RUN benchmarks of the agent's tests (through cargo, which builds
+/// them if needed) and returns the numbers of their `vnetd-bench program=NAME key=value ...`
+/// lines: `pod_ingress`'s at the top level, every other program's under its name.
 pub(super) fn progrun_bench(runs: u32) -> Result<Value> {
     let mut cmd = crate::cargo();
     cmd.current_dir(crate::workspace_root())
@@ -267,20 +464,35 @@ pub(super) fn progrun_bench(runs: u32) -> Result<Value> {
         out.status,
         stdout.trim()
     );
-    let line = stdout
+    let mut report = serde_json::Map::new();
+    let mut others = Vec::new();
+    // A line may follow another test's progress dot on the same line.
+    for line in stdout
         .lines()
-        .find(|l| l.starts_with("vnetd-bench "))
-        .ok_or_else(|| anyhow!("no `vnetd-bench` line in: {}", stdout.trim()))?;
-    let mut v = serde_json::Map::new();
-    for kv in line.split_whitespace().skip(1) {
-        if let Some((k, val)) = kv.split_once('=') {
-            let val = val.parse::<f64>().map_or_else(|_| json!(val), |x| json!(x));
-            v.insert(k.to_string(), val);
+        .filter_map(|l| l.find("vnetd-bench ").map(|i| &l[i..]))
+    {
+        let mut v = serde_json::Map::new();
+        for kv in line.split_whitespace().skip(1) {
+            if let Some((k, val)) = kv.split_once('=') {
+                let val = val.parse::<f64>().map_or_else(|_| json!(val), |x| json!(x));
+                v.insert(k.to_string(), val);
+            }
+        }
+        ensure!(
+            v.get("ns_per_run").is_some_and(Value::is_number),
+            "no ns_per_run in {line:?}"
+        );
+        match v.get("program").and_then(Value::as_str) {
+            Some("pod_ingress") => report.extend(v),
+            Some(name) => others.push((name.to_string(), Value::Object(v))),
+            None => bail!("no program in {line:?}"),
         }
     }
     ensure!(
-        v.get("ns_per_run").is_some_and(Value::is_number),
-        "no ns_per_run in {line:?}"
+        report.contains_key("ns_per_run"),
+        "no `vnetd-bench program=pod_ingress` line in: {}",
+        stdout.trim()
     );
-    Ok(Value::Object(v))
+    report.extend(others);
+    Ok(Value::Object(report))
 }

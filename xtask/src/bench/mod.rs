@@ -1,11 +1,20 @@
 //! `cargo xtask bench`: vnetd against the dataplane it replaces, in the same run, on the same
-//! machine, pod to pod on one node.
+//! machine: pod to pod on one node, and pod to the internet through the node's address.
 //!
 //! - **vnetd**: a lab node running the agent, two pods attached through `vnetd-cni`
-//!   (TC ingress on the sending pod's host veth, `bpf_redirect_peer` into the other pod).
+//!   (TC ingress on the sending pod's host veth, `bpf_redirect_peer` into the other pod; to the
+//!   internet, SNAT to the node's address in the same program and `bpf_redirect_neigh` out of
+//!   the uplink, replies translated back on the uplink and redirected into the pod).
 //! - **reference**: another lab node without vnetd, two pods attached by Debian's reference CNI
 //!   plugins as a conflist chain: `bridge` (host-local IPAM, a Linux bridge `cni0`, gateway and
-//!   masquerade) then `firewall` (iptables backend). Bridge netfilter stays as the host has it.
+//!   masquerade: `ipMasq` is an iptables `MASQUERADE` rule per pod) then `firewall` (iptables
+//!   backend). Bridge netfilter stays as the host has it.
+//!
+//! Pod to the internet goes from the same client pods to a server in the lab's `internet`
+//! namespace (198.51.100.10), through the lab's fabric and edge router, which both paths share.
+//! Before measuring, the bench checks that the server sees each node's own address (the
+//! dataplane translated); a dataplane that does not is not measured on that path, and the
+//! report says why.
 //!
 //! Each metric is measured on both, one run at a time, alternating (the dataplane that goes
 //! first alternates per repetition), and reported as median [min-max] with the ratio of the
@@ -14,11 +23,13 @@
 //! dataplane's evidence counter did not move is marked invalid and left out of the figures.
 //! Nothing is asserted: speed is never a test verdict.
 //!
-//! This module runs the bench; [`measure`] takes the measurements (iperf3, TCP_RR, the
-//! counters that prove the path, BPF_PROG_RUN), [`report`] turns them into the table, the JSON
-//! and the README's markdown, and [`cni`] is the control plane's share (CNI ADD/DEL latency).
+//! This module runs the bench; [`measure`] takes the measurements (iperf3, TCP_RR, new
+//! connections per second, the counters that prove the path, BPF_PROG_RUN), [`internet`] sets
+//! up and checks the pod-to-internet path, [`report`] turns them into the table, the JSON and
+//! the README's markdown, and [`cni`] is the control plane's share (CNI ADD/DEL latency).
 
 mod cni;
+mod internet;
 mod measure;
 mod report;
 
@@ -31,13 +42,13 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use cni::{CNI_DIR, ref_plugins_conf};
-use measure::{forward_to_cni_packets, measure, progrun_bench};
+use measure::{forward_to_cni_packets, masquerade_packets, measure, progrun_bench};
 use report::{
     environment, first_line, fmt_num, markdown, notes, package_version, print_table, summary_json,
 };
 use serde_json::{Value, json};
 use vnetd_lab::{
-    Lab, Node, Ns, tcp_echo_ok,
+    INTERNET_HOST_IP, Lab, Node, Ns, tcp_echo_ok,
     vnetd::{Agent, add_pod, bin, lab_spec},
 };
 
@@ -56,6 +67,8 @@ enum Dp {
     Reference,
 }
 
+const DATAPLANES: [Dp; 2] = [Dp::Vnetd, Dp::Reference];
+
 impl Dp {
     fn key(self) -> &'static str {
         match self {
@@ -63,17 +76,77 @@ impl Dp {
             Dp::Reference => "reference",
         }
     }
+}
 
-    /// The counter that moves only when this dataplane forwards the pods' packets.
-    fn evidence(self) -> &'static str {
+/// Where the client pod's traffic goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// To another pod on the same node.
+    PodToPod,
+    /// To the internet host, leaving with the node's address (vnetd's SNAT, the reference's
+    /// MASQUERADE).
+    PodToInternet,
+}
+
+impl Scenario {
+    fn key(self) -> &'static str {
         match self {
-            Dp::Vnetd => "vnetd pod_to_pod counter",
-            Dp::Reference => "reference FORWARD -> CNI-FORWARD rule counter",
+            Scenario::PodToPod => "pod_to_pod",
+            Scenario::PodToInternet => "pod_to_internet",
+        }
+    }
+
+    /// The counters that move only when `dp` carries this scenario's packets; a run during
+    /// which one of them did not move measured something else.
+    fn evidence(self, dp: Dp) -> &'static [&'static str] {
+        match (self, dp) {
+            (Scenario::PodToPod, Dp::Vnetd) => &["vnetd pod_to_pod"],
+            (Scenario::PodToPod, Dp::Reference) => &["reference FORWARD -> CNI-FORWARD rule"],
+            // Both directions: the replies must come back through the translation too.
+            (Scenario::PodToInternet, Dp::Vnetd) => {
+                &["vnetd pod_to_internet", "vnetd internet_to_pod"]
+            }
+            // The nat table sees a connection's first packet only: one per connection.
+            (Scenario::PodToInternet, Dp::Reference) => &["reference MASQUERADE rules"],
         }
     }
 }
 
-/// A client pod and a server pod of one dataplane.
+/// What one run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// iperf3, one TCP stream.
+    Bulk,
+    /// TCP_RR: 1-byte ping-pong on one connection.
+    Rr,
+    /// iperf3, 64-byte UDP datagrams.
+    Udp,
+    /// New connections: connect, 1-byte request and response, close; one after the other.
+    Connect,
+}
+
+impl Kind {
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Bulk => "bulk",
+            Kind::Rr => "rr",
+            Kind::Udp => "udp",
+            Kind::Connect => "connect",
+        }
+    }
+}
+
+/// The runs of one repetition, in order; each is run on both dataplanes, one after the other.
+const SCHEDULE: [(Scenario, Kind); 6] = [
+    (Scenario::PodToPod, Kind::Bulk),
+    (Scenario::PodToPod, Kind::Rr),
+    (Scenario::PodToPod, Kind::Udp),
+    (Scenario::PodToInternet, Kind::Bulk),
+    (Scenario::PodToInternet, Kind::Rr),
+    (Scenario::PodToInternet, Kind::Connect),
+];
+
+/// A client and a server of one dataplane in one scenario.
 struct Pair {
     client: Ns,
     server: Ns,
@@ -86,63 +159,113 @@ struct Durations {
     bulk: u32,
     rr: Duration,
     udp: u32,
+    connect: Duration,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Metric {
+/// What a run measures, whatever the scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quantity {
     TcpBulk,
     TcpRr,
     TcpRrLatency,
     UdpRx,
+    ConnRate,
 }
 
-const METRICS: [Metric; 4] = [
-    Metric::TcpBulk,
-    Metric::TcpRr,
-    Metric::TcpRrLatency,
-    Metric::UdpRx,
+/// A row of the report: a quantity in a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Metric {
+    scenario: Scenario,
+    quantity: Quantity,
+}
+
+const fn metric(scenario: Scenario, quantity: Quantity) -> Metric {
+    Metric { scenario, quantity }
+}
+
+/// The report's rows. A run's quantity with no row here (the latency of TCP_RR to the
+/// internet, 1 / its rate) stays in the run's JSON only.
+const METRICS: [Metric; 7] = [
+    metric(Scenario::PodToPod, Quantity::TcpBulk),
+    metric(Scenario::PodToPod, Quantity::TcpRr),
+    metric(Scenario::PodToPod, Quantity::TcpRrLatency),
+    metric(Scenario::PodToPod, Quantity::UdpRx),
+    metric(Scenario::PodToInternet, Quantity::TcpBulk),
+    metric(Scenario::PodToInternet, Quantity::TcpRr),
+    metric(Scenario::PodToInternet, Quantity::ConnRate),
 ];
 
-impl Metric {
+impl Quantity {
     fn key(self) -> &'static str {
         match self {
-            Metric::TcpBulk => "tcp_bulk_gbps",
-            Metric::TcpRr => "tcp_rr_tps",
-            Metric::TcpRrLatency => "tcp_rr_mean_latency_us",
-            Metric::UdpRx => "udp_64b_rx_kpps",
+            Quantity::TcpBulk => "tcp_bulk_gbps",
+            Quantity::TcpRr => "tcp_rr_tps",
+            Quantity::TcpRrLatency => "tcp_rr_mean_latency_us",
+            Quantity::UdpRx => "udp_64b_rx_kpps",
+            Quantity::ConnRate => "tcp_connections_per_s",
         }
     }
     fn label(self) -> &'static str {
         match self {
-            Metric::TcpBulk => "TCP bulk, Gbit/s",
-            Metric::TcpRr => "TCP_RR 1 B, transactions/s",
-            Metric::TcpRrLatency => "TCP_RR mean latency, us (lower is better)",
-            Metric::UdpRx => "UDP 64 B receiver, kpps (syscall-bound)",
+            Quantity::TcpBulk => "TCP bulk, Gbit/s",
+            Quantity::TcpRr => "TCP_RR 1 B, transactions/s",
+            Quantity::TcpRrLatency => "TCP_RR mean latency, us (lower is better)",
+            Quantity::UdpRx => "UDP 64 B receiver, kpps (syscall-bound)",
+            Quantity::ConnRate => "new TCP connections/s (connect, 1 B each way, close)",
+        }
+    }
+}
+
+impl Metric {
+    /// Pod to pod keeps the keys of earlier reports; pod to internet's start with `internet_`.
+    fn key(self) -> String {
+        match self.scenario {
+            Scenario::PodToPod => self.quantity.key().to_string(),
+            Scenario::PodToInternet => format!("internet_{}", self.quantity.key()),
+        }
+    }
+    fn label(self) -> String {
+        match self.scenario {
+            Scenario::PodToPod => self.quantity.label().to_string(),
+            Scenario::PodToInternet => format!("to internet: {}", self.quantity.label()),
         }
     }
     fn higher_is_better(self) -> bool {
-        self != Metric::TcpRrLatency
+        self.quantity != Quantity::TcpRrLatency
     }
-    fn index(self) -> usize {
-        METRICS.iter().position(|m| *m == self).expect("listed")
+    fn index(self) -> Option<usize> {
+        METRICS.iter().position(|m| *m == self)
     }
 }
 
 /// Every sample of every metric for both dataplanes, and the raw runs for the report.
 #[derive(Default)]
 struct Results {
-    samples: [[Vec<f64>; 2]; 4],
+    samples: [[Vec<f64>; 2]; METRICS.len()],
     runs: Vec<Value>,
     /// Runs whose evidence counter did not move (their samples are not in `samples`).
     invalid: u32,
+    /// The scenarios a dataplane was not measured on, and why (its path did not work).
+    unavailable: Vec<(Scenario, Dp, String)>,
 }
 
 impl Results {
+    /// Adds a sample of a listed metric; other quantities are only in the runs' JSON.
     fn add(&mut self, dp: Dp, metric: Metric, value: f64) {
-        self.samples[metric.index()][dp as usize].push(value);
+        if let Some(i) = metric.index() {
+            self.samples[i][dp as usize].push(value);
+        }
     }
     fn get(&self, dp: Dp, metric: Metric) -> &[f64] {
-        &self.samples[metric.index()][dp as usize]
+        metric
+            .index()
+            .map_or(&[][..], |i| &self.samples[i][dp as usize])
+    }
+    fn unavailable(&self, scenario: Scenario, dp: Dp) -> Option<&str> {
+        self.unavailable
+            .iter()
+            .find(|(s, d, _)| *s == scenario && *d == dp)
+            .map(|(_, _, why)| why.as_str())
     }
 }
 
@@ -176,12 +299,16 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             bulk: 2,
             rr: Duration::from_secs(1),
             udp: 2,
+            connect: Duration::from_secs(1),
         }
     } else {
         Durations {
             bulk: 5,
             rr: Duration::from_secs(3),
             udp: 5,
+            // Or 10,000 connections, whichever comes first (ephemeral ports in TIME_WAIT: see
+            // measure::CONNECT_MAX).
+            connect: Duration::from_secs(1),
         }
     };
     let out_path = opts
@@ -191,16 +318,27 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     // The microbenchmark first: it may compile, and it must not share the CPUs with the lab.
     let runs = if opts.quick { 100_000 } else { 1_000_000 };
     step(&format!(
-        "BPF_PROG_RUN: pod_ingress on a 64-byte pod-to-pod frame, {runs} runs \
+        "BPF_PROG_RUN: pod_ingress on a 64-byte pod-to-pod frame, {runs} runs; and one run per \
+         call on the same frame and on a packet of an established flow through SNAT \
          (agent/tests/progrun_bench.rs)"
     ));
     let progrun = progrun_bench(runs);
     match &progrun {
-        Ok(v) => println!(
-            "   {} ns per run (kernel-timed; wall clock incl. syscalls {} ns)",
-            fmt_num(v["ns_per_run"].as_f64().unwrap_or(f64::NAN)),
-            fmt_num(v["wall_ns_per_run"].as_f64().unwrap_or(f64::NAN)),
-        ),
+        Ok(v) => {
+            println!(
+                "   {} ns per run (kernel-timed; wall clock incl. syscalls {} ns)",
+                fmt_num(v["ns_per_run"].as_f64().unwrap_or(f64::NAN)),
+                fmt_num(v["wall_ns_per_run"].as_f64().unwrap_or(f64::NAN)),
+            );
+            if let Some(snat) = SnatProgrun::of(v) {
+                println!(
+                    "   SNAT, a UDP packet of an established flow to the internet: {} ns per run, \
+                     one run per call (pod to pod measured the same way: {} ns)",
+                    fmt_num(snat.ns),
+                    fmt_num(snat.pod_to_pod_ns),
+                );
+            }
+        }
         Err(e) => println!("   skipped: {e:#}"),
     }
 
@@ -235,7 +373,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
          bridge-nf-call-iptables={nf_call}, {ref_rules} iptables rules in the node"
     );
 
-    let pairs = [
+    let pod_to_pod = [
         Pair {
             client: va.ns.ns.clone(),
             server: vb.ns.ns.clone(),
@@ -247,53 +385,121 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             server_ip: rb_ip,
         },
     ];
-    for (dp, pair) in [Dp::Vnetd, Dp::Reference].into_iter().zip(&pairs) {
+    for (dp, pair) in DATAPLANES.into_iter().zip(&pod_to_pod) {
         tcp_echo_ok(&pair.client, &pair.server, pair.server_ip, 7000)
             .with_context(|| format!("{} pod to pod does not work", dp.key()))?;
     }
+    // To the internet host from the same client pods.
+    let pod_to_internet = pod_to_pod.each_ref().map(|p| Pair {
+        client: p.client.clone(),
+        server: lab.internet().clone(),
+        server_ip: INTERNET_HOST_IP,
+    });
+    let mut results = Results::default();
+    let mut internet_sources = serde_json::Map::new();
+    for ((dp, pair), node_ip) in DATAPLANES
+        .into_iter()
+        .zip(&pod_to_internet)
+        .zip([node.ip, rnode.ip])
+    {
+        match internet::check_translated(pair, node_ip) {
+            Ok(seen) => {
+                println!(
+                    "   {:<16} pod {} -> internet {INTERNET_HOST_IP}: the server sees {seen}",
+                    format!("{}:", dp.key()),
+                    pair.client.name
+                );
+                internet_sources.insert(dp.key().into(), json!(seen.to_string()));
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                println!("   {}: pod to internet NOT MEASURED: {why}", dp.key());
+                internet_sources.insert(dp.key().into(), json!({ "error": why }));
+                results.unavailable.push((Scenario::PodToInternet, dp, why));
+            }
+        }
+    }
+    let pairs = |scenario: Scenario, dp: Dp| match scenario {
+        Scenario::PodToPod => &pod_to_pod[dp as usize],
+        Scenario::PodToInternet => &pod_to_internet[dp as usize],
+    };
 
     step(&format!(
-        "measuring: {reps} repetition(s), bulk {} s, TCP_RR {} s, UDP {} s per run, one run at a time",
+        "measuring: {reps} repetition(s), bulk {} s, TCP_RR {} s, UDP {} s, new connections {} s \
+         per run, one run at a time",
         durations.bulk,
         durations.rr.as_secs_f64(),
-        durations.udp
+        durations.udp,
+        durations.connect.as_secs_f64(),
     ));
-    // Proof that each run took the measured path: vnetd's pod-to-pod counter, and the packets
-    // the reference node's iptables FORWARD chain sent to the firewall plugin's chain (bridged
-    // frames reach it only through bridge netfilter). A run during which its dataplane's
-    // counter did not move measured something else: it is marked invalid and left out.
-    let evidence = |dp: Dp| -> Result<u64> {
-        match dp {
-            Dp::Vnetd => agent.traffic("pod_to_pod"),
-            Dp::Reference => forward_to_cni_packets(&rnode),
-        }
+    // Proof that each run took the measured path: vnetd's path counters, and the reference
+    // node's iptables counters (pod to pod: the packets its FORWARD chain sent to the firewall
+    // plugin's chain, which bridged frames reach only through bridge netfilter; to the
+    // internet: its MASQUERADE rules). A run during which one of its dataplane's counters did
+    // not move measured something else: it is marked invalid and left out.
+    let evidence = |scenario: Scenario, dp: Dp| -> Result<Vec<u64>> {
+        Ok(match (scenario, dp) {
+            (Scenario::PodToPod, Dp::Vnetd) => vec![agent.traffic("pod_to_pod")?],
+            (Scenario::PodToPod, Dp::Reference) => vec![forward_to_cni_packets(&rnode)?],
+            (Scenario::PodToInternet, Dp::Vnetd) => vec![
+                agent.traffic("pod_to_internet")?,
+                agent.traffic("internet_to_pod")?,
+            ],
+            (Scenario::PodToInternet, Dp::Reference) => vec![masquerade_packets(&rnode)?],
+        })
     };
     let started = Instant::now();
-    let mut results = Results::default();
     for rep in 0..reps {
         let order = if rep % 2 == 0 {
             [Dp::Vnetd, Dp::Reference]
         } else {
             [Dp::Reference, Dp::Vnetd]
         };
-        for kind in ["bulk", "rr", "udp"] {
+        for (scenario, kind) in SCHEDULE {
             for dp in order {
-                let pair = &pairs[dp as usize];
-                let before = evidence(dp)?;
-                let run = measure(kind, pair, durations)
-                    .with_context(|| format!("{kind} run {} for {}", rep + 1, dp.key()))?;
-                let after = evidence(dp)?;
-                let valid = after > before;
-                print!("   rep {} {:<9} {:<5}", rep + 1, dp.key(), kind);
-                for (metric, value) in &run.values {
+                if results.unavailable(scenario, dp).is_some() {
+                    continue;
+                }
+                let pair = pairs(scenario, dp);
+                let before = evidence(scenario, dp)?;
+                let run = measure(kind, pair, durations).with_context(|| {
+                    format!(
+                        "{} {} run {} for {}",
+                        scenario.key(),
+                        kind.key(),
+                        rep + 1,
+                        dp.key()
+                    )
+                })?;
+                let after = evidence(scenario, dp)?;
+                let valid = before.iter().zip(&after).all(|(b, a)| a > b);
+                print!(
+                    "   rep {} {:<9} {:<15} {:<7}",
+                    rep + 1,
+                    dp.key(),
+                    scenario.key(),
+                    kind.key()
+                );
+                for (quantity, value) in &run.values {
+                    let metric = Metric {
+                        scenario,
+                        quantity: *quantity,
+                    };
                     if valid {
-                        results.add(dp, *metric, *value);
+                        results.add(dp, metric, *value);
                     }
-                    print!("  {} {}", metric.key(), fmt_num(*value));
+                    print!("  {} {}", quantity.key(), fmt_num(*value));
                 }
                 if !valid {
                     results.invalid += 1;
-                    print!("  INVALID: {} did not move", dp.evidence());
+                    let still: Vec<_> = scenario
+                        .evidence(dp)
+                        .iter()
+                        .zip(before.iter().zip(&after))
+                        .filter(|(_, (b, a))| a <= b)
+                        .map(|(name, _)| *name)
+                        .collect();
+                    print!("  INVALID: {} did not move", still.join(", "));
                 }
                 if let Some(r) = run.details.get("sender_retrans_segs") {
                     print!(
@@ -301,18 +507,27 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                         run.details["sender_dsack_recv_segs"]
                     );
                 }
+                if let Some(f) = run.details.get("failed")
+                    && f.as_u64() != Some(0)
+                {
+                    print!("  (FAILED connections {f}: {})", run.details["errors"]);
+                }
                 println!();
                 results.runs.push(json!({
                     "rep": rep + 1,
                     "dataplane": dp.key(),
-                    "kind": kind,
-                    "values": run.values.iter().map(|(m, v)| (m.key().to_string(), json!(v)))
+                    "scenario": scenario.key(),
+                    "kind": kind.key(),
+                    "values": run.values.iter()
+                        .map(|(q, v)| (Metric { scenario, quantity: *q }.key(), json!(v)))
                         .collect::<serde_json::Map<_, _>>(),
                     "details": run.details,
-                    "evidence": {
-                        "counter": dp.evidence(), "before": before, "after": after,
-                        "packets": after.saturating_sub(before),
-                    },
+                    "evidence": scenario.evidence(dp).iter().zip(before.iter().zip(&after))
+                        .map(|(name, (b, a))| json!({
+                            "counter": name, "before": b, "after": a,
+                            "packets": a.saturating_sub(*b),
+                        }))
+                        .collect::<Vec<_>>(),
                     "valid": valid,
                 }));
             }
@@ -320,12 +535,15 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     }
     let measuring = started.elapsed();
 
-    let vnetd_packets = evidence(Dp::Vnetd)?;
-    let ref_fw_packets = evidence(Dp::Reference)?;
+    let vnetd_packets = evidence(Scenario::PodToPod, Dp::Vnetd)?[0];
+    let ref_fw_packets = evidence(Scenario::PodToPod, Dp::Reference)?[0];
+    let vnetd_internet = evidence(Scenario::PodToInternet, Dp::Vnetd)?;
+    let ref_masquerade_packets = evidence(Scenario::PodToInternet, Dp::Reference)?[0];
     println!(
-        "\n   packets seen: vnetd pod_to_pod counter {vnetd_packets}; reference node's \
-         FORWARD -> CNI-FORWARD rule {ref_fw_packets}; {} invalid run(s)",
-        results.invalid
+        "\n   packets seen: vnetd pod_to_pod {vnetd_packets}, pod_to_internet {}, \
+         internet_to_pod {}; reference node's FORWARD -> CNI-FORWARD rule {ref_fw_packets}, \
+         MASQUERADE rules {ref_masquerade_packets}; {} invalid run(s)",
+        vnetd_internet[0], vnetd_internet[1], results.invalid
     );
 
     let env = environment();
@@ -336,30 +554,53 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         "iptables": first_line(Command::new("iptables").arg("--version")),
         "iptables_rules_in_node": ref_rules,
         "forward_to_cni_forward_packets": ref_fw_packets,
+        "masquerade_packets": ref_masquerade_packets,
     });
     let notes = notes(&env, &results);
     print_table(&results, &env, &nf_call, reps, &notes);
     let progrun_ns = progrun.as_ref().ok().and_then(|v| v["ns_per_run"].as_f64());
+    let progrun_snat = progrun.as_ref().ok().and_then(SnatProgrun::of);
     if let Some(ns) = progrun_ns {
         println!(
             "   BPF_PROG_RUN pod_ingress (vnetd only): {} ns per run",
             fmt_num(ns)
         );
     }
+    if let Some(snat) = &progrun_snat {
+        println!(
+            "   BPF_PROG_RUN pod_ingress, SNAT of an established flow (vnetd only): {} ns per \
+             run, one run per call (pod to pod the same way: {} ns)",
+            fmt_num(snat.ns),
+            fmt_num(snat.pod_to_pod_ns)
+        );
+    }
     let mut report = json!({
         "environment": env,
         "quick": opts.quick,
         "repetitions": reps,
-        "durations_s": { "tcp_bulk": durations.bulk, "tcp_rr": durations.rr.as_secs_f64(), "udp": durations.udp },
+        "durations_s": {
+            "tcp_bulk": durations.bulk, "tcp_rr": durations.rr.as_secs_f64(), "udp": durations.udp,
+            "connect": durations.connect.as_secs_f64(),
+        },
         "measuring_s": measuring.as_secs_f64(),
-        "scenario": "pod to pod on one node, 2 pods per node namespace, one run at a time, \
-                     dataplanes alternated per run",
+        "scenario": "pod to pod on one node, 2 pods per node namespace; pod to the internet \
+                     host through the node's address (the lab's fabric and edge router in \
+                     between); one run at a time, dataplanes alternated per run",
+        "internet_server": INTERNET_HOST_IP.to_string(),
+        "internet_source_seen": internet_sources,
+        "unavailable": results.unavailable.iter()
+            .map(|(s, dp, why)| json!({ "scenario": s.key(), "dataplane": dp.key(), "why": why }))
+            .collect::<Vec<_>>(),
         "vnetd": {
-            "node": "node-1", "client": va.ip.to_string(), "server": vb.ip.to_string(),
+            "node": "node-1", "node_ip": node.ip.to_string(),
+            "client": va.ip.to_string(), "server": vb.ip.to_string(),
             "pod_to_pod_packets": vnetd_packets,
+            "pod_to_internet_packets": vnetd_internet[0],
+            "internet_to_pod_packets": vnetd_internet[1],
         },
         "reference": {
-            "node": "ref", "client": ra_ip.to_string(), "server": rb_ip.to_string(),
+            "node": "ref", "node_ip": rnode.ip.to_string(),
+            "client": ra_ip.to_string(), "server": rb_ip.to_string(),
             "config": ref_config,
         },
         "metrics": METRICS.iter().map(|&m| summary_json(&results, m)).collect::<Vec<_>>(),
@@ -379,7 +620,15 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let md_path = out_path.with_extension("md");
     std::fs::write(
         &md_path,
-        markdown(&results, &env, reps, opts.quick, progrun_ns, &out_path),
+        markdown(
+            &results,
+            &env,
+            reps,
+            opts.quick,
+            progrun_ns,
+            progrun_snat.as_ref(),
+            &out_path,
+        ),
     )
     .with_context(|| format!("writing {}", md_path.display()))?;
     println!(
@@ -417,6 +666,23 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         md_path.display()
     );
     Ok(())
+}
+
+/// The BPF_PROG_RUN figure of the SNAT path: a packet of an established flow, one run per
+/// call (a translated frame would not pass the next run's anti-spoofing), beside the pod-to-pod
+/// frame measured the same way.
+struct SnatProgrun {
+    ns: f64,
+    pod_to_pod_ns: f64,
+}
+
+impl SnatProgrun {
+    fn of(progrun: &Value) -> Option<SnatProgrun> {
+        Some(SnatProgrun {
+            ns: progrun["pod_ingress_snat_established"]["ns_per_run"].as_f64()?,
+            pod_to_pod_ns: progrun["pod_ingress_single"]["ns_per_run"].as_f64()?,
+        })
+    }
 }
 
 fn step(what: &str) {

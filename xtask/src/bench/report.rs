@@ -3,10 +3,14 @@
 
 use std::{path::Path, process::Command};
 
-use super::{Dp, METRICS, Metric, Results, step};
+use super::{Dp, METRICS, Metric, Results, Scenario, SnatProgrun, step};
 use serde_json::{Value, json};
 
+/// The median; NaN when there is no sample (no valid run).
 pub(super) fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let m = s.len() / 2;
@@ -36,14 +40,27 @@ pub(super) fn fmt_num(x: f64) -> String {
 
 pub(super) fn cell(v: &[f64]) -> String {
     let (lo, hi) = min_max(v);
-    if v.len() == 1 {
+    if v.is_empty() {
+        "-".into()
+    } else if v.len() == 1 {
         fmt_num(v[0])
     } else {
         format!("{} [{}-{}]", fmt_num(median(v)), fmt_num(lo), fmt_num(hi))
     }
 }
 
+/// The ratio of the medians as the table shows it ("-" without samples on either side).
+pub(super) fn ratio(r: &Results, m: Metric) -> String {
+    let x = median(r.get(Dp::Vnetd, m)) / median(r.get(Dp::Reference, m));
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "-".into()
+    }
+}
+
 pub(super) fn summary_json(r: &Results, m: Metric) -> Value {
+    // serde_json writes NaN and infinities as null: a metric without samples has no figures.
     let side = |dp: Dp| {
         let v = r.get(dp, m);
         let (lo, hi) = min_max(v);
@@ -52,6 +69,7 @@ pub(super) fn summary_json(r: &Results, m: Metric) -> Value {
     json!({
         "metric": m.key(),
         "label": m.label(),
+        "scenario": m.scenario.key(),
         "higher_is_better": m.higher_is_better(),
         "vnetd": side(Dp::Vnetd),
         "reference": side(Dp::Reference),
@@ -60,19 +78,23 @@ pub(super) fn summary_json(r: &Results, m: Metric) -> Value {
 }
 
 pub(super) fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32, notes: &[String]) {
-    step("results: pod to pod, same node (median [min-max])");
+    step(
+        "results: pod to pod on one node, pod to internet via the node's address (median [min-max])",
+    );
     println!(
-        "   {} | kernel {} | {} vCPU ({}) | {} repetition(s)",
+        "   {} | kernel {} | {} vCPU ({}) | load average {} | {} repetition(s)",
         env["date"].as_str().unwrap_or("?"),
         env["kernel"].as_str().unwrap_or("?"),
         env["cpus"],
         env["cpu_model"].as_str().unwrap_or("?"),
+        env["loadavg"].as_str().unwrap_or("?"),
         reps
     );
     println!(
-        "   reference: bridge + host-local + firewall (iptables), bridge-nf-call-iptables={nf_call}\n"
+        "   reference: bridge + host-local + firewall (iptables), bridge-nf-call-iptables={nf_call}; \
+         to internet: vnetd's SNAT against the bridge plugin's iptables MASQUERADE\n"
     );
-    let w = [42, 26, 26, 10];
+    let w = [66, 26, 26, 10];
     println!(
         "   {:<w0$} | {:<w1$} | {:<w2$} | {:>w3$}",
         "metric",
@@ -94,11 +116,11 @@ pub(super) fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32, no
     for m in METRICS {
         let (v, b) = (r.get(Dp::Vnetd, m), r.get(Dp::Reference, m));
         println!(
-            "   {:<w0$} | {:<w1$} | {:<w2$} | {:>w3$.2}",
+            "   {:<w0$} | {:<w1$} | {:<w2$} | {:>w3$}",
             m.label(),
-            cell(v),
-            cell(b),
-            median(v) / median(b),
+            side_cell(r, Dp::Vnetd, m, v),
+            side_cell(r, Dp::Reference, m, b),
+            ratio(r, m),
             w0 = w[0],
             w1 = w[1],
             w2 = w[2],
@@ -108,6 +130,15 @@ pub(super) fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32, no
     println!();
     for n in notes {
         println!("   note: {n}");
+    }
+}
+
+/// A dataplane's cell: its figures, or "not measured" when its path did not work.
+fn side_cell(r: &Results, dp: Dp, m: Metric, v: &[f64]) -> String {
+    if v.is_empty() && r.unavailable(m.scenario, dp).is_some() {
+        "not measured".into()
+    } else {
+        cell(v)
     }
 }
 
@@ -152,6 +183,10 @@ pub(super) fn environment() -> Value {
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu_model": cpu_model,
         "iperf3": first_line(Command::new("iperf3").arg("--version")),
+        // What else ran: the machine is shared, and its load explains a noisy run.
+        "loadavg": std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
         "git": if dirty { format!("{git}-dirty") } else { git },
     })
 }
@@ -159,10 +194,11 @@ pub(super) fn environment() -> Value {
 /// The notes of a report: only what this run measured or this machine reports (the CPU count,
 /// the UDP loss and send rate, the retransmissions), besides how the metrics are taken.
 pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
-    let detail = |dp: Dp, kind: &str, key: &str| -> Vec<f64> {
+    let detail = |dp: Dp, scenario: Scenario, kind: &str, key: &str| -> Vec<f64> {
         r.runs
             .iter()
             .filter(|run| run["dataplane"] == dp.key() && run["kind"] == kind)
+            .filter(|run| run["scenario"] == scenario.key())
             .filter(|run| run["valid"] == true)
             .filter_map(|run| run["details"][key].as_f64())
             .collect()
@@ -178,8 +214,24 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
             format!("{}-{}", fmt_num(lo), fmt_num(hi))
         }
     };
-    let total = |dp: Dp, key: &str| -> f64 { detail(dp, "bulk", key).iter().sum() };
+    // Counts: whole numbers (and 0, not the -0 of an empty float sum).
+    let total = |dp: Dp, scenario: Scenario, kind: &str, key: &str| -> String {
+        let sum: f64 = detail(dp, scenario, kind, key).iter().sum();
+        format!("{:.0}", sum + 0.0)
+    };
+    let retrans = |scenario: Scenario| -> String {
+        format!(
+            "vnetd {} ({} reported duplicate by the receiver, DSACK: reordered, not lost), \
+             reference {} ({} DSACK)",
+            total(Dp::Vnetd, scenario, "bulk", "sender_retrans_segs"),
+            total(Dp::Vnetd, scenario, "bulk", "sender_dsack_recv_segs"),
+            total(Dp::Reference, scenario, "bulk", "sender_retrans_segs"),
+            total(Dp::Reference, scenario, "bulk", "sender_dsack_recv_segs"),
+        )
+    };
     let cpus = &env["cpus"];
+    let p2p = Scenario::PodToPod;
+    let inet = Scenario::PodToInternet;
     let mut notes = vec![
         format!(
             "One machine with {cpus} CPU(s) (as the kernel reports them), shared with whatever \
@@ -191,31 +243,52 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
              measures the whole stack, the dataplane's per-packet cost is a small part of it."
         ),
         format!(
-            "TCP bulk retransmitted segments over all runs: vnetd {} ({} reported duplicate by \
-             the receiver, DSACK: reordered, not lost), reference {} ({} DSACK).",
-            fmt_num(total(Dp::Vnetd, "sender_retrans_segs")),
-            fmt_num(total(Dp::Vnetd, "sender_dsack_recv_segs")),
-            fmt_num(total(Dp::Reference, "sender_retrans_segs")),
-            fmt_num(total(Dp::Reference, "sender_dsack_recv_segs")),
+            "TCP bulk retransmitted segments over all runs, pod to pod: {}; to the internet: {}.",
+            retrans(p2p),
+            retrans(inet),
         ),
         format!(
             "UDP 64 B is iperf3's receiver rate with -b 0, bound by one sender thread's \
              syscalls (the forwarding runs in the sender's softirq): it compares the socket \
              stacks more than the dataplanes. In this run the senders sent {} kpps (vnetd) and \
              {} kpps (reference), and the receivers lost {}% and {}%.",
-            range(detail(Dp::Vnetd, "udp", "sent_kpps")),
-            range(detail(Dp::Reference, "udp", "sent_kpps")),
-            range(detail(Dp::Vnetd, "udp", "lost_percent")),
-            range(detail(Dp::Reference, "udp", "lost_percent")),
+            range(detail(Dp::Vnetd, p2p, "udp", "sent_kpps")),
+            range(detail(Dp::Reference, p2p, "udp", "sent_kpps")),
+            range(detail(Dp::Vnetd, p2p, "udp", "lost_percent")),
+            range(detail(Dp::Reference, p2p, "udp", "lost_percent")),
         ),
         "TCP_RR is one connection, 1-byte request and response, Nagle off, in-process \
          sockets; latency is the mean round trip (1 / rate)."
             .to_string(),
+        "To the internet: from the same client pods to the lab's internet host, through the \
+         lab's fabric bridge and edge router (kernel forwarding, shared by both paths), so the \
+         ratios are diluted by that common part. vnetd translates in its TC programs (SNAT to \
+         the node's address, FLOWS table); the reference node forwards through iptables \
+         (filter FORWARD, nat POSTROUTING MASQUERADE) and its conntrack."
+            .to_string(),
+        format!(
+            "New connections: one at a time for the run's duration or 10,000 connections, \
+             whichever comes first (connect, 1 byte each way, the client closes first; each \
+             leaves an ephemeral port of the client pod in TIME_WAIT for 60 s); completed vnetd {}, reference {}; failed vnetd {}, \
+             reference {} (errors per run in the JSON report).",
+            total(Dp::Vnetd, inet, "connect", "completed"),
+            total(Dp::Reference, inet, "connect", "completed"),
+            total(Dp::Vnetd, inet, "connect", "failed"),
+            total(Dp::Reference, inet, "connect", "failed"),
+        ),
     ];
+    for (scenario, dp, why) in &r.unavailable {
+        notes.push(format!(
+            "{} NOT MEASURED {}: {why}",
+            dp.key(),
+            scenario.key().replace('_', " ")
+        ));
+    }
     if r.invalid > 0 {
         notes.push(format!(
-            "{} run(s) INVALID and left out of the figures: the dataplane's evidence counter \
-             (vnetd: pod_to_pod; reference: FORWARD -> CNI-FORWARD) did not move during them.",
+            "{} run(s) INVALID and left out of the figures: one of the dataplane's evidence \
+             counters (vnetd: pod_to_pod, or pod_to_internet and internet_to_pod; reference: \
+             FORWARD -> CNI-FORWARD, or MASQUERADE) did not move during them.",
             r.invalid
         ));
     }
@@ -229,16 +302,19 @@ pub(super) fn markdown(
     reps: u32,
     quick: bool,
     progrun_ns: Option<f64>,
+    progrun_snat: Option<&SnatProgrun>,
     report: &Path,
 ) -> String {
     let mut md = format!(
-        "From `{}` ({}, kernel {}, {} CPU(s) {}, git {}, {} repetition(s){}; {} invalid \
-         run(s)):\n\n| metric | vnetd | bridge + iptables | vnetd / reference |\n|---|---|---|---|\n",
+        "From `{}` ({}, kernel {}, {} CPU(s) {}, load average {} after the run, git {}, {} \
+         repetition(s){}; {} invalid run(s)):\n\n| metric | vnetd | bridge + iptables | vnetd / \
+         reference |\n|---|---|---|---|\n",
         report.display(),
         env["date"].as_str().unwrap_or("?"),
         env["kernel"].as_str().unwrap_or("?"),
         env["cpus"],
         env["cpu_model"].as_str().unwrap_or("?"),
+        env["loadavg"].as_str().unwrap_or("?"),
         env["git"].as_str().unwrap_or("?"),
         reps,
         if quick { ", --quick" } else { "" },
@@ -247,17 +323,25 @@ pub(super) fn markdown(
     for m in METRICS {
         let (v, b) = (r.get(Dp::Vnetd, m), r.get(Dp::Reference, m));
         md.push_str(&format!(
-            "| {} | {} | {} | {:.2} |\n",
+            "| {} | {} | {} | {} |\n",
             m.label(),
-            cell(v),
-            cell(b),
-            median(v) / median(b)
+            side_cell(r, Dp::Vnetd, m, v),
+            side_cell(r, Dp::Reference, m, b),
+            ratio(r, m),
         ));
     }
     if let Some(ns) = progrun_ns {
         md.push_str(&format!(
             "| BPF_PROG_RUN `pod_ingress`, ns per run | {} | | |\n",
             fmt_num(ns)
+        ));
+    }
+    if let Some(snat) = progrun_snat {
+        md.push_str(&format!(
+            "| BPF_PROG_RUN `pod_ingress`, SNAT of an established UDP flow, ns per run (one run \
+             per call; pod to pod measured the same way: {}) | {} | | |\n",
+            fmt_num(snat.pod_to_pod_ns),
+            fmt_num(snat.ns)
         ));
     }
     md
