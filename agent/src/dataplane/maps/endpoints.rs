@@ -15,6 +15,10 @@ pub fn abi_endpoint(ep: &endpoints::Endpoint, route_table: u32) -> Endpoint {
         pod_mac: ep.pod_mac,
         host_mac: ep.host_mac,
         public_ip: [0; 4],
+        nsg_in_subnet: 0,
+        nsg_in_group: 0,
+        nsg_out_subnet: 0,
+        nsg_out_group: 0,
     }
 }
 
