@@ -58,7 +58,7 @@ use crate::spec::{
 };
 
 /// Words in a rule bitmap: 1024 bits, room for Azure's 1000 rules per NSG and the 3 defaults.
-pub const RULE_WORDS: usize = 16;
+pub const RULE_WORDS: usize = vnetd_common::RULE_WORDS;
 /// The most rules a classifier holds.
 pub const MAX_CLASSIFIER_RULES: usize = RULE_WORDS * 64;
 

@@ -4,6 +4,7 @@
 mod counters;
 mod endpoints;
 mod node;
+pub mod nsg;
 pub mod routes;
 
 use anyhow::{Context as _, Result};
