@@ -126,15 +126,15 @@ pub fn classify(classifier: u32, t: &Tuple) -> Option<Decision> {
             },
         )
     };
-    let src = NSG_SRC_ADDR.get(&addr_key(t.src))?;
-    let dst = NSG_DST_ADDR.get(&addr_key(t.dst))?;
+    let src = NSG_SRC_ADDR.get(addr_key(t.src))?;
+    let dst = NSG_DST_ADDR.get(addr_key(t.dst))?;
     let proto_key = NsgProtoKey {
         classifier,
         proto: proto_class(t.proto),
         _pad: [0; 3],
     };
     // SAFETY: values are only read; the agent replaces an entry whole.
-    let proto = unsafe { NSG_PROTO.get(&proto_key) }?;
+    let proto = unsafe { NSG_PROTO.get(proto_key) }?;
     let (sport, dport) = if t.has_ports() {
         let port_key = |port: u16| {
             Key::new(
@@ -146,18 +146,18 @@ pub fn classify(classifier: u32, t: &Tuple) -> Option<Decision> {
             )
         };
         (
-            NSG_SRC_PORT.get(&port_key(t.src_port))?,
-            NSG_DST_PORT.get(&port_key(t.dst_port))?,
+            NSG_SRC_PORT.get(port_key(t.src_port))?,
+            NSG_DST_PORT.get(port_key(t.dst_port))?,
         )
     } else {
         // SAFETY: as above.
-        let portless = unsafe { NSG_PORTLESS.get(&classifier) }?;
+        let portless = unsafe { NSG_PORTLESS.get(classifier) }?;
         (portless, portless)
     };
     let rule = lowest_common(src, dst, proto, sport, dport)?;
     let key = NsgRuleKey { classifier, rule };
     // SAFETY: as above.
-    let meta = unsafe { NSG_RULES.get(&key) }?;
+    let meta = unsafe { NSG_RULES.get(key) }?;
     count_hit(&key);
     Some(Decision {
         rule,
@@ -219,7 +219,7 @@ fn count_hit(key: &NsgRuleKey) {
         None => {
             // The agent creates the counters with the rules; this is the race with a reload.
             let first = 1u64;
-            let _ = NSG_HITS.insert(key, &first, BPF_NOEXIST as u64);
+            let _ = NSG_HITS.insert(key, first, BPF_NOEXIST as u64);
         }
     }
 }
