@@ -165,6 +165,10 @@ fn a_pod_whose_table_is_missing_has_no_route() {
             pod_mac: MAC_A,
             host_mac: HOST_A,
             public_ip: [0; 4],
+            nsg_in_subnet: 0,
+            nsg_in_group: 0,
+            nsg_out_subnet: 0,
+            nsg_out_group: 0,
         },
     )
     .unwrap();

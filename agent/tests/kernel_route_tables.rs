@@ -72,6 +72,10 @@ fn endpoint(route_table: u32) -> Endpoint {
         pod_mac: [2, 0xaa, 0, 0, 0, 10],
         host_mac: [2, 0xbb, 0, 0, 0, 10],
         public_ip: [0; 4],
+        nsg_in_subnet: 0,
+        nsg_in_group: 0,
+        nsg_out_subnet: 0,
+        nsg_out_group: 0,
     }
 }
 

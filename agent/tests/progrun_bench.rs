@@ -146,3 +146,109 @@ fn pod_ingress_snat_established() {
         );
     }
 }
+
+/// The cost of classifying by NSG: the pod-to-pod frame above measured as
+/// [`pod_ingress_pod_to_pod`] does, with pod A's endpoint naming no NSG and then an outbound
+/// NSG of 1, 10, 100 and 1000 rules that the frame does not match (each a /32 destination and a
+/// TCP port of its own, so the tables grow with the rules), so the default AllowVnetOutBound
+/// decides: behind every user rule, the last bitmap word for 1000. No flow state yet: every
+/// packet is a first packet. Printed after the lines `cargo xtask bench` reads (it takes the
+/// first `vnetd-bench` line; tests run in name order).
+#[test]
+#[ignore = "a benchmark: `cargo xtask bench` runs it"]
+fn pod_ingress_with_nsg_rules() {
+    use vnetd::{
+        compile::{ServiceTags, nsg::compile_nsgs, prefix::complement},
+        dataplane::{Dataplane, maps::nsg, tables::TableStore},
+        spec::{
+            Access, AddressPrefix, Direction, NetworkSecurityGroup, PortRange, Protocol,
+            SecurityRule,
+        },
+    };
+    let runs: u32 = std::env::var("VNETD_BENCH_PROGRUN_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let calls = runs.div_ceil(BATCH).max(1);
+    let vnet = vec!["10.0.0.0/16".parse().unwrap()];
+    let tags = ServiceTags {
+        internet: complement(&vnet),
+        virtual_network: vnet,
+    };
+    let mut dp = dataplane_with_host_b(MAC_A);
+    let frame = frame();
+    let mut out = vec![0u8; frame.len() + 256];
+    for (id, rules) in [(0u32, 0u32), (1, 1), (2, 10), (3, 100), (4, 1000)] {
+        if id > 0 {
+            let security_rules = (0..rules)
+                .map(|i| SecurityRule {
+                    name: format!("r{i}"),
+                    description: None,
+                    priority: 100 + i,
+                    direction: Direction::Outbound,
+                    access: Access::Deny,
+                    protocol: Protocol::Tcp,
+                    source_address_prefixes: vec![AddressPrefix::Any],
+                    source_port_ranges: vec![PortRange::ANY],
+                    destination_address_prefixes: vec![AddressPrefix::Prefix(
+                        std::net::Ipv4Addr::from(0xac10_0000 + i).into(),
+                    )],
+                    destination_port_ranges: vec![PortRange::single(1000 + i as u16)],
+                })
+                .collect();
+            let group = NetworkSecurityGroup {
+                name: format!("bench-{rules}"),
+                security_rules,
+            };
+            let tables = compile_nsgs(&[group], &tags).unwrap();
+            let outbound = tables.classifier(2).unwrap();
+            TableStore::write(&mut dp, &[(id, &nsg::entries(outbound))]).unwrap();
+        }
+        let mut ep = dp.endpoints().unwrap()[&POD_A.into()];
+        ep.nsg_out_subnet = id;
+        dp.put_endpoint(POD_A.into(), ep).unwrap();
+        let forwarded_before = forwarded(&dp);
+        let mut total_ns = 0u64;
+        for _ in 0..calls {
+            let r = dp
+                .classifier(programs::POD_TC_INGRESS)
+                .unwrap()
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    data_out: Some(&mut out),
+                    repeat: BATCH,
+                    ..Default::default()
+                })
+                .expect("BPF_PROG_RUN of pod_ingress");
+            assert_eq!(r.return_value, TC_ACT_REDIRECT, "{:?}", dp.drops().unwrap());
+            total_ns += r.duration.as_nanos() as u64 * u64::from(BATCH);
+        }
+        let done = u64::from(calls) * u64::from(BATCH);
+        assert_eq!(forwarded(&dp) - forwarded_before, done);
+        if id > 0 {
+            let hits: u64 = dp
+                .nsg_hits()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| k.classifier == id)
+                .map(|(_, n)| n)
+                .sum();
+            assert_eq!(hits, done, "every run was classified");
+        }
+        println!(
+            "vnetd-bench program=pod_ingress_nsg nsg_rules={rules} classified={} runs={done} ns_per_run={:.1}",
+            id > 0,
+            total_ns as f64 / done as f64
+        );
+    }
+
+    fn forwarded(dp: &Dataplane) -> u64 {
+        dp.traffic()
+            .unwrap()
+            .into_iter()
+            .find(|(p, _)| *p == Path::PodToPod)
+            .unwrap()
+            .1
+            .packets
+    }
+}

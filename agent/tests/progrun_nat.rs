@@ -34,6 +34,10 @@ fn nat_dataplane(min: u16, max: u16) -> Dataplane {
             pod_mac: MAC_B,
             host_mac: HOST_B,
             public_ip: PUBLIC_B,
+            nsg_in_subnet: 0,
+            nsg_in_group: 0,
+            nsg_out_subnet: 0,
+            nsg_out_group: 0,
         },
     )
     .unwrap();

@@ -2,11 +2,12 @@
 //! so that the eBPF side will classify a packet with a handful of map lookups whatever the
 //! number of rules.
 //!
-//! **Status: validated and compiled, not yet enforced.** No eBPF program reads these tables
-//! yet and the agent does not write them to any map: NSG rules in a spec are checked and
-//! compiled (and the agent warns once at start-up that they are not enforced), but every
-//! packet passes as if there were none. The layout below is the design the dataplane is to
-//! follow:
+//! **Status: validated and compiled, not yet enforced.** The eBPF side classifies with these
+//! tables (`ebpf/vnetd-ebpf/src/nsg.rs`, in `pod_ingress` for an endpoint whose outbound
+//! classifier id is set) and `dataplane::maps::nsg` writes them into the NSG maps, but the
+//! running agent neither writes them nor sets endpoints' classifier ids yet: NSG rules in a
+//! spec are checked and compiled (and the agent warns once at start-up that they are not
+//! enforced), and every packet passes as if there were none. The layout:
 //!
 //! * Each (NSG, direction) is a *classifier* with an id (1..). Its rule list is the user rules
 //!   of that direction by priority, then the three default rules. Rule `i` is bit `i` of a
@@ -36,7 +37,7 @@
 //! Packets without ports (ICMP, ESP, AH, any protocol but TCP and UDP) satisfy a rule's port
 //! conditions only when both its source and destination port ranges include `*` (0-65535).
 //!
-//! Suggested BPF encoding: one `LPM_TRIE` per address table with key
+//! The BPF encoding (`vnetd_common::nsg`): one `LPM_TRIE` per address table with key
 //! `{ prefixlen: u32, classifier: u32 (big-endian), addr: [u8; 4] }` and
 //! `prefixlen = 32 + prefix.prefix_len()`, looked up with `prefixlen = 64`; the port tables the
 //! same with a big-endian `u16` port (`prefixlen = 32 + len`, lookup 48). Counting the whole
@@ -58,7 +59,7 @@ use crate::spec::{
 };
 
 /// Words in a rule bitmap: 1024 bits, room for Azure's 1000 rules per NSG and the 3 defaults.
-pub const RULE_WORDS: usize = 16;
+pub const RULE_WORDS: usize = vnetd_common::RULE_WORDS;
 /// The most rules a classifier holds.
 pub const MAX_CLASSIFIER_RULES: usize = RULE_WORDS * 64;
 
@@ -236,8 +237,8 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Classifies a packet the way the eBPF side is designed to (not yet enforced: see the
-    /// module docs): longest-prefix lookups, AND, lowest bit. `None` only for tables that were not built by [`compile_classifier`].
+    /// Classifies a packet the way the eBPF side does (not yet enforced: see the module docs):
+    /// longest-prefix lookups, AND, lowest bit. `None` only for tables that were not built by [`compile_classifier`].
     pub fn lookup(
         &self,
         src: Ipv4Addr,

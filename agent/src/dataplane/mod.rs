@@ -296,6 +296,14 @@ const REPLACED_ON_MISMATCH: &[&str] = &[
     maps::NO_MASQUERADE,
     maps::PUBLIC_IPS,
     maps::PUBLIC_PORTS,
+    maps::NSG_SRC_ADDR,
+    maps::NSG_DST_ADDR,
+    maps::NSG_SRC_PORT,
+    maps::NSG_DST_PORT,
+    maps::NSG_PROTO,
+    maps::NSG_PORTLESS,
+    maps::NSG_RULES,
+    maps::NSG_HITS,
 ];
 
 /// A map as the object defines it: what the kernel reports for a map created from it.

@@ -134,6 +134,10 @@ pub fn dataplane_on(ifindex_a: u32, ifindex_b: u32, host_b: [u8; 6]) -> Dataplan
                 pod_mac,
                 host_mac,
                 public_ip: [0; 4],
+                nsg_in_subnet: 0,
+                nsg_in_group: 0,
+                nsg_out_subnet: 0,
+                nsg_out_group: 0,
             },
         )
         .unwrap();

@@ -14,8 +14,10 @@
 use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
-    ConntrackStat, Direction, DropReason, Endpoint, Flow, FlowKey, FlowKind, NextHop, NodeConfig,
-    Path, PublicAddress, PublicPortKey, Rewrite, Route, RouteKey, Traffic, maps,
+    ConntrackStat, Direction, DropReason, Endpoint, Flow, FlowKey, FlowKind, NO_RULE, NextHop,
+    NodeConfig, NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict,
+    Path, PublicAddress, PublicPortKey, RULE_WORDS, Rewrite, Route, RouteKey, RuleBitmap, Traffic,
+    maps,
 };
 
 /// Every layout the ABI has had, oldest first: (ABI version, fingerprint).
@@ -28,6 +30,7 @@ pub const RECORDED: &[(u32, u64)] = &[
     (1, 0x4a49_2cb4_e629_3932),
     (2, 0xaf98_788e_fb11_9259),
     (3, 0x6955_5748_7391_9887),
+    (4, 0x50a9_6180_9d6d_e329),
 ];
 
 /// Part of every pin path (`<bpffs>/abi-v<N>/...`).
@@ -110,6 +113,10 @@ const fn fingerprint() -> u64 {
     let h = field!(h, Endpoint, pod_mac);
     let h = field!(h, Endpoint, host_mac);
     let h = field!(h, Endpoint, public_ip);
+    let h = field!(h, Endpoint, nsg_in_subnet);
+    let h = field!(h, Endpoint, nsg_in_group);
+    let h = field!(h, Endpoint, nsg_out_subnet);
+    let h = field!(h, Endpoint, nsg_out_group);
 
     let h = h.layout::<NodeConfig>("NodeConfig");
     let h = field!(h, NodeConfig, uplink_ifindex);
@@ -138,6 +145,31 @@ const fn fingerprint() -> u64 {
     let h = field!(h, Flow, kind);
     let h = field!(h, Flow, direction);
     let h = field!(h, Flow, tcp_flags_seen);
+    let h = field!(h, Flow, nsg_verdict);
+    let h = field!(h, Flow, nsg_rule_subnet);
+    let h = field!(h, Flow, nsg_rule_group);
+
+    let h = h.layout::<RuleBitmap>("RuleBitmap");
+    let h = field!(h, RuleBitmap, words);
+    let h = h.word(RULE_WORDS);
+    let h = h.layout::<NsgAddrKey>("NsgAddrKey");
+    let h = field!(h, NsgAddrKey, classifier);
+    let h = field!(h, NsgAddrKey, addr);
+    let h = h.word(NsgAddrKey::CLASSIFIER_BITS as usize);
+    let h = h.layout::<NsgPortKey>("NsgPortKey");
+    let h = field!(h, NsgPortKey, classifier);
+    let h = field!(h, NsgPortKey, port);
+    let h = h.layout::<NsgProtoKey>("NsgProtoKey");
+    let h = field!(h, NsgProtoKey, classifier);
+    let h = field!(h, NsgProtoKey, proto);
+    let h = h.layout::<NsgRuleKey>("NsgRuleKey");
+    let h = field!(h, NsgRuleKey, classifier);
+    let h = field!(h, NsgRuleKey, rule);
+    let h = h.layout::<NsgRule>("NsgRule");
+    let h = field!(h, NsgRule, priority);
+    let h = field!(h, NsgRule, access);
+    // NSG_PORTLESS is keyed by the classifier id.
+    let h = h.layout::<u32>("nsg portless key");
 
     let h = h.layout::<PublicAddress>("PublicAddress");
     let h = field!(h, PublicAddress, private_ip);
@@ -170,7 +202,12 @@ const fn fingerprint() -> u64 {
         .word(maps::FLOWS_MAX as usize)
         .word(maps::NO_MASQUERADE_MAX as usize)
         .word(maps::PUBLIC_IPS_MAX as usize)
-        .word(maps::PUBLIC_PORTS_MAX as usize);
+        .word(maps::PUBLIC_PORTS_MAX as usize)
+        .word(maps::NSG_CLASSIFIERS_MAX as usize)
+        .word(maps::NSG_ADDR_MAX as usize)
+        .word(maps::NSG_PORT_MAX as usize)
+        .word(maps::NSG_PROTO_MAX as usize)
+        .word(maps::NSG_RULES_MAX as usize);
 
     // Counter indices: the TRAFFIC and DROPS arrays are as long as these lists.
     h = h.word(Path::COUNT as usize);
@@ -202,7 +239,13 @@ const fn fingerprint() -> u64 {
         FlowKind::PublicInbound as u8,
         Direction::Original as u8,
         Direction::Reply as u8,
+        NsgAccess::Allow as u8,
+        NsgAccess::Deny as u8,
+        NsgVerdict::Unclassified as u8,
+        NsgVerdict::Allow as u8,
+        NsgVerdict::Deny as u8,
     ];
+    h = h.word(NO_RULE as usize);
     let mut i = 0;
     while i < codes.len() {
         h = h.word(codes[i] as usize);

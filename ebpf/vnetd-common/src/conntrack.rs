@@ -44,7 +44,13 @@ pub struct Flow {
     pub direction: u8,
     /// The TCP flags (`TCP_*`) this direction has sent, or-ed together.
     pub tcp_flags_seen: u8,
-    pub _pad: [u8; 6],
+    /// An [`crate::NsgVerdict`]: what the NSGs decided on the flow's first packet.
+    pub nsg_verdict: u8,
+    pub _pad: u8,
+    /// The deciding rule (its bit in the classifier) of the subnet's and of the group's NSG,
+    /// [`crate::NO_RULE`] if that NSG did not decide.
+    pub nsg_rule_subnet: u16,
+    pub nsg_rule_group: u16,
 }
 
 /// Which address and port of a packet a flow entry rewrites.

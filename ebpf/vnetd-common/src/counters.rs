@@ -123,10 +123,12 @@ pub enum DropReason {
     FlowInsertFailed = 13,
     /// An ICMP error about a flow vnetd does not know, to a translated address.
     IcmpNoFlow = 14,
+    /// A network security group's rule denied the packet.
+    NsgDenied = 15,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::Spoofed,
@@ -143,6 +145,7 @@ impl DropReason {
         DropReason::PublicPortClosed,
         DropReason::FlowInsertFailed,
         DropReason::IcmpNoFlow,
+        DropReason::NsgDenied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -162,6 +165,7 @@ impl DropReason {
             DropReason::PublicPortClosed => "public_port_closed",
             DropReason::FlowInsertFailed => "flow_insert_failed",
             DropReason::IcmpNoFlow => "icmp_no_flow",
+            DropReason::NsgDenied => "nsg_denied",
         }
     }
 }

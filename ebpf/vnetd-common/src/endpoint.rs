@@ -14,6 +14,12 @@ pub struct Endpoint {
     /// A Public group's public address, network byte order: its traffic to the internet
     /// leaves with it. `[0; 4]`: masquerade to the node's primary address.
     pub public_ip: [u8; 4],
+    /// NSG classifier ids that apply to the endpoint's traffic (0 = none). Outbound: the
+    /// group's NSG, then the subnet's; inbound: the subnet's, then the group's. Both must allow.
+    pub nsg_in_subnet: u32,
+    pub nsg_in_group: u32,
+    pub nsg_out_subnet: u32,
+    pub nsg_out_group: u32,
 }
 
 #[cfg(feature = "user")]

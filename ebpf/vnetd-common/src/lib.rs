@@ -11,6 +11,7 @@ mod endpoint;
 pub mod maps;
 mod nat;
 mod node;
+mod nsg;
 pub mod programs;
 mod route;
 
@@ -23,4 +24,8 @@ pub use counters::{DropReason, Path, Traffic};
 pub use endpoint::Endpoint;
 pub use nat::{NoMasqueradeKey, PublicAddress, PublicPortKey};
 pub use node::{NodeConfig, POD_GATEWAY};
+pub use nsg::{
+    NO_RULE, NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict,
+    RULE_WORDS, RuleBitmap,
+};
 pub use route::{NextHop, Route, RouteKey};

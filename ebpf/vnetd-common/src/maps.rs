@@ -12,6 +12,19 @@ pub const CONNTRACK_STATS: &str = "CONNTRACK_STATS";
 pub const NO_MASQUERADE: &str = "NO_MASQUERADE";
 pub const PUBLIC_IPS: &str = "PUBLIC_IPS";
 pub const PUBLIC_PORTS: &str = "PUBLIC_PORTS";
+/// NSG classifiers: per field, (classifier, value) -> the bitmap of the rules it satisfies.
+pub const NSG_SRC_ADDR: &str = "NSG_SRC_ADDR";
+pub const NSG_DST_ADDR: &str = "NSG_DST_ADDR";
+pub const NSG_SRC_PORT: &str = "NSG_SRC_PORT";
+pub const NSG_DST_PORT: &str = "NSG_DST_PORT";
+pub const NSG_PROTO: &str = "NSG_PROTO";
+/// classifier -> the rules whose port ranges are both `*` (the port condition of a packet
+/// without ports).
+pub const NSG_PORTLESS: &str = "NSG_PORTLESS";
+/// (classifier, rule) -> access and priority.
+pub const NSG_RULES: &str = "NSG_RULES";
+/// (classifier, rule) -> packets it decided, per CPU.
+pub const NSG_HITS: &str = "NSG_HITS";
 
 /// Capacities: 250 pods per node (plus headroom), 400 routes per table.
 pub const ENDPOINTS_MAX: u32 = 512;
@@ -23,6 +36,18 @@ pub const NO_MASQUERADE_MAX: u32 = 1024;
 /// Public groups on one node, and their exposed (protocol, port) pairs.
 pub const PUBLIC_IPS_MAX: u32 = 256;
 pub const PUBLIC_PORTS_MAX: u32 = 4096;
+/// Classifier slots (two per NSG, two generations of each during a reload): 64 NSGs.
+pub const NSG_CLASSIFIERS_MAX: u32 = 256;
+/// Address prefixes over all classifiers: an NSG has at most 4000 source and 4000 destination
+/// prefixes (plus the service tags' and the /0), so 8 NSGs' worth, twice during a reload. The
+/// LPM tries allocate per entry (`BPF_F_NO_PREALLOC`): the capacity is a ceiling, not memory.
+pub const NSG_ADDR_MAX: u32 = 65_536;
+/// Port blocks over all classifiers (a range is at most 30 blocks; shared blocks count once).
+pub const NSG_PORT_MAX: u32 = 65_536;
+/// One entry per protocol class (6) per classifier.
+pub const NSG_PROTO_MAX: u32 = NSG_CLASSIFIERS_MAX * 8;
+/// Rules over all classifiers: 16 classifiers of 1000 rules (and the defaults), twice.
+pub const NSG_RULES_MAX: u32 = 32_768;
 
 /// Every map the programs declare; the agent pins all of them.
 pub const ALL: &[&str] = &[
@@ -36,4 +61,12 @@ pub const ALL: &[&str] = &[
     NO_MASQUERADE,
     PUBLIC_IPS,
     PUBLIC_PORTS,
+    NSG_SRC_ADDR,
+    NSG_DST_ADDR,
+    NSG_SRC_PORT,
+    NSG_DST_PORT,
+    NSG_PROTO,
+    NSG_PORTLESS,
+    NSG_RULES,
+    NSG_HITS,
 ];

@@ -8,7 +8,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 use vnetd_common::{
-    ConntrackStat, Flow, FlowKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, maps::FLOWS_MAX,
+    ConntrackStat, Flow, FlowKey, NO_RULE, NsgVerdict, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    maps::FLOWS_MAX,
 };
 
 use crate::parse::Ipv4;
@@ -132,7 +133,10 @@ pub fn new_flow(
         kind,
         direction,
         tcp_flags_seen: 0,
-        _pad: [0; 6],
+        nsg_verdict: NsgVerdict::Unclassified as u8,
+        _pad: 0,
+        nsg_rule_subnet: NO_RULE,
+        nsg_rule_group: NO_RULE,
     }
 }
 

@@ -1,6 +1,6 @@
 //! vnetd's eBPF programs: one entry per hook, each a pipeline in its own file (`uplink`, `pod`)
 //! over modules of one concern each: parse, endpoint (and anti-spoofing), arp, route, l3, icmp,
-//! conntrack (the flow table), nat (SNAT, public addresses, the node's own ports), csum
+//! conntrack (the flow table), nsg (the security groups' classifier), nat (SNAT, public addresses, the node's own ports), csum
 //! (rewrites with the kernel's checksum helpers), forward, counters (traffic) and drop (the one
 //! exit that counts why a packet was refused).
 #![no_std]
@@ -17,6 +17,7 @@ mod icmp;
 mod l3;
 mod nat;
 mod node;
+mod nsg;
 mod parse;
 mod pod;
 mod route;

@@ -1,6 +1,6 @@
-//! Everything a pod sends (TC ingress on its host-side veth): anti-spoofing, then the route of
-//! the pod's subnet, one routed hop, masquerading for the internet, and delivery to a local pod
-//! or out of the uplink.
+//! Everything a pod sends (TC ingress on its host-side veth): anti-spoofing, the pod's outbound
+//! NSGs, then the route of the pod's subnet, one routed hop, masquerading for the internet, and
+//! delivery to a local pod or out of the uplink.
 use aya_ebpf::programs::TcContext;
 use network_types::eth::EthHdr;
 use vnetd_common::{DropReason, POD_GATEWAY, Path};
@@ -8,7 +8,7 @@ use vnetd_common::{DropReason, POD_GATEWAY, Path};
 use crate::{
     arp,
     counters::count_traffic,
-    drop, endpoint, forward, icmp, l3, nat, node,
+    drop, endpoint, forward, icmp, l3, nat, node, nsg,
     parse::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, Packet},
     route::{self, Hop},
 };
@@ -40,6 +40,10 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, eth: &mut EthHdr) -> Result<i32, DropReas
     let ip = pkt.ipv4().ok_or(DropReason::Malformed)?;
     let src = endpoint::verified_source(pkt.ifindex, &ip.hdr.src_addr, &eth.src_addr)
         .ok_or(DropReason::Spoofed)?;
+    if src.nsg_out_group != 0 || src.nsg_out_subnet != 0 {
+        // Before the route and SNAT: outbound rules see the pod's own address.
+        nsg::outbound(src, &ip)?;
+    }
     let node = node::config().ok_or(DropReason::NoRoute)?;
     if ip.hdr.dst_addr == node.primary_ip {
         // The pod's own node is not a hop: its stack answers.

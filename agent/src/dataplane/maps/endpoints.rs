@@ -21,6 +21,10 @@ pub fn abi_endpoint(
         pod_mac: ep.pod_mac,
         host_mac: ep.host_mac,
         public_ip: public_ip.map_or([0; 4], |ip| ip.octets()),
+        nsg_in_subnet: 0,
+        nsg_in_group: 0,
+        nsg_out_subnet: 0,
+        nsg_out_group: 0,
     }
 }
 

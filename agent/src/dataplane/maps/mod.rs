@@ -6,6 +6,7 @@ mod counters;
 mod endpoints;
 pub mod nat;
 mod node;
+pub mod nsg;
 pub mod routes;
 
 use anyhow::{Context as _, Result};

@@ -1,0 +1,558 @@
+//! BPF_PROG_RUN tests of NSG classification: random rule sets compiled by the agent and written
+//! into the NSG maps by `dataplane::maps::nsg` (generation-numbered ids, as a reload does), then
+//! random packets through `pod_ingress`, whose verdict (dropped as `nsg_denied` or not) and
+//! deciding rule (the hit counter that moved) must be the reference evaluator's. The classifier
+//! is direction-agnostic in the kernel, so each direction's classifier is tried by naming it as
+//! the sending endpoint's outbound NSG. Needs root (CAP_BPF).
+mod support;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Mutex,
+};
+
+use ipnet::Ipv4Net;
+use proptest::prelude::*;
+use support::*;
+use vnetd::{
+    compile::{
+        NsgTables, ServiceTags,
+        nsg::compile_nsgs,
+        prefix::complement,
+        reference::{Packet, evaluate_nsg},
+    },
+    dataplane::{Dataplane, maps::nsg::switch_nsgs, tables::VersionedTables},
+    spec::{
+        AZURE_LOAD_BALANCER, Access, AddressPrefix, Direction, NetworkSecurityGroup, PortRange,
+        Protocol, SecurityRule, ServiceTag, VirtualNetwork,
+    },
+};
+use vnetd_common::{DropReason, Endpoint, NsgRuleKey};
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// A state dir of its own, removed when dropped (also when a test fails).
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("vnetd-progrun-nsg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a state dir");
+        Self(dir)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The dataplane and the NSG ids the property test's cases share (loading the programs once).
+struct Fixture {
+    dp: Dataplane,
+    versions: VersionedTables,
+    _state: StateDir,
+}
+
+static FIXTURE: Mutex<Option<Fixture>> = Mutex::new(None);
+
+fn tags(vnet: &VirtualNetwork) -> ServiceTags {
+    let virtual_network: Vec<Ipv4Net> = vnet
+        .address_space
+        .iter()
+        .chain(&vnet.connected_address_spaces)
+        .copied()
+        .collect();
+    ServiceTags {
+        internet: complement(&virtual_network),
+        virtual_network,
+    }
+}
+
+/// Writes `nsg`'s classifiers and returns their kernel ids by direction.
+fn install(
+    fx: &mut Fixture,
+    vnet: &VirtualNetwork,
+    nsg: &NetworkSecurityGroup,
+) -> (NsgTables, BTreeMap<Direction, u32>) {
+    let tables = compile_nsgs(std::slice::from_ref(nsg), &tags(vnet)).expect("compiles");
+    let mut kernel = BTreeMap::new();
+    switch_nsgs(
+        &mut fx.versions,
+        &mut fx.dp,
+        &tables,
+        |_, ids| {
+            kernel = ids.clone();
+            Ok(())
+        },
+        |_| Ok(()),
+    )
+    .expect("the classifiers are written");
+    let by_direction = [Direction::Inbound, Direction::Outbound]
+        .into_iter()
+        .map(|d| (d, kernel[&NsgTables::classifier_id(1, d)]))
+        .collect();
+    (tables, by_direction)
+}
+
+/// Ethernet + IPv4 from `src` (as pod A's MAC) to `dst` with an L4 header of `protocol`.
+fn frame(p: &Packet) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    match p.protocol {
+        TCP => {
+            l4.extend_from_slice(&p.src_port.to_be_bytes());
+            l4.extend_from_slice(&p.dst_port.to_be_bytes());
+            l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        }
+        UDP => {
+            l4.extend_from_slice(&p.src_port.to_be_bytes());
+            l4.extend_from_slice(&p.dst_port.to_be_bytes());
+            l4.extend_from_slice(&[0, 12, 0, 0]);
+        }
+        // An echo request whose identifier is the "source port": NSG rules must not see it.
+        ICMP => {
+            l4.extend_from_slice(&[8, 0, 0, 0]);
+            l4.extend_from_slice(&p.src_port.to_be_bytes());
+            l4.extend_from_slice(&[0, 1]);
+        }
+        _ => l4.extend_from_slice(&[0; 8]),
+    }
+    l4.extend_from_slice(b"nsg!");
+    let mut f = eth(HOST_A, MAC_A, 0x0800);
+    let total = (20 + l4.len()) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x40, 0, 64, p.protocol, 0, 0]);
+    f.extend_from_slice(&p.src.octets());
+    f.extend_from_slice(&p.dst.octets());
+    let check = !ones_complement_sum(&f[14..34]);
+    f[24..26].copy_from_slice(&check.to_be_bytes());
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// The sender of `p`: an endpoint at its source address whose outbound NSG is `classifier`.
+fn sender(dp: &mut Dataplane, src: Ipv4Addr, classifier: u32) {
+    dp.put_endpoint(
+        src,
+        Endpoint {
+            host_ifindex: TEST_IFINDEX,
+            route_table: 1,
+            pod_mac: MAC_A,
+            host_mac: HOST_A,
+            public_ip: [0; 4],
+            nsg_in_subnet: 0,
+            nsg_in_group: 0,
+            nsg_out_subnet: classifier,
+            nsg_out_group: 0,
+        },
+    )
+    .unwrap();
+}
+
+/// Runs `packets` through pod_ingress against `nsg` (both directions' classifiers) and checks
+/// each verdict and, per classifier, every rule's hit count against the reference.
+fn check_against_reference(
+    fx: &mut Fixture,
+    vnet: &VirtualNetwork,
+    nsg: &NetworkSecurityGroup,
+    packets: &[Packet],
+) -> Result<(), TestCaseError> {
+    let (tables, ids) = install(fx, vnet, nsg);
+    for direction in [Direction::Inbound, Direction::Outbound] {
+        let id = ids[&direction];
+        let classifier = tables
+            .classifier(NsgTables::classifier_id(1, direction))
+            .unwrap();
+        let mut expected_hits: BTreeMap<u32, u64> = BTreeMap::new();
+        for p in packets {
+            sender(&mut fx.dp, p.src, id);
+            let denied_before = drops(&fx.dp, DropReason::NsgDenied);
+            let run = run(
+                &mut fx.dp,
+                vnetd_common::programs::POD_TC_INGRESS,
+                &frame(p),
+            );
+            let denied = drops(&fx.dp, DropReason::NsgDenied) - denied_before;
+            // ENDPOINTS holds 512: each packet's sender goes with it.
+            fx.dp.remove_endpoint(p.src).unwrap();
+            let exempt = p.dst == AZURE_LOAD_BALANCER || p.dst == METADATA;
+            if exempt {
+                prop_assert_eq!(denied, 0, "{:?} {:?}: exempt, yet denied", direction, p);
+                continue;
+            }
+            let decided = evaluate_nsg(nsg, direction, vnet, p);
+            let rule = classifier
+                .rules
+                .iter()
+                .position(|r| r.name == decided.rule && r.priority == decided.priority)
+                .expect("the reference's rule is in the classifier");
+            *expected_hits.entry(rule as u32).or_default() += 1;
+            prop_assert_eq!(
+                denied,
+                u64::from(decided.access == Access::Deny),
+                "{:?} {:?}: reference says {:?} (verdict {})",
+                direction,
+                p,
+                decided,
+                run.verdict
+            );
+            if decided.access == Access::Deny {
+                prop_assert_eq!(run.verdict, TC_ACT_SHOT);
+            }
+        }
+        let hits: BTreeMap<u32, u64> = fx
+            .dp
+            .nsg_hits()
+            .unwrap()
+            .into_iter()
+            .filter(|(key, n)| key.classifier == id && *n > 0)
+            .map(|(key, n)| (key.rule, n))
+            .collect();
+        prop_assert_eq!(
+            hits,
+            expected_hits,
+            "{:?}: hits by rule index (kernel, reference)",
+            direction
+        );
+    }
+    Ok(())
+}
+
+// Random rule sets and packets, in the image of the compile module's property tests (which hold
+// the compiled tables to the same reference in userspace).
+const ANCHORS: [u32; 7] = [
+    0x0a00_0000, // 10.0.0.0
+    0x0a00_0200, // 10.0.2.0
+    0xc0a8_3200, // 192.168.50.0
+    0xac10_0000, // 172.16.0.0
+    0x0808_0800, // 8.8.8.0
+    0xa83f_8110, // 168.63.129.16
+    0x0000_0000,
+];
+
+fn address() -> impl Strategy<Value = Ipv4Addr> {
+    prop_oneof![
+        4 => (prop::sample::select(&ANCHORS[..]), prop::sample::select(&[0u32, 0xff, 0xffff, 0xff_ffff][..]), any::<u32>())
+            .prop_map(|(anchor, mask, noise)| Ipv4Addr::from(anchor ^ (noise & mask))),
+        1 => any::<u32>().prop_map(Ipv4Addr::from),
+        1 => Just(AZURE_LOAD_BALANCER),
+        1 => Just(Ipv4Addr::BROADCAST),
+    ]
+}
+
+fn prefix(lengths: &'static [u8]) -> impl Strategy<Value = Ipv4Net> {
+    (address(), prop::sample::select(lengths))
+        .prop_map(|(addr, len)| Ipv4Net::new(addr, len).unwrap().trunc())
+}
+
+const RULE_PREFIX_LENGTHS: &[u8] = &[0, 1, 7, 8, 12, 15, 16, 20, 24, 25, 28, 31, 32];
+
+fn address_prefix() -> impl Strategy<Value = AddressPrefix> {
+    prop_oneof![
+        1 => Just(AddressPrefix::Any),
+        1 => Just(AddressPrefix::Tag(ServiceTag::VirtualNetwork)),
+        1 => Just(AddressPrefix::Tag(ServiceTag::Internet)),
+        1 => Just(AddressPrefix::Tag(ServiceTag::AzureLoadBalancer)),
+        6 => prefix(RULE_PREFIX_LENGTHS).prop_map(AddressPrefix::Prefix),
+    ]
+}
+
+const INTERESTING_PORTS: [u16; 14] = [
+    0, 1, 22, 25, 53, 80, 443, 1023, 1024, 8000, 8080, 32767, 32768, 65535,
+];
+
+fn port() -> impl Strategy<Value = u16> {
+    prop_oneof![
+        3 => prop::sample::select(&INTERESTING_PORTS[..]),
+        1 => (prop::sample::select(&INTERESTING_PORTS[..]), -2i32..=2)
+            .prop_map(|(port, delta)| (i32::from(port) + delta).clamp(0, 65535) as u16),
+        1 => any::<u16>(),
+    ]
+}
+
+fn port_range() -> impl Strategy<Value = PortRange> {
+    prop_oneof![
+        1 => Just(PortRange::ANY),
+        2 => port().prop_map(PortRange::single),
+        3 => (port(), port()).prop_map(|(a, b)| PortRange { first: a.min(b), last: a.max(b) }),
+    ]
+}
+
+fn protocol() -> impl Strategy<Value = Protocol> {
+    prop::sample::select(
+        &[
+            Protocol::Tcp,
+            Protocol::Udp,
+            Protocol::Icmp,
+            Protocol::Esp,
+            Protocol::Ah,
+            Protocol::Any,
+        ][..],
+    )
+}
+
+/// A rule without name and priority; one to three prefixes and ranges (the plural forms).
+fn rule_body() -> impl Strategy<Value = SecurityRule> {
+    (
+        prop::sample::select(&[Direction::Inbound, Direction::Outbound][..]),
+        prop::sample::select(&[Access::Allow, Access::Deny][..]),
+        protocol(),
+        prop::collection::vec(address_prefix(), 1..=3),
+        prop::collection::vec(port_range(), 1..=3),
+        prop::collection::vec(address_prefix(), 1..=3),
+        prop::collection::vec(port_range(), 1..=3),
+    )
+        .prop_map(
+            |(direction, access, protocol, src, sports, dst, dports)| SecurityRule {
+                name: String::new(),
+                description: None,
+                priority: 0,
+                direction,
+                access,
+                protocol,
+                source_address_prefixes: src,
+                source_port_ranges: sports,
+                destination_address_prefixes: dst,
+                destination_port_ranges: dports,
+            },
+        )
+}
+
+/// Priorities drawn with the range's ends weighted in.
+fn priority() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        3 => 100u32..=4096,
+        1 => prop::sample::select(&[100u32, 101, 4095, 4096][..]),
+    ]
+}
+
+/// Mostly small NSGs; one in twenty near Azure's 1000-rule limit, so every bitmap word is used.
+fn nsg_strategy() -> impl Strategy<Value = NetworkSecurityGroup> {
+    let small = prop::collection::vec((rule_body(), priority()), 0..=24)
+        .prop_map(|rules| (rules, None))
+        .boxed();
+    let large = (
+        prop::collection::vec((rule_body(), priority()), 960..=1000),
+        prop::option::of(prop::sample::select(
+            &[Direction::Inbound, Direction::Outbound][..],
+        )),
+    )
+        .boxed();
+    prop_oneof![19 => small, 1 => large].prop_map(|(rules, one_direction)| {
+        let mut taken = HashSet::new();
+        let security_rules = rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, (rule, mut priority))| {
+                while !taken.insert(priority) {
+                    priority = if priority == 4096 { 100 } else { priority + 1 };
+                }
+                SecurityRule {
+                    name: format!("r{i}"),
+                    priority,
+                    direction: one_direction.unwrap_or(rule.direction),
+                    ..rule
+                }
+            })
+            .collect();
+        NetworkSecurityGroup {
+            name: "random".into(),
+            security_rules,
+        }
+    })
+}
+
+fn vnet_strategy() -> impl Strategy<Value = VirtualNetwork> {
+    const LENGTHS: &[u8] = &[8, 12, 16, 20, 24, 28];
+    (
+        prop::collection::vec(prefix(LENGTHS), 1..=3),
+        prop::collection::vec(prefix(LENGTHS), 0..=2),
+    )
+        .prop_map(|(space, connected)| {
+            let mut taken: Vec<Ipv4Net> = Vec::new();
+            let mut keep = |nets: Vec<Ipv4Net>| -> Vec<Ipv4Net> {
+                nets.into_iter()
+                    .filter(|n| {
+                        let free = !taken.iter().any(|t| t.contains(n) || n.contains(t));
+                        if free {
+                            taken.push(*n);
+                        }
+                        free
+                    })
+                    .collect()
+            };
+            let address_space = keep(space);
+            let connected_address_spaces = keep(connected);
+            VirtualNetwork {
+                name: "v".into(),
+                address_space,
+                connected_address_spaces,
+                subnets: vec![],
+            }
+        })
+}
+
+fn packet() -> impl Strategy<Value = Packet> {
+    let protocol = prop_oneof![
+        3 => Just(TCP),
+        2 => Just(UDP),
+        1 => Just(ICMP),
+        1 => prop::sample::select(&[50u8, 51, 0, 47, 132][..]),
+        1 => any::<u8>(),
+    ];
+    let dst = prop_oneof![8 => address(), 1 => Just(METADATA)];
+    (address(), dst, protocol, port(), port()).prop_map(
+        |(src, dst, protocol, src_port, dst_port)| Packet {
+            src,
+            dst,
+            protocol,
+            src_port,
+            dst_port,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 200,
+        rng_algorithm: prop::test_runner::RngAlgorithm::XorShift,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// pod_ingress decides every packet as the reference evaluator does, and counts the hit on
+    /// the rule the reference names.
+    #[test]
+    fn pod_ingress_agrees_with_reference(
+        vnet in vnet_strategy(),
+        nsg in nsg_strategy(),
+        packets in prop::collection::vec(packet(), 12),
+    ) {
+        let mut guard = FIXTURE.lock().unwrap_or_else(|e| e.into_inner());
+        let fx = guard.get_or_insert_with(|| {
+            let state = StateDir::new("oracle");
+            Fixture {
+                dp: dataplane(),
+                versions: VersionedTables::open(&state.0, "nsg").unwrap(),
+                _state: state,
+            }
+        });
+        check_against_reference(fx, &vnet, &nsg, &packets)?;
+    }
+}
+
+/// A reload switches classifiers by id: an unchanged NSG keeps its ids, a changed one is written
+/// under fresh ids and the old ids' entries (counters included) are gone; nothing else remains.
+#[test]
+fn a_changed_nsg_moves_to_fresh_ids_and_the_old_ones_are_removed() {
+    let state = StateDir::new("switch");
+    let mut fx = Fixture {
+        dp: dataplane(),
+        versions: VersionedTables::open(&state.0, "nsg").unwrap(),
+        _state: state,
+    };
+    let vnet = VirtualNetwork {
+        name: "v".into(),
+        address_space: vec!["10.0.0.0/16".parse().unwrap()],
+        connected_address_spaces: vec![],
+        subnets: vec![],
+    };
+    let deny_smtp = |priority| NetworkSecurityGroup {
+        name: "apps-nsg".into(),
+        security_rules: vec![SecurityRule {
+            name: "deny-smtp-out".into(),
+            description: None,
+            priority,
+            direction: Direction::Outbound,
+            access: Access::Deny,
+            protocol: Protocol::Tcp,
+            source_address_prefixes: vec![AddressPrefix::Any],
+            source_port_ranges: vec![PortRange::ANY],
+            destination_address_prefixes: vec![AddressPrefix::Any],
+            destination_port_ranges: vec![PortRange::single(25)],
+        }],
+    };
+    let (_, first) = install(&mut fx, &vnet, &deny_smtp(200));
+    let (_, again) = install(&mut fx, &vnet, &deny_smtp(200));
+    assert_eq!(first, again, "an unchanged NSG keeps its ids");
+    let (_, changed) = install(&mut fx, &vnet, &deny_smtp(300));
+    assert_eq!(changed[&Direction::Inbound], first[&Direction::Inbound]);
+    assert_ne!(changed[&Direction::Outbound], first[&Direction::Outbound]);
+    let present = fx.dp.nsg_classifier_ids().unwrap();
+    assert_eq!(
+        present,
+        changed.values().copied().collect(),
+        "only the live classifiers have entries"
+    );
+
+    // The live outbound classifier denies SMTP from pod A and counts it on rule 0.
+    let out = changed[&Direction::Outbound];
+    sender(&mut fx.dp, Ipv4Addr::from(POD_A), out);
+    let smtp = Packet {
+        src: POD_A.into(),
+        dst: "8.8.8.8".parse().unwrap(),
+        protocol: TCP,
+        src_port: 40000,
+        dst_port: 25,
+    };
+    let web = Packet {
+        dst_port: 443,
+        ..smtp
+    };
+    assert_eq!(
+        run(
+            &mut fx.dp,
+            vnetd_common::programs::POD_TC_INGRESS,
+            &frame(&smtp)
+        )
+        .verdict,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&fx.dp, DropReason::NsgDenied), 1);
+    assert_ne!(
+        run(
+            &mut fx.dp,
+            vnetd_common::programs::POD_TC_INGRESS,
+            &frame(&web)
+        )
+        .verdict,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&fx.dp, DropReason::NsgDenied), 1);
+    let hits = fx.dp.nsg_hits().unwrap();
+    let hit = |rule| {
+        hits.get(&NsgRuleKey {
+            classifier: out,
+            rule,
+        })
+        .copied()
+    };
+    // Rule 0: deny-smtp-out; 1..=3: AllowVnetOutBound, AllowInternetOutBound, DenyAllOutBound.
+    assert_eq!(
+        (hit(0), hit(1), hit(2), hit(3)),
+        (Some(1), Some(0), Some(1), Some(0))
+    );
+
+    // An endpoint without classifier ids is not classified at all.
+    sender(&mut fx.dp, Ipv4Addr::from(POD_A), 0);
+    assert_ne!(
+        run(
+            &mut fx.dp,
+            vnetd_common::programs::POD_TC_INGRESS,
+            &frame(&smtp)
+        )
+        .verdict,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&fx.dp, DropReason::NsgDenied), 1);
+    assert_eq!(fx.dp.nsg_hits().unwrap(), hits);
+}
