@@ -173,15 +173,16 @@ pub fn orphan_verdict(entry: &Flow, now_ns: u64) -> Verdict {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`, which the
+/// dataplane stamps flows with.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec it is given, alive for the call.
-    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    assert_eq!(ret, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail");
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    assert_eq!(ret, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE) cannot fail");
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 

@@ -22,7 +22,7 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the flow was created.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) when the flow was created.
     pub created_ns: u64,
     /// When a packet of this direction was last seen (refreshed at most about once a second,
     /// so established traffic does not write the entry on every packet).
