@@ -38,7 +38,9 @@ pub const BUSYBOX_IMAGE: &str = "vnetd.test/busybox:latest";
 /// What the image's web root (`/www/index.html`) holds.
 pub const BUSYBOX_INDEX: &str = "hello from a containerd container\n";
 /// The busybox applets the image links: a shell, a web server and client, `ip`, `ping`, and the rest.
-const APPLETS: &[&str] = &["sh", "httpd", "wget", "ip", "sleep", "cat", "ls", "echo", "ping"];
+const APPLETS: &[&str] = &[
+    "sh", "httpd", "wget", "ip", "sleep", "cat", "ls", "echo", "ping",
+];
 
 /// Host paths the runtime writes or reads that the test replaces with its own directories,
 /// and the name of that directory under [`Containerd::dir`].
@@ -264,19 +266,14 @@ impl Containerd {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        self.node
-            .spawn_with(self.ctr_command(args), LogMode::Files)
+        self.node.spawn_with(self.ctr_command(args), LogMode::Files)
     }
 
     /// Builds the busybox image (see the module docs) and imports it as [`BUSYBOX_IMAGE`].
     pub fn import_busybox(&self) -> Result<()> {
         let archive = build_busybox_archive(&self.dir.join("image"))?;
-        self.ctr_ok([
-            "images".as_ref(),
-            "import".as_ref(),
-            archive.as_os_str(),
-        ])
-        .context("importing the busybox image")?;
+        self.ctr_ok(["images".as_ref(), "import".as_ref(), archive.as_os_str()])
+            .context("importing the busybox image")?;
         Ok(())
     }
 

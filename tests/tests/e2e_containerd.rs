@@ -254,7 +254,11 @@ fn containerd_group_shares_one_network_namespace() -> Result<()> {
     let gone = wait_for(NOTICE, || {
         endpoints(&agent).is_ok_and(|e| e.iter().all(|e| e["container_id"] != group))
     });
-    assert!(gone, "the group's endpoint is left: {:#?}", endpoints(&agent)?);
+    assert!(
+        gone,
+        "the group's endpoint is left: {:#?}",
+        endpoints(&agent)?
+    );
     assert_eq!(endpoints(&agent)?.len(), 1, "the outsider pod stays");
     Ok(())
 }
@@ -274,24 +278,46 @@ fn containerd_deleted_containers_leave_nothing_behind() -> Result<()> {
     let ctr = runtime(&lab, &node)?;
     let only: Ipv4Addr = "10.0.2.10".parse()?;
 
-    // With DEL: ctr waits for the task, then removes its network and the container.
-    let run = ctr.ctr_spawn([
-        "run", "--rm", "--cni", BUSYBOX_IMAGE, "with-del", "sleep", "3600",
+    // With DEL: ctr waits for the task, then removes its network and the container. The test
+    // holds the container's namespace open, so that only the DEL can remove the endpoint (the
+    // link watch would, once the namespace is gone).
+    let mut run = ctr.ctr_spawn([
+        "run",
+        "--rm",
+        "--cni",
+        BUSYBOX_IMAGE,
+        "with-del",
+        "sleep",
+        "3600",
     ])?;
-    ctr.wait_task("with-del", Duration::from_secs(10))?;
-    let ep = endpoint_of(&agent, &ctr.cni_container_id("with-del"))?;
+    let pid = ctr.wait_task("with-del", Duration::from_secs(10))?;
+    let held = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .context("holding the container's network namespace")?;
+    let cni_id = ctr.cni_container_id("with-del");
+    let ep = endpoint_of(&agent, &cni_id)?;
     assert_eq!(ip_of(&ep)?, only);
     ctr.ctr_ok(["tasks", "kill", "--signal", "SIGKILL", "with-del"])?;
-    let mut run = run;
     let status = run
         .wait_timeout(Duration::from_secs(30))?
         .context("ctr run did not return after its task was killed")?;
-    let log = run.stderr();
-    assert!(
-        endpoints(&agent)?.is_empty(),
-        "ctr run ({status}) left the endpoint: {log}"
+    // ctr exits with its task's status: 128 + SIGKILL.
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "ctr run: {status}: {}",
+        run.stderr()
     );
+    let log = agent.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("endpoint deleted") && l.contains(&cni_id)),
+        "no CNI DEL of {cni_id} reached the agent:\n{log}"
+    );
+    assert!(!log.contains("vanished"), "{log}");
     assert_nothing_left(&agent, &node, only)?;
+    drop(held);
+    let listed = ctr.ctr_ok(["containers", "ls", "-q"])?;
+    assert!(listed.trim().is_empty(), "`ctr run --rm` left {listed}");
 
     // Without DEL: the task is killed and deleted, the namespace goes with it.
     for round in 0..2 {
@@ -308,6 +334,8 @@ fn containerd_deleted_containers_leave_nothing_behind() -> Result<()> {
             endpoints(&agent)?
         );
         assert_nothing_left(&agent, &node, only)?;
+        let vanished = agent.log().matches("vanished").count();
+        assert_eq!(vanished, round + 1, "the link watch released it, no DEL");
     }
     Ok(())
 }
