@@ -450,16 +450,66 @@ fn cgroup_dirs(ns: &str) -> Vec<PathBuf> {
     dirs
 }
 
-/// Removes a cgroup directory and its children (rmdir, deepest first): cgroups hold no files.
-fn remove_cgroup_tree(dir: &Path) {
+/// Kills the processes of a cgroup tree, then removes it (rmdir, deepest first: a cgroup holds
+/// no files of its own). Returns the pids killed.
+fn remove_cgroup_tree(dir: &Path) -> Vec<i32> {
+    let mut killed = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path());
+                killed.extend(remove_cgroup_tree(&e.path()));
             }
         }
     }
-    let _ = std::fs::remove_dir(dir);
+    let procs = || {
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .collect::<Vec<_>>()
+    };
+    for pid in procs() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        killed.push(pid);
+    }
+    // A killed process leaves the cgroup busy for a moment after it left cgroup.procs.
+    wait_for(Duration::from_secs(5), || {
+        procs().is_empty() && (std::fs::remove_dir(dir).is_ok() || !dir.exists())
+    });
+    killed
+}
+
+/// What containerd runtimes of dead labs left (see [`crate::sweep_stale`]): a test process
+/// killed with SIGKILL cannot stop its containers. Their shims die with the lab's node
+/// namespace, but a container runs in namespaces of its own; runc put it in the cgroup
+/// `<hierarchy>/<lab id>/<container>` (the containerd namespace is the lab's id), so the
+/// sweep kills what is in those cgroups and removes them. Returns the pids killed.
+pub(crate) fn sweep_cgroups(select: impl Fn(&str) -> bool) -> Vec<i32> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut tops = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        tops.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    let mut killed = Vec::new();
+    for top in tops {
+        let Ok(entries) = std::fs::read_dir(&top) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if let Some(name) = e.file_name().to_str()
+                && select(name)
+                && e.file_type().is_ok_and(|t| t.is_dir())
+            {
+                killed.extend(remove_cgroup_tree(&e.path()));
+            }
+        }
+    }
+    killed
 }
 
 /// The OCI platform architecture of this machine.
