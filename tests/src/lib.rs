@@ -58,6 +58,7 @@
 //! connections at once ([`Ns::tcp_connect_many`], [`EchoServer::tcp_many`]), a chosen source
 //! port ([`Ns::tcp_connect_from`]) and one-way bulk transfers ([`EchoServer::tcp_sink`]).
 
+pub mod containerd;
 pub mod frames;
 mod lab;
 mod ns;

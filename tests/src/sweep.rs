@@ -157,6 +157,12 @@ fn sweep(select: impl Fn(u32, u32) -> bool) -> Result<SweepReport> {
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
+    // Containers of a lab's containerd (crate::containerd), named by the lab's id.
+    report
+        .killed
+        .extend(crate::containerd::sweep_cgroups(|name| {
+            !name.contains('-') && owner_of(name).is_some_and(|(pid, n)| select(pid, n))
+        }));
     for root in [LAB_DIR_ROOT, BPFFS_ROOT] {
         let Ok(rd) = std::fs::read_dir(root) else {
             continue;

@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "procps",                     // sysctl, pgrep
     "golang-go",                  // builds the libcni test driver (tests/tests/e2e_libcni.rs)
     "golang-github-appc-cni-dev", // libcni's sources (CNI 1.1.2), for that driver
+    "containerd",                 // a real runtime for the plugin (e2e_containerd.rs)
+    "busybox-static",             // that test's offline image (no registry is reachable)
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
