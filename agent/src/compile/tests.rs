@@ -12,8 +12,8 @@ use super::nsg::{compile_classifier, default_rules};
 use super::reference::{self, Packet};
 use super::*;
 use crate::spec::{
-    Access, AddressPrefix, NetworkSecurityGroup, NextHopType, PortRange, Protocol, Route,
-    RouteTable, SecurityRule, ServiceTag, Spec, VirtualNetwork, parse_str,
+    AZURE_LOAD_BALANCER, Access, AddressPrefix, NetworkSecurityGroup, NextHopType, PortRange,
+    Protocol, Route, RouteTable, SecurityRule, ServiceTag, Spec, VirtualNetwork, parse_str,
 };
 
 const CONTRACT: &str = include_str!("../../../examples/contract.yaml");
@@ -490,200 +490,9 @@ fn default_rules_are_azures() {
 
 // Property tests.
 
-/// Addresses cluster around a few anchors so that random prefixes overlap and nest, and so that
-/// random packets land inside them, on their edges and outside.
-const ANCHORS: [u32; 8] = [
-    0x0a00_0000, // 10.0.0.0
-    0x0a00_0100, // 10.0.1.0
-    0x0a01_0000, // 10.1.0.0
-    0xc0a8_3200, // 192.168.50.0
-    0xac10_0000, // 172.16.0.0
-    0x0808_0800, // 8.8.8.0
-    0xa83f_8110, // 168.63.129.16
-    0x0000_0000,
-];
-
-fn address() -> impl Strategy<Value = Ipv4Addr> {
-    prop_oneof![
-        4 => (prop::sample::select(&ANCHORS[..]), prop::sample::select(&[0u32, 0xff, 0xffff, 0xff_ffff][..]), any::<u32>())
-            .prop_map(|(anchor, mask, noise)| Ipv4Addr::from(anchor ^ (noise & mask))),
-        1 => any::<u32>().prop_map(Ipv4Addr::from),
-        1 => Just(reference_load_balancer()),
-    ]
-}
-
-fn reference_load_balancer() -> Ipv4Addr {
-    crate::spec::AZURE_LOAD_BALANCER
-}
-
-fn prefix_strategy(lengths: &'static [u8]) -> impl Strategy<Value = Ipv4Net> {
-    (address(), prop::sample::select(lengths))
-        .prop_map(|(addr, len)| Ipv4Net::new(addr, len).unwrap().trunc())
-}
-
-const RULE_PREFIX_LENGTHS: &[u8] = &[0, 1, 7, 8, 12, 15, 16, 20, 24, 25, 28, 31, 32];
-
-fn address_prefix() -> impl Strategy<Value = AddressPrefix> {
-    prop_oneof![
-        1 => Just(AddressPrefix::Any),
-        1 => Just(AddressPrefix::Tag(ServiceTag::VirtualNetwork)),
-        1 => Just(AddressPrefix::Tag(ServiceTag::Internet)),
-        1 => Just(AddressPrefix::Tag(ServiceTag::AzureLoadBalancer)),
-        6 => prefix_strategy(RULE_PREFIX_LENGTHS).prop_map(AddressPrefix::Prefix),
-    ]
-}
-
-const INTERESTING_PORTS: [u16; 14] = [
-    0, 1, 22, 25, 53, 80, 443, 1023, 1024, 8000, 8080, 32767, 32768, 65535,
-];
-
-fn port() -> impl Strategy<Value = u16> {
-    prop_oneof![
-        3 => prop::sample::select(&INTERESTING_PORTS[..]),
-        1 => (prop::sample::select(&INTERESTING_PORTS[..]), -2i32..=2)
-            .prop_map(|(port, delta)| (i32::from(port) + delta).clamp(0, 65535) as u16),
-        1 => any::<u16>(),
-    ]
-}
-
-fn port_range() -> impl Strategy<Value = PortRange> {
-    prop_oneof![
-        1 => Just(PortRange::ANY),
-        2 => port().prop_map(PortRange::single),
-        3 => (port(), port()).prop_map(|(a, b)| PortRange { first: a.min(b), last: a.max(b) }),
-    ]
-}
-
-fn protocol() -> impl Strategy<Value = Protocol> {
-    prop::sample::select(
-        &[
-            Protocol::Tcp,
-            Protocol::Udp,
-            Protocol::Icmp,
-            Protocol::Esp,
-            Protocol::Ah,
-            Protocol::Any,
-        ][..],
-    )
-}
-
-/// A rule without name and priority (assigned by [`nsg_strategy`]).
-fn rule_body() -> impl Strategy<Value = SecurityRule> {
-    (
-        prop::sample::select(&[Direction::Inbound, Direction::Outbound][..]),
-        prop::sample::select(&[Access::Allow, Access::Deny][..]),
-        protocol(),
-        prop::collection::vec(address_prefix(), 1..=3),
-        prop::collection::vec(port_range(), 1..=3),
-        prop::collection::vec(address_prefix(), 1..=3),
-        prop::collection::vec(port_range(), 1..=3),
-    )
-        .prop_map(
-            |(direction, access, protocol, src, sports, dst, dports)| SecurityRule {
-                name: String::new(),
-                description: None,
-                priority: 0,
-                direction,
-                access,
-                protocol,
-                source_address_prefixes: src,
-                source_port_ranges: sports,
-                destination_address_prefixes: dst,
-                destination_port_ranges: dports,
-            },
-        )
-}
-
-/// The most rules an NSG may have (validation's limit, as Azure's).
-const MAX_NSG_RULES: usize = 1000;
-
-/// Mostly small NSGs (up to 24 rules: every rule interacts with the others); one case in
-/// twenty near the 1000-rule limit, half of those with every rule in one direction, so the
-/// bitmaps' words beyond the first (64 rules each) are exercised on random rules too.
-fn nsg_strategy() -> impl Strategy<Value = NetworkSecurityGroup> {
-    let small = prop::collection::vec((rule_body(), 100u32..=4096), 0..=24)
-        .prop_map(|rules| (rules, None))
-        .boxed();
-    let large = (
-        prop::collection::vec(
-            (rule_body(), 100u32..=4096),
-            MAX_NSG_RULES - 40..=MAX_NSG_RULES,
-        ),
-        prop::option::of(prop::sample::select(
-            &[Direction::Inbound, Direction::Outbound][..],
-        )),
-    )
-        .boxed();
-    prop_oneof![19 => small, 1 => large].prop_map(|(rules, one_direction)| {
-        // Priorities are unique (validation refuses duplicates): a taken one moves to the next
-        // free value.
-        let mut taken = std::collections::HashSet::new();
-        let security_rules = rules
-            .into_iter()
-            .enumerate()
-            .map(|(i, (rule, mut priority))| {
-                while !taken.insert(priority) {
-                    priority = if priority == 4096 { 100 } else { priority + 1 };
-                }
-                SecurityRule {
-                    name: format!("r{i}"),
-                    priority,
-                    direction: one_direction.unwrap_or(rule.direction),
-                    ..rule
-                }
-            })
-            .collect();
-        NetworkSecurityGroup {
-            name: "random".into(),
-            security_rules,
-        }
-    })
-}
-
-/// Keeps the prefixes that overlap none kept before (a valid VNet has no overlaps).
-fn disjoint(prefixes: Vec<Ipv4Net>, taken: &mut Vec<Ipv4Net>) -> Vec<Ipv4Net> {
-    let mut kept = Vec::new();
-    for net in prefixes {
-        if !taken.iter().any(|t| crate::spec::overlaps(t, &net)) {
-            taken.push(net);
-            kept.push(net);
-        }
-    }
-    kept
-}
-
-fn vnet_strategy() -> impl Strategy<Value = VirtualNetwork> {
-    const LENGTHS: &[u8] = &[8, 12, 16, 20, 24, 28];
-    (
-        prop::collection::vec(prefix_strategy(LENGTHS), 1..=3),
-        prop::collection::vec(prefix_strategy(LENGTHS), 0..=2),
-    )
-        .prop_map(|(space, connected)| {
-            let mut taken = Vec::new();
-            let space = disjoint(space, &mut taken);
-            let connected = disjoint(connected, &mut taken);
-            vnet(space, connected)
-        })
-}
-
-fn packet() -> impl Strategy<Value = Packet> {
-    let protocol = prop_oneof![
-        3 => Just(TCP),
-        2 => Just(UDP),
-        1 => Just(ICMP),
-        1 => prop::sample::select(&[50u8, 51, 0, 47, 132][..]),
-        1 => any::<u8>(),
-    ];
-    (address(), address(), protocol, port(), port()).prop_map(
-        |(src, dst, protocol, src_port, dst_port)| Packet {
-            src,
-            dst,
-            protocol,
-            src_port,
-            dst_port,
-        },
-    )
-}
+#[path = "strategies.rs"]
+mod strategies;
+use strategies::*;
 
 proptest! {
     // XorShift: the default ChaCha generator dominates the run time in debug builds.
@@ -732,7 +541,7 @@ proptest! {
     fn routes_agree_with_reference(
         vnet in vnet_strategy(),
         udrs in prop::collection::vec(
-            (prefix_strategy(RULE_PREFIX_LENGTHS), prop::sample::select(&[
+            (prefix(RULE_PREFIX_LENGTHS), prop::sample::select(&[
                 NextHopType::VirtualAppliance, NextHopType::VnetLocal, NextHopType::Internet,
                 NextHopType::None, NextHopType::VirtualNetworkGateway,
             ][..]), address()),
