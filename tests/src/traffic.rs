@@ -70,6 +70,41 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
     }
 }
 
+/// A non-blocking TCP listener in `ns` on `port` (0: any free port) and its port.
+fn listen(ns: &Ns, port: u16) -> Result<(TcpListener, u16)> {
+    let listener = ns.tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+    let port = listener.local_addr()?.port();
+    listener.set_nonblocking(true)?;
+    Ok((listener, port))
+}
+
+/// Accepts connections until `stop`, recording each client, and serves each with `conn` on a
+/// thread of its own.
+fn accept_each(
+    listener: TcpListener,
+    stop: &Arc<AtomicBool>,
+    seen: &Mutex<Vec<Seen>>,
+    conn: fn(TcpStream, &AtomicBool),
+) {
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                seen.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
+                    peer: v4(peer),
+                    local: stream.local_addr().ok().map(v4),
+                });
+                let stop = stop.clone();
+                conns.push(std::thread::spawn(move || conn(stream, &stop)));
+            }
+            Err(_) => nonblocking_pause(),
+        }
+    }
+    for c in conns {
+        let _ = c.join();
+    }
+}
+
 fn nonblocking_pause() {
     std::thread::sleep(Duration::from_millis(2));
 }
@@ -77,41 +112,9 @@ fn nonblocking_pause() {
 impl EchoServer {
     /// A TCP echo server in `ns` on `port` (0: any free port, see [`EchoServer::port`]).
     pub fn tcp(ns: &Ns, port: u16) -> Result<EchoServer> {
-        let listener = ns.tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
-        let port = listener.local_addr()?.port();
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
-        let (stop2, seen2) = (stop.clone(), seen.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("echo-tcp-{port}"))
-            .spawn(move || {
-                let mut conns: Vec<JoinHandle<()>> = Vec::new();
-                while !stop2.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, peer)) => {
-                            seen2.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
-                                peer: v4(peer),
-                                local: stream.local_addr().ok().map(v4),
-                            });
-                            let stop3 = stop2.clone();
-                            conns.push(std::thread::spawn(move || echo_tcp_conn(stream, &stop3)));
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => nonblocking_pause(),
-                        Err(_) => nonblocking_pause(),
-                    }
-                }
-                for c in conns {
-                    let _ = c.join();
-                }
-            })
-            .context("spawning the tcp echo server thread")?;
-        Ok(EchoServer {
-            port,
-            ns: ns.name.clone(),
-            stop,
-            seen,
-            thread: Some(thread),
+        let (listener, port) = listen(ns, port)?;
+        Self::spawn(ns, port, "echo-tcp", move |stop, seen| {
+            accept_each(listener, &stop, &seen, echo_tcp_conn)
         })
     }
 
@@ -119,22 +122,9 @@ impl EchoServer {
     /// serves every connection (non-blocking sockets and `poll`) instead of a thread each, so
     /// the test process stays within its thread and memory budget.
     pub fn tcp_many(ns: &Ns, port: u16) -> Result<EchoServer> {
-        let listener = ns.tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
-        let port = listener.local_addr()?.port();
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
-        let (stop2, seen2) = (stop.clone(), seen.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("echo-many-{port}"))
-            .spawn(move || serve_many(listener, &stop2, &seen2))
-            .context("spawning the tcp echo server thread")?;
-        Ok(EchoServer {
-            port,
-            ns: ns.name.clone(),
-            stop,
-            seen,
-            thread: Some(thread),
+        let (listener, port) = listen(ns, port)?;
+        Self::spawn(ns, port, "echo-many", move |stop, seen| {
+            serve_many(listener, &stop, &seen)
         })
     }
 
@@ -143,40 +133,9 @@ impl EchoServer {
     /// echo it sends (almost) nothing back: for bulk transfers in one direction, where only the
     /// sender's path is under test (path MTU). Records its clients as the echo servers do.
     pub fn tcp_sink(ns: &Ns, port: u16) -> Result<EchoServer> {
-        let listener = ns.tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
-        let port = listener.local_addr()?.port();
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
-        let (stop2, seen2) = (stop.clone(), seen.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("sink-tcp-{port}"))
-            .spawn(move || {
-                let mut conns: Vec<JoinHandle<()>> = Vec::new();
-                while !stop2.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, peer)) => {
-                            seen2.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
-                                peer: v4(peer),
-                                local: stream.local_addr().ok().map(v4),
-                            });
-                            let stop3 = stop2.clone();
-                            conns.push(std::thread::spawn(move || sink_tcp_conn(stream, &stop3)));
-                        }
-                        Err(_) => nonblocking_pause(),
-                    }
-                }
-                for c in conns {
-                    let _ = c.join();
-                }
-            })
-            .context("spawning the tcp sink server thread")?;
-        Ok(EchoServer {
-            port,
-            ns: ns.name.clone(),
-            stop,
-            seen,
-            thread: Some(thread),
+        let (listener, port) = listen(ns, port)?;
+        Self::spawn(ns, port, "sink-tcp", move |stop, seen| {
+            accept_each(listener, &stop, &seen, sink_tcp_conn)
         })
     }
 
@@ -185,29 +144,40 @@ impl EchoServer {
         let sock = ns.udp_bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
         let port = sock.local_addr()?.port();
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        Self::spawn(ns, port, "echo-udp", move |stop, seen| {
+            let mut buf = vec![0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                    {
+                        let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        if !s.iter().any(|x| x.peer == v4(peer)) {
+                            s.push(Seen {
+                                peer: v4(peer),
+                                local: None,
+                            });
+                        }
+                    }
+                    let _ = sock.send_to(&buf[..n], peer);
+                }
+            }
+        })
+    }
+
+    /// Runs `serve` on a thread of its own (named `<what>-<port>`) with the server's stop flag
+    /// and its record of clients.
+    fn spawn(
+        ns: &Ns,
+        port: u16,
+        what: &str,
+        serve: impl FnOnce(Arc<AtomicBool>, Arc<Mutex<Vec<Seen>>>) + Send + 'static,
+    ) -> Result<EchoServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
         let (stop2, seen2) = (stop.clone(), seen.clone());
         let thread = std::thread::Builder::new()
-            .name(format!("echo-udp-{port}"))
-            .spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                while !stop2.load(Ordering::Relaxed) {
-                    if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                        {
-                            let mut s = seen2.lock().unwrap_or_else(|p| p.into_inner());
-                            if !s.iter().any(|x| x.peer == v4(peer)) {
-                                s.push(Seen {
-                                    peer: v4(peer),
-                                    local: None,
-                                });
-                            }
-                        }
-                        let _ = sock.send_to(&buf[..n], peer);
-                    }
-                }
-            })
-            .context("spawning the udp echo server thread")?;
+            .name(format!("{what}-{port}"))
+            .spawn(move || serve(stop2, seen2))
+            .with_context(|| format!("spawning the {what} server thread"))?;
         Ok(EchoServer {
             port,
             ns: ns.name.clone(),
