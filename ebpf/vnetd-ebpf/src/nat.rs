@@ -41,7 +41,7 @@ const PROBES: u32 = 32;
 /// Traffic to `dst` keeps the pod's address (the VNet, connected spaces, `nonMasqueradeCidrs`,
 /// link-local).
 #[inline(always)]
-pub fn keeps_pod_address(dst: &[u8; 4]) -> bool {
+fn keeps_pod_address(dst: &[u8; 4]) -> bool {
     NO_MASQUERADE.get(Key::new(32, *dst)).is_some()
 }
 
@@ -66,7 +66,9 @@ fn trackable(ip: &Ipv4, echo_type: u8) -> Result<(), DropReason> {
 }
 
 /// A pod's packet to the internet (`ep` sent it): its flow is found or created, and its source
-/// rewritten. The caller sends it on to the uplink.
+/// rewritten; true if so (the caller sends it on to the uplink). False: its destination keeps
+/// the pod's address, and the packet is untouched. Whether to masquerade is decided once per
+/// flow: an established flow's packets cost one lookup, not the no-masquerade trie too.
 #[inline(always)]
 pub fn pod_outbound(
     ctx: &TcContext,
@@ -74,11 +76,19 @@ pub fn pod_outbound(
     ep: &Endpoint,
     node: &NodeConfig,
     len: usize,
-) -> Result<(), DropReason> {
-    trackable(ip, ICMP_ECHO_REQUEST)?;
+) -> Result<bool, DropReason> {
+    if let Err(reason) = trackable(ip, ICMP_ECHO_REQUEST) {
+        // What cannot be translated may still go where no translation is needed.
+        return if keeps_pod_address(&ip.hdr.dst_addr) {
+            Ok(false)
+        } else {
+            Err(reason)
+        };
+    }
     let key = conntrack::key_of(ip);
     let flow = match conntrack::lookup(&key) {
         Some(flow) => flow,
+        None if keeps_pod_address(&key.dst_ip) => return Ok(false),
         None => {
             let nat_ip = if ep.public_ip != [0; 4] {
                 ep.public_ip
@@ -89,7 +99,8 @@ pub fn pod_outbound(
         }
     };
     conntrack::seen(flow, ip.tcp_flags, len);
-    apply(ctx, ip, &key, flow)
+    apply(ctx, ip, &key, flow)?;
+    Ok(true)
 }
 
 /// What became of a packet to the node's or a public address that [`inbound`] looked at.

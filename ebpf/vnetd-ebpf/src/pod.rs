@@ -56,8 +56,7 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, eth: &mut EthHdr) -> Result<i32, DropReas
         let macs = (src.pod_mac, src.host_mac);
         return icmp::time_exceeded_to_pod(ctx, &ip, pkt.ifindex, POD_GATEWAY, macs);
     }
-    if matches!(hop, Hop::NodeDefault(_)) && !nat::keeps_pod_address(&ip.hdr.dst_addr) {
-        nat::pod_outbound(ctx, &ip, src, node, pkt.len())?;
+    if matches!(hop, Hop::NodeDefault(_)) && nat::pod_outbound(ctx, &ip, src, node, pkt.len())? {
         return forward::to_internet(node, pkt.len());
     }
     forward::to_hop(eth, hop, node, pkt.len())
