@@ -698,6 +698,8 @@ fn node_config(plan: &NodePlan, uplink: &NodeLink) -> NodeConfig {
         snat_port_min: plan.compiled().snat_port_range.first,
         snat_port_max: plan.compiled().snat_port_range.last,
         _pad: [0; 2],
+        service_net: [0; 4],
+        service_mask: [0; 4],
     }
 }
 

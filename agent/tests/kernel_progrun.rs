@@ -169,6 +169,7 @@ fn a_pod_whose_table_is_missing_has_no_route() {
             nsg_in_group: 0,
             nsg_out_subnet: 0,
             nsg_out_group: 0,
+            flags: 0,
         },
     )
     .unwrap();

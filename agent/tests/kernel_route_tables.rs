@@ -76,6 +76,7 @@ fn endpoint(route_table: u32) -> Endpoint {
         nsg_in_group: 0,
         nsg_out_subnet: 0,
         nsg_out_group: 0,
+        flags: 0,
     }
 }
 

@@ -38,6 +38,7 @@ fn nat_dataplane(min: u16, max: u16) -> Dataplane {
             nsg_in_group: 0,
             nsg_out_subnet: 0,
             nsg_out_group: 0,
+            flags: 0,
         },
     )
     .unwrap();
@@ -48,6 +49,8 @@ fn nat_dataplane(min: u16, max: u16) -> Dataplane {
         snat_port_min: min,
         snat_port_max: max,
         _pad: [0; 2],
+        service_net: [0; 4],
+        service_mask: [0; 4],
     })
     .unwrap();
     {

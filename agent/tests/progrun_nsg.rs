@@ -147,6 +147,7 @@ fn sender(dp: &mut Dataplane, src: Ipv4Addr, classifier: u32) {
             nsg_in_group: 0,
             nsg_out_subnet: classifier,
             nsg_out_group: 0,
+            flags: 0,
         },
     )
     .unwrap();

@@ -119,6 +119,8 @@ pub fn dataplane_on(ifindex_a: u32, ifindex_b: u32, host_b: [u8; 6]) -> Dataplan
         snat_port_min: 32768,
         snat_port_max: 65535,
         _pad: [0; 2],
+        service_net: [0; 4],
+        service_mask: [0; 4],
     })
     .unwrap();
     for (ip, pod_mac, host_mac, host_ifindex) in [
@@ -138,6 +140,7 @@ pub fn dataplane_on(ifindex_a: u32, ifindex_b: u32, host_b: [u8; 6]) -> Dataplan
                 nsg_in_group: 0,
                 nsg_out_subnet: 0,
                 nsg_out_group: 0,
+                flags: 0,
             },
         )
         .unwrap();

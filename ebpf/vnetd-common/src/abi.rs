@@ -14,10 +14,10 @@
 use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
-    ConntrackStat, Direction, DropReason, Endpoint, Flow, FlowKey, FlowKind, NO_RULE, NextHop,
-    NodeConfig, NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict,
-    Path, PublicAddress, PublicPortKey, RULE_WORDS, Rewrite, Route, RouteKey, RuleBitmap, Traffic,
-    maps,
+    ConntrackStat, Direction, DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, Flow, FlowKey,
+    FlowKind, GroupPortKey, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey, NsgPortKey,
+    NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey, RULE_WORDS,
+    Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
 };
 
 /// Every layout the ABI has had, oldest first: (ABI version, fingerprint).
@@ -31,6 +31,7 @@ pub const RECORDED: &[(u32, u64)] = &[
     (2, 0xaf98_788e_fb11_9259),
     (3, 0x6955_5748_7391_9887),
     (4, 0x50a9_6180_9d6d_e329),
+    (5, 0x9116_8028_4a52_b3af),
 ];
 
 /// Part of every pin path (`<bpffs>/abi-v<N>/...`).
@@ -117,6 +118,12 @@ const fn fingerprint() -> u64 {
     let h = field!(h, Endpoint, nsg_in_group);
     let h = field!(h, Endpoint, nsg_out_subnet);
     let h = field!(h, Endpoint, nsg_out_group);
+    let h = field!(h, Endpoint, flags);
+    let h = h.word(ENDPOINT_EXPOSED_PORTS_ONLY as usize);
+    let h = h.layout::<GroupPortKey>("GroupPortKey");
+    let h = field!(h, GroupPortKey, ip);
+    let h = field!(h, GroupPortKey, port);
+    let h = field!(h, GroupPortKey, proto);
 
     let h = h.layout::<NodeConfig>("NodeConfig");
     let h = field!(h, NodeConfig, uplink_ifindex);
@@ -125,6 +132,8 @@ const fn fingerprint() -> u64 {
     let h = field!(h, NodeConfig, snat_port_min);
     let h = field!(h, NodeConfig, snat_port_max);
     let h = field!(h, NodeConfig, _pad);
+    let h = field!(h, NodeConfig, service_net);
+    let h = field!(h, NodeConfig, service_mask);
 
     let h = h.layout::<FlowKey>("FlowKey");
     let h = field!(h, FlowKey, src_ip);
@@ -203,6 +212,7 @@ const fn fingerprint() -> u64 {
         .word(maps::NO_MASQUERADE_MAX as usize)
         .word(maps::PUBLIC_IPS_MAX as usize)
         .word(maps::PUBLIC_PORTS_MAX as usize)
+        .word(maps::GROUP_PORTS_MAX as usize)
         .word(maps::NSG_CLASSIFIERS_MAX as usize)
         .word(maps::NSG_ADDR_MAX as usize)
         .word(maps::NSG_PORT_MAX as usize)
@@ -237,6 +247,8 @@ const fn fingerprint() -> u64 {
         FlowKind::PodSnat as u8,
         FlowKind::Host as u8,
         FlowKind::PublicInbound as u8,
+        FlowKind::Nsg as u8,
+        FlowKind::HostStack as u8,
         Direction::Original as u8,
         Direction::Reply as u8,
         NsgAccess::Allow as u8,

@@ -74,6 +74,12 @@ pub enum FlowKind {
     Host = 2,
     /// An inbound connection to a Public group's address, translated to its private address.
     PublicInbound = 3,
+    /// A flow tracked only for its NSG verdict (nothing rewritten): its replies pass without
+    /// rules, and a rule change leaves it alone.
+    Nsg = 4,
+    /// A flow the node's stack translated (kube-proxy's Services): its packets are handed to
+    /// the stack, so replies are translated back there instead of delivered straight.
+    HostStack = 5,
 }
 
 /// Which direction of its flow an entry is.

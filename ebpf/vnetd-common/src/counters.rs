@@ -43,10 +43,15 @@ pub enum Path {
     PublicToPod = 12,
     /// The node's own traffic whose port was remapped (a pod flow held its port first).
     HostNat = 13,
+    /// What the node's stack sent into a pod (TC egress on its host-side veth).
+    HostToPod = 14,
+    /// Pod to the cluster's service range, or a packet of a flow the node's stack translated:
+    /// handed to the node's stack (kube-proxy).
+    PodToService = 15,
 }
 
 impl Path {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Path; Self::COUNT as usize] = [
         Path::UplinkIn,
         Path::PodOut,
@@ -62,6 +67,8 @@ impl Path {
         Path::InternetToPod,
         Path::PublicToPod,
         Path::HostNat,
+        Path::HostToPod,
+        Path::PodToService,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -80,6 +87,8 @@ impl Path {
             Path::InternetToPod => "internet_to_pod",
             Path::PublicToPod => "public_to_pod",
             Path::HostNat => "host_nat",
+            Path::HostToPod => "host_to_pod",
+            Path::PodToService => "pod_to_service",
         }
     }
 }
@@ -125,10 +134,12 @@ pub enum DropReason {
     IcmpNoFlow = 14,
     /// A network security group's rule denied the packet.
     NsgDenied = 15,
+    /// TCP or UDP to a container group's port that `ipAddress.ports` does not expose.
+    PortNotExposed = 16,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::Spoofed,
@@ -146,6 +157,7 @@ impl DropReason {
         DropReason::FlowInsertFailed,
         DropReason::IcmpNoFlow,
         DropReason::NsgDenied,
+        DropReason::PortNotExposed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -166,6 +178,7 @@ impl DropReason {
             DropReason::FlowInsertFailed => "flow_insert_failed",
             DropReason::IcmpNoFlow => "icmp_no_flow",
             DropReason::NsgDenied => "nsg_denied",
+            DropReason::PortNotExposed => "port_not_exposed",
         }
     }
 }

@@ -20,10 +20,30 @@ pub struct Endpoint {
     pub nsg_in_group: u32,
     pub nsg_out_subnet: u32,
     pub nsg_out_group: u32,
+    /// `ENDPOINT_*` bits.
+    pub flags: u32,
+}
+
+/// A container group: from outside the group only the (protocol, port) pairs in `GROUP_PORTS`
+/// are reachable over TCP and UDP, whatever the NSGs allow (`ipAddress.ports`).
+pub const ENDPOINT_EXPOSED_PORTS_ONLY: u32 = 1;
+
+/// An exposed port of a container group: `GROUP_PORTS[key]` = 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GroupPortKey {
+    /// The group's private address, network byte order.
+    pub ip: [u8; 4],
+    /// Network byte order.
+    pub port: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    pub _pad: u8,
 }
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, repr(C), no implicit padding.
     unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::GroupPortKey {}
 }

@@ -21,7 +21,7 @@ pub use conntrack::{
     TcpState,
 };
 pub use counters::{DropReason, Path, Traffic};
-pub use endpoint::Endpoint;
+pub use endpoint::{ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, GroupPortKey};
 pub use nat::{NoMasqueradeKey, PublicAddress, PublicPortKey};
 pub use node::{NodeConfig, POD_GATEWAY};
 pub use nsg::{

@@ -12,6 +12,8 @@ pub const CONNTRACK_STATS: &str = "CONNTRACK_STATS";
 pub const NO_MASQUERADE: &str = "NO_MASQUERADE";
 pub const PUBLIC_IPS: &str = "PUBLIC_IPS";
 pub const PUBLIC_PORTS: &str = "PUBLIC_PORTS";
+/// Container groups' exposed (address, protocol, port) triples.
+pub const GROUP_PORTS: &str = "GROUP_PORTS";
 /// NSG classifiers: per field, (classifier, value) -> the bitmap of the rules it satisfies.
 pub const NSG_SRC_ADDR: &str = "NSG_SRC_ADDR";
 pub const NSG_DST_ADDR: &str = "NSG_DST_ADDR";
@@ -36,6 +38,8 @@ pub const NO_MASQUERADE_MAX: u32 = 1024;
 /// Public groups on one node, and their exposed (protocol, port) pairs.
 pub const PUBLIC_IPS_MAX: u32 = 256;
 pub const PUBLIC_PORTS_MAX: u32 = 4096;
+/// Container groups' exposed ports on one node.
+pub const GROUP_PORTS_MAX: u32 = 4096;
 /// Classifier slots (two per NSG, two generations of each during a reload): 64 NSGs.
 pub const NSG_CLASSIFIERS_MAX: u32 = 256;
 /// Address prefixes over all classifiers: an NSG has at most 4000 source and 4000 destination
@@ -61,6 +65,7 @@ pub const ALL: &[&str] = &[
     NO_MASQUERADE,
     PUBLIC_IPS,
     PUBLIC_PORTS,
+    GROUP_PORTS,
     NSG_SRC_ADDR,
     NSG_DST_ADDR,
     NSG_SRC_PORT,

@@ -16,6 +16,29 @@ pub struct NodeConfig {
     pub snat_port_min: u16,
     pub snat_port_max: u16,
     pub _pad: [u8; 2],
+    /// The cluster's service range (`networkProfile.serviceCidr`), network byte order: pods'
+    /// traffic to it goes to the node's stack (kube-proxy), and flows the stack translated are
+    /// tracked so their replies go back through it. A zero mask: no service range.
+    pub service_net: [u8; 4],
+    pub service_mask: [u8; 4],
+}
+
+impl NodeConfig {
+    /// `ip` is in the cluster's service range.
+    #[inline(always)]
+    pub fn is_service(&self, ip: &[u8; 4]) -> bool {
+        let (net, mask) = (
+            u32::from_ne_bytes(self.service_net),
+            u32::from_ne_bytes(self.service_mask),
+        );
+        mask != 0 && u32::from_ne_bytes(*ip) & mask == net
+    }
+
+    /// The node runs Kubernetes Services (a service range is configured).
+    #[inline(always)]
+    pub fn has_services(&self) -> bool {
+        self.service_mask != [0; 4]
+    }
 }
 
 #[cfg(feature = "user")]

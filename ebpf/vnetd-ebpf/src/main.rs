@@ -52,6 +52,12 @@ pub fn pod_ingress(ctx: TcContext) -> i32 {
     pod::ingress(&ctx)
 }
 
+/// What the node's stack sends into a pod (TC egress on its host-side veth).
+#[classifier]
+pub fn pod_egress(ctx: TcContext) -> i32 {
+    pod::egress(&ctx)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -82,3 +82,18 @@ fn arp(pkt: &Packet, eth: &mut EthHdr) -> Result<i32, DropReason> {
     }
     Ok(forward::PASS_ON)
 }
+
+/// What the node's stack sends into a pod: the node's own traffic, and Services kube-proxy
+/// translated. (Packets vnetd delivers itself are redirected to the pod's side and never pass
+/// here.)
+#[inline(always)]
+pub fn egress(ctx: &TcContext) -> i32 {
+    drop::tc(try_egress(ctx))
+}
+
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
+    let pkt = Packet::from_tc(ctx);
+    count_traffic(Path::HostToPod, pkt.len());
+    Ok(forward::PASS_ON)
+}

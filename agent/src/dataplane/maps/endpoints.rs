@@ -25,6 +25,7 @@ pub fn abi_endpoint(
         nsg_in_group: 0,
         nsg_out_subnet: 0,
         nsg_out_group: 0,
+        flags: 0,
     }
 }
 
