@@ -8,11 +8,11 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 use vnetd_common::{
-    ConntrackStat, Flow, FlowKey, NO_RULE, NsgVerdict, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-    maps::FLOWS_MAX,
+    ConntrackStat, Direction, DropReason, Flow, FlowKey, FlowKind, NO_RULE, NsgVerdict, Rewrite,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, maps::FLOWS_MAX,
 };
 
-use crate::parse::Ipv4;
+use crate::{nsg::Mark, parse::Ipv4};
 
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOWS_MAX, 0);
@@ -106,6 +106,78 @@ pub fn insert_new(key: &FlowKey, flow: &Flow) -> Result<(), CreateError> {
         Err(e) if e == -EEXIST => Err(CreateError::Exists),
         Err(_) => Err(CreateError::Failed),
     }
+}
+
+/// Inserts a new flow's original entry after its reply entry (`reply_key`), undoing the reply
+/// if the original cannot be inserted. Another CPU that created the same flow first wins.
+#[inline(always)]
+pub fn insert_original(
+    key: &FlowKey,
+    original: &Flow,
+    reply_key: &FlowKey,
+) -> Result<&'static mut Flow, DropReason> {
+    match insert_new(key, original) {
+        Ok(()) => {
+            count(ConntrackStat::EntriesCreated, 2);
+            lookup(key).ok_or(DropReason::FlowInsertFailed)
+        }
+        Err(err) => {
+            remove(reply_key);
+            if let CreateError::Exists = err {
+                count(ConntrackStat::InsertRaces, 1);
+            }
+            lookup(key).ok_or(DropReason::FlowInsertFailed)
+        }
+    }
+}
+
+/// A new flow nothing is rewritten in (`FlowKind::Nsg`, `FlowKind::HostStack`): both entries,
+/// the reply's first; `original` and `reply` are what each end's NSGs decided. Returns the
+/// original entry.
+#[inline(always)]
+pub fn create_untranslated(
+    key: &FlowKey,
+    kind: FlowKind,
+    original: Mark,
+    reply: Mark,
+) -> Result<&'static mut Flow, DropReason> {
+    let reply_key = reversed(key);
+    let mut entry = new_flow(
+        *key,
+        [0; 4],
+        0,
+        Rewrite::None as u8,
+        kind as u8,
+        Direction::Reply as u8,
+    );
+    stamp(&mut entry, reply);
+    match insert_new(&reply_key, &entry) {
+        Ok(()) => {}
+        // Another CPU is creating this flow (or the tuple's reverse is a flow of its own).
+        Err(CreateError::Exists) => {
+            count(ConntrackStat::InsertRaces, 1);
+            return lookup(key).ok_or(DropReason::FlowInsertFailed);
+        }
+        Err(CreateError::Failed) => return Err(DropReason::FlowInsertFailed),
+    }
+    let mut entry = new_flow(
+        reply_key,
+        [0; 4],
+        0,
+        Rewrite::None as u8,
+        kind as u8,
+        Direction::Original as u8,
+    );
+    stamp(&mut entry, original);
+    insert_original(key, &entry, &reply_key)
+}
+
+/// Records what the NSGs decided on the flow's first packet.
+#[inline(always)]
+pub fn stamp(flow: &mut Flow, mark: Mark) {
+    flow.nsg_verdict = mark.verdict;
+    flow.nsg_rule_subnet = mark.rule_subnet;
+    flow.nsg_rule_group = mark.rule_group;
 }
 
 #[inline(always)]

@@ -1,8 +1,10 @@
 //! vnetd's eBPF programs: one entry per hook, each a pipeline in its own file (`uplink`, `pod`)
-//! over modules of one concern each: parse, endpoint (and anti-spoofing), arp, route, l3, icmp,
-//! conntrack (the flow table), nsg (the security groups' classifier), nat (SNAT, public addresses, the node's own ports), csum
-//! (rewrites with the kernel's checksum helpers), forward, counters (traffic) and drop (the one
-//! exit that counts why a packet was refused).
+//! over modules of one concern each: parse, endpoint (anti-spoofing, container groups' exposed
+//! ports), arp, route, l3, icmp, flow (the stateful stage: a known flow's packet goes on as its
+//! entry says, a new flow is decided), conntrack (the flow table), nsg (the security groups'
+//! classifier), nat (SNAT, public addresses, the node's own ports), csum (rewrites with the
+//! kernel's checksum helpers), forward, counters (traffic) and drop (the one exit that counts
+//! why a packet was refused).
 #![no_std]
 #![no_main]
 
@@ -12,6 +14,7 @@ mod counters;
 mod csum;
 mod drop;
 mod endpoint;
+mod flow;
 mod forward;
 mod icmp;
 mod l3;

@@ -19,6 +19,7 @@ use vnetd_common::{
 use crate::{
     conntrack::{self, CreateError},
     csum::{self, End},
+    endpoint, nsg,
     parse::{
         Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4,
         Packet,
@@ -41,7 +42,7 @@ const PROBES: u32 = 32;
 /// Traffic to `dst` keeps the pod's address (the VNet, connected spaces, `nonMasqueradeCidrs`,
 /// link-local).
 #[inline(always)]
-fn keeps_pod_address(dst: &[u8; 4]) -> bool {
+pub fn keeps_pod_address(dst: &[u8; 4]) -> bool {
     NO_MASQUERADE.get(Key::new(32, *dst)).is_some()
 }
 
@@ -54,7 +55,7 @@ pub fn is_public(ip: &[u8; 4]) -> bool {
 
 /// What a flow key can be made of: TCP, UDP and ICMP echo, whole datagrams only.
 #[inline(always)]
-fn trackable(ip: &Ipv4, echo_type: u8) -> Result<(), DropReason> {
+pub fn trackable(ip: &Ipv4, echo_type: u8) -> Result<(), DropReason> {
     if ip.fragment != Fragment::None {
         return Err(DropReason::NatFragment);
     }
@@ -65,42 +66,20 @@ fn trackable(ip: &Ipv4, echo_type: u8) -> Result<(), DropReason> {
     }
 }
 
-/// A pod's packet to the internet (`ep` sent it): its flow is found or created, and its source
-/// rewritten; true if so (the caller sends it on to the uplink). False: its destination keeps
-/// the pod's address, and the packet is untouched. Whether to masquerade is decided once per
-/// flow: an established flow's packets cost one lookup, not the no-masquerade trie too.
+/// A pod's new flow to the internet (`ep` sent its first packet, `key`): masqueraded to its
+/// Public group's address, or the node's.
 #[inline(always)]
-pub fn pod_outbound(
-    ctx: &TcContext,
-    ip: &Ipv4,
+pub fn create_pod_snat(
+    key: &FlowKey,
     ep: &Endpoint,
     node: &NodeConfig,
-    len: usize,
-) -> Result<bool, DropReason> {
-    if let Err(reason) = trackable(ip, ICMP_ECHO_REQUEST) {
-        // What cannot be translated may still go where no translation is needed.
-        return if keeps_pod_address(&ip.hdr.dst_addr) {
-            Ok(false)
-        } else {
-            Err(reason)
-        };
-    }
-    let key = conntrack::key_of(ip);
-    let flow = match conntrack::lookup(&key) {
-        Some(flow) => flow,
-        None if keeps_pod_address(&key.dst_ip) => return Ok(false),
-        None => {
-            let nat_ip = if ep.public_ip != [0; 4] {
-                ep.public_ip
-            } else {
-                node.primary_ip
-            };
-            create_snat(&key, nat_ip, node, FlowKind::PodSnat)?
-        }
+) -> Result<&'static mut Flow, DropReason> {
+    let nat_ip = if ep.public_ip != [0; 4] {
+        ep.public_ip
+    } else {
+        node.primary_ip
     };
-    conntrack::seen(flow, ip.tcp_flags, len);
-    apply(ctx, ip, &key, flow)?;
-    Ok(true)
+    create_snat(key, nat_ip, node, FlowKind::PodSnat)
 }
 
 /// What became of a packet to the node's or a public address that [`inbound`] looked at.
@@ -137,7 +116,7 @@ pub fn inbound(
     let flow = match conntrack::lookup(&key) {
         Some(flow) => flow,
         None if to_node => return Ok(Inbound::ToNode),
-        None => create_public_inbound(&key)?,
+        None => create_public_inbound(&key, ip)?,
     };
     conntrack::seen(flow, ip.tcp_flags, pkt.len());
     let target = if flow.kind == FlowKind::Host as u8 {
@@ -185,7 +164,7 @@ fn kind_of(flow: &Flow) -> FlowKind {
 
 /// Rewrites the packet (`key` is its tuple) as its flow entry says.
 #[inline(always)]
-fn apply(ctx: &TcContext, ip: &Ipv4, key: &FlowKey, flow: &Flow) -> Result<(), DropReason> {
+pub fn apply(ctx: &TcContext, ip: &Ipv4, key: &FlowKey, flow: &Flow) -> Result<(), DropReason> {
     let (end, addr, port) = if flow.rewrite == Rewrite::Source as u8 {
         (End::Source, key.src_ip, key.src_port)
     } else if flow.rewrite == Rewrite::Destination as u8 {
@@ -233,30 +212,7 @@ fn create_snat(
         kind as u8,
         Direction::Original as u8,
     );
-    insert_original(key, &original, &reply_key)
-}
-
-/// Inserts a new flow's original entry after its reply entry (`reply_key`), undoing the reply
-/// if the original cannot be inserted. Another CPU that created the same flow first wins.
-#[inline(always)]
-fn insert_original(
-    key: &FlowKey,
-    original: &Flow,
-    reply_key: &FlowKey,
-) -> Result<&'static mut Flow, DropReason> {
-    match conntrack::insert_new(key, original) {
-        Ok(()) => {
-            conntrack::count(ConntrackStat::EntriesCreated, 2);
-            conntrack::lookup(key).ok_or(DropReason::FlowInsertFailed)
-        }
-        Err(err) => {
-            conntrack::remove(reply_key);
-            if let CreateError::Exists = err {
-                conntrack::count(ConntrackStat::InsertRaces, 1);
-            }
-            conntrack::lookup(key).ok_or(DropReason::FlowInsertFailed)
-        }
-    }
+    conntrack::insert_original(key, &original, &reply_key)
 }
 
 /// Finds a free port for the reply entry `reply` of the flow `key` masqueraded to `nat_ip`,
@@ -307,7 +263,7 @@ fn allocate_port(
 /// A new connection to a public address: only to an exposed (protocol, port), translated to
 /// the group's private address, the port kept.
 #[inline(always)]
-fn create_public_inbound(key: &FlowKey) -> Result<&'static mut Flow, DropReason> {
+fn create_public_inbound(key: &FlowKey, ip: &Ipv4) -> Result<&'static mut Flow, DropReason> {
     // SAFETY: the value is copied out at once.
     let public = unsafe { PUBLIC_IPS.get(key.dst_ip) }
         .copied()
@@ -322,6 +278,9 @@ fn create_public_inbound(key: &FlowKey) -> Result<&'static mut Flow, DropReason>
     if unsafe { PUBLIC_PORTS.get(port) }.is_none() {
         return Err(DropReason::PublicPortClosed);
     }
+    // The group's inbound rules see its private address and the client's.
+    let group = endpoint::lookup(&public.private_ip).ok_or(DropReason::NoRoute)?;
+    let mark = nsg::inbound(group, &nsg::Tuple::to(ip, public.private_ip))?;
     let mut reply_key = conntrack::reversed(key);
     reply_key.src_ip = public.private_ip;
     let reply = conntrack::new_flow(
@@ -341,7 +300,7 @@ fn create_public_inbound(key: &FlowKey) -> Result<&'static mut Flow, DropReason>
         }
         Err(CreateError::Failed) => return Err(DropReason::FlowInsertFailed),
     }
-    let original = conntrack::new_flow(
+    let mut original = conntrack::new_flow(
         reply_key,
         public.private_ip,
         key.dst_port,
@@ -349,7 +308,8 @@ fn create_public_inbound(key: &FlowKey) -> Result<&'static mut Flow, DropReason>
         FlowKind::PublicInbound as u8,
         Direction::Original as u8,
     );
-    insert_original(key, &original, &reply_key)
+    conntrack::stamp(&mut original, mark);
+    conntrack::insert_original(key, &original, &reply_key)
 }
 
 /// An ICMP error (destination unreachable, fragmentation needed, time exceeded) about a packet

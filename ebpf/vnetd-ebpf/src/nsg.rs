@@ -9,12 +9,12 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
 };
 use vnetd_common::{
-    DropReason, Endpoint, NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey,
-    RULE_WORDS, RuleBitmap,
+    DropReason, Endpoint, NO_RULE, NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule,
+    NsgRuleKey, NsgVerdict, RULE_WORDS, RuleBitmap,
     maps::{NSG_ADDR_MAX, NSG_CLASSIFIERS_MAX, NSG_PORT_MAX, NSG_PROTO_MAX, NSG_RULES_MAX},
 };
 
-use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, Ipv4};
+use crate::parse::{Fragment, IPPROTO_TCP, IPPROTO_UDP, Ipv4};
 
 const NO_PREALLOC: u32 = 1;
 
@@ -62,54 +62,133 @@ pub struct Tuple {
     pub proto: u8,
     pub src_port: u16,
     pub dst_port: u16,
+    /// TCP or UDP with its header (not a later fragment): the rules' port ranges apply.
+    ported: bool,
 }
 
 impl Tuple {
     #[inline(always)]
     pub fn of(ip: &Ipv4) -> Tuple {
+        Tuple::to(ip, ip.hdr.dst_addr)
+    }
+
+    /// `ip`'s fields with `dst` as its destination (a public address's packet is classified
+    /// with the private address it is translated to).
+    #[inline(always)]
+    pub fn to(ip: &Ipv4, dst: [u8; 4]) -> Tuple {
         // The parser gives ICMP echo its identifier as a port: NSG rules see no ports there.
-        let ported = matches!(ip.hdr.proto, IPPROTO_TCP | IPPROTO_UDP);
+        // A later fragment has none either: it is classified on addresses and protocol.
+        let ported =
+            matches!(ip.hdr.proto, IPPROTO_TCP | IPPROTO_UDP) && ip.fragment != Fragment::Later;
         Tuple {
             src: ip.hdr.src_addr,
-            dst: ip.hdr.dst_addr,
+            dst,
             proto: ip.hdr.proto,
             src_port: if ported { ip.src_port } else { 0 },
             dst_port: if ported { ip.dst_port } else { 0 },
+            ported,
         }
     }
 
     #[inline(always)]
     fn has_ports(&self) -> bool {
-        matches!(self.proto, IPPROTO_TCP | IPPROTO_UDP)
+        self.ported
+    }
+
+    /// A pod's traffic to Azure's host or the metadata service (their replies and probes are
+    /// inbound traffic like any other: `AllowAzureLoadBalancerInBound` is the default rule
+    /// that admits the probes).
+    #[inline(always)]
+    fn to_azure_host(&self) -> bool {
+        self.dst == AZURE_HOST || self.dst == METADATA
     }
 }
 
 /// The rule that decided a packet: its bit in the classifier, and whether it allows.
 pub struct Decision {
-    #[allow(dead_code, reason = "the flow's entry will record it (flow logs)")]
     pub rule: u32,
     pub allow: bool,
 }
 
-/// A pod's packet (`ep` sent it) through its outbound NSGs, the group's then the subnet's; both
-/// must allow. Call only when one of them is set.
+/// What the NSGs of one end decided on a flow's first packet, kept in its entry (flow logs).
+#[derive(Clone, Copy)]
+pub struct Mark {
+    /// An [`NsgVerdict`] value.
+    pub verdict: u8,
+    pub rule_subnet: u16,
+    pub rule_group: u16,
+}
+
+impl Mark {
+    /// No NSG applied.
+    pub const NONE: Mark = Mark {
+        verdict: NsgVerdict::Unclassified as u8,
+        rule_subnet: NO_RULE,
+        rule_group: NO_RULE,
+    };
+}
+
+/// Which of an endpoint's NSGs a classifier is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Subnet,
+    Group,
+}
+
+/// A packet `ep` sends, through its outbound NSGs: the group's, then the subnet's; both must
+/// allow.
 #[inline(always)]
-pub fn outbound(ep: &Endpoint, ip: &Ipv4) -> Result<(), DropReason> {
-    let tuple = Tuple::of(ip);
-    if tuple.dst == AZURE_HOST || tuple.dst == METADATA {
-        return Ok(());
+pub fn outbound(ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
+    if t.to_azure_host() {
+        return Ok(Mark::NONE);
     }
-    for classifier in [ep.nsg_out_group, ep.nsg_out_subnet] {
-        if classifier != 0 {
-            // A classifier without tables (never the case once the agent has switched to it)
-            // fails closed.
-            let decision = classify(classifier, &tuple).ok_or(DropReason::NsgDenied)?;
-            if !decision.allow {
-                return Err(DropReason::NsgDenied);
-            }
+    decide(
+        t,
+        [
+            (ep.nsg_out_group, Owner::Group),
+            (ep.nsg_out_subnet, Owner::Subnet),
+        ],
+    )
+}
+
+/// A packet for `ep`, through its inbound NSGs: the subnet's, then the group's; both must
+/// allow.
+#[inline(always)]
+pub fn inbound(ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
+    decide(
+        t,
+        [
+            (ep.nsg_in_subnet, Owner::Subnet),
+            (ep.nsg_in_group, Owner::Group),
+        ],
+    )
+}
+
+#[inline(always)]
+fn decide(t: &Tuple, classifiers: [(u32, Owner); 2]) -> Result<Mark, DropReason> {
+    if classifiers[0].0 | classifiers[1].0 == 0 {
+        return Ok(Mark::NONE);
+    }
+    let mut mark = Mark {
+        verdict: NsgVerdict::Allow as u8,
+        ..Mark::NONE
+    };
+    for (classifier, owner) in classifiers {
+        if classifier == 0 {
+            continue;
+        }
+        // A classifier without tables (never the case once the agent has switched to it)
+        // fails closed.
+        let decision = classify(classifier, t).ok_or(DropReason::NsgDenied)?;
+        if !decision.allow {
+            return Err(DropReason::NsgDenied);
+        }
+        match owner {
+            Owner::Subnet => mark.rule_subnet = decision.rule as u16,
+            Owner::Group => mark.rule_group = decision.rule as u16,
         }
     }
-    Ok(())
+    Ok(mark)
 }
 
 /// The rule of `classifier` that decides `t`, its hit counted; `None` if the classifier's tables

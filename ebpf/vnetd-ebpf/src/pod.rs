@@ -1,6 +1,7 @@
-//! Everything a pod sends (TC ingress on its host-side veth): anti-spoofing, the pod's outbound
-//! NSGs, then the route of the pod's subnet, one routed hop, masquerading for the internet, and
-//! delivery to a local pod or out of the uplink.
+//! Everything a pod sends (TC ingress on its host-side veth): anti-spoofing, the route of the
+//! pod's subnet, one routed hop, the flow stage (NSGs, masquerading for the internet, Services'
+//! replies to the node's stack), and delivery to a local pod or out of the uplink. And what the
+//! node's stack sends into a pod (TC egress): the pod's side of the flow stage.
 use aya_ebpf::programs::TcContext;
 use network_types::eth::EthHdr;
 use vnetd_common::{DropReason, POD_GATEWAY, Path};
@@ -8,7 +9,9 @@ use vnetd_common::{DropReason, POD_GATEWAY, Path};
 use crate::{
     arp,
     counters::count_traffic,
-    drop, endpoint, forward, icmp, l3, nat, node, nsg,
+    drop, endpoint,
+    flow::{self, Verdict},
+    forward, icmp, l3, node,
     parse::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, Packet},
     route::{self, Hop},
 };
@@ -40,15 +43,15 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, eth: &mut EthHdr) -> Result<i32, DropReas
     let ip = pkt.ipv4().ok_or(DropReason::Malformed)?;
     let src = endpoint::verified_source(pkt.ifindex, &ip.hdr.src_addr, &eth.src_addr)
         .ok_or(DropReason::Spoofed)?;
-    if src.nsg_out_group != 0 || src.nsg_out_subnet != 0 {
-        // Before the route and SNAT: outbound rules see the pod's own address.
-        nsg::outbound(src, &ip)?;
-    }
     let node = node::config().ok_or(DropReason::NoRoute)?;
+    if node.is_service(&ip.hdr.dst_addr) {
+        // kube-proxy's Services live in the node's stack (and so do their replies' way back).
+        return to_stack(Path::PodToService, pkt.len());
+    }
     if ip.hdr.dst_addr == node.primary_ip {
         // The pod's own node is not a hop: its stack answers.
-        count_traffic(Path::PodToHost, pkt.len());
-        return Ok(forward::PASS_ON);
+        flow::pod_sent(ctx, &ip, src, None, false, node, pkt.len())?;
+        return to_stack(Path::PodToHost, pkt.len());
     }
     let route = route::lookup(src.route_table, &ip.hdr.dst_addr)?;
     let hop = route::next_hop(route, &ip.hdr.dst_addr)?;
@@ -56,10 +59,22 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, eth: &mut EthHdr) -> Result<i32, DropReas
         let macs = (src.pod_mac, src.host_mac);
         return icmp::time_exceeded_to_pod(ctx, &ip, pkt.ifindex, POD_GATEWAY, macs);
     }
-    if matches!(hop, Hop::NodeDefault(_)) && nat::pod_outbound(ctx, &ip, src, node, pkt.len())? {
-        return forward::to_internet(node, pkt.len());
+    let (dst, internet) = match hop {
+        Hop::LocalPod(ep, _) => (Some(ep), false),
+        Hop::NodeDefault(_) => (None, true),
+        Hop::Uplink(..) => (None, false),
+    };
+    match flow::pod_sent(ctx, &ip, src, dst, internet, node, pkt.len())? {
+        Verdict::Forward => forward::to_hop(eth, hop, node, pkt.len()),
+        Verdict::Internet => forward::to_internet(node, pkt.len()),
+        Verdict::Stack => to_stack(Path::PodToService, pkt.len()),
     }
-    forward::to_hop(eth, hop, node, pkt.len())
+}
+
+#[inline(always)]
+fn to_stack(path: Path, len: usize) -> Result<i32, DropReason> {
+    count_traffic(path, len);
+    Ok(forward::PASS_ON)
 }
 
 /// A pod's ARP: requests for its gateway are answered with its host veth's MAC; anything else
@@ -95,5 +110,22 @@ pub fn egress(ctx: &TcContext) -> i32 {
 fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
     let pkt = Packet::from_tc(ctx);
     count_traffic(Path::HostToPod, pkt.len());
+    if pkt
+        .eth()
+        .filter(|eth| eth.ether_type == ETH_P_IPV4)
+        .is_none()
+    {
+        return Ok(forward::PASS_ON);
+    }
+    let (Some(ip), Some(node)) = (pkt.ipv4(), node::config()) else {
+        return Ok(forward::PASS_ON);
+    };
+    let Some(ep) = endpoint::lookup(&ip.hdr.dst_addr).filter(|ep| ep.host_ifindex == pkt.ifindex)
+    else {
+        return Ok(forward::PASS_ON);
+    };
+    // SAFETY: reading a field of the __sk_buff the program was given.
+    let forwarded = unsafe { (*ctx.skb.skb).ingress_ifindex } != 0;
+    flow::from_stack(&ip, ep, node, forwarded, pkt.len())?;
     Ok(forward::PASS_ON)
 }

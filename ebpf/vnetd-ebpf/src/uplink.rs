@@ -12,7 +12,9 @@ use vnetd_common::{DropReason, FlowKind, Path};
 use crate::{
     arp,
     counters::count_traffic,
-    drop, endpoint, forward, l3,
+    drop, endpoint,
+    flow::{self, Verdict},
+    forward, l3,
     nat::{self, Inbound},
     node,
     parse::{ETH_P_ARP, ETH_P_IPV4, Packet},
@@ -66,15 +68,17 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(mut ip) = pkt.ipv4() else {
         return Ok(forward::PASS_ON);
     };
-    if let Some(ep) = endpoint::lookup(&ip.hdr.dst_addr) {
-        if !l3::forward_hop(ip.hdr) {
-            return Err(DropReason::TtlExceeded);
-        }
-        return forward::to_local_pod(eth, ep, Path::UplinkToPod, pkt.len());
-    }
     let Some(node) = node::config() else {
         return Ok(forward::PASS_ON);
     };
+    if let Some(ep) = endpoint::lookup(&ip.hdr.dst_addr) {
+        return match flow::from_uplink(&ip, ep, node, pkt.len())? {
+            // A reply of a Service connection: kube-proxy's conntrack translates it back.
+            Verdict::Stack => Ok(forward::PASS_ON),
+            _ if !l3::forward_hop(ip.hdr) => Err(DropReason::TtlExceeded),
+            _ => forward::to_local_pod(eth, ep, Path::UplinkToPod, pkt.len()),
+        };
+    }
     let to_node = ip.hdr.dst_addr == node.primary_ip;
     if !to_node && !nat::is_public(&ip.hdr.dst_addr) {
         return Ok(forward::PASS_ON);
@@ -104,14 +108,14 @@ pub fn egress(ctx: &TcContext) -> i32 {
     drop::tc(try_egress(ctx))
 }
 
-/// The node's own packets (never a pod's, which were received on a veth first): those from
-/// the primary address and a port in the SNAT range are tracked, so pods never get their tuple.
+/// The node's own packets: those from the primary address and a port in the SNAT range are
+/// tracked, so pods never get their tuple. And on a node with Services, pods' packets the
+/// node's stack forwarded (kube-proxy translated them): tracked so their replies come back
+/// through the stack. Nothing is dropped here.
 #[inline(always)]
 fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: reading a field of the __sk_buff the program was given.
-    if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
-        return Ok(forward::PASS_ON);
-    }
+    let forwarded = unsafe { (*ctx.skb.skb).ingress_ifindex } != 0;
     let pkt = Packet::from_tc(ctx);
     if pkt
         .eth()
@@ -123,7 +127,12 @@ fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
     let (Some(ip), Some(node)) = (pkt.ipv4(), node::config()) else {
         return Ok(forward::PASS_ON);
     };
-    if ip.hdr.src_addr == node.primary_ip && nat::host_outbound(ctx, &ip, node, pkt.len()) {
+    if forwarded {
+        if node.has_services() && endpoint::lookup(&ip.hdr.src_addr).is_some() {
+            // A flow table that cannot take it costs the Service's replies, not this packet.
+            let _ = flow::stack_forwarded(&ip, pkt.len());
+        }
+    } else if ip.hdr.src_addr == node.primary_ip && nat::host_outbound(ctx, &ip, node, pkt.len()) {
         count_traffic(Path::HostNat, pkt.len());
     }
     Ok(forward::PASS_ON)
