@@ -347,3 +347,22 @@ fn a_pod_reaches_itself_through_its_own_service() -> Result<()> {
     );
     Ok(())
 }
+
+/// kube-proxy needs the node to forward (Kubernetes requires `net.ipv4.ip_forward=1`); that is
+/// the node's setting, so an agent with a service range on a node that does not forward says
+/// so, naming the interfaces, rather than changing it.
+#[test]
+fn an_agent_warns_when_the_node_does_not_forward() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    node.sysctl("net.ipv4.ip_forward", "0")?;
+    let agent = Agent::start(&node, &spec_with_services())?;
+    let warned = vnetd_lab::wait_for(Duration::from_secs(5), || {
+        agent.log().contains(
+            "net.ipv4.conf.eth0.forwarding, net.ipv4.conf.default.forwarding = 0: the node's stack will not forward Service traffic",
+        )
+    });
+    assert!(warned, "{}", agent.log());
+    Ok(())
+}
