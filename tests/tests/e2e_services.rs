@@ -19,6 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
+use vnetd_common::{ABI_VERSION, NodeConfig, maps};
 use vnetd_lab::{
     EchoServer, Lab, Node, Ns, serial, tcp_roundtrip, udp_roundtrip,
     vnetd::{Agent, Pod, add_pod, lab_spec, node_cidr},
@@ -364,5 +365,60 @@ fn an_agent_warns_when_the_node_does_not_forward() -> Result<()> {
         )
     });
     assert!(warned, "{}", agent.log());
+    Ok(())
+}
+
+/// The node's `NODE` entry, read from its pin as the programs see it.
+fn node_entry(node: &Node) -> Result<NodeConfig> {
+    let path = node
+        .bpffs_dir
+        .join(format!("abi-v{ABI_VERSION}"))
+        .join("maps")
+        .join(maps::NODE);
+    let data = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let array: aya::maps::Array<_, NodeConfig> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data))?;
+    Ok(array.get(&0, 0)?)
+}
+
+/// The service range reaches the programs (`NODE`) at start, and a spec edit that adds, moves
+/// or removes it is applied by the running agent.
+#[test]
+fn the_service_range_follows_the_spec() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    let agent = Agent::start(&node, &spec_with_services())?;
+    let range = |n: &NodeConfig| (n.service_net, n.service_mask);
+    assert_eq!(
+        range(&node_entry(&node)?),
+        ([10, 96, 0, 0], [255, 255, 0, 0])
+    );
+
+    let moved = spec_with_services().replace(
+        &format!("serviceCidr: {SERVICE_CIDR}"),
+        "serviceCidr: 10.100.0.0/20",
+    );
+    let moved = moved.replace(
+        &format!("dnsServiceIP: {DNS_SERVICE_IP}"),
+        "dnsServiceIP: 10.100.0.10",
+    );
+    agent.write_spec(&moved)?;
+    assert!(agent.wait_for_status("reloads_ok", 1), "{}", agent.log());
+    assert_eq!(
+        range(&node_entry(&node)?),
+        ([10, 100, 0, 0], [255, 255, 240, 0])
+    );
+
+    agent.write_spec(&lab_spec())?;
+    assert!(agent.wait_for_status("reloads_ok", 2), "{}", agent.log());
+    let entry = node_entry(&node)?;
+    assert_eq!(range(&entry), ([0; 4], [0; 4]), "no service range");
+    assert_eq!(
+        entry.primary_ip,
+        [10, 0, 0, 4],
+        "the rest of the entry stays"
+    );
     Ok(())
 }
