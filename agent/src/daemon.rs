@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use ipnet::Ipv4Net;
 use tracing::{info, warn};
 use vnetd_common::{NodeConfig, programs};
 
@@ -28,9 +29,11 @@ use crate::{
     },
     endpoints::{self, Endpoint, EndpointStore},
     gc::Conntrack,
+    host_stack,
     ipam::Ipam,
     netlink::{self, NodeLink, POD_GATEWAY, PodInterfaceError, PodInterfaceSpec},
     plan::NodePlan,
+    spec::PortRange,
 };
 
 pub struct Agent {
@@ -113,6 +116,7 @@ impl Agent {
         };
         agent.restore().await?;
         agent.sync_nat()?;
+        agent.check_host_stack();
         Ok(agent)
     }
 
@@ -125,7 +129,7 @@ impl Agent {
         self.check_subnets_in_use(&plan)?;
         if plan.uplink != self.plan.uplink || plan.primary_ip != self.plan.primary_ip {
             self.move_uplink(&plan).await?;
-        } else if plan.compiled().snat_port_range != self.plan.compiled().snat_port_range {
+        } else if node_settings(&plan) != node_settings(&self.plan) {
             let link = uplink_link(&plan).await?;
             self.dataplane.set_node(node_config(&plan, &link))?;
         }
@@ -150,7 +154,28 @@ impl Agent {
         self.plan = plan;
         self.conntrack
             .set_idle_timeout(self.plan.compiled().idle_timeout);
-        self.sync_nat()
+        self.sync_nat()?;
+        self.check_host_stack();
+        Ok(())
+    }
+
+    /// With a service range, warns when the node's stack does not forward on the uplink or the
+    /// pods' veths (see [`host_stack`]): kube-proxy's Services would then fail silently.
+    fn check_host_stack(&self) {
+        let Some(services) = self.plan.compiled().service_cidr else {
+            return;
+        };
+        let names = host_stack::forwarding_interfaces(
+            &self.plan.uplink,
+            self.endpoints.values().map(|ep| ep.host_ifname.as_str()),
+        );
+        let states: Vec<(&str, Option<bool>)> = names
+            .into_iter()
+            .map(|name| (name, host_stack::forwarding(name)))
+            .collect();
+        if let Some(warning) = host_stack::forwarding_warning(&states) {
+            warn!(%services, "{warning}");
+        }
     }
 
     /// What the conntrack collector needs: its own handles on the flow table and the shared
@@ -691,6 +716,7 @@ async fn uplink_link(plan: &NodePlan) -> Result<NodeLink> {
 }
 
 fn node_config(plan: &NodePlan, uplink: &NodeLink) -> NodeConfig {
+    let service = plan.compiled().service_cidr;
     NodeConfig {
         uplink_ifindex: uplink.ifindex,
         primary_ip: plan.primary_ip.octets(),
@@ -698,9 +724,16 @@ fn node_config(plan: &NodePlan, uplink: &NodeLink) -> NodeConfig {
         snat_port_min: plan.compiled().snat_port_range.first,
         snat_port_max: plan.compiled().snat_port_range.last,
         _pad: [0; 2],
-        service_net: [0; 4],
-        service_mask: [0; 4],
+        service_net: service.map_or([0; 4], |net| net.network().octets()),
+        service_mask: service.map_or([0; 4], |net| net.netmask().octets()),
     }
+}
+
+/// What `NODE` holds from the spec (besides the uplink and the primary address): a reload
+/// that changes any of it rewrites the entry.
+fn node_settings(plan: &NodePlan) -> (PortRange, Option<Ipv4Net>) {
+    let compiled = plan.compiled();
+    (compiled.snat_port_range, compiled.service_cidr)
 }
 
 /// The public address of `ep`'s group, if it is a Public group of `plan`.
@@ -827,6 +860,58 @@ mod tests {
         let config = node_config(&plan(range), &uplink);
         assert_eq!((config.snat_port_min, config.snat_port_max), (40000, 40015));
         assert_eq!(config.primary_ip, [10, 0, 0, 4]);
+    }
+
+    fn lab_uplink() -> NodeLink {
+        NodeLink {
+            name: "eth0".into(),
+            ifindex: 2,
+            mac: [2, 0, 10, 0, 0, 4],
+            mtu: 1500,
+            veth: true,
+        }
+    }
+
+    fn plan_with_services(service_cidr: Option<&str>) -> NodePlan {
+        let mut spec = parse_str(CONTRACT).expect("the contract example parses");
+        spec.network_profile = service_cidr.map(|cidr| crate::spec::NetworkProfile {
+            service_cidr: Some(cidr.parse().unwrap()),
+            dns_service_ip: None,
+        });
+        NodePlan::from_spec(&spec, "node-1").unwrap()
+    }
+
+    #[test]
+    fn node_config_carries_the_service_range() {
+        let config = node_config(&plan_with_services(Some("10.96.0.0/12")), &lab_uplink());
+        assert_eq!(config.service_net, [10, 96, 0, 0]);
+        assert_eq!(config.service_mask, [255, 240, 0, 0]);
+        assert!(config.has_services());
+        assert!(config.is_service(&[10, 111, 255, 1]));
+        assert!(!config.is_service(&[10, 112, 0, 1]));
+        assert!(
+            !config.is_service(&[10, 0, 2, 10]),
+            "a pod is not a Service"
+        );
+
+        let none = node_config(&plan_with_services(None), &lab_uplink());
+        assert_eq!((none.service_net, none.service_mask), ([0; 4], [0; 4]));
+        assert!(!none.has_services());
+        assert!(!none.is_service(&[10, 96, 0, 1]));
+    }
+
+    #[test]
+    fn a_reload_that_changes_the_service_range_rewrites_the_node_entry() {
+        let before = plan_with_services(None);
+        let with = plan_with_services(Some("10.96.0.0/16"));
+        let moved = plan_with_services(Some("10.97.0.0/16"));
+        assert_ne!(node_settings(&before), node_settings(&with), "added");
+        assert_ne!(node_settings(&with), node_settings(&moved), "changed");
+        assert_ne!(node_settings(&with), node_settings(&before), "removed");
+        assert_eq!(
+            node_settings(&with),
+            node_settings(&plan_with_services(Some("10.96.0.0/16")))
+        );
     }
 
     #[test]

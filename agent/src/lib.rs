@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod endpoints;
 pub mod gc;
 pub mod health;
+pub mod host_stack;
 pub mod ipam;
 pub mod metrics;
 pub mod netlink;

@@ -59,6 +59,9 @@ pub struct Compiled {
     pub snat_port_range: PortRange,
     /// Idle flows expire after this long.
     pub idle_timeout: Duration,
+    /// The Kubernetes cluster's service range (`networkProfile.serviceCidr`): pods' traffic to
+    /// it goes to the node's stack (kube-proxy). `None`: no Services.
+    pub service_cidr: Option<Ipv4Net>,
     /// The groups that may run on this node (see [`CompiledGroup`]).
     pub container_groups: Vec<CompiledGroup>,
     /// By id: `routes[0]` is the system table, `routes[t]` the spec's route table `t - 1`.
@@ -292,6 +295,7 @@ pub fn compile_valid(spec: &Spec, node_name: &str) -> anyhow::Result<Compiled> {
         no_masquerade,
         snat_port_range: nat::snat_ports(spec),
         idle_timeout: nat::idle_timeout(spec),
+        service_cidr: spec.network_profile.as_ref().and_then(|p| p.service_cidr),
         container_groups,
         routes: routes::compile_route_tables(vnet, &spec.route_tables),
         nsgs: nsg::compile_nsgs(&spec.network_security_groups, &tags)?,

@@ -36,6 +36,10 @@
 //!   whose private `ip` lies in the node's pool. The 65,536-address limit counts the nodes'
 //!   primary and pool addresses.
 //! * `outboundNat.portRange` stays within 1024-65535.
+//! * `networkProfile.serviceCidr` (AKS's name) is a /12 to /30 outside the virtual network, its
+//!   connected spaces and Azure's reserved ranges, and holds no Public group's address;
+//!   `dnsServiceIP` needs it and lies inside it, neither its network, broadcast nor first
+//!   address (Kubernetes gives that one to the API server's Service).
 
 mod model;
 mod parse;
@@ -53,9 +57,9 @@ use std::process::ExitCode;
 pub use model::*;
 pub use validate::{
     IDLE_TIMEOUT_RANGE, MAX_PODS_RANGE, MAX_PREFIXES_PER_NSG, MAX_ROUTES_PER_TABLE,
-    MAX_RULES_PER_NSG, MAX_SUBNET_PREFIX_LEN, MAX_VNET_ADDRESSES, MIN_SNAT_PORT, PRIORITY_RANGE,
-    aci_name_problem, azure_name_problem, is_dns_label, is_reserved_in_subnet, is_valid_ifname,
-    overlaps, validate,
+    MAX_RULES_PER_NSG, MAX_SERVICE_PREFIX_LEN, MAX_SUBNET_PREFIX_LEN, MAX_VNET_ADDRESSES,
+    MIN_SERVICE_PREFIX_LEN, MIN_SNAT_PORT, PRIORITY_RANGE, aci_name_problem, azure_name_problem,
+    is_dns_label, is_reserved_in_subnet, is_valid_ifname, overlaps, validate,
 };
 
 /// One thing wrong with a spec: where (a path such as `nodes[0].maxPods`, or `line 3, column 5`

@@ -39,6 +39,9 @@ pub struct Spec {
     pub nodes: Vec<Node>,
     pub outbound_nat: OutboundNat,
     pub container_groups: Vec<ContainerGroup>,
+    /// The Kubernetes cluster around the nodes, if any (AKS's `networkProfile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_profile: Option<NetworkProfile>,
 }
 
 impl Spec {
@@ -594,6 +597,20 @@ impl Default for OutboundNat {
             idle_timeout_in_minutes: Self::DEFAULT_IDLE_TIMEOUT_MINUTES,
         }
     }
+}
+
+/// The Kubernetes cluster's service ranges, under AKS's names (`networkProfile` of a managed
+/// cluster). Pods' traffic to `serviceCidr`, and the replies of those connections, go through
+/// the node's own stack, where kube-proxy implements Services.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkProfile {
+    /// The range ClusterIPs are allocated from (kube-apiserver's `--service-cluster-ip-range`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_cidr: Option<Ipv4Net>,
+    /// The cluster DNS Service's ClusterIP (kubelet's `--cluster-dns`), inside `serviceCidr`.
+    #[serde(rename = "dnsServiceIP", skip_serializing_if = "Option::is_none")]
+    pub dns_service_ip: Option<Ipv4Addr>,
 }
 
 /// The networking part of an Azure Container Instances container group. The fields the

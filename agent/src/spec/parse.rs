@@ -47,6 +47,7 @@ const ROOT: Schema = Schema::fields(&[
     "nodes",
     "outboundNat",
     "containerGroups",
+    "networkProfile",
 ]);
 const VIRTUAL_NETWORK: Schema = Schema {
     hints: &[(
@@ -120,6 +121,27 @@ const NODE: Schema = Schema::fields(&[
     "secondaryIpAddresses",
     "maxPods",
 ]);
+const NETWORK_PROFILE: Schema = Schema {
+    hints: &[
+        (
+            "serviceCidrs",
+            "give the one IPv4 range in serviceCidr (vnetd is IPv4 only)",
+        ),
+        (
+            "podCidr",
+            "pods get addresses of the virtual network (as with Azure CNI), not from a pod CIDR",
+        ),
+        (
+            "podCidrs",
+            "pods get addresses of the virtual network (as with Azure CNI), not from a pod CIDR",
+        ),
+        (
+            "properties",
+            "write serviceCidr and dnsServiceIP directly under networkProfile",
+        ),
+    ],
+    ..Schema::fields(&["serviceCidr", "dnsServiceIP"])
+};
 const OUTBOUND_NAT: Schema =
     Schema::fields(&["nonMasqueradeCidrs", "portRange", "idleTimeoutInMinutes"]);
 const CONTAINER_GROUP: Schema = Schema {
@@ -393,6 +415,7 @@ impl Walker {
         let nodes = self.list(&fields, "nodes", node_from);
         let outbound_nat = self.optional(&fields, "outboundNat", outbound_nat_from);
         let container_groups = self.list(&fields, "containerGroups", container_group_from);
+        let network_profile = self.optional(&fields, "networkProfile", network_profile_from);
         Some(Spec {
             api_version: api_version?,
             virtual_network: virtual_network?,
@@ -401,6 +424,7 @@ impl Walker {
             nodes: nodes?,
             outbound_nat: outbound_nat?.unwrap_or_default(),
             container_groups: container_groups?,
+            network_profile: network_profile?,
         })
     }
 }
@@ -563,6 +587,16 @@ fn node_from(w: &mut Walker, value: &Value, path: &str) -> Option<Node> {
         primary_ip_address: primary_ip_address?,
         secondary_ip_addresses: secondary_ip_addresses?,
         max_pods: max_pods?.unwrap_or(Node::DEFAULT_MAX_PODS),
+    })
+}
+
+fn network_profile_from(w: &mut Walker, value: &Value, path: &str) -> Option<NetworkProfile> {
+    let fields = w.fields(value, path, &NETWORK_PROFILE)?;
+    let service_cidr = w.optional(&fields, "serviceCidr", prefix);
+    let dns_service_ip = w.optional(&fields, "dnsServiceIP", address);
+    Some(NetworkProfile {
+        service_cidr: service_cidr?,
+        dns_service_ip: dns_service_ip?,
     })
 }
 

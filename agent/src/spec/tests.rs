@@ -1032,6 +1032,168 @@ fn outbound_nat_ranges() {
     );
 }
 
+// The Kubernetes network profile.
+
+/// The contract example with a `networkProfile` of these YAML lines.
+fn with_network_profile(lines: &str) -> String {
+    format!("{}\nnetworkProfile:\n{lines}", CONTRACT.trim_end())
+}
+
+fn profile(service_cidr: Option<&str>, dns_service_ip: Option<&str>) -> Option<NetworkProfile> {
+    Some(NetworkProfile {
+        service_cidr: service_cidr.map(|c| c.parse().unwrap()),
+        dns_service_ip: dns_service_ip.map(|ip| ip.parse().unwrap()),
+    })
+}
+
+#[test]
+fn network_profile_reads_aks_names() {
+    let text = with_network_profile("  serviceCidr: 10.96.0.0/16\n  dnsServiceIP: 10.96.0.10\n");
+    let spec = check_str(&text).unwrap_or_else(|p| panic!("{}", Problems(&p)));
+    assert_eq!(
+        spec.network_profile,
+        profile(Some("10.96.0.0/16"), Some("10.96.0.10"))
+    );
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(json["networkProfile"]["serviceCidr"], "10.96.0.0/16");
+    assert_eq!(json["networkProfile"]["dnsServiceIP"], "10.96.0.10");
+    assert_eq!(parse_str(&json.to_string()).unwrap(), spec);
+    assert_eq!(contract().network_profile, None, "optional");
+    let empty = check_str(&with_network_profile("  {}\n")).unwrap();
+    assert_eq!(empty.network_profile, Some(NetworkProfile::default()));
+}
+
+#[test]
+fn network_profile_field_problems_name_the_field() {
+    let problems = parse_problems(&with_network_profile(
+        "  serviceCidr: 10.96.0.1/16\n  dnsServiceIp: 10.96.0.10\n  podCidr: 10.244.0.0/16\n",
+    ));
+    assert_problem(
+        &problems,
+        "networkProfile.serviceCidr",
+        "10.96.0.1/16 has host bits set: did you mean 10.96.0.0/16?",
+    );
+    assert_problem(
+        &problems,
+        "networkProfile.dnsServiceIp",
+        "did you mean dnsServiceIP?",
+    );
+    assert_problem(&problems, "networkProfile.podCidr", "not from a pod CIDR");
+    let problems = parse_problems(&with_network_profile(
+        "  serviceCidr: 10.96.0.0/16\n  dnsServiceIP: ten\n  serviceCidrs: [10.96.0.0/16]\n",
+    ));
+    assert_problem(
+        &problems,
+        "networkProfile.dnsServiceIP",
+        "\"ten\" is not an IPv4 address",
+    );
+    assert_problem(
+        &problems,
+        "networkProfile.serviceCidrs",
+        "give the one IPv4 range in serviceCidr",
+    );
+    let problems = parse_problems(&with_network_profile("  serviceCidr: fd00::/108\n"));
+    assert_only_problem(
+        &problems,
+        "networkProfile.serviceCidr",
+        "IPv6 is not supported",
+    );
+}
+
+#[test]
+fn service_cidr_lies_outside_the_vnet() {
+    let problems = problems_after(|s| s.network_profile = profile(Some("10.0.128.0/17"), None));
+    assert_only_problem(
+        &problems,
+        "networkProfile.serviceCidr",
+        "10.0.128.0/17 overlaps virtualNetwork.addressSpace[0] (10.0.0.0/16): the service range must lie outside",
+    );
+    let problems = problems_after(|s| s.network_profile = profile(Some("192.168.0.0/16"), None));
+    assert_only_problem(
+        &problems,
+        "networkProfile.serviceCidr",
+        "overlaps virtualNetwork.connectedAddressSpaces[1] (192.168.50.0/24)",
+    );
+    let problems = problems_after(|s| s.network_profile = profile(Some("169.254.0.0/20"), None));
+    assert_only_problem(
+        &problems,
+        "networkProfile.serviceCidr",
+        "overlaps 169.254.0.0/16 (link-local)",
+    );
+    // A subnet outside the address space is its own problem; the service range still names it.
+    let problems = problems_after(|s| {
+        s.virtual_network.subnets[0].address_prefix = "10.96.1.0/24".parse().unwrap();
+        s.network_profile = profile(Some("10.96.0.0/16"), None);
+    });
+    assert_problem(
+        &problems,
+        "networkProfile.serviceCidr",
+        "overlaps virtualNetwork.subnets[0]",
+    );
+}
+
+#[test]
+fn service_cidr_size_follows_kubernetes() {
+    let problems = problems_after(|s| s.network_profile = profile(Some("96.0.0.0/11"), None));
+    assert_only_problem(
+        &problems,
+        "networkProfile.serviceCidr",
+        "96.0.0.0/11 is too large: Kubernetes allows at most a /12",
+    );
+    let problems = problems_after(|s| s.network_profile = profile(Some("10.96.0.0/31"), None));
+    assert_only_problem(&problems, "networkProfile.serviceCidr", "is too small");
+    for ok in ["10.96.0.0/12", "10.96.0.0/30"] {
+        let problems = problems_after(|s| s.network_profile = profile(Some(ok), None));
+        assert!(problems.is_empty(), "{ok}: {}", Problems(&problems));
+    }
+}
+
+#[test]
+fn a_public_address_is_not_a_cluster_ip() {
+    let problems = problems_after(|s| s.network_profile = profile(Some("203.0.113.0/24"), None));
+    assert_only_problem(
+        &problems,
+        "containerGroups[1].properties.ipAddress.ip",
+        "203.0.113.20 is inside networkProfile.serviceCidr (203.0.113.0/24)",
+    );
+}
+
+#[test]
+fn dns_service_ip_is_a_cluster_ip_of_the_service_range() {
+    let cases = [
+        (
+            "10.97.0.10",
+            "10.97.0.10 is outside networkProfile.serviceCidr (10.96.0.0/16)",
+        ),
+        (
+            "10.96.0.0",
+            "10.96.0.0 is the network address of networkProfile.serviceCidr",
+        ),
+        ("10.96.255.255", "10.96.255.255 is the broadcast address"),
+        (
+            "10.96.0.1",
+            "10.96.0.1 is the first address of networkProfile.serviceCidr (10.96.0.0/16), which Kubernetes gives the API server's Service (kubernetes.default): use another, e.g. 10.96.0.10",
+        ),
+    ];
+    for (ip, message) in cases {
+        let problems =
+            problems_after(|s| s.network_profile = profile(Some("10.96.0.0/16"), Some(ip)));
+        assert_only_problem(&problems, "networkProfile.dnsServiceIP", message);
+    }
+    let problems =
+        problems_after(|s| s.network_profile = profile(Some("10.96.0.0/30"), Some("10.96.0.1")));
+    assert_only_problem(&problems, "networkProfile.dnsServiceIP", "e.g. 10.96.0.2");
+    let problems = problems_after(|s| s.network_profile = profile(None, Some("10.96.0.10")));
+    assert_only_problem(
+        &problems,
+        "networkProfile.dnsServiceIP",
+        "10.96.0.10 needs networkProfile.serviceCidr",
+    );
+    let problems =
+        problems_after(|s| s.network_profile = profile(Some("10.96.0.0/16"), Some("10.96.0.10")));
+    assert!(problems.is_empty(), "{}", Problems(&problems));
+}
+
 // Validation: container groups.
 
 #[test]

@@ -3,13 +3,15 @@
 //!
 //! One file per part of the spec, in the order [`validate`] runs them: [`vnet`] (address
 //! spaces, subnets), [`nsg`] (security groups and rules), [`routes`] (route tables),
-//! [`nodes`] (nodes and their pools), [`nat`] (outbound NAT), [`groups`] (container groups).
+//! [`nodes`] (nodes and their pools), [`nat`] (outbound NAT), [`groups`] (container groups),
+//! [`kubernetes`] (the cluster's service range).
 //! The rules they share: [`addresses`] (reserved ranges, overlaps) and [`names`] (naming
 //! rules). Each part is an `impl Checker` block; this file holds the entry point and the
 //! helpers that collect problems.
 
 mod addresses;
 mod groups;
+mod kubernetes;
 mod names;
 mod nat;
 mod nodes;
@@ -24,6 +26,7 @@ use super::Problem;
 use super::model::*;
 
 pub use addresses::{is_reserved_in_subnet, overlaps};
+pub use kubernetes::{MAX_SERVICE_PREFIX_LEN, MIN_SERVICE_PREFIX_LEN};
 pub use names::{aci_name_problem, azure_name_problem, is_dns_label, is_valid_ifname};
 pub use nat::{IDLE_TIMEOUT_RANGE, MIN_SNAT_PORT};
 pub use nodes::{MAX_PODS_RANGE, MAX_VNET_ADDRESSES};
@@ -32,7 +35,7 @@ pub use routes::MAX_ROUTES_PER_TABLE;
 pub use vnet::MAX_SUBNET_PREFIX_LEN;
 
 /// Every problem of `spec`, in document order of the checks (network, NSGs, route tables,
-/// nodes, outbound NAT, container groups).
+/// nodes, outbound NAT, container groups, the Kubernetes network profile).
 pub fn validate(spec: &Spec) -> Vec<Problem> {
     let mut checker = Checker {
         spec,
@@ -45,6 +48,7 @@ pub fn validate(spec: &Spec) -> Vec<Problem> {
     checker.nodes();
     checker.outbound_nat();
     checker.container_groups();
+    checker.network_profile();
     checker.problems
 }
 
