@@ -275,6 +275,24 @@ fn a_cluster_ip_reaches_a_pod_on_another_node() -> Result<()> {
     Ok(())
 }
 
+/// A ClusterIP DNATed to a pod on the same node: the stack sends the translated packets into
+/// the backend's veth, and the backend's replies must go back through the stack (not straight
+/// into the client, which would see the backend's address).
+#[test]
+fn a_cluster_ip_reaches_a_pod_on_the_same_node() -> Result<()> {
+    let _serial = serial();
+    let c = cluster()?;
+    let dialled = SocketAddrV4::new(LOCAL_SERVICE, SERVICE_PORT);
+    let conn = connect_through(&c.client, dialled, &c.backend1)?;
+    assert_eq!(conn.peer, dialled, "the client's peer is the ClusterIP");
+    assert_eq!(
+        *conn.backend_saw.ip(),
+        c.client.ip,
+        "no masquerade for a pod's ClusterIP traffic: {conn:?}"
+    );
+    Ok(())
+}
+
 /// The cluster DNS over UDP: the answer comes from the DNS Service's ClusterIP (a resolver
 /// drops an answer from any other address), not from the backend pod.
 #[test]
