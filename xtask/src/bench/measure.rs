@@ -464,6 +464,12 @@ pub(super) fn progrun_bench(runs: u32) -> Result<Value> {
         out.status,
         stdout.trim()
     );
+    parse_progrun(&stdout)
+}
+
+/// The numbers of the `vnetd-bench program=NAME key=value ...` lines of `stdout`:
+/// `pod_ingress`'s at the top level, every other program's under its name.
+fn parse_progrun(stdout: &str) -> Result<Value> {
     let mut report = serde_json::Map::new();
     let mut others = Vec::new();
     // A line may follow another test's progress dot on the same line.
@@ -482,10 +488,13 @@ pub(super) fn progrun_bench(runs: u32) -> Result<Value> {
             v.get("ns_per_run").is_some_and(Value::is_number),
             "no ns_per_run in {line:?}"
         );
-        match v.get("program").and_then(Value::as_str) {
-            Some("pod_ingress") => report.extend(v),
-            Some(name) => others.push((name.to_string(), Value::Object(v))),
-            None => bail!("no program in {line:?}"),
+        // A program measured at several NSG sizes prints a line per size: one figure each.
+        let rules = v.get("nsg_rules").and_then(Value::as_f64).map(|n| n as u64);
+        match (v.get("program").and_then(Value::as_str), rules) {
+            (Some("pod_ingress"), None) => report.extend(v),
+            (Some(name), None) => others.push((name.to_string(), Value::Object(v))),
+            (Some(name), Some(n)) => others.push((format!("{name}_rules_{n}"), Value::Object(v))),
+            (None, _) => bail!("no program in {line:?}"),
         }
     }
     ensure!(
@@ -494,5 +503,87 @@ pub(super) fn progrun_bench(runs: u32) -> Result<Value> {
         stdout.trim()
     );
     report.extend(others);
+    let ns = |key: &str| report.get(key).and_then(|v| v["ns_per_run"].as_f64());
+    if let (Some(one), Some(thousand)) = (
+        ns(&nsg_first_packet_key(1)),
+        ns(&nsg_first_packet_key(1000)),
+    ) {
+        report.insert(
+            "nsg_first_packet_ratio_1000_over_1".into(),
+            json!(thousand / one),
+        );
+    }
     Ok(Value::Object(report))
+}
+
+/// The rule counts per NSG the BPF_PROG_RUN benchmark measures a first packet at.
+pub(super) const NSG_RULE_COUNTS: [u32; 4] = [1, 10, 100, 1000];
+
+/// Where [`progrun_bench`]'s report keeps the first-packet cost with `rules` rules.
+pub(super) fn nsg_first_packet_key(rules: u32) -> String {
+    format!("pod_ingress_nsg_rules_{rules}")
+}
+
+/// Where [`progrun_bench`]'s report keeps an established flow's cost with `rules` rules
+/// (the benchmark's `pod_ingress_nsg_established` line; `None`: printed without a rule count).
+pub(super) fn nsg_established_key(rules: Option<u32>) -> String {
+    match rules {
+        Some(n) => format!("pod_ingress_nsg_established_rules_{n}"),
+        None => "pod_ingress_nsg_established".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_progrun;
+
+    /// What `cargo test --test progrun_bench -- --nocapture` prints (a line may follow a
+    /// progress dot).
+    const STDOUT: &str = "\nrunning 3 tests
+vnetd-bench program=pod_ingress runs=1000000 ns_per_run=88.1 wall_ns_per_run=120.5
+test pod_ingress_pod_to_pod ... ok
+vnetd-bench program=pod_ingress_single runs=1000 ns_per_run=144.4
+vnetd-bench program=pod_ingress_snat_established runs=1000 ns_per_run=191.0
+vnetd-bench program=pod_ingress_nsg nsg_rules=0 classified=false runs=1000000 ns_per_run=90.0
+vnetd-bench program=pod_ingress_nsg nsg_rules=1 classified=true runs=1000000 ns_per_run=100.0
+vnetd-bench program=pod_ingress_nsg nsg_rules=10 classified=true runs=1000000 ns_per_run=101.0
+vnetd-bench program=pod_ingress_nsg nsg_rules=100 classified=true runs=1000000 ns_per_run=104.0
+.vnetd-bench program=pod_ingress_nsg nsg_rules=1000 classified=true runs=1000000 ns_per_run=130.0
+";
+
+    /// Each rule count of the NSG benchmark is a figure of its own, not the last one seen.
+    #[test]
+    fn progrun_keeps_each_nsg_rule_count() {
+        let v = parse_progrun(STDOUT).unwrap();
+        assert_eq!(v["ns_per_run"], 88.1);
+        assert_eq!(v["pod_ingress_snat_established"]["ns_per_run"], 191.0);
+        for (rules, ns) in [
+            (0, 90.0),
+            (1, 100.0),
+            (10, 101.0),
+            (100, 104.0),
+            (1000, 130.0),
+        ] {
+            assert_eq!(
+                v[format!("pod_ingress_nsg_rules_{rules}")]["ns_per_run"],
+                ns,
+                "{rules} rules in {v:#}"
+            );
+        }
+        assert_eq!(v["nsg_first_packet_ratio_1000_over_1"], 1.3);
+        assert!(v.get("nsg_established_ns_per_run").is_none());
+    }
+
+    /// The established-flow line, when the benchmark prints it, is read too.
+    #[test]
+    fn progrun_reads_the_established_flow_cost() {
+        let stdout = format!(
+            "{STDOUT}vnetd-bench program=pod_ingress_nsg_established nsg_rules=1000 runs=1000 ns_per_run=95.5\n"
+        );
+        let v = parse_progrun(&stdout).unwrap();
+        assert_eq!(
+            v["pod_ingress_nsg_established_rules_1000"]["ns_per_run"],
+            95.5
+        );
+    }
 }

@@ -42,7 +42,10 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use cni::{CNI_DIR, ref_plugins_conf};
-use measure::{forward_to_cni_packets, masquerade_packets, measure, progrun_bench};
+use measure::{
+    NSG_RULE_COUNTS, forward_to_cni_packets, masquerade_packets, measure, nsg_established_key,
+    nsg_first_packet_key, progrun_bench,
+};
 use report::{
     environment, first_line, fmt_num, markdown, notes, package_version, print_table, summary_json,
 };
@@ -318,29 +321,27 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     // The microbenchmark first: it may compile, and it must not share the CPUs with the lab.
     let runs = if opts.quick { 100_000 } else { 1_000_000 };
     step(&format!(
-        "BPF_PROG_RUN: pod_ingress on a 64-byte pod-to-pod frame, {runs} runs; and one run per \
-         call on the same frame and on a packet of an established flow through SNAT \
+        "BPF_PROG_RUN, {reps} repetition(s): pod_ingress on a 64-byte pod-to-pod frame, {runs} \
+         runs; one run per call on the same frame and on a packet of an established flow \
+         through SNAT; a first packet classified by an NSG of 1, 10, 100 and 1000 rules \
          (agent/tests/progrun_bench.rs)"
     ));
-    let progrun = progrun_bench(runs);
-    match &progrun {
-        Ok(v) => {
-            println!(
-                "   {} ns per run (kernel-timed; wall clock incl. syscalls {} ns)",
-                fmt_num(v["ns_per_run"].as_f64().unwrap_or(f64::NAN)),
-                fmt_num(v["wall_ns_per_run"].as_f64().unwrap_or(f64::NAN)),
-            );
-            if let Some(snat) = SnatProgrun::of(v) {
-                println!(
-                    "   SNAT, a UDP packet of an established flow to the internet: {} ns per run, \
-                     one run per call (pod to pod measured the same way: {} ns)",
-                    fmt_num(snat.ns),
-                    fmt_num(snat.pod_to_pod_ns),
-                );
-            }
+    let mut progrun_reps = Vec::new();
+    let mut progrun = Err(anyhow::anyhow!("not run"));
+    for rep in 0..reps {
+        let this = progrun_bench(runs);
+        match &this {
+            Ok(v) => print_progrun(rep + 1, v),
+            Err(e) => println!("   rep {}: skipped: {e:#}", rep + 1),
         }
-        Err(e) => println!("   skipped: {e:#}"),
+        if let Ok(v) = &this {
+            progrun_reps.push(v.clone());
+        }
+        if rep == 0 || progrun.is_err() {
+            progrun = this;
+        }
     }
+    let progrun_figures = ProgrunFigure::all(&progrun_reps);
 
     vnetd_lab::ensure_bpffs()?;
     vnetd_lab::cleanup_on_signal()?;
@@ -558,6 +559,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     });
     let notes = notes(&env, &results);
     print_table(&results, &env, &nf_call, reps, &notes);
+    report::print_progrun_table(&progrun_figures);
     let progrun_ns = progrun.as_ref().ok().and_then(|v| v["ns_per_run"].as_f64());
     let progrun_snat = progrun.as_ref().ok().and_then(SnatProgrun::of);
     if let Some(ns) = progrun_ns {
@@ -609,6 +611,10 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             Ok(v) => v.clone(),
             Err(e) => json!({ "error": format!("{e:#}") }),
         },
+        "progrun_repetitions": progrun_reps,
+        "progrun_figures": progrun_figures.iter()
+            .map(|f| (f.key.clone(), report::summary_of(&f.samples)))
+            .collect::<serde_json::Map<_, _>>(),
         "invalid_runs": results.invalid,
         "notes": notes,
     });
@@ -627,6 +633,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             opts.quick,
             progrun_ns,
             progrun_snat.as_ref(),
+            &progrun_figures,
             &out_path,
         ),
     )
@@ -666,6 +673,95 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         md_path.display()
     );
     Ok(())
+}
+
+/// One repetition's BPF_PROG_RUN figures, as they come.
+fn print_progrun(rep: u32, v: &Value) {
+    println!(
+        "   rep {rep}: pod_ingress {} ns per run (kernel-timed; wall clock incl. syscalls {} ns)",
+        fmt_num(v["ns_per_run"].as_f64().unwrap_or(f64::NAN)),
+        fmt_num(v["wall_ns_per_run"].as_f64().unwrap_or(f64::NAN)),
+    );
+    if let Some(snat) = SnatProgrun::of(v) {
+        println!(
+            "   rep {rep}: SNAT, a UDP packet of an established flow to the internet: {} ns per \
+             run, one run per call (pod to pod measured the same way: {} ns)",
+            fmt_num(snat.ns),
+            fmt_num(snat.pod_to_pod_ns),
+        );
+    }
+    let nsg: Vec<String> = NSG_RULE_COUNTS
+        .iter()
+        .filter_map(|&n| {
+            let ns = v[nsg_first_packet_key(n)]["ns_per_run"].as_f64()?;
+            Some(format!("{n}: {}", fmt_num(ns)))
+        })
+        .collect();
+    if !nsg.is_empty() {
+        println!(
+            "   rep {rep}: NSG first packet, ns per run by rules per NSG: {} (1000 / 1: {})",
+            nsg.join(", "),
+            v["nsg_first_packet_ratio_1000_over_1"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{r:.2}")),
+        );
+    }
+}
+
+/// A vnetd-only figure of the BPF_PROG_RUN benchmark, over the repetitions: a row of the
+/// report and a key of the JSON.
+pub(crate) struct ProgrunFigure {
+    pub(crate) key: String,
+    pub(crate) label: String,
+    pub(crate) samples: Vec<f64>,
+}
+
+impl ProgrunFigure {
+    /// The NSG figures (issue 9): the first packet's cost at each rule count, the ratio of
+    /// 1000 rules to one, and an established flow's cost when the benchmark measures it.
+    fn all(reps: &[Value]) -> Vec<ProgrunFigure> {
+        let samples = |f: &dyn Fn(&Value) -> Option<f64>| reps.iter().filter_map(f).collect();
+        let mut figures: Vec<ProgrunFigure> = NSG_RULE_COUNTS
+            .iter()
+            .map(|&n| ProgrunFigure {
+                key: format!("nsg_first_packet_ns_rules_{n}"),
+                label: format!(
+                    "BPF_PROG_RUN `pod_ingress`, NSG first packet, {n} rule(s) per NSG, ns per run"
+                ),
+                samples: samples(&|v| v[nsg_first_packet_key(n)]["ns_per_run"].as_f64()),
+            })
+            .collect();
+        figures.push(ProgrunFigure {
+            key: "nsg_first_packet_ratio_1000_over_1".into(),
+            label: "NSG first packet, 1000 rules / 1 rule (target at most 1.5)".into(),
+            samples: samples(&|v| v["nsg_first_packet_ratio_1000_over_1"].as_f64()),
+        });
+        // The lead adds this line to progrun_bench; with or without a rule count.
+        for n in std::iter::once(None).chain(NSG_RULE_COUNTS.map(Some)) {
+            let key = nsg_established_key(n);
+            let found: Vec<f64> = samples(&|v| v[&key]["ns_per_run"].as_f64());
+            if !found.is_empty() {
+                figures.push(ProgrunFigure {
+                    key: match n {
+                        Some(n) => format!("nsg_established_ns_rules_{n}"),
+                        None => "nsg_established_ns".into(),
+                    },
+                    label: match n {
+                        Some(n) => format!(
+                            "BPF_PROG_RUN `pod_ingress`, NSG established flow, {n} rule(s) per \
+                             NSG, ns per run"
+                        ),
+                        None => {
+                            "BPF_PROG_RUN `pod_ingress`, NSG established flow, ns per run".into()
+                        }
+                    },
+                    samples: found,
+                });
+            }
+        }
+        figures.retain(|f| !f.samples.is_empty());
+        figures
+    }
 }
 
 /// The BPF_PROG_RUN figure of the SNAT path: a packet of an established flow, one run per

@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use super::{Dp, METRICS, Metric, Results, Scenario, SnatProgrun, step};
+use super::{Dp, METRICS, Metric, ProgrunFigure, Results, Scenario, SnatProgrun, step};
 use serde_json::{Value, json};
 
 /// The median; NaN when there is no sample (no valid run).
@@ -56,6 +56,23 @@ pub(super) fn ratio(r: &Results, m: Metric) -> String {
         format!("{x:.2}")
     } else {
         "-".into()
+    }
+}
+
+/// Samples with their median and spread (serde_json writes the NaN of no sample as null).
+pub(super) fn summary_of(v: &[f64]) -> Value {
+    let (lo, hi) = min_max(v);
+    json!({ "samples": v, "median": median(v), "min": lo, "max": hi })
+}
+
+/// The vnetd-only BPF_PROG_RUN rows (NSG cost against rule count), after the main table.
+pub(super) fn print_progrun_table(figures: &[ProgrunFigure]) {
+    if figures.is_empty() {
+        return;
+    }
+    println!("\n   BPF_PROG_RUN, vnetd only (median [min-max] over the repetitions):");
+    for f in figures {
+        println!("   {:<86} | {}", f.label, cell(&f.samples));
     }
 }
 
@@ -303,6 +320,7 @@ pub(super) fn markdown(
     quick: bool,
     progrun_ns: Option<f64>,
     progrun_snat: Option<&SnatProgrun>,
+    progrun_figures: &[ProgrunFigure],
     report: &Path,
 ) -> String {
     let mut md = format!(
@@ -343,6 +361,9 @@ pub(super) fn markdown(
             fmt_num(snat.pod_to_pod_ns),
             fmt_num(snat.ns)
         ));
+    }
+    for f in progrun_figures {
+        md.push_str(&format!("| {} | {} | | |\n", f.label, cell(&f.samples)));
     }
     md
 }
