@@ -631,9 +631,11 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             &env,
             reps,
             opts.quick,
-            progrun_ns,
-            progrun_snat.as_ref(),
-            &progrun_figures,
+            report::ProgrunRows {
+                ns: progrun_ns,
+                snat: progrun_snat.as_ref(),
+                figures: &progrun_figures,
+            },
             &out_path,
         ),
     )

@@ -312,15 +312,20 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
     notes
 }
 
+/// The BPF_PROG_RUN rows of the README's table (vnetd only).
+pub(super) struct ProgrunRows<'a> {
+    pub(super) ns: Option<f64>,
+    pub(super) snat: Option<&'a SnatProgrun>,
+    pub(super) figures: &'a [ProgrunFigure],
+}
+
 /// The README's results table, with where it comes from.
 pub(super) fn markdown(
     r: &Results,
     env: &Value,
     reps: u32,
     quick: bool,
-    progrun_ns: Option<f64>,
-    progrun_snat: Option<&SnatProgrun>,
-    progrun_figures: &[ProgrunFigure],
+    progrun: ProgrunRows<'_>,
     report: &Path,
 ) -> String {
     let mut md = format!(
@@ -348,13 +353,13 @@ pub(super) fn markdown(
             ratio(r, m),
         ));
     }
-    if let Some(ns) = progrun_ns {
+    if let Some(ns) = progrun.ns {
         md.push_str(&format!(
             "| BPF_PROG_RUN `pod_ingress`, ns per run | {} | | |\n",
             fmt_num(ns)
         ));
     }
-    if let Some(snat) = progrun_snat {
+    if let Some(snat) = progrun.snat {
         md.push_str(&format!(
             "| BPF_PROG_RUN `pod_ingress`, SNAT of an established UDP flow, ns per run (one run \
              per call; pod to pod measured the same way: {}) | {} | | |\n",
@@ -362,7 +367,7 @@ pub(super) fn markdown(
             fmt_num(snat.ns)
         ));
     }
-    for f in progrun_figures {
+    for f in progrun.figures {
         md.push_str(&format!("| {} | {} | | |\n", f.label, cell(&f.samples)));
     }
     md
