@@ -61,6 +61,10 @@ enum Task {
         /// Only the control plane's CNI ADD/DEL latency (report: target/bench/control-plane.json).
         #[arg(long)]
         control_plane_only: bool,
+        /// Only this scenario (repeatable): progrun, pod_to_pod, pod_to_internet, nsg,
+        /// control_plane.
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
     },
 }
 
@@ -94,10 +98,16 @@ fn main() -> Result<()> {
             reps,
             out,
             control_plane_only,
+            scenarios,
         } => {
             setup::run()?;
             build()?;
-            let opts = bench::Options { quick, reps, out };
+            let opts = bench::Options {
+                quick,
+                reps,
+                out,
+                scenarios,
+            };
             if control_plane_only {
                 bench::run_control_plane(&workspace_root(), opts)
             } else {

@@ -180,7 +180,7 @@ fn iperf3(pair: &Pair, args: &[&str], secs: u32) -> Result<Value> {
 fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration)> {
     let listener = pair
         .server
-        .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+        .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, pair.port)))?;
     let port = listener.local_addr()?.port();
     // Non-blocking accept with a deadline: the thread must end even if the client never comes.
     listener.set_nonblocking(true)?;
@@ -279,7 +279,7 @@ const CONNECT_WARM_UP: u32 = 20;
 fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
     let listener = pair
         .server
-        .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+        .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, pair.port)))?;
     let addr = SocketAddr::from((pair.server_ip, listener.local_addr()?.port()));
     // accept() honours SO_RCVTIMEO: the server wakes up to see that the client is done.
     set_receive_timeout(&listener, Duration::from_millis(100))?;
@@ -418,7 +418,7 @@ pub(super) fn masquerade_packets(node: &Node) -> Result<u64> {
 }
 
 /// The packet count of an `iptables-save -c` rule line (`[packets:bytes] -A ...`).
-fn rule_packets(line: &str) -> Result<u64> {
+pub(super) fn rule_packets(line: &str) -> Result<u64> {
     line.strip_prefix('[')
         .and_then(|r| r.split_once(':'))
         .and_then(|(p, _)| p.parse::<u64>().ok())

@@ -31,6 +31,7 @@
 mod cni;
 mod internet;
 mod measure;
+mod nsg;
 mod report;
 
 use std::{
@@ -62,6 +63,76 @@ pub struct Options {
     pub reps: Option<u32>,
     /// Where the JSON report goes (default `target/bench/report.json`).
     pub out: Option<PathBuf>,
+    /// Only these scenarios ([`SCENARIOS`]); empty: all.
+    pub scenarios: Vec<String>,
+}
+
+/// The scenarios `--scenario NAME` selects, with what each measures.
+pub const SCENARIOS: [(&str, &str); 5] = [
+    (
+        "progrun",
+        "BPF_PROG_RUN: pod_ingress, SNAT, NSG first packet by rule count",
+    ),
+    (
+        "pod_to_pod",
+        "pod to pod on one node: TCP bulk, TCP_RR, UDP 64 B",
+    ),
+    (
+        "pod_to_internet",
+        "pod to the internet host through SNAT / MASQUERADE",
+    ),
+    (
+        "nsg",
+        "new connections/s pod to pod with an NSG of 1, 10, 100, 1000 rules",
+    ),
+    (
+        "control_plane",
+        "CNI ADD and DEL latency, vnetd-cni against bridge + firewall",
+    ),
+];
+
+/// The scenarios a run measures.
+struct Selection(Vec<String>);
+
+impl Selection {
+    fn new(names: &[String]) -> Result<Selection> {
+        for n in names {
+            ensure!(
+                SCENARIOS.iter().any(|(s, _)| s == n),
+                "--scenario {n}: no such scenario; there are {}",
+                SCENARIOS
+                    .iter()
+                    .map(|(s, what)| format!("{s} ({what})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(Selection(names.to_vec()))
+    }
+    fn has(&self, name: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|n| n == name)
+    }
+    fn has_scenario(&self, s: Scenario) -> bool {
+        self.has(match s {
+            Scenario::PodToPod => "pod_to_pod",
+            Scenario::PodToInternet => "pod_to_internet",
+            Scenario::NsgPodToPod(_) => "nsg",
+        })
+    }
+    /// The runs of one repetition, in order; each is run on both dataplanes, one after the
+    /// other. The NSG's runs come last, so the NSG is put on only once per repetition.
+    fn schedule(&self) -> Vec<(Scenario, Kind)> {
+        SCHEDULE
+            .into_iter()
+            .chain(nsg::RULE_COUNTS.map(|n| (Scenario::NsgPodToPod(n), Kind::Connect)))
+            .filter(|(s, _)| self.has_scenario(*s))
+            .collect()
+    }
+    fn needs_lab(&self) -> bool {
+        ["pod_to_pod", "pod_to_internet", "nsg"]
+            .iter()
+            .any(|s| self.has(s))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +160,9 @@ enum Scenario {
     /// To the internet host, leaving with the node's address (vnetd's SNAT, the reference's
     /// MASQUERADE).
     PodToInternet,
+    /// To another pod on the same node, whose subnet has an NSG of this many rules (the
+    /// reference: as many iptables rules in its FORWARD path); see [`nsg`].
+    NsgPodToPod(u32),
 }
 
 impl Scenario {
@@ -96,6 +170,15 @@ impl Scenario {
         match self {
             Scenario::PodToPod => "pod_to_pod",
             Scenario::PodToInternet => "pod_to_internet",
+            Scenario::NsgPodToPod(_) => "pod_to_pod_nsg",
+        }
+    }
+
+    /// The rules per NSG this scenario runs with.
+    fn nsg_rules(self) -> Option<u32> {
+        match self {
+            Scenario::NsgPodToPod(n) => Some(n),
+            _ => None,
         }
     }
 
@@ -111,6 +194,8 @@ impl Scenario {
             }
             // The nat table sees a connection's first packet only: one per connection.
             (Scenario::PodToInternet, Dp::Reference) => &["reference MASQUERADE rules"],
+            (Scenario::NsgPodToPod(_), Dp::Vnetd) => &["vnetd pod_to_pod"],
+            (Scenario::NsgPodToPod(_), Dp::Reference) => &["reference VNB-NSG allow rule"],
         }
     }
 }
@@ -139,7 +224,7 @@ impl Kind {
     }
 }
 
-/// The runs of one repetition, in order; each is run on both dataplanes, one after the other.
+/// The runs of one repetition without an NSG, in order (see [`Selection::schedule`]).
 const SCHEDULE: [(Scenario, Kind); 6] = [
     (Scenario::PodToPod, Kind::Bulk),
     (Scenario::PodToPod, Kind::Rr),
@@ -154,6 +239,8 @@ struct Pair {
     client: Ns,
     server: Ns,
     server_ip: Ipv4Addr,
+    /// The port the server of TCP_RR and new connections listens on (0: any).
+    port: u16,
 }
 
 /// How long each kind of run lasts.
@@ -188,7 +275,7 @@ const fn metric(scenario: Scenario, quantity: Quantity) -> Metric {
 
 /// The report's rows. A run's quantity with no row here (the latency of TCP_RR to the
 /// internet, 1 / its rate) stays in the run's JSON only.
-const METRICS: [Metric; 7] = [
+const METRICS: [Metric; 11] = [
     metric(Scenario::PodToPod, Quantity::TcpBulk),
     metric(Scenario::PodToPod, Quantity::TcpRr),
     metric(Scenario::PodToPod, Quantity::TcpRrLatency),
@@ -196,6 +283,22 @@ const METRICS: [Metric; 7] = [
     metric(Scenario::PodToInternet, Quantity::TcpBulk),
     metric(Scenario::PodToInternet, Quantity::TcpRr),
     metric(Scenario::PodToInternet, Quantity::ConnRate),
+    metric(
+        Scenario::NsgPodToPod(nsg::RULE_COUNTS[0]),
+        Quantity::ConnRate,
+    ),
+    metric(
+        Scenario::NsgPodToPod(nsg::RULE_COUNTS[1]),
+        Quantity::ConnRate,
+    ),
+    metric(
+        Scenario::NsgPodToPod(nsg::RULE_COUNTS[2]),
+        Quantity::ConnRate,
+    ),
+    metric(
+        Scenario::NsgPodToPod(nsg::RULE_COUNTS[3]),
+        Quantity::ConnRate,
+    ),
 ];
 
 impl Quantity {
@@ -220,17 +323,22 @@ impl Quantity {
 }
 
 impl Metric {
-    /// Pod to pod keeps the keys of earlier reports; pod to internet's start with `internet_`.
+    /// Pod to pod keeps the keys of earlier reports; pod to internet's start with `internet_`,
+    /// the NSG's with `nsg_<rules>_rules_`.
     fn key(self) -> String {
         match self.scenario {
             Scenario::PodToPod => self.quantity.key().to_string(),
             Scenario::PodToInternet => format!("internet_{}", self.quantity.key()),
+            Scenario::NsgPodToPod(n) => format!("nsg_{n}_rules_{}", self.quantity.key()),
         }
     }
     fn label(self) -> String {
         match self.scenario {
             Scenario::PodToPod => self.quantity.label().to_string(),
             Scenario::PodToInternet => format!("to internet: {}", self.quantity.label()),
+            Scenario::NsgPodToPod(n) => {
+                format!("NSG of {n} rule(s): new TCP connections/s pod to pod")
+            }
         }
     }
     fn higher_is_better(self) -> bool {
@@ -263,6 +371,16 @@ impl Results {
         metric
             .index()
             .map_or(&[][..], |i| &self.samples[i][dp as usize])
+    }
+    /// Whether the report shows `m`'s row: measured, or its scenario was meant to be.
+    fn shown(&self, m: Metric) -> bool {
+        DATAPLANES
+            .iter()
+            .any(|&dp| !self.get(dp, m).is_empty() || self.unavailable(m.scenario, dp).is_some())
+            || self.runs.iter().any(|run| {
+                run["scenario"] == m.scenario.key()
+                    && run["nsg_rules"].as_u64() == m.scenario.nsg_rules().map(u64::from)
+            })
     }
     fn unavailable(&self, scenario: Scenario, dp: Dp) -> Option<&str> {
         self.unavailable
@@ -316,19 +434,23 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     };
     let out_path = opts
         .out
+        .clone()
         .unwrap_or_else(|| target_dir(root).join("bench/report.json"));
+    let sel = Selection::new(&opts.scenarios)?;
 
     // The microbenchmark first: it may compile, and it must not share the CPUs with the lab.
     let runs = if opts.quick { 100_000 } else { 1_000_000 };
-    step(&format!(
-        "BPF_PROG_RUN, {reps} repetition(s): pod_ingress on a 64-byte pod-to-pod frame, {runs} \
+    if sel.has("progrun") {
+        step(&format!(
+            "BPF_PROG_RUN, {reps} repetition(s): pod_ingress on a 64-byte pod-to-pod frame, {runs} \
          runs; one run per call on the same frame and on a packet of an established flow \
          through SNAT; a first packet classified by an NSG of 1, 10, 100 and 1000 rules \
          (agent/tests/progrun_bench.rs)"
-    ));
+        ));
+    }
     let mut progrun_reps = Vec::new();
     let mut progrun = Err(anyhow::anyhow!("not run"));
-    for rep in 0..reps {
+    for rep in (0..reps).filter(|_| sel.has("progrun")) {
         let this = progrun_bench(runs);
         match &this {
             Ok(v) => print_progrun(rep + 1, v),
@@ -342,6 +464,16 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         }
     }
     let progrun_figures = ProgrunFigure::all(&progrun_reps);
+    if !sel.needs_lab() {
+        return finish_without_lab(
+            &out_path,
+            &opts,
+            &sel,
+            &progrun,
+            &progrun_reps,
+            &progrun_figures,
+        );
+    }
 
     vnetd_lab::ensure_bpffs()?;
     vnetd_lab::cleanup_on_signal()?;
@@ -379,11 +511,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             client: va.ns.ns.clone(),
             server: vb.ns.ns.clone(),
             server_ip: vb.ip,
+            port: 0,
         },
         Pair {
             client: ra.clone(),
             server: rb.clone(),
             server_ip: rb_ip,
+            port: 0,
         },
     ];
     for (dp, pair) in DATAPLANES.into_iter().zip(&pod_to_pod) {
@@ -395,13 +529,58 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         client: p.client.clone(),
         server: lab.internet().clone(),
         server_ip: INTERNET_HOST_IP,
+        port: 0,
     });
+    // With an NSG: a client pod per rule count on each side (each run's connections hold
+    // its ephemeral ports in TIME_WAIT for 60 s; see measure::CONNECT_MAX), to the same
+    // server pods, on the port the NSG's last rule allows.
+    let base_spec = lab_spec();
+    let mut nsg_pairs: Vec<[Pair; 2]> = Vec::new();
+    let mut nsg_pods = Vec::new();
+    if sel.has("nsg") {
+        for n in nsg::RULE_COUNTS {
+            let vc = add_pod(&lab, &node, &format!("nsg-c{n}"), Some("apps"), "")?;
+            let (rc, _) = ref_pod(&lab, &rnode, &format!("ref-nsg-c{n}"))?;
+            for c in [&vc.ns.ns, &rc] {
+                // Room for three repetitions of CONNECT_MAX connections in TIME_WAIT.
+                c.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+            }
+            nsg_pairs.push([
+                Pair {
+                    client: vc.ns.ns.clone(),
+                    server: vb.ns.ns.clone(),
+                    server_ip: vb.ip,
+                    port: nsg::PORT,
+                },
+                Pair {
+                    client: rc,
+                    server: rb.clone(),
+                    server_ip: rb_ip,
+                    port: nsg::PORT,
+                },
+            ]);
+            nsg_pods.push(vc);
+        }
+        println!(
+            "   NSG runs: a client pod per rule count on each node ({} on vnetd's) to the same \
+             server pods, port {}; vnetd: an inbound NSG on subnet apps (spec reload), \
+             reference: iptables chain {} jumped to from the top of FORWARD",
+            nsg_pods
+                .iter()
+                .map(|p| p.ip.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            nsg::PORT,
+            nsg::CHAIN,
+        );
+    }
     let mut results = Results::default();
     let mut internet_sources = serde_json::Map::new();
     for ((dp, pair), node_ip) in DATAPLANES
         .into_iter()
         .zip(&pod_to_internet)
         .zip([node.ip, rnode.ip])
+        .filter(|_| sel.has("pod_to_internet"))
     {
         match internet::check_translated(pair, node_ip) {
             Ok(seen) => {
@@ -423,6 +602,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let pairs = |scenario: Scenario, dp: Dp| match scenario {
         Scenario::PodToPod => &pod_to_pod[dp as usize],
         Scenario::PodToInternet => &pod_to_internet[dp as usize],
+        Scenario::NsgPodToPod(n) => {
+            let i = nsg::RULE_COUNTS
+                .iter()
+                .position(|&r| r == n)
+                .expect("a measured rule count");
+            &nsg_pairs[i][dp as usize]
+        }
     };
 
     step(&format!(
@@ -447,16 +633,31 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                 agent.traffic("internet_to_pod")?,
             ],
             (Scenario::PodToInternet, Dp::Reference) => vec![masquerade_packets(&rnode)?],
+            (Scenario::NsgPodToPod(_), Dp::Vnetd) => vec![agent.traffic("pod_to_pod")?],
+            (Scenario::NsgPodToPod(_), Dp::Reference) => vec![nsg::allow_packets(&rnode)?],
         })
     };
     let started = Instant::now();
+    // The rules per NSG in place on both dataplanes (none: no NSG).
+    let mut nsg_applied: Option<u32> = None;
     for rep in 0..reps {
         let order = if rep % 2 == 0 {
             [Dp::Vnetd, Dp::Reference]
         } else {
             [Dp::Reference, Dp::Vnetd]
         };
-        for (scenario, kind) in SCHEDULE {
+        for (scenario, kind) in sel.schedule() {
+            if scenario.nsg_rules() != nsg_applied {
+                let t = Instant::now();
+                nsg::apply(&agent, &base_spec, &rnode, scenario.nsg_rules())
+                    .context("changing the NSG")?;
+                nsg_applied = scenario.nsg_rules();
+                println!(
+                    "   NSG of {} rule(s) on both dataplanes (applied in {:.2} s)",
+                    nsg_applied.map_or("no".into(), |n| n.to_string()),
+                    t.elapsed().as_secs_f64()
+                );
+            }
             for dp in order {
                 if results.unavailable(scenario, dp).is_some() {
                     continue;
@@ -478,7 +679,10 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                     "   rep {} {:<9} {:<15} {:<7}",
                     rep + 1,
                     dp.key(),
-                    scenario.key(),
+                    match scenario.nsg_rules() {
+                        Some(n) => format!("nsg {n} rules"),
+                        None => scenario.key().to_string(),
+                    },
                     kind.key()
                 );
                 for (quantity, value) in &run.values {
@@ -518,6 +722,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                     "rep": rep + 1,
                     "dataplane": dp.key(),
                     "scenario": scenario.key(),
+                    "nsg_rules": scenario.nsg_rules(),
                     "kind": kind.key(),
                     "values": run.values.iter()
                         .map(|(q, v)| (Metric { scenario, quantity: *q }.key(), json!(v)))
@@ -533,6 +738,9 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                 }));
             }
         }
+    }
+    if nsg_applied.is_some() {
+        nsg::apply(&agent, &base_spec, &rnode, None).context("removing the NSG")?;
     }
     let measuring = started.elapsed();
 
@@ -587,7 +795,10 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         "measuring_s": measuring.as_secs_f64(),
         "scenario": "pod to pod on one node, 2 pods per node namespace; pod to the internet \
                      host through the node's address (the lab's fabric and edge router in \
-                     between); one run at a time, dataplanes alternated per run",
+                     between); pod to pod with an NSG of N rules on the server's subnet (the \
+                     reference: the same rules in an iptables chain jumped to from FORWARD); \
+                     one run at a time, dataplanes alternated per run",
+        "scenarios": sel.0,
         "internet_server": INTERNET_HOST_IP.to_string(),
         "internet_source_seen": internet_sources,
         "unavailable": results.unavailable.iter()
@@ -647,10 +858,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     );
 
     step("tearing down");
-    drop((va, vb, agent));
+    drop((va, vb, nsg_pods, agent));
     lab.teardown()?;
     println!("   done: the lab's namespaces, processes and iptables rules are gone");
 
+    if !sel.has("control_plane") {
+        return Ok(());
+    }
     let pods = if opts.quick { 25 } else { 250 };
     step(&format!(
         "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
@@ -674,6 +888,45 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         out_path.display(),
         md_path.display()
     );
+    Ok(())
+}
+
+/// The report of a run that needs no lab (only BPF_PROG_RUN and the control plane).
+fn finish_without_lab(
+    out_path: &Path,
+    opts: &Options,
+    sel: &Selection,
+    progrun: &Result<Value>,
+    progrun_reps: &[Value],
+    progrun_figures: &[ProgrunFigure],
+) -> Result<()> {
+    report::print_progrun_table(progrun_figures);
+    let mut report = json!({
+        "environment": environment(),
+        "quick": opts.quick,
+        "scenarios": sel.0,
+        "progrun": match progrun {
+            Ok(v) => v.clone(),
+            Err(e) => json!({ "error": format!("{e:#}") }),
+        },
+        "progrun_repetitions": progrun_reps,
+        "progrun_figures": progrun_figures.iter()
+            .map(|f| (f.key.clone(), report::summary_of(&f.samples)))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    if sel.has("control_plane") {
+        let pods = if opts.quick { 25 } else { 250 };
+        step(&format!(
+            "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
+        ));
+        report["control_plane"] = cni::run(pods)?;
+    }
+    if let Some(dir) = out_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(out_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", out_path.display()))?;
+    println!("\n   report: {}", out_path.display());
     Ok(())
 }
 

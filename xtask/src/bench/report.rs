@@ -130,7 +130,7 @@ pub(super) fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32, no
         "-".repeat(w[2]),
         "-".repeat(w[3])
     );
-    for m in METRICS {
+    for m in METRICS.into_iter().filter(|&m| r.shown(m)) {
         let (v, b) = (r.get(Dp::Vnetd, m), r.get(Dp::Reference, m));
         println!(
             "   {:<w0$} | {:<w1$} | {:<w2$} | {:>w3$}",
@@ -249,22 +249,29 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
     let cpus = &env["cpus"];
     let p2p = Scenario::PodToPod;
     let inet = Scenario::PodToInternet;
-    let mut notes = vec![
-        format!(
-            "One machine with {cpus} CPU(s) (as the kernel reports them), shared with whatever \
+    let ran = |scenario: &str, kind: &str| {
+        r.runs
+            .iter()
+            .any(|run| run["scenario"] == scenario && run["kind"] == kind)
+    };
+    let mut notes = vec![format!(
+        "One machine with {cpus} CPU(s) (as the kernel reports them), shared with whatever \
              else runs: numbers are noisy; compare the ratios of the same run, not absolute \
              values across runs."
-        ),
-        format!(
+    )];
+    if ran("pod_to_pod", "bulk") || ran("pod_to_internet", "bulk") {
+        notes.push(format!(
             "TCP bulk with one stream runs sender and receiver on the same {cpus} CPU(s): it \
              measures the whole stack, the dataplane's per-packet cost is a small part of it."
-        ),
-        format!(
+        ));
+        notes.push(format!(
             "TCP bulk retransmitted segments over all runs, pod to pod: {}; to the internet: {}.",
             retrans(p2p),
             retrans(inet),
-        ),
-        format!(
+        ));
+    }
+    if ran("pod_to_pod", "udp") {
+        notes.push(format!(
             "UDP 64 B is iperf3's receiver rate with -b 0, bound by one sender thread's \
              syscalls (the forwarding runs in the sender's softirq): it compares the socket \
              stacks more than the dataplanes. In this run the senders sent {} kpps (vnetd) and \
@@ -273,17 +280,30 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
             range(detail(Dp::Reference, p2p, "udp", "sent_kpps")),
             range(detail(Dp::Vnetd, p2p, "udp", "lost_percent")),
             range(detail(Dp::Reference, p2p, "udp", "lost_percent")),
-        ),
-        "TCP_RR is one connection, 1-byte request and response, Nagle off, in-process \
-         sockets; latency is the mean round trip (1 / rate)."
-            .to_string(),
-        "To the internet: from the same client pods to the lab's internet host, through the \
+        ));
+    }
+    if ran("pod_to_pod", "rr") || ran("pod_to_internet", "rr") {
+        notes.push(
+            "TCP_RR is one connection, 1-byte request and response, Nagle off, in-process \
+             sockets; latency is the mean round trip (1 / rate)."
+                .to_string(),
+        );
+    }
+    if r.runs
+        .iter()
+        .any(|run| run["scenario"] == "pod_to_internet")
+    {
+        notes.push(
+            "To the internet: from the same client pods to the lab's internet host, through the \
          lab's fabric bridge and edge router (kernel forwarding, shared by both paths), so the \
          ratios are diluted by that common part. vnetd translates in its TC programs (SNAT to \
          the node's address, FLOWS table); the reference node forwards through iptables \
          (filter FORWARD, nat POSTROUTING MASQUERADE) and its conntrack."
-            .to_string(),
-        format!(
+                .to_string(),
+        );
+    }
+    if ran("pod_to_internet", "connect") {
+        notes.push(format!(
             "New connections: one at a time for the run's duration or 10,000 connections, \
              whichever comes first (connect, 1 byte each way, the client closes first; each \
              leaves an ephemeral port of the client pod in TIME_WAIT for 60 s); completed vnetd {}, reference {}; failed vnetd {}, \
@@ -292,8 +312,36 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
             total(Dp::Reference, inet, "connect", "completed"),
             total(Dp::Vnetd, inet, "connect", "failed"),
             total(Dp::Reference, inet, "connect", "failed"),
-        ),
-    ];
+        ));
+    }
+    if ran("pod_to_pod_nsg", "connect") {
+        let sum = |dp: Dp, key: &str| -> String {
+            let n: f64 = r
+                .runs
+                .iter()
+                .filter(|run| run["dataplane"] == dp.key() && run["scenario"] == "pod_to_pod_nsg")
+                .filter_map(|run| run["details"][key].as_f64())
+                .sum();
+            format!("{:.0}", n + 0.0)
+        };
+        notes.push(format!(
+            "NSG of N rules: new connections pod to pod (one at a time for the run's duration or 10,000, 1 byte each \
+             way), a client pod per rule count, to the same server pod on port {port}. The same \
+             N rules on both sides, in the same order: N - 1 denies the traffic does not match \
+             (TCP to a /32 of 172.16.0.0/12, a port each), the allow of port {port} last. vnetd: \
+             an inbound NSG on the server's subnet (a spec reload per rule count); reference: \
+             an iptables chain {chain} jumped to from the top of FORWARD, walked by every \
+             packet (replies too: no conntrack shortcut). vnetd's figures include NSG \
+             classification only in builds that enforce NSGs (issue 9). Completed vnetd {}, \
+             reference {}; failed vnetd {}, reference {}.",
+            sum(Dp::Vnetd, "completed"),
+            sum(Dp::Reference, "completed"),
+            sum(Dp::Vnetd, "failed"),
+            sum(Dp::Reference, "failed"),
+            port = super::nsg::PORT,
+            chain = super::nsg::CHAIN,
+        ));
+    }
     for (scenario, dp, why) in &r.unavailable {
         notes.push(format!(
             "{} NOT MEASURED {}: {why}",
@@ -343,7 +391,7 @@ pub(super) fn markdown(
         if quick { ", --quick" } else { "" },
         r.invalid,
     );
-    for m in METRICS {
+    for m in METRICS.into_iter().filter(|&m| r.shown(m)) {
         let (v, b) = (r.get(Dp::Vnetd, m), r.get(Dp::Reference, m));
         md.push_str(&format!(
             "| {} | {} | {} | {} |\n",
