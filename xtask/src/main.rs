@@ -182,7 +182,7 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The eBPF crate is not a default member: it only builds for the BPF target.
+    // The eBPF crates are not default members: they only build for the BPF target.
     exec(Command::new("rustup").args([
         "run",
         "nightly",
@@ -191,6 +191,8 @@ fn lint() -> Result<()> {
         "--release",
         "--package",
         "vnetd-ebpf",
+        "--package",
+        "vnetd-pktgen-ebpf",
         "--target",
         "bpfel-unknown-none",
         "-Z",

@@ -32,6 +32,7 @@ mod cni;
 mod internet;
 mod measure;
 mod nsg;
+mod pktrate;
 mod report;
 
 use std::{
@@ -52,7 +53,7 @@ use report::{
 };
 use serde_json::{Value, json};
 use vnetd_lab::{
-    INTERNET_HOST_IP, Lab, Node, Ns, tcp_echo_ok,
+    INTERNET_HOST_IP, Lab, Node, Ns, POD_GATEWAY, tcp_echo_ok,
     vnetd::{Agent, add_pod, bin, lab_spec},
 };
 
@@ -68,7 +69,7 @@ pub struct Options {
 }
 
 /// The scenarios `--scenario NAME` selects, with what each measures.
-pub const SCENARIOS: [(&str, &str); 5] = [
+pub const SCENARIOS: [(&str, &str); 6] = [
     (
         "progrun",
         "BPF_PROG_RUN: pod_ingress, SNAT, NSG first packet by rule count",
@@ -84,6 +85,10 @@ pub const SCENARIOS: [(&str, &str); 5] = [
     (
         "nsg",
         "new connections/s pod to pod with an NSG of 1, 10, 100, 1000 rules",
+    ),
+    (
+        "packet_rate",
+        "64 B packet rate pod to pod, XDP live-frames generator: vnetd, reference, bare forwarder",
     ),
     (
         "control_plane",
@@ -129,7 +134,7 @@ impl Selection {
             .collect()
     }
     fn needs_lab(&self) -> bool {
-        ["pod_to_pod", "pod_to_internet", "nsg"]
+        ["pod_to_pod", "pod_to_internet", "nsg", "packet_rate"]
             .iter()
             .any(|s| self.has(s))
     }
@@ -742,6 +747,100 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     if nsg_applied.is_some() {
         nsg::apply(&agent, &base_spec, &rnode, None).context("removing the NSG")?;
     }
+
+    let mut rate_samples: [Vec<f64>; 3] = Default::default();
+    let mut rate_runs = Vec::new();
+    let mut bare_pods = Vec::new();
+    if sel.has("packet_rate") {
+        let secs = if opts.quick { 2.0 } else { 5.0 };
+        let ba = lab.add_veth_pod(&rnode, "bare-a", Ipv4Addr::new(10, 0, 3, 200))?;
+        let bb = lab.add_veth_pod(&rnode, "bare-b", Ipv4Addr::new(10, 0, 3, 201))?;
+        let paths = [
+            pktrate::Path {
+                plane: "vnetd",
+                tx: va.ns.ns.clone(),
+                rx: vb.ns.ns.clone(),
+                node: node.ns.clone(),
+                src_ip: va.ip,
+                dst_ip: vb.ip,
+                dst_mac: pktrate::neighbour_mac(&va, POD_GATEWAY, vb.ip)?,
+                tx_host_veth: pktrate::host_veth(&node, &va)?,
+                bare_to: None,
+            },
+            pktrate::Path {
+                plane: "reference",
+                tx: ra.clone(),
+                rx: rb.clone(),
+                node: rnode.ns.clone(),
+                src_ip: ra_ip,
+                dst_ip: rb_ip,
+                dst_mac: pktrate::neighbour_mac(&ra, rb_ip, rb_ip)?,
+                tx_host_veth: pktrate::host_veth(&rnode, &ra)?,
+                bare_to: None,
+            },
+            pktrate::Path {
+                plane: "bare",
+                tx: ba.pod.ns.clone(),
+                rx: bb.pod.ns.clone(),
+                node: rnode.ns.clone(),
+                src_ip: ba.ip,
+                dst_ip: bb.ip,
+                dst_mac: bb.pod_mac.clone(),
+                tx_host_veth: ba.host_ifname.clone(),
+                bare_to: Some(bb.host_ifname.clone()),
+            },
+        ];
+        step(&format!(
+            "packet rate: {} B UDP frames, {} source ports, XDP live-frames generator pinned \
+             to CPU {} on the sending pod's eth0, counted and dropped at the receiving pod's \
+             eth0 (TC); {reps} repetition(s) of {secs} s per dataplane, the order rotating",
+            pktrate::FRAME_LEN,
+            pktrate::SOURCE_PORTS,
+            pktrate::CPU,
+        ));
+        for rep in 0..reps as usize {
+            for k in 0..3 {
+                let i = (rep + k) % 3;
+                let path = &paths[i];
+                let evidence = || -> Result<u64> {
+                    match i {
+                        0 => agent.traffic("pod_to_pod"),
+                        1 => forward_to_cni_packets(&rnode),
+                        _ => Ok(0),
+                    }
+                };
+                let before = evidence()?;
+                let mut run = pktrate::run(path, secs)
+                    .with_context(|| format!("packet rate run {} for {}", rep + 1, path.plane))?;
+                let after = evidence()?;
+                let mpps = run["received_mpps"].as_f64().unwrap_or(f64::NAN);
+                // The bare forwarder has no counter of its own: the drop counter is its proof.
+                let valid = i == 2 || after > before;
+                print!(
+                    "   rep {} {:<9} {:.3} Mpps received ({:.3} Mpps sent)",
+                    rep + 1,
+                    path.plane,
+                    mpps,
+                    run["sent_mpps"].as_f64().unwrap_or(f64::NAN)
+                );
+                if valid {
+                    rate_samples[i].push(mpps);
+                } else {
+                    results.invalid += 1;
+                    print!("  INVALID: the dataplane's counter did not move");
+                }
+                println!();
+                run["rep"] = json!(rep + 1);
+                run["dataplane"] = json!(path.plane);
+                run["evidence"] = json!({ "before": before, "after": after });
+                run["valid"] = json!(valid);
+                rate_runs.push(run);
+            }
+        }
+        bare_pods.push(ba);
+        bare_pods.push(bb);
+    }
+    let packet_rate = (!rate_runs.is_empty()).then(|| pktrate::summary(&rate_samples, &rate_runs));
     let measuring = started.elapsed();
 
     let vnetd_packets = evidence(Scenario::PodToPod, Dp::Vnetd)?[0];
@@ -767,6 +866,9 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     });
     let notes = notes(&env, &results);
     print_table(&results, &env, &nf_call, reps, &notes);
+    if packet_rate.is_some() {
+        report::print_packet_rate(&rate_samples);
+    }
     report::print_progrun_table(&progrun_figures);
     let progrun_ns = progrun.as_ref().ok().and_then(|v| v["ns_per_run"].as_f64());
     let progrun_snat = progrun.as_ref().ok().and_then(SnatProgrun::of);
@@ -826,6 +928,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         "progrun_figures": progrun_figures.iter()
             .map(|f| (f.key.clone(), report::summary_of(&f.samples)))
             .collect::<serde_json::Map<_, _>>(),
+        "packet_rate": packet_rate,
         "invalid_runs": results.invalid,
         "notes": notes,
     });
@@ -847,6 +950,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                 snat: progrun_snat.as_ref(),
                 figures: &progrun_figures,
             },
+            packet_rate.as_ref().map(|_| &rate_samples),
             &out_path,
         ),
     )
@@ -858,7 +962,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     );
 
     step("tearing down");
-    drop((va, vb, nsg_pods, agent));
+    drop((va, vb, nsg_pods, bare_pods, agent));
     lab.teardown()?;
     println!("   done: the lab's namespaces, processes and iptables rules are gone");
 

@@ -95,6 +95,12 @@ pub(super) fn summary_json(r: &Results, m: Metric) -> Value {
 }
 
 pub(super) fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32, notes: &[String]) {
+    if !METRICS.into_iter().any(|m| r.shown(m)) {
+        for n in notes {
+            println!("   note: {n}");
+        }
+        return;
+    }
     step(
         "results: pod to pod on one node, pod to internet via the node's address (median [min-max])",
     );
@@ -374,6 +380,7 @@ pub(super) fn markdown(
     reps: u32,
     quick: bool,
     progrun: ProgrunRows<'_>,
+    packet_rate: Option<&[Vec<f64>; 3]>,
     report: &Path,
 ) -> String {
     let mut md = format!(
@@ -418,5 +425,52 @@ pub(super) fn markdown(
     for f in progrun.figures {
         md.push_str(&format!("| {} | {} | | |\n", f.label, cell(&f.samples)));
     }
+    if let Some(rate) = packet_rate {
+        let [label, bare] = packet_rate_labels();
+        md.push_str(&format!(
+            "| {label} | {} | {} | {} |\n| {bare} | {} | | vnetd / bare: {} |\n",
+            cell(&rate[0]),
+            cell(&rate[1]),
+            ratio_of(&rate[0], &rate[1]),
+            cell(&rate[2]),
+            ratio_of(&rate[0], &rate[2]),
+        ));
+    }
     md
+}
+
+fn packet_rate_labels() -> [String; 2] {
+    use super::pktrate::{CPU, FRAME_LEN};
+    [
+        format!(
+            "{FRAME_LEN} B packet rate pod to pod, Mpps (XDP live-frames generator on CPU {CPU}, \
+             counted by a drop at the receiver)"
+        ),
+        "the same through a bare `bpf_redirect_peer` forwarder, Mpps (the limit)".into(),
+    ]
+}
+
+/// The ratio of two sample sets' medians, as the tables show it.
+fn ratio_of(a: &[f64], b: &[f64]) -> String {
+    let x = median(a) / median(b);
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "-".into()
+    }
+}
+
+/// The packet-rate rows, after the main table: vnetd against the reference, and the bare
+/// forwarder with vnetd's share of it.
+pub(super) fn print_packet_rate(rate: &[Vec<f64>; 3]) {
+    let [label, bare] = packet_rate_labels();
+    println!(
+        "\n   {label}:\n     vnetd {} | bridge+iptables {} | vnetd/ref {}\n   {bare}:\n     \
+         bare {} | vnetd/bare {}",
+        cell(&rate[0]),
+        cell(&rate[1]),
+        ratio_of(&rate[0], &rate[1]),
+        cell(&rate[2]),
+        ratio_of(&rate[0], &rate[2]),
+    );
 }
