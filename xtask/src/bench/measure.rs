@@ -26,6 +26,8 @@ const IPERF_PORT: &str = "5201";
 pub(super) struct Run {
     pub(super) values: Vec<(Quantity, f64)>,
     pub(super) details: Value,
+    /// TCP_RR: every round trip, in microseconds (for the latency distribution's plot).
+    pub(super) latencies_us: Vec<f64>,
 }
 
 pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
@@ -48,11 +50,14 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
                     "sender_sack_reorder": delta(2),
                     "cpu_utilization_percent": j["end"]["cpu_utilization_percent"],
                 }),
+                latencies_us: Vec::new(),
             })
         }
         Kind::Rr => {
-            let (n, elapsed) = tcp_rr(pair, d.rr)?;
+            let (n, elapsed, mut latencies_us) = tcp_rr(pair, d.rr)?;
             let tps = n as f64 / elapsed.as_secs_f64();
+            latencies_us.sort_by(f64::total_cmp);
+            let pct = |p: f64| percentile(&latencies_us, p);
             Ok(Run {
                 values: vec![
                     (Quantity::TcpRr, tps),
@@ -61,7 +66,15 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
                         elapsed.as_secs_f64() * 1e6 / n as f64,
                     ),
                 ],
-                details: json!({ "transactions": n, "seconds": elapsed.as_secs_f64() }),
+                details: json!({
+                    "transactions": n,
+                    "seconds": elapsed.as_secs_f64(),
+                    "latency_us": {
+                        "p50": pct(50.0), "p90": pct(90.0), "p99": pct(99.0),
+                        "p99_9": pct(99.9), "max": pct(100.0),
+                    },
+                }),
+                latencies_us,
             })
         }
         Kind::Udp => {
@@ -86,6 +99,7 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
                     "lost_percent": recv["lost_percent"],
                     "cpu_utilization_percent": j["end"]["cpu_utilization_percent"],
                 }),
+                latencies_us: Vec::new(),
             })
         }
         Kind::Connect => {
@@ -101,6 +115,7 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
                     "client_time_wait_before": c.time_wait_before,
                     "seconds": secs,
                 }),
+                latencies_us: Vec::new(),
             })
         }
     }
@@ -175,9 +190,18 @@ fn iperf3(pair: &Pair, args: &[&str], secs: u32) -> Result<Value> {
     Ok(j)
 }
 
+/// The `p`th percentile (0 to 100) of `sorted` (nearest rank; NaN when empty).
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// TCP request/response: one connection, 1 byte each way, as many round trips as fit in
-/// `dur`. Returns (transactions, elapsed).
-fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration)> {
+/// `dur`. Returns (transactions, elapsed, each round trip in microseconds).
+fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration, Vec<f64>)> {
     let listener = pair
         .server
         .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, pair.port)))?;
@@ -211,7 +235,7 @@ fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration)> {
             }
         }
     });
-    let client = (|| -> Result<(u64, Duration)> {
+    let client = (|| -> Result<(u64, Duration, Vec<f64>)> {
         let mut c: TcpStream = pair.client.tcp_connect(
             SocketAddr::from((pair.server_ip, port)),
             Duration::from_secs(3),
@@ -228,16 +252,19 @@ fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration)> {
         }
         let start = Instant::now();
         let mut n = 0u64;
+        let mut latencies = Vec::new();
         while start.elapsed() < dur {
+            let t = Instant::now();
             ping(&mut c)?;
+            latencies.push(t.elapsed().as_secs_f64() * 1e6);
             n += 1;
         }
-        Ok((n, start.elapsed()))
+        Ok((n, start.elapsed(), latencies))
     })();
     let served = server
         .join()
         .map_err(|_| anyhow!("the TCP_RR server thread panicked"))?;
-    let (n, elapsed) = client?;
+    let (n, elapsed, latencies) = client?;
     let served = served?;
     ensure!(
         served == n + 200,
@@ -245,7 +272,7 @@ fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration)> {
         n + 200
     );
     ensure!(n > 0, "no transaction completed");
-    Ok((n, elapsed))
+    Ok((n, elapsed, latencies))
 }
 
 /// What a run of new connections did.

@@ -33,6 +33,7 @@ mod internet;
 mod measure;
 mod nsg;
 mod pktrate;
+mod plots;
 mod report;
 
 use std::{
@@ -645,6 +646,10 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let started = Instant::now();
     // The rules per NSG in place on both dataplanes (none: no NSG).
     let mut nsg_applied: Option<u32> = None;
+    // Every round trip of the valid pod-to-pod TCP_RR runs, per dataplane (for the plot).
+    let mut rr_latencies: [Vec<f64>; 2] = Default::default();
+    let total_runs = reps as usize * sel.schedule().len() * DATAPLANES.len();
+    let mut run_no = 0;
     for rep in 0..reps {
         let order = if rep % 2 == 0 {
             [Dp::Vnetd, Dp::Reference]
@@ -680,8 +685,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                 })?;
                 let after = evidence(scenario, dp)?;
                 let valid = before.iter().zip(&after).all(|(b, a)| a > b);
+                if valid && scenario == Scenario::PodToPod && kind == Kind::Rr {
+                    rr_latencies[dp as usize].extend_from_slice(&run.latencies_us);
+                }
+                run_no += 1;
                 print!(
-                    "   rep {} {:<9} {:<15} {:<7}",
+                    "   [{run_no}/{total_runs} {:>4.0} s] rep {} {:<9} {:<15} {:<7}",
+                    started.elapsed().as_secs_f64(),
                     rep + 1,
                     dp.key(),
                     match scenario.nsg_rules() {
@@ -935,6 +945,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     if let Some(dir) = out_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let plots = draw_plots(&out_path, &results, &progrun_figures, &rr_latencies);
+    report["plots"] = json!(
+        plots
+            .iter()
+            .map(|(p, what)| json!({ "file": p.file_name().map(|f| f.to_string_lossy()), "what": what }))
+            .collect::<Vec<_>>()
+    );
     std::fs::write(&out_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", out_path.display()))?;
     let md_path = out_path.with_extension("md");
@@ -955,10 +972,24 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         ),
     )
     .with_context(|| format!("writing {}", md_path.display()))?;
+    if !plots.is_empty() {
+        let mut md = std::fs::read_to_string(&md_path)?;
+        md.push('\n');
+        for (p, what) in &plots {
+            if let Some(f) = p.file_name() {
+                md += &format!("![{what}]({})\n", f.to_string_lossy());
+            }
+        }
+        std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    }
     println!(
-        "\n   report: {} (table for the README: {})",
+        "\n   report: {} (table for the README: {}){}",
         out_path.display(),
-        md_path.display()
+        md_path.display(),
+        plots
+            .iter()
+            .map(|(p, _)| format!("\n   plot: {}", p.display()))
+            .collect::<String>()
     );
 
     step("tearing down");
@@ -993,6 +1024,96 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         md_path.display()
     );
     Ok(())
+}
+
+/// The SVG plots beside the report at `out` (`<stem>-<name>.svg`) for what this run measured:
+/// new connections per second against the NSG's rule count, the BPF_PROG_RUN first-packet
+/// cost against it, the pod-to-pod TCP_RR latency distribution. Returns (file, what); a plot
+/// that fails is reported and left out.
+fn draw_plots(
+    out: &Path,
+    results: &Results,
+    progrun: &[ProgrunFigure],
+    rr: &[Vec<f64>; 2],
+) -> Vec<(PathBuf, String)> {
+    let stem = out
+        .file_stem()
+        .map_or("report".into(), |s| s.to_string_lossy().into_owned());
+    let file = |name: &str| out.with_file_name(format!("{stem}-{name}.svg"));
+    let mut done = Vec::new();
+    let mut keep = |path: PathBuf, what: &str, r: Result<()>| match r {
+        Ok(()) => done.push((path, what.to_string())),
+        Err(e) => println!("   plot {} not drawn: {e:#}", path.display()),
+    };
+    let nsg_rate = |dp: Dp| plots::Curve {
+        label: match dp {
+            Dp::Vnetd => "vnetd",
+            Dp::Reference => "bridge + iptables (rules in FORWARD)",
+        },
+        points: nsg::RULE_COUNTS
+            .iter()
+            .map(|&n| {
+                let m = Metric {
+                    scenario: Scenario::NsgPodToPod(n),
+                    quantity: Quantity::ConnRate,
+                };
+                (f64::from(n), results.get(dp, m))
+            })
+            .collect(),
+    };
+    let curves = DATAPLANES.map(nsg_rate);
+    if curves
+        .iter()
+        .any(|c| c.points.iter().any(|(_, v)| !v.is_empty()))
+    {
+        let (path, what) = (
+            file("nsg-connections"),
+            "New TCP connections per second pod to pod against rules per NSG",
+        );
+        let r = plots::against_rules(&path, what, "connections/s", &curves);
+        keep(path, what, r);
+    }
+    let first_packet: Vec<(f64, &[f64])> = nsg::RULE_COUNTS
+        .iter()
+        .filter_map(|&n| {
+            let key = format!("nsg_first_packet_ns_rules_{n}");
+            let f = progrun.iter().find(|f| f.key == key)?;
+            Some((f64::from(n), &f.samples[..]))
+        })
+        .collect();
+    if !first_packet.is_empty() {
+        let (path, what) = (
+            file("nsg-first-packet"),
+            "vnetd pod_ingress, NSG first packet (BPF_PROG_RUN) against rules per NSG",
+        );
+        let r = plots::against_rules(
+            &path,
+            what,
+            "ns per packet",
+            &[plots::Curve {
+                label: "vnetd",
+                points: first_packet,
+            }],
+        );
+        keep(path, what, r);
+    }
+    if rr.iter().any(|v| !v.is_empty()) {
+        let mut sorted = rr.clone();
+        for v in &mut sorted {
+            v.sort_by(f64::total_cmp);
+        }
+        let (path, what) = (
+            file("tcp-rr-latency"),
+            "TCP_RR round trips pod to pod, 1 byte each way: latency distribution",
+        );
+        let r = plots::latency_distribution(
+            &path,
+            what,
+            &[("vnetd", &sorted[0]), ("bridge + iptables", &sorted[1])],
+        );
+        keep(path, what, r);
+    }
+    done
 }
 
 /// The report of a run that needs no lab (only BPF_PROG_RUN and the control plane).

@@ -62,7 +62,11 @@ pub(super) fn ratio(r: &Results, m: Metric) -> String {
 /// Samples with their median and spread (serde_json writes the NaN of no sample as null).
 pub(super) fn summary_of(v: &[f64]) -> Value {
     let (lo, hi) = min_max(v);
-    json!({ "samples": v, "median": median(v), "min": lo, "max": hi })
+    let m = median(v);
+    json!({
+        "samples": v, "median": m, "min": lo, "max": hi,
+        "spread_percent_of_median": (hi - lo) / m * 100.0,
+    })
 }
 
 /// The vnetd-only BPF_PROG_RUN rows (NSG cost against rule count), after the main table.
@@ -78,11 +82,7 @@ pub(super) fn print_progrun_table(figures: &[ProgrunFigure]) {
 
 pub(super) fn summary_json(r: &Results, m: Metric) -> Value {
     // serde_json writes NaN and infinities as null: a metric without samples has no figures.
-    let side = |dp: Dp| {
-        let v = r.get(dp, m);
-        let (lo, hi) = min_max(v);
-        json!({ "samples": v, "median": median(v), "min": lo, "max": hi })
-    };
+    let side = |dp: Dp| summary_of(r.get(dp, m));
     json!({
         "metric": m.key(),
         "label": m.label(),
