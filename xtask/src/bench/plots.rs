@@ -59,6 +59,8 @@ pub(super) fn against_rules(
         .configure_mesh()
         .x_desc("rules per NSG (log scale)")
         .y_desc(y_desc)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| short(*y))
         .draw()
         .map_err(err)?;
     for (i, curve) in curves.iter().enumerate() {
@@ -104,19 +106,27 @@ pub(super) fn against_rules(
     Ok(())
 }
 
+/// A tick label without needless decimals.
+fn short(y: f64) -> String {
+    if y.abs() >= 100.0 || y == y.trunc() {
+        format!("{y:.0}")
+    } else {
+        format!("{y:.1}")
+    }
+}
+
 /// The distribution of `series`' latencies (each sorted, microseconds): for each, the
-/// percentage of round trips at or below a latency, up to the 99.9th percentile of all.
+/// percentage of round trips at or below a latency, on a log scale from the fastest round
+/// trip to the slowest (the body and the tail both visible).
 pub(super) fn latency_distribution(
     path: &Path,
     title: &str,
     series: &[(&str, &[f64])],
 ) -> Result<()> {
-    let top = series
-        .iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(_, v)| super::measure::percentile(v, 99.9))
-        .fold(0.0, f64::max);
-    if top <= 0.0 {
+    let all = || series.iter().flat_map(|(_, v)| v.iter().copied());
+    let top = all().fold(0.0, f64::max);
+    let bottom = all().filter(|x| *x > 0.0).fold(f64::INFINITY, f64::min);
+    if top <= 0.0 || !bottom.is_finite() {
         return Err(anyhow!("no latency to plot in {}", path.display()));
     }
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
@@ -126,12 +136,14 @@ pub(super) fn latency_distribution(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..top * 1.05, 0f64..100f64)
+        .build_cartesian_2d((bottom * 0.9..top * 1.1).log_scale(), 0f64..100f64)
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("round trip, us")
+        .x_desc("round trip, us (log scale)")
         .y_desc("round trips at or below, %")
+        .x_label_formatter(&|x| short(*x))
+        .y_label_formatter(&|y| short(*y))
         .draw()
         .map_err(err)?;
     for (i, (label, v)) in series.iter().enumerate() {
@@ -145,7 +157,7 @@ pub(super) fn latency_distribution(
         let pts = v
             .iter()
             .enumerate()
-            .filter(|(j, x)| (j % step == 0 || *j + 1 == v.len()) && **x <= top * 1.05)
+            .filter(|(j, x)| (j % step == 0 || *j + 1 == v.len()) && **x > 0.0)
             .map(|(j, x)| (*x, (j + 1) as f64 * 100.0 / n));
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
@@ -160,7 +172,7 @@ pub(super) fn latency_distribution(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()
