@@ -249,3 +249,48 @@ fn frame(a: &Args) -> Result<Vec<u8>> {
     f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
     Ok(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frame is what the receiving stack would accept: lengths, protocol and an IPv4
+    /// header checksum that sums to 0xffff.
+    #[test]
+    fn frame_is_valid_udp() {
+        let args = Args::parse_from([
+            "vnetd-pktgen",
+            "--tx-netns=/a",
+            "--rx-netns=/b",
+            "--src-mac=02:00:0a:00:02:0a",
+            "--dst-mac=ee:ee:ee:ee:ee:ee",
+            "--src-ip=10.0.2.10",
+            "--dst-ip=10.0.2.11",
+        ]);
+        let f = frame(&args).unwrap();
+        assert_eq!(f.len(), 64);
+        assert_eq!(&f[0..6], &[0xee; 6]);
+        assert_eq!(&f[6..12], &[2, 0, 10, 0, 2, 10]);
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]), 50, "IPv4 total length");
+        assert_eq!(f[23], 17, "UDP");
+        assert_eq!(u16::from_be_bytes([f[38], f[39]]), 30, "UDP length");
+        assert_eq!(u16::from_be_bytes([f[36], f[37]]), 9, "destination port");
+        let sum: u32 = f[14..34]
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum();
+        assert_eq!((sum & 0xffff) + (sum >> 16), 0xffff, "IPv4 header checksum");
+        let short = Args::parse_from([
+            "vnetd-pktgen",
+            "--tx-netns=/a",
+            "--rx-netns=/b",
+            "--src-mac=02:00:0a:00:02:0a",
+            "--dst-mac=ee:ee:ee:ee:ee:ee",
+            "--src-ip=10.0.2.10",
+            "--dst-ip=10.0.2.11",
+            "--frame-len=20",
+        ]);
+        assert!(frame(&short).is_err());
+        assert!(mac("02:00").is_err());
+    }
+}

@@ -23,6 +23,13 @@
 //! dataplane's evidence counter did not move is marked invalid and left out of the figures.
 //! Nothing is asserted: speed is never a test verdict.
 //!
+//! Beside those: new connections per second pod to pod with an NSG of 1, 10, 100 and 1000
+//! rules on both dataplanes ([`nsg`]); the 64-byte packet rate at the dataplane, an XDP
+//! live-frames generator against vnetd, the reference and a bare `bpf_redirect_peer`
+//! forwarder ([`pktrate`], the generator is `xtask/pktgen`); the BPF_PROG_RUN costs, the NSG's
+//! first packet by rule count among them. `--scenario NAME` runs one ([`SCENARIOS`]); SVG
+//! plots go beside the report ([`plots`]).
+//!
 //! This module runs the bench; [`measure`] takes the measurements (iperf3, TCP_RR, new
 //! connections per second, the counters that prove the path, BPF_PROG_RUN), [`internet`] sets
 //! up and checks the pod-to-internet path, [`report`] turns them into the table, the JSON and
@@ -1267,7 +1274,15 @@ fn step(what: &str) {
 
 /// Fails early, pointing at `cargo xtask setup`, if a tool the bench runs is missing.
 fn check_tools() -> Result<()> {
-    for tool in ["iperf3", "iptables", "iptables-save", "nsenter", "ip"] {
+    for tool in [
+        "iperf3",
+        "iptables",
+        "iptables-save",
+        "iptables-restore",
+        "nsenter",
+        "ip",
+        "ethtool",
+    ] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
@@ -1282,7 +1297,7 @@ fn check_tools() -> Result<()> {
             p.display()
         );
     }
-    for b in ["vnetd", "vnetd-cni"] {
+    for b in ["vnetd", "vnetd-cni", "vnetd-pktgen"] {
         ensure!(
             bin(b).is_file(),
             "{} is not built: run `cargo xtask build`",
