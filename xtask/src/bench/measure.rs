@@ -496,7 +496,7 @@ pub(super) fn progrun_bench(runs: u32) -> Result<Value> {
 
 /// The numbers of the `vnetd-bench program=NAME key=value ...` lines of `stdout`:
 /// `pod_ingress`'s at the top level, every other program's under its name.
-fn parse_progrun(stdout: &str) -> Result<Value> {
+pub(super) fn parse_progrun(stdout: &str) -> Result<Value> {
     let mut report = serde_json::Map::new();
     let mut others = Vec::new();
     // A line may follow another test's progress dot on the same line.
@@ -561,12 +561,12 @@ pub(super) fn nsg_established_key(rules: Option<u32>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::parse_progrun;
 
     /// What `cargo test --test progrun_bench -- --nocapture` prints (a line may follow a
     /// progress dot).
-    const STDOUT: &str = "\nrunning 3 tests
+    pub(in crate::bench) const STDOUT: &str = "\nrunning 3 tests
 vnetd-bench program=pod_ingress runs=1000000 ns_per_run=88.1 wall_ns_per_run=120.5
 test pod_ingress_pod_to_pod ... ok
 vnetd-bench program=pod_ingress_single runs=1000 ns_per_run=144.4

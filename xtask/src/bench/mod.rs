@@ -1208,16 +1208,20 @@ impl ProgrunFigure {
     /// 1000 rules to one, and an established flow's cost when the benchmark measures it.
     fn all(reps: &[Value]) -> Vec<ProgrunFigure> {
         let samples = |f: &dyn Fn(&Value) -> Option<f64>| reps.iter().filter_map(f).collect();
-        let mut figures: Vec<ProgrunFigure> = NSG_RULE_COUNTS
-            .iter()
-            .map(|&n| ProgrunFigure {
-                key: format!("nsg_first_packet_ns_rules_{n}"),
-                label: format!(
-                    "BPF_PROG_RUN `pod_ingress`, NSG first packet, {n} rule(s) per NSG, ns per run"
-                ),
-                samples: samples(&|v| v[nsg_first_packet_key(n)]["ns_per_run"].as_f64()),
-            })
-            .collect();
+        let mut figures = vec![ProgrunFigure {
+            key: "nsg_none_ns".into(),
+            label: "BPF_PROG_RUN `pod_ingress`, the NSG benchmark's frame without an NSG, ns \
+                    per run (the baseline)"
+                .into(),
+            samples: samples(&|v| v[nsg_first_packet_key(0)]["ns_per_run"].as_f64()),
+        }];
+        figures.extend(NSG_RULE_COUNTS.iter().map(|&n| ProgrunFigure {
+            key: format!("nsg_first_packet_ns_rules_{n}"),
+            label: format!(
+                "BPF_PROG_RUN `pod_ingress`, NSG first packet, {n} rule(s) per NSG, ns per run"
+            ),
+            samples: samples(&|v| v[nsg_first_packet_key(n)]["ns_per_run"].as_f64()),
+        }));
         figures.push(ProgrunFigure {
             key: "nsg_first_packet_ratio_1000_over_1".into(),
             label: "NSG first packet, 1000 rules / 1 rule (target at most 1.5)".into(),
@@ -1324,4 +1328,38 @@ fn ref_pod(lab: &Lab, node: &Node, name: &str) -> Result<(Ns, Ipv4Addr)> {
         .and_then(|a| a.parse().ok())
         .with_context(|| format!("no address in the reference CNI result {result}"))?;
     Ok((pod.ns, ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ProgrunFigure, measure};
+
+    /// The report's BPF_PROG_RUN rows: the baseline, each rule count, the ratio, and the
+    /// established flow once the benchmark prints it; medians over the repetitions.
+    #[test]
+    fn progrun_figures_by_rule_count() {
+        let one = measure::parse_progrun(measure::tests::STDOUT).unwrap();
+        let established = measure::parse_progrun(&format!(
+            "{}vnetd-bench program=pod_ingress_nsg_established runs=1000 ns_per_run=95.5\n",
+            measure::tests::STDOUT
+        ))
+        .unwrap();
+        let figures = ProgrunFigure::all(&[one.clone(), established]);
+        let keys: Vec<&str> = figures.iter().map(|f| f.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "nsg_none_ns",
+                "nsg_first_packet_ns_rules_1",
+                "nsg_first_packet_ns_rules_10",
+                "nsg_first_packet_ns_rules_100",
+                "nsg_first_packet_ns_rules_1000",
+                "nsg_first_packet_ratio_1000_over_1",
+                "nsg_established_ns",
+            ]
+        );
+        assert_eq!(figures[4].samples, [130.0, 130.0]);
+        assert_eq!(figures[6].samples, [95.5]);
+        assert!(ProgrunFigure::all(&[]).is_empty());
+    }
 }
