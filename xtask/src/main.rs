@@ -64,7 +64,7 @@ enum Task {
         #[arg(long)]
         control_plane_only: bool,
         /// Only this scenario (repeatable): progrun, pod_to_pod, pod_to_internet, nsg,
-        /// control_plane.
+        /// packet_rate, control_plane.
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
     },
@@ -102,6 +102,8 @@ fn main() -> Result<()> {
             control_plane_only,
             scenarios,
         } => {
+            // A misspelt scenario fails before minutes of setup and build.
+            bench::check_scenarios(&scenarios)?;
             setup::run()?;
             build()?;
             let opts = bench::Options {
