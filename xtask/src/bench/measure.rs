@@ -26,6 +26,8 @@ const IPERF_PORT: &str = "5201";
 pub(super) struct Run {
     pub(super) values: Vec<(Quantity, f64)>,
     pub(super) details: Value,
+    /// TCP_RR: every round trip, in microseconds (for the latency distribution's plot).
+    pub(super) latencies_us: Vec<f64>,
 }
 
 pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
@@ -48,11 +50,14 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
                     "sender_sack_reorder": delta(2),
                     "cpu_utilization_percent": j["end"]["cpu_utilization_percent"],
                 }),
+                latencies_us: Vec::new(),
             })
         }
         Kind::Rr => {
-            let (n, elapsed) = tcp_rr(pair, d.rr)?;
+            let (n, elapsed, mut latencies_us) = tcp_rr(pair, d.rr)?;
             let tps = n as f64 / elapsed.as_secs_f64();
+            latencies_us.sort_by(f64::total_cmp);
+            let pct = |p: f64| percentile(&latencies_us, p);
             Ok(Run {
                 values: vec![
                     (Quantity::TcpRr, tps),
@@ -61,7 +66,15 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
                         elapsed.as_secs_f64() * 1e6 / n as f64,
                     ),
                 ],
-                details: json!({ "transactions": n, "seconds": elapsed.as_secs_f64() }),
+                details: json!({
+                    "transactions": n,
+                    "seconds": elapsed.as_secs_f64(),
+                    "latency_us": {
+                        "p50": pct(50.0), "p90": pct(90.0), "p99": pct(99.0),
+                        "p99_9": pct(99.9), "max": pct(100.0),
+                    },
+                }),
+                latencies_us,
             })
         }
         Kind::Udp => {
@@ -86,6 +99,7 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
                     "lost_percent": recv["lost_percent"],
                     "cpu_utilization_percent": j["end"]["cpu_utilization_percent"],
                 }),
+                latencies_us: Vec::new(),
             })
         }
         Kind::Connect => {
@@ -101,6 +115,7 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
                     "client_time_wait_before": c.time_wait_before,
                     "seconds": secs,
                 }),
+                latencies_us: Vec::new(),
             })
         }
     }
@@ -175,12 +190,21 @@ fn iperf3(pair: &Pair, args: &[&str], secs: u32) -> Result<Value> {
     Ok(j)
 }
 
+/// The `p`th percentile (0 to 100) of `sorted` (nearest rank; NaN when empty).
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// TCP request/response: one connection, 1 byte each way, as many round trips as fit in
-/// `dur`. Returns (transactions, elapsed).
-fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration)> {
+/// `dur`. Returns (transactions, elapsed, each round trip in microseconds).
+fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration, Vec<f64>)> {
     let listener = pair
         .server
-        .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+        .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, pair.port)))?;
     let port = listener.local_addr()?.port();
     // Non-blocking accept with a deadline: the thread must end even if the client never comes.
     listener.set_nonblocking(true)?;
@@ -211,7 +235,7 @@ fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration)> {
             }
         }
     });
-    let client = (|| -> Result<(u64, Duration)> {
+    let client = (|| -> Result<(u64, Duration, Vec<f64>)> {
         let mut c: TcpStream = pair.client.tcp_connect(
             SocketAddr::from((pair.server_ip, port)),
             Duration::from_secs(3),
@@ -228,16 +252,19 @@ fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration)> {
         }
         let start = Instant::now();
         let mut n = 0u64;
+        let mut latencies = Vec::new();
         while start.elapsed() < dur {
+            let t = Instant::now();
             ping(&mut c)?;
+            latencies.push(t.elapsed().as_secs_f64() * 1e6);
             n += 1;
         }
-        Ok((n, start.elapsed()))
+        Ok((n, start.elapsed(), latencies))
     })();
     let served = server
         .join()
         .map_err(|_| anyhow!("the TCP_RR server thread panicked"))?;
-    let (n, elapsed) = client?;
+    let (n, elapsed, latencies) = client?;
     let served = served?;
     ensure!(
         served == n + 200,
@@ -245,7 +272,7 @@ fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration)> {
         n + 200
     );
     ensure!(n > 0, "no transaction completed");
-    Ok((n, elapsed))
+    Ok((n, elapsed, latencies))
 }
 
 /// What a run of new connections did.
@@ -279,7 +306,7 @@ const CONNECT_WARM_UP: u32 = 20;
 fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
     let listener = pair
         .server
-        .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+        .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, pair.port)))?;
     let addr = SocketAddr::from((pair.server_ip, listener.local_addr()?.port()));
     // accept() honours SO_RCVTIMEO: the server wakes up to see that the client is done.
     set_receive_timeout(&listener, Duration::from_millis(100))?;
@@ -418,7 +445,7 @@ pub(super) fn masquerade_packets(node: &Node) -> Result<u64> {
 }
 
 /// The packet count of an `iptables-save -c` rule line (`[packets:bytes] -A ...`).
-fn rule_packets(line: &str) -> Result<u64> {
+pub(super) fn rule_packets(line: &str) -> Result<u64> {
     line.strip_prefix('[')
         .and_then(|r| r.split_once(':'))
         .and_then(|(p, _)| p.parse::<u64>().ok())
@@ -464,6 +491,12 @@ pub(super) fn progrun_bench(runs: u32) -> Result<Value> {
         out.status,
         stdout.trim()
     );
+    parse_progrun(&stdout)
+}
+
+/// The numbers of the `vnetd-bench program=NAME key=value ...` lines of `stdout`:
+/// `pod_ingress`'s at the top level, every other program's under its name.
+pub(super) fn parse_progrun(stdout: &str) -> Result<Value> {
     let mut report = serde_json::Map::new();
     let mut others = Vec::new();
     // A line may follow another test's progress dot on the same line.
@@ -482,10 +515,13 @@ pub(super) fn progrun_bench(runs: u32) -> Result<Value> {
             v.get("ns_per_run").is_some_and(Value::is_number),
             "no ns_per_run in {line:?}"
         );
-        match v.get("program").and_then(Value::as_str) {
-            Some("pod_ingress") => report.extend(v),
-            Some(name) => others.push((name.to_string(), Value::Object(v))),
-            None => bail!("no program in {line:?}"),
+        // A program measured at several NSG sizes prints a line per size: one figure each.
+        let rules = v.get("nsg_rules").and_then(Value::as_f64).map(|n| n as u64);
+        match (v.get("program").and_then(Value::as_str), rules) {
+            (Some("pod_ingress"), None) => report.extend(v),
+            (Some(name), None) => others.push((name.to_string(), Value::Object(v))),
+            (Some(name), Some(n)) => others.push((format!("{name}_rules_{n}"), Value::Object(v))),
+            (None, _) => bail!("no program in {line:?}"),
         }
     }
     ensure!(
@@ -494,5 +530,87 @@ pub(super) fn progrun_bench(runs: u32) -> Result<Value> {
         stdout.trim()
     );
     report.extend(others);
+    let ns = |key: &str| report.get(key).and_then(|v| v["ns_per_run"].as_f64());
+    if let (Some(one), Some(thousand)) = (
+        ns(&nsg_first_packet_key(1)),
+        ns(&nsg_first_packet_key(1000)),
+    ) {
+        report.insert(
+            "nsg_first_packet_ratio_1000_over_1".into(),
+            json!(thousand / one),
+        );
+    }
     Ok(Value::Object(report))
+}
+
+/// The rule counts per NSG the BPF_PROG_RUN benchmark measures a first packet at.
+pub(super) const NSG_RULE_COUNTS: [u32; 4] = [1, 10, 100, 1000];
+
+/// Where [`progrun_bench`]'s report keeps the first-packet cost with `rules` rules.
+pub(super) fn nsg_first_packet_key(rules: u32) -> String {
+    format!("pod_ingress_nsg_rules_{rules}")
+}
+
+/// Where [`progrun_bench`]'s report keeps an established flow's cost with `rules` rules
+/// (the benchmark's `pod_ingress_nsg_established` line; `None`: printed without a rule count).
+pub(super) fn nsg_established_key(rules: Option<u32>) -> String {
+    match rules {
+        Some(n) => format!("pod_ingress_nsg_established_rules_{n}"),
+        None => "pod_ingress_nsg_established".into(),
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::parse_progrun;
+
+    /// What `cargo test --test progrun_bench -- --nocapture` prints (a line may follow a
+    /// progress dot).
+    pub(in crate::bench) const STDOUT: &str = "\nrunning 3 tests
+vnetd-bench program=pod_ingress runs=1000000 ns_per_run=88.1 wall_ns_per_run=120.5
+test pod_ingress_pod_to_pod ... ok
+vnetd-bench program=pod_ingress_single runs=1000 ns_per_run=144.4
+vnetd-bench program=pod_ingress_snat_established runs=1000 ns_per_run=191.0
+vnetd-bench program=pod_ingress_nsg nsg_rules=0 classified=false runs=1000000 ns_per_run=90.0
+vnetd-bench program=pod_ingress_nsg nsg_rules=1 classified=true runs=1000000 ns_per_run=100.0
+vnetd-bench program=pod_ingress_nsg nsg_rules=10 classified=true runs=1000000 ns_per_run=101.0
+vnetd-bench program=pod_ingress_nsg nsg_rules=100 classified=true runs=1000000 ns_per_run=104.0
+.vnetd-bench program=pod_ingress_nsg nsg_rules=1000 classified=true runs=1000000 ns_per_run=130.0
+";
+
+    /// Each rule count of the NSG benchmark is a figure of its own, not the last one seen.
+    #[test]
+    fn progrun_keeps_each_nsg_rule_count() {
+        let v = parse_progrun(STDOUT).unwrap();
+        assert_eq!(v["ns_per_run"], 88.1);
+        assert_eq!(v["pod_ingress_snat_established"]["ns_per_run"], 191.0);
+        for (rules, ns) in [
+            (0, 90.0),
+            (1, 100.0),
+            (10, 101.0),
+            (100, 104.0),
+            (1000, 130.0),
+        ] {
+            assert_eq!(
+                v[format!("pod_ingress_nsg_rules_{rules}")]["ns_per_run"],
+                ns,
+                "{rules} rules in {v:#}"
+            );
+        }
+        assert_eq!(v["nsg_first_packet_ratio_1000_over_1"], 1.3);
+        assert!(v.get("nsg_established_ns_per_run").is_none());
+    }
+
+    /// The established-flow line, when the benchmark prints it, is read too.
+    #[test]
+    fn progrun_reads_the_established_flow_cost() {
+        let stdout = format!(
+            "{STDOUT}vnetd-bench program=pod_ingress_nsg_established nsg_rules=1000 runs=1000 ns_per_run=95.5\n"
+        );
+        let v = parse_progrun(&stdout).unwrap();
+        assert_eq!(
+            v["pod_ingress_nsg_established_rules_1000"]["ns_per_run"],
+            95.5
+        );
+    }
 }

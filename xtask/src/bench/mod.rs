@@ -23,6 +23,13 @@
 //! dataplane's evidence counter did not move is marked invalid and left out of the figures.
 //! Nothing is asserted: speed is never a test verdict.
 //!
+//! Beside those: new connections per second pod to pod with an NSG of 1, 10, 100 and 1000
+//! rules on both dataplanes ([`nsg`]); the 64-byte packet rate at the dataplane, an XDP
+//! live-frames generator against vnetd, the reference and a bare `bpf_redirect_peer`
+//! forwarder ([`pktrate`], the generator is `xtask/pktgen`); the BPF_PROG_RUN costs, the NSG's
+//! first packet by rule count among them. `--scenario NAME` runs one ([`SCENARIOS`]); SVG
+//! plots go beside the report ([`plots`]).
+//!
 //! This module runs the bench; [`measure`] takes the measurements (iperf3, TCP_RR, new
 //! connections per second, the counters that prove the path, BPF_PROG_RUN), [`internet`] sets
 //! up and checks the pod-to-internet path, [`report`] turns them into the table, the JSON and
@@ -31,6 +38,9 @@
 mod cni;
 mod internet;
 mod measure;
+mod nsg;
+mod pktrate;
+mod plots;
 mod report;
 
 use std::{
@@ -42,13 +52,16 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use cni::{CNI_DIR, ref_plugins_conf};
-use measure::{forward_to_cni_packets, masquerade_packets, measure, progrun_bench};
+use measure::{
+    NSG_RULE_COUNTS, forward_to_cni_packets, masquerade_packets, measure, nsg_established_key,
+    nsg_first_packet_key, progrun_bench,
+};
 use report::{
     environment, first_line, fmt_num, markdown, notes, package_version, print_table, summary_json,
 };
 use serde_json::{Value, json};
 use vnetd_lab::{
-    INTERNET_HOST_IP, Lab, Node, Ns, tcp_echo_ok,
+    INTERNET_HOST_IP, Lab, Node, Ns, POD_GATEWAY, tcp_echo_ok,
     vnetd::{Agent, add_pod, bin, lab_spec},
 };
 
@@ -59,6 +72,85 @@ pub struct Options {
     pub reps: Option<u32>,
     /// Where the JSON report goes (default `target/bench/report.json`).
     pub out: Option<PathBuf>,
+    /// Only these scenarios ([`SCENARIOS`]); empty: all.
+    pub scenarios: Vec<String>,
+}
+
+/// The scenarios `--scenario NAME` selects, with what each measures.
+pub const SCENARIOS: [(&str, &str); 6] = [
+    (
+        "progrun",
+        "BPF_PROG_RUN: pod_ingress, SNAT, NSG first packet by rule count",
+    ),
+    (
+        "pod_to_pod",
+        "pod to pod on one node: TCP bulk, TCP_RR, UDP 64 B",
+    ),
+    (
+        "pod_to_internet",
+        "pod to the internet host through SNAT / MASQUERADE",
+    ),
+    (
+        "nsg",
+        "new connections/s pod to pod with an NSG of 1, 10, 100, 1000 rules",
+    ),
+    (
+        "packet_rate",
+        "64 B packet rate pod to pod, XDP live-frames generator: vnetd, reference, bare forwarder",
+    ),
+    (
+        "control_plane",
+        "CNI ADD and DEL latency, vnetd-cni against bridge + firewall",
+    ),
+];
+
+/// Fails naming the scenarios there are if `names` holds one that is not.
+pub fn check_scenarios(names: &[String]) -> Result<()> {
+    Selection::new(names).map(drop)
+}
+
+/// The scenarios a run measures.
+struct Selection(Vec<String>);
+
+impl Selection {
+    fn new(names: &[String]) -> Result<Selection> {
+        for n in names {
+            ensure!(
+                SCENARIOS.iter().any(|(s, _)| s == n),
+                "--scenario {n}: no such scenario; there are {}",
+                SCENARIOS
+                    .iter()
+                    .map(|(s, what)| format!("{s} ({what})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(Selection(names.to_vec()))
+    }
+    fn has(&self, name: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|n| n == name)
+    }
+    fn has_scenario(&self, s: Scenario) -> bool {
+        self.has(match s {
+            Scenario::PodToPod => "pod_to_pod",
+            Scenario::PodToInternet => "pod_to_internet",
+            Scenario::NsgPodToPod(_) => "nsg",
+        })
+    }
+    /// The runs of one repetition, in order; each is run on both dataplanes, one after the
+    /// other. The NSG's runs come last, so the NSG is put on only once per repetition.
+    fn schedule(&self) -> Vec<(Scenario, Kind)> {
+        SCHEDULE
+            .into_iter()
+            .chain(nsg::RULE_COUNTS.map(|n| (Scenario::NsgPodToPod(n), Kind::Connect)))
+            .filter(|(s, _)| self.has_scenario(*s))
+            .collect()
+    }
+    fn needs_lab(&self) -> bool {
+        ["pod_to_pod", "pod_to_internet", "nsg", "packet_rate"]
+            .iter()
+            .any(|s| self.has(s))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +178,9 @@ enum Scenario {
     /// To the internet host, leaving with the node's address (vnetd's SNAT, the reference's
     /// MASQUERADE).
     PodToInternet,
+    /// To another pod on the same node, whose subnet has an NSG of this many rules (the
+    /// reference: as many iptables rules in its FORWARD path); see [`nsg`].
+    NsgPodToPod(u32),
 }
 
 impl Scenario {
@@ -93,6 +188,15 @@ impl Scenario {
         match self {
             Scenario::PodToPod => "pod_to_pod",
             Scenario::PodToInternet => "pod_to_internet",
+            Scenario::NsgPodToPod(_) => "pod_to_pod_nsg",
+        }
+    }
+
+    /// The rules per NSG this scenario runs with.
+    fn nsg_rules(self) -> Option<u32> {
+        match self {
+            Scenario::NsgPodToPod(n) => Some(n),
+            _ => None,
         }
     }
 
@@ -108,6 +212,8 @@ impl Scenario {
             }
             // The nat table sees a connection's first packet only: one per connection.
             (Scenario::PodToInternet, Dp::Reference) => &["reference MASQUERADE rules"],
+            (Scenario::NsgPodToPod(_), Dp::Vnetd) => &["vnetd pod_to_pod"],
+            (Scenario::NsgPodToPod(_), Dp::Reference) => &["reference VNB-NSG allow rule"],
         }
     }
 }
@@ -136,7 +242,7 @@ impl Kind {
     }
 }
 
-/// The runs of one repetition, in order; each is run on both dataplanes, one after the other.
+/// The runs of one repetition without an NSG, in order (see [`Selection::schedule`]).
 const SCHEDULE: [(Scenario, Kind); 6] = [
     (Scenario::PodToPod, Kind::Bulk),
     (Scenario::PodToPod, Kind::Rr),
@@ -151,6 +257,8 @@ struct Pair {
     client: Ns,
     server: Ns,
     server_ip: Ipv4Addr,
+    /// The port the server of TCP_RR and new connections listens on (0: any).
+    port: u16,
 }
 
 /// How long each kind of run lasts.
@@ -185,7 +293,7 @@ const fn metric(scenario: Scenario, quantity: Quantity) -> Metric {
 
 /// The report's rows. A run's quantity with no row here (the latency of TCP_RR to the
 /// internet, 1 / its rate) stays in the run's JSON only.
-const METRICS: [Metric; 7] = [
+const METRICS: [Metric; 11] = [
     metric(Scenario::PodToPod, Quantity::TcpBulk),
     metric(Scenario::PodToPod, Quantity::TcpRr),
     metric(Scenario::PodToPod, Quantity::TcpRrLatency),
@@ -193,6 +301,22 @@ const METRICS: [Metric; 7] = [
     metric(Scenario::PodToInternet, Quantity::TcpBulk),
     metric(Scenario::PodToInternet, Quantity::TcpRr),
     metric(Scenario::PodToInternet, Quantity::ConnRate),
+    metric(
+        Scenario::NsgPodToPod(nsg::RULE_COUNTS[0]),
+        Quantity::ConnRate,
+    ),
+    metric(
+        Scenario::NsgPodToPod(nsg::RULE_COUNTS[1]),
+        Quantity::ConnRate,
+    ),
+    metric(
+        Scenario::NsgPodToPod(nsg::RULE_COUNTS[2]),
+        Quantity::ConnRate,
+    ),
+    metric(
+        Scenario::NsgPodToPod(nsg::RULE_COUNTS[3]),
+        Quantity::ConnRate,
+    ),
 ];
 
 impl Quantity {
@@ -217,17 +341,22 @@ impl Quantity {
 }
 
 impl Metric {
-    /// Pod to pod keeps the keys of earlier reports; pod to internet's start with `internet_`.
+    /// Pod to pod keeps the keys of earlier reports; pod to internet's start with `internet_`,
+    /// the NSG's with `nsg_<rules>_rules_`.
     fn key(self) -> String {
         match self.scenario {
             Scenario::PodToPod => self.quantity.key().to_string(),
             Scenario::PodToInternet => format!("internet_{}", self.quantity.key()),
+            Scenario::NsgPodToPod(n) => format!("nsg_{n}_rules_{}", self.quantity.key()),
         }
     }
     fn label(self) -> String {
         match self.scenario {
             Scenario::PodToPod => self.quantity.label().to_string(),
             Scenario::PodToInternet => format!("to internet: {}", self.quantity.label()),
+            Scenario::NsgPodToPod(n) => {
+                format!("NSG of {n} rule(s): new TCP connections/s pod to pod")
+            }
         }
     }
     fn higher_is_better(self) -> bool {
@@ -260,6 +389,16 @@ impl Results {
         metric
             .index()
             .map_or(&[][..], |i| &self.samples[i][dp as usize])
+    }
+    /// Whether the report shows `m`'s row: measured, or its scenario was meant to be.
+    fn shown(&self, m: Metric) -> bool {
+        DATAPLANES
+            .iter()
+            .any(|&dp| !self.get(dp, m).is_empty() || self.unavailable(m.scenario, dp).is_some())
+            || self.runs.iter().any(|run| {
+                run["scenario"] == m.scenario.key()
+                    && run["nsg_rules"].as_u64() == m.scenario.nsg_rules().map(u64::from)
+            })
     }
     fn unavailable(&self, scenario: Scenario, dp: Dp) -> Option<&str> {
         self.unavailable
@@ -313,33 +452,45 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     };
     let out_path = opts
         .out
+        .clone()
         .unwrap_or_else(|| target_dir(root).join("bench/report.json"));
+    let sel = Selection::new(&opts.scenarios)?;
 
     // The microbenchmark first: it may compile, and it must not share the CPUs with the lab.
     let runs = if opts.quick { 100_000 } else { 1_000_000 };
-    step(&format!(
-        "BPF_PROG_RUN: pod_ingress on a 64-byte pod-to-pod frame, {runs} runs; and one run per \
-         call on the same frame and on a packet of an established flow through SNAT \
+    if sel.has("progrun") {
+        step(&format!(
+            "BPF_PROG_RUN, {reps} repetition(s): pod_ingress on a 64-byte pod-to-pod frame, {runs} \
+         runs; one run per call on the same frame and on a packet of an established flow \
+         through SNAT; a first packet classified by an NSG of 1, 10, 100 and 1000 rules \
          (agent/tests/progrun_bench.rs)"
-    ));
-    let progrun = progrun_bench(runs);
-    match &progrun {
-        Ok(v) => {
-            println!(
-                "   {} ns per run (kernel-timed; wall clock incl. syscalls {} ns)",
-                fmt_num(v["ns_per_run"].as_f64().unwrap_or(f64::NAN)),
-                fmt_num(v["wall_ns_per_run"].as_f64().unwrap_or(f64::NAN)),
-            );
-            if let Some(snat) = SnatProgrun::of(v) {
-                println!(
-                    "   SNAT, a UDP packet of an established flow to the internet: {} ns per run, \
-                     one run per call (pod to pod measured the same way: {} ns)",
-                    fmt_num(snat.ns),
-                    fmt_num(snat.pod_to_pod_ns),
-                );
-            }
+        ));
+    }
+    let mut progrun_reps = Vec::new();
+    let mut progrun = Err(anyhow::anyhow!("not run"));
+    for rep in (0..reps).filter(|_| sel.has("progrun")) {
+        let this = progrun_bench(runs);
+        match &this {
+            Ok(v) => print_progrun(rep + 1, v),
+            Err(e) => println!("   rep {}: skipped: {e:#}", rep + 1),
         }
-        Err(e) => println!("   skipped: {e:#}"),
+        if let Ok(v) = &this {
+            progrun_reps.push(v.clone());
+        }
+        if rep == 0 || progrun.is_err() {
+            progrun = this;
+        }
+    }
+    let progrun_figures = ProgrunFigure::all(&progrun_reps);
+    if !sel.needs_lab() {
+        return finish_without_lab(
+            &out_path,
+            &opts,
+            &sel,
+            &progrun,
+            &progrun_reps,
+            &progrun_figures,
+        );
     }
 
     vnetd_lab::ensure_bpffs()?;
@@ -378,11 +529,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             client: va.ns.ns.clone(),
             server: vb.ns.ns.clone(),
             server_ip: vb.ip,
+            port: 0,
         },
         Pair {
             client: ra.clone(),
             server: rb.clone(),
             server_ip: rb_ip,
+            port: 0,
         },
     ];
     for (dp, pair) in DATAPLANES.into_iter().zip(&pod_to_pod) {
@@ -394,13 +547,58 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         client: p.client.clone(),
         server: lab.internet().clone(),
         server_ip: INTERNET_HOST_IP,
+        port: 0,
     });
+    // With an NSG: a client pod per rule count on each side (each run's connections hold
+    // its ephemeral ports in TIME_WAIT for 60 s; see measure::CONNECT_MAX), to the same
+    // server pods, on the port the NSG's last rule allows.
+    let base_spec = lab_spec();
+    let mut nsg_pairs: Vec<[Pair; 2]> = Vec::new();
+    let mut nsg_pods = Vec::new();
+    if sel.has("nsg") {
+        for n in nsg::RULE_COUNTS {
+            let vc = add_pod(&lab, &node, &format!("nsg-c{n}"), Some("apps"), "")?;
+            let (rc, _) = ref_pod(&lab, &rnode, &format!("ref-nsg-c{n}"))?;
+            for c in [&vc.ns.ns, &rc] {
+                // Room for three repetitions of CONNECT_MAX connections in TIME_WAIT.
+                c.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+            }
+            nsg_pairs.push([
+                Pair {
+                    client: vc.ns.ns.clone(),
+                    server: vb.ns.ns.clone(),
+                    server_ip: vb.ip,
+                    port: nsg::PORT,
+                },
+                Pair {
+                    client: rc,
+                    server: rb.clone(),
+                    server_ip: rb_ip,
+                    port: nsg::PORT,
+                },
+            ]);
+            nsg_pods.push(vc);
+        }
+        println!(
+            "   NSG runs: a client pod per rule count on each node ({} on vnetd's) to the same \
+             server pods, port {}; vnetd: an inbound NSG on subnet apps (spec reload), \
+             reference: iptables chain {} jumped to from the top of FORWARD",
+            nsg_pods
+                .iter()
+                .map(|p| p.ip.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            nsg::PORT,
+            nsg::CHAIN,
+        );
+    }
     let mut results = Results::default();
     let mut internet_sources = serde_json::Map::new();
     for ((dp, pair), node_ip) in DATAPLANES
         .into_iter()
         .zip(&pod_to_internet)
         .zip([node.ip, rnode.ip])
+        .filter(|_| sel.has("pod_to_internet"))
     {
         match internet::check_translated(pair, node_ip) {
             Ok(seen) => {
@@ -422,6 +620,13 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let pairs = |scenario: Scenario, dp: Dp| match scenario {
         Scenario::PodToPod => &pod_to_pod[dp as usize],
         Scenario::PodToInternet => &pod_to_internet[dp as usize],
+        Scenario::NsgPodToPod(n) => {
+            let i = nsg::RULE_COUNTS
+                .iter()
+                .position(|&r| r == n)
+                .expect("a measured rule count");
+            &nsg_pairs[i][dp as usize]
+        }
     };
 
     step(&format!(
@@ -446,16 +651,35 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                 agent.traffic("internet_to_pod")?,
             ],
             (Scenario::PodToInternet, Dp::Reference) => vec![masquerade_packets(&rnode)?],
+            (Scenario::NsgPodToPod(_), Dp::Vnetd) => vec![agent.traffic("pod_to_pod")?],
+            (Scenario::NsgPodToPod(_), Dp::Reference) => vec![nsg::allow_packets(&rnode)?],
         })
     };
     let started = Instant::now();
+    // The rules per NSG in place on both dataplanes (none: no NSG).
+    let mut nsg_applied: Option<u32> = None;
+    // Every round trip of the valid pod-to-pod TCP_RR runs, per dataplane (for the plot).
+    let mut rr_latencies: [Vec<f64>; 2] = Default::default();
+    let total_runs = reps as usize * sel.schedule().len() * DATAPLANES.len();
+    let mut run_no = 0;
     for rep in 0..reps {
         let order = if rep % 2 == 0 {
             [Dp::Vnetd, Dp::Reference]
         } else {
             [Dp::Reference, Dp::Vnetd]
         };
-        for (scenario, kind) in SCHEDULE {
+        for (scenario, kind) in sel.schedule() {
+            if scenario.nsg_rules() != nsg_applied {
+                let t = Instant::now();
+                nsg::apply(&agent, &base_spec, &rnode, scenario.nsg_rules())
+                    .context("changing the NSG")?;
+                nsg_applied = scenario.nsg_rules();
+                println!(
+                    "   NSG of {} rule(s) on both dataplanes (applied in {:.2} s)",
+                    nsg_applied.map_or("no".into(), |n| n.to_string()),
+                    t.elapsed().as_secs_f64()
+                );
+            }
             for dp in order {
                 if results.unavailable(scenario, dp).is_some() {
                     continue;
@@ -473,11 +697,19 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                 })?;
                 let after = evidence(scenario, dp)?;
                 let valid = before.iter().zip(&after).all(|(b, a)| a > b);
+                if valid && scenario == Scenario::PodToPod && kind == Kind::Rr {
+                    rr_latencies[dp as usize].extend_from_slice(&run.latencies_us);
+                }
+                run_no += 1;
                 print!(
-                    "   rep {} {:<9} {:<15} {:<7}",
+                    "   [{run_no}/{total_runs} {:>4.0} s] rep {} {:<9} {:<15} {:<7}",
+                    started.elapsed().as_secs_f64(),
                     rep + 1,
                     dp.key(),
-                    scenario.key(),
+                    match scenario.nsg_rules() {
+                        Some(n) => format!("nsg {n} rules"),
+                        None => scenario.key().to_string(),
+                    },
                     kind.key()
                 );
                 for (quantity, value) in &run.values {
@@ -517,6 +749,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                     "rep": rep + 1,
                     "dataplane": dp.key(),
                     "scenario": scenario.key(),
+                    "nsg_rules": scenario.nsg_rules(),
                     "kind": kind.key(),
                     "values": run.values.iter()
                         .map(|(q, v)| (Metric { scenario, quantity: *q }.key(), json!(v)))
@@ -533,6 +766,114 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             }
         }
     }
+    if nsg_applied.is_some() {
+        nsg::apply(&agent, &base_spec, &rnode, None).context("removing the NSG")?;
+    }
+
+    let mut rate_samples: [Vec<f64>; 3] = Default::default();
+    let mut rate_runs = Vec::new();
+    let mut bare_pods = Vec::new();
+    if sel.has("packet_rate") {
+        let secs = if opts.quick { 2.0 } else { 5.0 };
+        let ba = lab.add_veth_pod(&rnode, "bare-a", Ipv4Addr::new(10, 0, 3, 200))?;
+        let bb = lab.add_veth_pod(&rnode, "bare-b", Ipv4Addr::new(10, 0, 3, 201))?;
+        let paths = [
+            pktrate::Path {
+                plane: "vnetd",
+                tx: va.ns.ns.clone(),
+                rx: vb.ns.ns.clone(),
+                node: node.ns.clone(),
+                src_ip: va.ip,
+                dst_ip: vb.ip,
+                dst_mac: pktrate::neighbour_mac(&va, POD_GATEWAY, vb.ip)?,
+                tx_host_veth: pktrate::host_veth(&node, &va)?,
+                bare_to: None,
+            },
+            pktrate::Path {
+                plane: "reference",
+                tx: ra.clone(),
+                rx: rb.clone(),
+                node: rnode.ns.clone(),
+                src_ip: ra_ip,
+                dst_ip: rb_ip,
+                dst_mac: pktrate::neighbour_mac(&ra, rb_ip, rb_ip)?,
+                tx_host_veth: pktrate::host_veth(&rnode, &ra)?,
+                bare_to: None,
+            },
+            pktrate::Path {
+                plane: "bare",
+                tx: ba.pod.ns.clone(),
+                rx: bb.pod.ns.clone(),
+                node: rnode.ns.clone(),
+                src_ip: ba.ip,
+                dst_ip: bb.ip,
+                dst_mac: bb.pod_mac.clone(),
+                tx_host_veth: ba.host_ifname.clone(),
+                bare_to: Some(bb.host_ifname.clone()),
+            },
+        ];
+        step(&format!(
+            "packet rate: {} B UDP frames, {} source ports, XDP live-frames generator pinned \
+             to CPU {} on the sending pod's eth0, counted and dropped at the receiving pod's \
+             eth0 (TC); {reps} repetition(s) of {secs} s per dataplane, the order rotating",
+            pktrate::FRAME_LEN,
+            pktrate::SOURCE_PORTS,
+            pktrate::CPU,
+        ));
+        for rep in 0..reps as usize {
+            for k in 0..3 {
+                let i = (rep + k) % 3;
+                let path = &paths[i];
+                let evidence = || -> Result<u64> {
+                    match i {
+                        0 => agent.traffic("pod_to_pod"),
+                        1 => forward_to_cni_packets(&rnode),
+                        _ => Ok(0),
+                    }
+                };
+                let before = evidence()?;
+                // A generator that cannot run here (a kernel without live frames, say) leaves
+                // this scenario out of the report, not the others.
+                let mut run = match pktrate::run(path, secs) {
+                    Ok(run) => run,
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        println!("   rep {} {:<9} NOT MEASURED: {why}", rep + 1, path.plane);
+                        rate_runs.push(json!({
+                            "rep": rep + 1, "dataplane": path.plane, "error": why,
+                        }));
+                        continue;
+                    }
+                };
+                let after = evidence()?;
+                let mpps = run["received_mpps"].as_f64().unwrap_or(f64::NAN);
+                // The bare forwarder has no counter of its own: the drop counter is its proof.
+                let valid = i == 2 || after > before;
+                print!(
+                    "   rep {} {:<9} {:.3} Mpps received ({:.3} Mpps sent)",
+                    rep + 1,
+                    path.plane,
+                    mpps,
+                    run["sent_mpps"].as_f64().unwrap_or(f64::NAN)
+                );
+                if valid {
+                    rate_samples[i].push(mpps);
+                } else {
+                    results.invalid += 1;
+                    print!("  INVALID: the dataplane's counter did not move");
+                }
+                println!();
+                run["rep"] = json!(rep + 1);
+                run["dataplane"] = json!(path.plane);
+                run["evidence"] = json!({ "before": before, "after": after });
+                run["valid"] = json!(valid);
+                rate_runs.push(run);
+            }
+        }
+        bare_pods.push(ba);
+        bare_pods.push(bb);
+    }
+    let packet_rate = (!rate_runs.is_empty()).then(|| pktrate::summary(&rate_samples, &rate_runs));
     let measuring = started.elapsed();
 
     let vnetd_packets = evidence(Scenario::PodToPod, Dp::Vnetd)?[0];
@@ -558,6 +899,10 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     });
     let notes = notes(&env, &results);
     print_table(&results, &env, &nf_call, reps, &notes);
+    if packet_rate.is_some() {
+        report::print_packet_rate(&rate_samples);
+    }
+    report::print_progrun_table(&progrun_figures);
     let progrun_ns = progrun.as_ref().ok().and_then(|v| v["ns_per_run"].as_f64());
     let progrun_snat = progrun.as_ref().ok().and_then(SnatProgrun::of);
     if let Some(ns) = progrun_ns {
@@ -585,7 +930,10 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         "measuring_s": measuring.as_secs_f64(),
         "scenario": "pod to pod on one node, 2 pods per node namespace; pod to the internet \
                      host through the node's address (the lab's fabric and edge router in \
-                     between); one run at a time, dataplanes alternated per run",
+                     between); pod to pod with an NSG of N rules on the server's subnet (the \
+                     reference: the same rules in an iptables chain jumped to from FORWARD); \
+                     one run at a time, dataplanes alternated per run",
+        "scenarios": sel.0,
         "internet_server": INTERNET_HOST_IP.to_string(),
         "internet_source_seen": internet_sources,
         "unavailable": results.unavailable.iter()
@@ -609,12 +957,24 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             Ok(v) => v.clone(),
             Err(e) => json!({ "error": format!("{e:#}") }),
         },
+        "progrun_repetitions": progrun_reps,
+        "progrun_figures": progrun_figures.iter()
+            .map(|f| (f.key.clone(), report::summary_of(&f.samples)))
+            .collect::<serde_json::Map<_, _>>(),
+        "packet_rate": packet_rate,
         "invalid_runs": results.invalid,
         "notes": notes,
     });
     if let Some(dir) = out_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let plots = draw_plots(&out_path, &results, &progrun_figures, &rr_latencies);
+    report["plots"] = json!(
+        plots
+            .iter()
+            .map(|(p, what)| json!({ "file": p.file_name().map(|f| f.to_string_lossy()), "what": what }))
+            .collect::<Vec<_>>()
+    );
     std::fs::write(&out_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", out_path.display()))?;
     let md_path = out_path.with_extension("md");
@@ -625,23 +985,44 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             &env,
             reps,
             opts.quick,
-            progrun_ns,
-            progrun_snat.as_ref(),
+            report::ProgrunRows {
+                ns: progrun_ns,
+                snat: progrun_snat.as_ref(),
+                figures: &progrun_figures,
+            },
+            packet_rate.as_ref().map(|_| &rate_samples),
             &out_path,
         ),
     )
     .with_context(|| format!("writing {}", md_path.display()))?;
+    if !plots.is_empty() {
+        let mut md = std::fs::read_to_string(&md_path)?;
+        md.push('\n');
+        for (p, what) in &plots {
+            if let Some(f) = p.file_name() {
+                md += &format!("![{what}]({})\n", f.to_string_lossy());
+            }
+        }
+        std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    }
     println!(
-        "\n   report: {} (table for the README: {})",
+        "\n   report: {} (table for the README: {}){}",
         out_path.display(),
-        md_path.display()
+        md_path.display(),
+        plots
+            .iter()
+            .map(|(p, _)| format!("\n   plot: {}", p.display()))
+            .collect::<String>()
     );
 
     step("tearing down");
-    drop((va, vb, agent));
+    drop((va, vb, nsg_pods, bare_pods, agent));
     lab.teardown()?;
     println!("   done: the lab's namespaces, processes and iptables rules are gone");
 
+    if !sel.has("control_plane") {
+        return Ok(());
+    }
     let pods = if opts.quick { 25 } else { 250 };
     step(&format!(
         "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
@@ -668,6 +1049,228 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     Ok(())
 }
 
+/// The SVG plots beside the report at `out` (`<stem>-<name>.svg`) for what this run measured:
+/// new connections per second against the NSG's rule count, the BPF_PROG_RUN first-packet
+/// cost against it, the pod-to-pod TCP_RR latency distribution. Returns (file, what); a plot
+/// that fails is reported and left out.
+fn draw_plots(
+    out: &Path,
+    results: &Results,
+    progrun: &[ProgrunFigure],
+    rr: &[Vec<f64>; 2],
+) -> Vec<(PathBuf, String)> {
+    let stem = out
+        .file_stem()
+        .map_or("report".into(), |s| s.to_string_lossy().into_owned());
+    let file = |name: &str| out.with_file_name(format!("{stem}-{name}.svg"));
+    let mut done = Vec::new();
+    let mut keep = |path: PathBuf, what: &str, r: Result<()>| match r {
+        Ok(()) => done.push((path, what.to_string())),
+        Err(e) => println!("   plot {} not drawn: {e:#}", path.display()),
+    };
+    let nsg_rate = |dp: Dp| plots::Curve {
+        label: match dp {
+            Dp::Vnetd => "vnetd",
+            Dp::Reference => "bridge + iptables (rules in FORWARD)",
+        },
+        points: nsg::RULE_COUNTS
+            .iter()
+            .map(|&n| {
+                let m = Metric {
+                    scenario: Scenario::NsgPodToPod(n),
+                    quantity: Quantity::ConnRate,
+                };
+                (f64::from(n), results.get(dp, m))
+            })
+            .collect(),
+    };
+    let curves = DATAPLANES.map(nsg_rate);
+    if curves
+        .iter()
+        .any(|c| c.points.iter().any(|(_, v)| !v.is_empty()))
+    {
+        let (path, what) = (
+            file("nsg-connections"),
+            "New TCP connections per second pod to pod against rules per NSG",
+        );
+        let r = plots::against_rules(&path, what, "connections/s", &curves);
+        keep(path, what, r);
+    }
+    let first_packet: Vec<(f64, &[f64])> = nsg::RULE_COUNTS
+        .iter()
+        .filter_map(|&n| {
+            let key = format!("nsg_first_packet_ns_rules_{n}");
+            let f = progrun.iter().find(|f| f.key == key)?;
+            Some((f64::from(n), &f.samples[..]))
+        })
+        .collect();
+    if !first_packet.is_empty() {
+        let (path, what) = (
+            file("nsg-first-packet"),
+            "vnetd pod_ingress, NSG first packet (BPF_PROG_RUN) against rules per NSG",
+        );
+        let r = plots::against_rules(
+            &path,
+            what,
+            "ns per packet",
+            &[plots::Curve {
+                label: "vnetd",
+                points: first_packet,
+            }],
+        );
+        keep(path, what, r);
+    }
+    if rr.iter().any(|v| !v.is_empty()) {
+        let mut sorted = rr.clone();
+        for v in &mut sorted {
+            v.sort_by(f64::total_cmp);
+        }
+        let (path, what) = (
+            file("tcp-rr-latency"),
+            "TCP_RR round trips pod to pod, 1 byte each way: latency distribution",
+        );
+        let r = plots::latency_distribution(
+            &path,
+            what,
+            &[("vnetd", &sorted[0]), ("bridge + iptables", &sorted[1])],
+        );
+        keep(path, what, r);
+    }
+    done
+}
+
+/// The report of a run that needs no lab (only BPF_PROG_RUN and the control plane).
+fn finish_without_lab(
+    out_path: &Path,
+    opts: &Options,
+    sel: &Selection,
+    progrun: &Result<Value>,
+    progrun_reps: &[Value],
+    progrun_figures: &[ProgrunFigure],
+) -> Result<()> {
+    report::print_progrun_table(progrun_figures);
+    let mut report = json!({
+        "environment": environment(),
+        "quick": opts.quick,
+        "scenarios": sel.0,
+        "progrun": match progrun {
+            Ok(v) => v.clone(),
+            Err(e) => json!({ "error": format!("{e:#}") }),
+        },
+        "progrun_repetitions": progrun_reps,
+        "progrun_figures": progrun_figures.iter()
+            .map(|f| (f.key.clone(), report::summary_of(&f.samples)))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    if sel.has("control_plane") {
+        let pods = if opts.quick { 25 } else { 250 };
+        step(&format!(
+            "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
+        ));
+        report["control_plane"] = cni::run(pods)?;
+    }
+    if let Some(dir) = out_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(out_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", out_path.display()))?;
+    println!("\n   report: {}", out_path.display());
+    Ok(())
+}
+
+/// One repetition's BPF_PROG_RUN figures, as they come.
+fn print_progrun(rep: u32, v: &Value) {
+    println!(
+        "   rep {rep}: pod_ingress {} ns per run (kernel-timed; wall clock incl. syscalls {} ns)",
+        fmt_num(v["ns_per_run"].as_f64().unwrap_or(f64::NAN)),
+        fmt_num(v["wall_ns_per_run"].as_f64().unwrap_or(f64::NAN)),
+    );
+    if let Some(snat) = SnatProgrun::of(v) {
+        println!(
+            "   rep {rep}: SNAT, a UDP packet of an established flow to the internet: {} ns per \
+             run, one run per call (pod to pod measured the same way: {} ns)",
+            fmt_num(snat.ns),
+            fmt_num(snat.pod_to_pod_ns),
+        );
+    }
+    let nsg: Vec<String> = NSG_RULE_COUNTS
+        .iter()
+        .filter_map(|&n| {
+            let ns = v[nsg_first_packet_key(n)]["ns_per_run"].as_f64()?;
+            Some(format!("{n}: {}", fmt_num(ns)))
+        })
+        .collect();
+    if !nsg.is_empty() {
+        println!(
+            "   rep {rep}: NSG first packet, ns per run by rules per NSG: {} (1000 / 1: {})",
+            nsg.join(", "),
+            v["nsg_first_packet_ratio_1000_over_1"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{r:.2}")),
+        );
+    }
+}
+
+/// A vnetd-only figure of the BPF_PROG_RUN benchmark, over the repetitions: a row of the
+/// report and a key of the JSON.
+pub(crate) struct ProgrunFigure {
+    pub(crate) key: String,
+    pub(crate) label: String,
+    pub(crate) samples: Vec<f64>,
+}
+
+impl ProgrunFigure {
+    /// The NSG figures (issue 9): the first packet's cost at each rule count, the ratio of
+    /// 1000 rules to one, and an established flow's cost when the benchmark measures it.
+    fn all(reps: &[Value]) -> Vec<ProgrunFigure> {
+        let samples = |f: &dyn Fn(&Value) -> Option<f64>| reps.iter().filter_map(f).collect();
+        let mut figures = vec![ProgrunFigure {
+            key: "nsg_none_ns".into(),
+            label: "BPF_PROG_RUN `pod_ingress`, the NSG benchmark's frame without an NSG, ns \
+                    per run (the baseline)"
+                .into(),
+            samples: samples(&|v| v[nsg_first_packet_key(0)]["ns_per_run"].as_f64()),
+        }];
+        figures.extend(NSG_RULE_COUNTS.iter().map(|&n| ProgrunFigure {
+            key: format!("nsg_first_packet_ns_rules_{n}"),
+            label: format!(
+                "BPF_PROG_RUN `pod_ingress`, NSG first packet, {n} rule(s) per NSG, ns per run"
+            ),
+            samples: samples(&|v| v[nsg_first_packet_key(n)]["ns_per_run"].as_f64()),
+        }));
+        figures.push(ProgrunFigure {
+            key: "nsg_first_packet_ratio_1000_over_1".into(),
+            label: "NSG first packet, 1000 rules / 1 rule (target at most 1.5)".into(),
+            samples: samples(&|v| v["nsg_first_packet_ratio_1000_over_1"].as_f64()),
+        });
+        // The lead adds this line to progrun_bench; with or without a rule count.
+        for n in std::iter::once(None).chain(NSG_RULE_COUNTS.map(Some)) {
+            let key = nsg_established_key(n);
+            let found: Vec<f64> = samples(&|v| v[&key]["ns_per_run"].as_f64());
+            if !found.is_empty() {
+                figures.push(ProgrunFigure {
+                    key: match n {
+                        Some(n) => format!("nsg_established_ns_rules_{n}"),
+                        None => "nsg_established_ns".into(),
+                    },
+                    label: match n {
+                        Some(n) => format!(
+                            "BPF_PROG_RUN `pod_ingress`, NSG established flow, {n} rule(s) per \
+                             NSG, ns per run"
+                        ),
+                        None => {
+                            "BPF_PROG_RUN `pod_ingress`, NSG established flow, ns per run".into()
+                        }
+                    },
+                    samples: found,
+                });
+            }
+        }
+        figures.retain(|f| !f.samples.is_empty());
+        figures
+    }
+}
+
 /// The BPF_PROG_RUN figure of the SNAT path: a packet of an established flow, one run per
 /// call (a translated frame would not pass the next run's anti-spoofing), beside the pod-to-pod
 /// frame measured the same way.
@@ -691,7 +1294,15 @@ fn step(what: &str) {
 
 /// Fails early, pointing at `cargo xtask setup`, if a tool the bench runs is missing.
 fn check_tools() -> Result<()> {
-    for tool in ["iperf3", "iptables", "iptables-save", "nsenter", "ip"] {
+    for tool in [
+        "iperf3",
+        "iptables",
+        "iptables-save",
+        "iptables-restore",
+        "nsenter",
+        "ip",
+        "ethtool",
+    ] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
@@ -706,7 +1317,7 @@ fn check_tools() -> Result<()> {
             p.display()
         );
     }
-    for b in ["vnetd", "vnetd-cni"] {
+    for b in ["vnetd", "vnetd-cni", "vnetd-pktgen"] {
         ensure!(
             bin(b).is_file(),
             "{} is not built: run `cargo xtask build`",
@@ -733,4 +1344,38 @@ fn ref_pod(lab: &Lab, node: &Node, name: &str) -> Result<(Ns, Ipv4Addr)> {
         .and_then(|a| a.parse().ok())
         .with_context(|| format!("no address in the reference CNI result {result}"))?;
     Ok((pod.ns, ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ProgrunFigure, measure};
+
+    /// The report's BPF_PROG_RUN rows: the baseline, each rule count, the ratio, and the
+    /// established flow once the benchmark prints it; medians over the repetitions.
+    #[test]
+    fn progrun_figures_by_rule_count() {
+        let one = measure::parse_progrun(measure::tests::STDOUT).unwrap();
+        let established = measure::parse_progrun(&format!(
+            "{}vnetd-bench program=pod_ingress_nsg_established runs=1000 ns_per_run=95.5\n",
+            measure::tests::STDOUT
+        ))
+        .unwrap();
+        let figures = ProgrunFigure::all(&[one.clone(), established]);
+        let keys: Vec<&str> = figures.iter().map(|f| f.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "nsg_none_ns",
+                "nsg_first_packet_ns_rules_1",
+                "nsg_first_packet_ns_rules_10",
+                "nsg_first_packet_ns_rules_100",
+                "nsg_first_packet_ns_rules_1000",
+                "nsg_first_packet_ratio_1000_over_1",
+                "nsg_established_ns",
+            ]
+        );
+        assert_eq!(figures[4].samples, [130.0, 130.0]);
+        assert_eq!(figures[6].samples, [95.5]);
+        assert!(ProgrunFigure::all(&[]).is_empty());
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use super::{Dp, METRICS, Metric, Results, Scenario, SnatProgrun, step};
+use super::{Dp, METRICS, Metric, ProgrunFigure, Results, Scenario, SnatProgrun, step};
 use serde_json::{Value, json};
 
 /// The median; NaN when there is no sample (no valid run).
@@ -59,13 +59,30 @@ pub(super) fn ratio(r: &Results, m: Metric) -> String {
     }
 }
 
+/// Samples with their median and spread (serde_json writes the NaN of no sample as null).
+pub(super) fn summary_of(v: &[f64]) -> Value {
+    let (lo, hi) = min_max(v);
+    let m = median(v);
+    json!({
+        "samples": v, "median": m, "min": lo, "max": hi,
+        "spread_percent_of_median": (hi - lo) / m * 100.0,
+    })
+}
+
+/// The vnetd-only BPF_PROG_RUN rows (NSG cost against rule count), after the main table.
+pub(super) fn print_progrun_table(figures: &[ProgrunFigure]) {
+    if figures.is_empty() {
+        return;
+    }
+    println!("\n   BPF_PROG_RUN, vnetd only (median [min-max] over the repetitions):");
+    for f in figures {
+        println!("   {:<86} | {}", f.label, cell(&f.samples));
+    }
+}
+
 pub(super) fn summary_json(r: &Results, m: Metric) -> Value {
     // serde_json writes NaN and infinities as null: a metric without samples has no figures.
-    let side = |dp: Dp| {
-        let v = r.get(dp, m);
-        let (lo, hi) = min_max(v);
-        json!({ "samples": v, "median": median(v), "min": lo, "max": hi })
-    };
+    let side = |dp: Dp| summary_of(r.get(dp, m));
     json!({
         "metric": m.key(),
         "label": m.label(),
@@ -78,6 +95,12 @@ pub(super) fn summary_json(r: &Results, m: Metric) -> Value {
 }
 
 pub(super) fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32, notes: &[String]) {
+    if !METRICS.into_iter().any(|m| r.shown(m)) {
+        for n in notes {
+            println!("   note: {n}");
+        }
+        return;
+    }
     step(
         "results: pod to pod on one node, pod to internet via the node's address (median [min-max])",
     );
@@ -113,7 +136,7 @@ pub(super) fn print_table(r: &Results, env: &Value, nf_call: &str, reps: u32, no
         "-".repeat(w[2]),
         "-".repeat(w[3])
     );
-    for m in METRICS {
+    for m in METRICS.into_iter().filter(|&m| r.shown(m)) {
         let (v, b) = (r.get(Dp::Vnetd, m), r.get(Dp::Reference, m));
         println!(
             "   {:<w0$} | {:<w1$} | {:<w2$} | {:>w3$}",
@@ -232,22 +255,29 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
     let cpus = &env["cpus"];
     let p2p = Scenario::PodToPod;
     let inet = Scenario::PodToInternet;
-    let mut notes = vec![
-        format!(
-            "One machine with {cpus} CPU(s) (as the kernel reports them), shared with whatever \
+    let ran = |scenario: &str, kind: &str| {
+        r.runs
+            .iter()
+            .any(|run| run["scenario"] == scenario && run["kind"] == kind)
+    };
+    let mut notes = vec![format!(
+        "One machine with {cpus} CPU(s) (as the kernel reports them), shared with whatever \
              else runs: numbers are noisy; compare the ratios of the same run, not absolute \
              values across runs."
-        ),
-        format!(
+    )];
+    if ran("pod_to_pod", "bulk") || ran("pod_to_internet", "bulk") {
+        notes.push(format!(
             "TCP bulk with one stream runs sender and receiver on the same {cpus} CPU(s): it \
              measures the whole stack, the dataplane's per-packet cost is a small part of it."
-        ),
-        format!(
+        ));
+        notes.push(format!(
             "TCP bulk retransmitted segments over all runs, pod to pod: {}; to the internet: {}.",
             retrans(p2p),
             retrans(inet),
-        ),
-        format!(
+        ));
+    }
+    if ran("pod_to_pod", "udp") {
+        notes.push(format!(
             "UDP 64 B is iperf3's receiver rate with -b 0, bound by one sender thread's \
              syscalls (the forwarding runs in the sender's softirq): it compares the socket \
              stacks more than the dataplanes. In this run the senders sent {} kpps (vnetd) and \
@@ -256,17 +286,30 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
             range(detail(Dp::Reference, p2p, "udp", "sent_kpps")),
             range(detail(Dp::Vnetd, p2p, "udp", "lost_percent")),
             range(detail(Dp::Reference, p2p, "udp", "lost_percent")),
-        ),
-        "TCP_RR is one connection, 1-byte request and response, Nagle off, in-process \
-         sockets; latency is the mean round trip (1 / rate)."
-            .to_string(),
-        "To the internet: from the same client pods to the lab's internet host, through the \
+        ));
+    }
+    if ran("pod_to_pod", "rr") || ran("pod_to_internet", "rr") {
+        notes.push(
+            "TCP_RR is one connection, 1-byte request and response, Nagle off, in-process \
+             sockets; latency is the mean round trip (1 / rate)."
+                .to_string(),
+        );
+    }
+    if r.runs
+        .iter()
+        .any(|run| run["scenario"] == "pod_to_internet")
+    {
+        notes.push(
+            "To the internet: from the same client pods to the lab's internet host, through the \
          lab's fabric bridge and edge router (kernel forwarding, shared by both paths), so the \
          ratios are diluted by that common part. vnetd translates in its TC programs (SNAT to \
          the node's address, FLOWS table); the reference node forwards through iptables \
          (filter FORWARD, nat POSTROUTING MASQUERADE) and its conntrack."
-            .to_string(),
-        format!(
+                .to_string(),
+        );
+    }
+    if ran("pod_to_internet", "connect") {
+        notes.push(format!(
             "New connections: one at a time for the run's duration or 10,000 connections, \
              whichever comes first (connect, 1 byte each way, the client closes first; each \
              leaves an ephemeral port of the client pod in TIME_WAIT for 60 s); completed vnetd {}, reference {}; failed vnetd {}, \
@@ -275,8 +318,36 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
             total(Dp::Reference, inet, "connect", "completed"),
             total(Dp::Vnetd, inet, "connect", "failed"),
             total(Dp::Reference, inet, "connect", "failed"),
-        ),
-    ];
+        ));
+    }
+    if ran("pod_to_pod_nsg", "connect") {
+        let sum = |dp: Dp, key: &str| -> String {
+            let n: f64 = r
+                .runs
+                .iter()
+                .filter(|run| run["dataplane"] == dp.key() && run["scenario"] == "pod_to_pod_nsg")
+                .filter_map(|run| run["details"][key].as_f64())
+                .sum();
+            format!("{:.0}", n + 0.0)
+        };
+        notes.push(format!(
+            "NSG of N rules: new connections pod to pod (one at a time for the run's duration or 10,000, 1 byte each \
+             way), a client pod per rule count, to the same server pod on port {port}. The same \
+             N rules on both sides, in the same order: N - 1 denies the traffic does not match \
+             (TCP to a /32 of 172.16.0.0/12, a port each), the allow of port {port} last. vnetd: \
+             an inbound NSG on the server's subnet (a spec reload per rule count); reference: \
+             an iptables chain {chain} jumped to from the top of FORWARD, walked by every \
+             packet (replies too: no conntrack shortcut). vnetd's figures include NSG \
+             classification only in builds that enforce NSGs (issue 9). Completed vnetd {}, \
+             reference {}; failed vnetd {}, reference {}.",
+            sum(Dp::Vnetd, "completed"),
+            sum(Dp::Reference, "completed"),
+            sum(Dp::Vnetd, "failed"),
+            sum(Dp::Reference, "failed"),
+            port = super::nsg::PORT,
+            chain = super::nsg::CHAIN,
+        ));
+    }
     for (scenario, dp, why) in &r.unavailable {
         notes.push(format!(
             "{} NOT MEASURED {}: {why}",
@@ -295,14 +366,21 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
     notes
 }
 
+/// The BPF_PROG_RUN rows of the README's table (vnetd only).
+pub(super) struct ProgrunRows<'a> {
+    pub(super) ns: Option<f64>,
+    pub(super) snat: Option<&'a SnatProgrun>,
+    pub(super) figures: &'a [ProgrunFigure],
+}
+
 /// The README's results table, with where it comes from.
 pub(super) fn markdown(
     r: &Results,
     env: &Value,
     reps: u32,
     quick: bool,
-    progrun_ns: Option<f64>,
-    progrun_snat: Option<&SnatProgrun>,
+    progrun: ProgrunRows<'_>,
+    packet_rate: Option<&[Vec<f64>; 3]>,
     report: &Path,
 ) -> String {
     let mut md = format!(
@@ -320,7 +398,7 @@ pub(super) fn markdown(
         if quick { ", --quick" } else { "" },
         r.invalid,
     );
-    for m in METRICS {
+    for m in METRICS.into_iter().filter(|&m| r.shown(m)) {
         let (v, b) = (r.get(Dp::Vnetd, m), r.get(Dp::Reference, m));
         md.push_str(&format!(
             "| {} | {} | {} | {} |\n",
@@ -330,13 +408,13 @@ pub(super) fn markdown(
             ratio(r, m),
         ));
     }
-    if let Some(ns) = progrun_ns {
+    if let Some(ns) = progrun.ns {
         md.push_str(&format!(
             "| BPF_PROG_RUN `pod_ingress`, ns per run | {} | | |\n",
             fmt_num(ns)
         ));
     }
-    if let Some(snat) = progrun_snat {
+    if let Some(snat) = progrun.snat {
         md.push_str(&format!(
             "| BPF_PROG_RUN `pod_ingress`, SNAT of an established UDP flow, ns per run (one run \
              per call; pod to pod measured the same way: {}) | {} | | |\n",
@@ -344,5 +422,55 @@ pub(super) fn markdown(
             fmt_num(snat.ns)
         ));
     }
+    for f in progrun.figures {
+        md.push_str(&format!("| {} | {} | | |\n", f.label, cell(&f.samples)));
+    }
+    if let Some(rate) = packet_rate {
+        let [label, bare] = packet_rate_labels();
+        md.push_str(&format!(
+            "| {label} | {} | {} | {} |\n| {bare} | {} | | vnetd / bare: {} |\n",
+            cell(&rate[0]),
+            cell(&rate[1]),
+            ratio_of(&rate[0], &rate[1]),
+            cell(&rate[2]),
+            ratio_of(&rate[0], &rate[2]),
+        ));
+    }
     md
+}
+
+fn packet_rate_labels() -> [String; 2] {
+    use super::pktrate::{CPU, FRAME_LEN};
+    [
+        format!(
+            "{FRAME_LEN} B packet rate pod to pod, Mpps (XDP live-frames generator on CPU {CPU}, \
+             counted by a drop at the receiver)"
+        ),
+        "the same through a bare `bpf_redirect_peer` forwarder, Mpps (the limit)".into(),
+    ]
+}
+
+/// The ratio of two sample sets' medians, as the tables show it.
+fn ratio_of(a: &[f64], b: &[f64]) -> String {
+    let x = median(a) / median(b);
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "-".into()
+    }
+}
+
+/// The packet-rate rows, after the main table: vnetd against the reference, and the bare
+/// forwarder with vnetd's share of it.
+pub(super) fn print_packet_rate(rate: &[Vec<f64>; 3]) {
+    let [label, bare] = packet_rate_labels();
+    println!(
+        "\n   {label}:\n     vnetd {} | bridge+iptables {} | vnetd/ref {}\n   {bare}:\n     \
+         bare {} | vnetd/bare {}",
+        cell(&rate[0]),
+        cell(&rate[1]),
+        ratio_of(&rate[0], &rate[1]),
+        cell(&rate[2]),
+        ratio_of(&rate[0], &rate[2]),
+    );
 }
