@@ -350,10 +350,8 @@ impl Matrix {
         }
     }
 
-    /// Every source tries every port at once (echo servers on all of `web`'s ports); returns
-    /// what each attempt got, by (port, source), and whom each port's server saw.
-    #[allow(clippy::type_complexity)]
-    fn run(&self) -> Result<(BTreeMap<(u16, Source), Outcome>, BTreeMap<u16, Vec<Seen>>)> {
+    /// Every source tries every port at once (echo servers on all of `web`'s ports).
+    fn run(&self) -> Result<MatrixRun> {
         let servers = self
             .cases
             .iter()
@@ -384,8 +382,16 @@ impl Matrix {
                 .collect::<BTreeMap<_, _>>()
         });
         let seen = servers.iter().map(|(p, s)| (*p, s.seen())).collect();
-        Ok((outcomes, seen))
+        Ok(MatrixRun { outcomes, seen })
     }
+}
+
+/// What [`Matrix::run`] saw.
+struct MatrixRun {
+    /// What each attempt got, by (port, source).
+    outcomes: BTreeMap<(u16, Source), Outcome>,
+    /// Whom each port's server saw.
+    seen: BTreeMap<u16, Vec<Seen>>,
 }
 
 /// Inbound rules decide by port, by prefix and by service tag, allowing and denying, for each
@@ -398,7 +404,7 @@ fn inbound_rules_decide_by_port_prefix_and_service_tag_from_every_way_in() -> Re
     let _serial = serial();
     let m = Matrix::new()?;
     let denied_before = m.agent1.drops("nsg_denied")?;
-    let (outcomes, seen) = m.run()?;
+    let MatrixRun { outcomes, seen } = m.run()?;
 
     let mut wrong = Vec::new();
     let mut denied = 0;
@@ -665,14 +671,23 @@ fn replies_of_allowed_outbound_flows_pass_an_nsg_denying_all_inbound() -> Result
 fn a_deny_added_live_blocks_new_connections_while_established_streams_flow() -> Result<()> {
     const PORT: u16 = 9100;
     let _serial = serial();
-    let allow = NsgRule::allow_in("allow-echo", 200).tcp().ports(["9100"]);
-    let before = with_nsg(&lab_spec(), "apps-nsg", &["apps"], &[allow.clone()]);
+    let allow = NsgRule::allow_in("allow-echo", 200)
+        .tcp()
+        .ports([PORT.to_string()]);
+    let before = with_nsg(
+        &lab_spec(),
+        "apps-nsg",
+        &["apps"],
+        std::slice::from_ref(&allow),
+    );
     let after = with_nsg(
         &lab_spec(),
         "apps-nsg",
         &["apps"],
         &[
-            NsgRule::deny_in("deny-echo", 100).tcp().ports(["9100"]),
+            NsgRule::deny_in("deny-echo", 100)
+                .tcp()
+                .ports([PORT.to_string()]),
             allow,
         ],
     );
