@@ -571,6 +571,31 @@ fn one_node(spec: &str, pods: usize) -> Result<(Lab, Node, Agent, Vec<Pod>)> {
     Ok((lab, node, agent, pods))
 }
 
+/// What the exact counts above rest on: a refused attempt (given [`DENIED_WAIT`]) sends one
+/// SYN. Checked without any NSG, through the lab's `None` route (10.99.0.0/16 in `apps`),
+/// whose drops are counted one per packet: three attempts at once, three drops.
+#[test]
+fn a_refused_attempt_is_one_syn() -> Result<()> {
+    let _serial = serial();
+    let (_lab, _node, agent, pods) = one_node(&lab_spec(), 1)?;
+    let before = agent.drops("route_none")?;
+    let blackhole = SocketAddr::from((Ipv4Addr::new(10, 99, 0, 1), 80));
+    std::thread::scope(|s| {
+        let tries: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| refused(&pods[0], blackhole, "into the None route")))
+            .collect();
+        tries
+            .into_iter()
+            .try_for_each(|t| t.join().expect("an attempt's thread panicked"))
+    })?;
+    assert_eq!(
+        agent.drops("route_none")? - before,
+        3,
+        "one SYN per attempt"
+    );
+    Ok(())
+}
+
 fn internet(port: u16) -> SocketAddr {
     SocketAddr::from((INTERNET_HOST_IP, port))
 }
@@ -869,12 +894,14 @@ fn path_str(p: &Path) -> Result<&str> {
 
 /// Azure's platform address (wire server, health probes).
 const PLATFORM_IP: Ipv4Addr = Ipv4Addr::new(168, 63, 129, 16);
+const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
-/// Traffic between a pod and 168.63.129.16 is not subject to NSGs. The lab hosts that address
-/// on the internet namespace (an address on its loopback and an edge route: nothing outside the
-/// lab's namespaces). With rules denying everything both ways, a pod still reaches it (through
-/// SNAT) while the internet host stays refused, and a connection from it to a Public group's
-/// address reaches the group while one from the internet host does not.
+/// Traffic between a pod and 168.63.129.16 or 169.254.169.254 is not subject to NSGs. The lab
+/// hosts both addresses on the internet namespace (addresses on its loopback and edge routes:
+/// nothing outside the lab's namespaces; in Azure the host answers them, here they sit beyond
+/// the node). With rules denying everything both ways, a pod still reaches both (168.63.129.16
+/// through SNAT) while the internet host stays refused, and a connection from 168.63.129.16 to a
+/// Public group's address reaches the group while one from the internet host does not.
 #[test]
 fn the_platform_address_is_exempt_from_nsgs() -> Result<()> {
     const PORT: u16 = 8080;
@@ -917,6 +944,23 @@ fn the_platform_address_is_exempt_from_nsgs() -> Result<()> {
         .context("an echo from the platform address through the group's public address")?;
     // The controls last: without them the exemptions prove nothing, but they are what fails
     // while NSGs are not enforced.
+    // The metadata address is never masqueraded: the pod's own address goes out, and the
+    // edge is given a route back to this one pod (it has none to pods otherwise).
+    lab.add_internet_ip(METADATA_IP)?;
+    lab.edge().ip([
+        "route",
+        "add",
+        &format!("{}/32", pod.ip),
+        "via",
+        &node.ip.to_string(),
+    ])?;
+    let metadata = EchoServer::tcp(lab.internet(), 81)?;
+    allowed(
+        pod,
+        SocketAddr::from((METADATA_IP, 81)),
+        "the pod to the metadata address",
+    )?;
+    assert_eq!(*metadata.seen()[0].peer.ip(), pod.ip, "not masqueraded");
     to_internet?;
     from_internet?;
     Ok(())
