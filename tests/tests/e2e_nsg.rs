@@ -464,6 +464,11 @@ fn hits(agent: &Agent, nsg: &str, rules: &BTreeMap<String, u64>) -> Result<(Vec<
         .unzip())
 }
 
+/// Expected hits by rule name.
+fn counts(rules: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    rules.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+}
+
 /// Waits (the metrics are refreshed every second) until `agent`'s hits of `nsg`'s rules have
 /// grown from `before` by exactly `expected`, in `/metrics` and in the status alike; an error
 /// shows every rule's growth in both.
@@ -616,6 +621,17 @@ fn outbound_smtp_is_denied_while_other_traffic_passes() -> Result<()> {
     let smtp = EchoServer::tcp(lab.internet(), 25)?;
     let web = EchoServer::tcp(lab.internet(), 80)?;
     let denied_before = agent.drops("nsg_denied")?;
+    // Replies are no decisions: the inbound rules count nothing.
+    let expected = counts(&[
+        ("deny-smtp-out", 1),
+        ("AllowInternetOutBound", 2),
+        ("AllowVnetOutBound", 0),
+        ("DenyAllOutBound", 0),
+        ("AllowVnetInBound", 0),
+        ("AllowAzureLoadBalancerInBound", 0),
+        ("DenyAllInBound", 0),
+    ]);
+    let hits_before = hits(&agent, "apps-nsg", &expected)?;
 
     let smtp_try = refused(pod, internet(25), "SMTP out");
     let web_try = allowed(pod, internet(80), "HTTP out");
@@ -639,7 +655,7 @@ fn outbound_smtp_is_denied_while_other_traffic_passes() -> Result<()> {
         1,
         "the one SMTP SYN was dropped as nsg_denied"
     );
-    Ok(())
+    expect_hits(&agent, "apps-nsg", &expected, &hits_before)
 }
 
 /// With an inbound rule denying everything, a pod's own connections still work: the replies of
@@ -655,10 +671,18 @@ fn replies_of_allowed_outbound_flows_pass_an_nsg_denying_all_inbound() -> Result
         &["apps"],
         &[NsgRule::deny_in("deny-all-in", 100)],
     );
-    let (lab, node, _agent, pods) = one_node(&spec, 1)?;
+    let (lab, node, agent, pods) = one_node(&spec, 1)?;
     let pod = &pods[0];
     // The lab's Private group `api` (10.0.1.10, TCP 8080) in `aci`, which has no NSG.
     let api = add_pod(&lab, &node, "api", None, "VNETD_CONTAINER_GROUP=api")?;
+    // The two refused SYNs are the only inbound decisions: no reply is classified.
+    let expected = counts(&[
+        ("deny-all-in", 2),
+        ("AllowVnetInBound", 0),
+        ("AllowAzureLoadBalancerInBound", 0),
+        ("DenyAllInBound", 0),
+    ]);
+    let hits_before = hits(&agent, "apps-nsg", &expected)?;
 
     let tcp = tcp_echo(pod, lab.internet(), INTERNET_HOST_IP, 80, ALLOWED_WAIT)
         .context("TCP out to the internet host and its replies back in")?;
@@ -685,13 +709,13 @@ fn replies_of_allowed_outbound_flows_pass_an_nsg_denying_all_inbound() -> Result
         into_pod,
         "a new connection from the node into the pod",
     )?;
-    Ok(())
+    expect_hits(&agent, "apps-nsg", &expected, &hits_before)
 }
 
 /// A deny rule added by a live reload applies to new connections only: streams established
 /// before it (from a pod on the same node and from one on the other node) keep echoing after
 /// the reload, while new connections to the same port, from those pods and from the node, are
-/// dropped.
+/// dropped. The hit counts carry over the reload.
 #[test]
 fn a_deny_added_live_blocks_new_connections_while_established_streams_flow() -> Result<()> {
     const PORT: u16 = 9100;
@@ -699,13 +723,13 @@ fn a_deny_added_live_blocks_new_connections_while_established_streams_flow() -> 
     let allow = NsgRule::allow_in("allow-echo", 200)
         .tcp()
         .ports([PORT.to_string()]);
-    let before = with_nsg(
+    let spec_before = with_nsg(
         &lab_spec(),
         "apps-nsg",
         &["apps"],
         std::slice::from_ref(&allow),
     );
-    let after = with_nsg(
+    let spec_after = with_nsg(
         &lab_spec(),
         "apps-nsg",
         &["apps"],
@@ -719,11 +743,16 @@ fn a_deny_added_live_blocks_new_connections_while_established_streams_flow() -> 
     let lab = Lab::new()?;
     let node1 = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
     let node2 = lab.add_node("node-2", node_cidr("10.0.0.5"))?;
-    let agent1 = Agent::start(&node1, &before)?;
-    let agent2 = Agent::start(&node2, &before)?;
+    let agent1 = Agent::start(&node1, &spec_before)?;
+    let agent2 = Agent::start(&node2, &spec_before)?;
     let server = add_pod(&lab, &node1, "server", Some("apps"), "")?;
     let near = add_pod(&lab, &node1, "near", Some("apps"), "")?;
     let far = add_pod(&lab, &node2, "far", Some("apps"), "")?;
+    // Decided on node-1 (the server's): the two streams before the reload, the three refused
+    // SYNs after it. The reload keeps allow-echo's count (no reset, no second decision for
+    // the streams).
+    let expected = counts(&[("allow-echo", 2), ("deny-echo", 3)]);
+    let hits_at_start = hits(&agent1, "apps-nsg", &expected)?;
     let echo = EchoServer::tcp(&server, PORT)?;
     let dst = SocketAddr::from((server.ip, PORT));
     let streams = [
@@ -734,8 +763,8 @@ fn a_deny_added_live_blocks_new_connections_while_established_streams_flow() -> 
         s.advances(0, 10_000, Duration::from_secs(5))?;
     }
 
-    agent1.write_spec(&after)?;
-    agent2.write_spec(&after)?;
+    agent1.write_spec(&spec_after)?;
+    agent2.write_spec(&spec_after)?;
     for agent in [&agent1, &agent2] {
         ensure!(
             agent.wait_for_status("reloads_ok", 1),
@@ -763,6 +792,7 @@ fn a_deny_added_live_blocks_new_connections_while_established_streams_flow() -> 
     for r in new_ones {
         r?;
     }
+    expect_hits(&agent1, "apps-nsg", &expected, &hits_at_start)?;
     assert_eq!(
         echo.seen().len(),
         2,
