@@ -77,8 +77,8 @@ pub use ns::{DEFAULT_RUN_TIMEOUT, LinkInfo, LinkStats, Ns};
 pub use process::{Bg, Capture, LogMode};
 pub use sweep::{SweepReport, cleanup_on_signal, sweep_all, sweep_current_process, sweep_stale};
 pub use traffic::{
-    DEFAULT_TIMEOUT, EchoReport, EchoServer, Seen, SinkReceipt, http_get, sink_transfer, tcp_echo,
-    tcp_echo_ok, tcp_roundtrip, udp_echo, udp_ok, udp_roundtrip,
+    DEFAULT_TIMEOUT, EchoReport, EchoServer, EchoStream, Seen, SinkReceipt, http_get,
+    sink_transfer, tcp_echo, tcp_echo_ok, tcp_roundtrip, udp_echo, udp_ok, udp_roundtrip,
 };
 
 use std::net::Ipv4Addr;

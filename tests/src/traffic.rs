@@ -415,6 +415,97 @@ pub fn tcp_roundtrip(
     Ok(start.elapsed())
 }
 
+/// A TCP connection from a namespace to an [`EchoServer`], echoing numbered messages without
+/// pause on its own thread and counting the bytes that came back; the first error stops it and
+/// is kept. For tests that change something under running traffic (an agent killed and
+/// restarted, a spec reloaded) and check that an established connection lives through it.
+/// Dropping it stops the thread without waiting for it.
+pub struct EchoStream {
+    echoed: Arc<AtomicU64>,
+    error: Arc<Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    what: String,
+}
+
+impl EchoStream {
+    /// Connects from `client` to `dst` (3 s to connect) and starts echoing.
+    pub fn start(client: &Ns, dst: SocketAddr) -> Result<EchoStream> {
+        let mut conn = client.tcp_connect(dst, Duration::from_secs(3))?;
+        let what = format!("the stream from {} to {dst}", client.role);
+        let (echoed, error, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(Mutex::new(None)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (echoed2, error2, stop2) = (echoed.clone(), error.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                let msg = format!("message {n:>10} {}", "x".repeat(200));
+                match tcp_roundtrip(&mut conn, msg.as_bytes(), Duration::from_secs(5)) {
+                    Ok(_) => echoed2.fetch_add(msg.len() as u64, Ordering::Relaxed),
+                    Err(e) => {
+                        *error2.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("message {n}: {e:#}"));
+                        return;
+                    }
+                };
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Ok(EchoStream {
+            echoed,
+            error,
+            stop,
+            thread: Some(thread),
+            what,
+        })
+    }
+
+    /// The bytes echoed back so far.
+    pub fn bytes(&self) -> u64 {
+        self.echoed.load(Ordering::Relaxed)
+    }
+
+    /// The error that stopped the stream, if one did.
+    pub fn check(&self) -> Result<()> {
+        match &*self.error.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => bail!("{} broke: {e}", self.what),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits up to `timeout` for more than `more` bytes beyond `from` to come back; an error
+    /// names the stream, how far it got, and why it stopped if it did.
+    pub fn advances(&self, from: u64, more: u64, timeout: Duration) -> Result<()> {
+        let advanced = crate::wait_for(timeout, || self.bytes() > from + more);
+        self.check()?;
+        ensure!(
+            advanced,
+            "{}: {} bytes echoed after {timeout:?}, no more than {from} + {more}",
+            self.what,
+            self.bytes()
+        );
+        Ok(())
+    }
+
+    /// Stops the stream and waits for its thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for EchoStream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// One TCP echo from `client` to `ip:port`, served by a fresh [`EchoServer`] in `server`.
 /// Fails if the connection or the echo does not complete within `timeout`.
 pub fn tcp_echo(

@@ -48,6 +48,20 @@ pub fn with_outbound_nat(spec: &str, fields: &[&str]) -> String {
 /// `spec` with one more container group: a Public group `name` in subnet `apps` with the
 /// public address `public_ip`, exposing TCP `port` (its one container declares it).
 pub fn with_public_group(spec: &str, name: &str, public_ip: Ipv4Addr, port: u16) -> String {
+    with_public_group_ports(spec, name, public_ip, &[port])
+}
+
+/// [`with_public_group`] exposing every TCP port of `ports` (its one container declares them
+/// all).
+pub fn with_public_group_ports(
+    spec: &str,
+    name: &str,
+    public_ip: Ipv4Addr,
+    ports: &[u16],
+) -> String {
+    let list = |f: &dyn Fn(u16) -> String| ports.iter().map(|p| f(*p)).collect::<Vec<_>>();
+    let exposed = list(&|p| format!("{{ protocol: TCP, port: {p} }}")).join(", ");
+    let declared = list(&|p| format!("{{ port: {p} }}")).join(", ");
     let group = format!(
         "  - name: {name}
     location: westeurope
@@ -57,10 +71,10 @@ pub fn with_public_group(spec: &str, name: &str, public_ip: Ipv4Addr, port: u16)
       ipAddress:
         type: Public
         ip: {public_ip}
-        ports: [{{ protocol: TCP, port: {port} }}]
+        ports: [{exposed}]
       containers:
         - name: {name}
-          properties: {{ image: {name}, ports: [{{ port: {port} }}] }}
+          properties: {{ image: {name}, ports: [{declared}] }}
 "
     );
     let at = spec
@@ -68,6 +82,171 @@ pub fn with_public_group(spec: &str, name: &str, public_ip: Ipv4Addr, port: u16)
         .map(|i| i + "\ncontainerGroups:\n".len())
         .expect("the spec has a containerGroups section");
     format!("{}{group}{}", &spec[..at], &spec[at..])
+}
+
+/// One security rule of an NSG for [`with_nsg`]: any protocol, from any address and port to any
+/// address and port, until narrowed with the builder methods. Written in the singular form for
+/// one value and the plural form (`...Prefixes`, `...Ranges`) for several.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NsgRule {
+    pub name: String,
+    /// 100..=4096, unique per direction in an NSG.
+    pub priority: u16,
+    /// `Inbound` or `Outbound`.
+    pub direction: &'static str,
+    /// `Allow` or `Deny`.
+    pub access: &'static str,
+    /// `Tcp`, `Udp`, `Icmp`, ... or `*`.
+    pub protocol: &'static str,
+    /// Address prefixes or service tags (`VirtualNetwork`, `Internet`, ...).
+    pub sources: Vec<String>,
+    pub destinations: Vec<String>,
+    /// `N`, `N-M` or `*`.
+    pub destination_ports: Vec<String>,
+}
+
+impl NsgRule {
+    fn new(name: &str, priority: u16, direction: &'static str, access: &'static str) -> NsgRule {
+        NsgRule {
+            name: name.into(),
+            priority,
+            direction,
+            access,
+            protocol: "*",
+            sources: vec!["*".into()],
+            destinations: vec!["*".into()],
+            destination_ports: vec!["*".into()],
+        }
+    }
+
+    pub fn allow_in(name: &str, priority: u16) -> NsgRule {
+        Self::new(name, priority, "Inbound", "Allow")
+    }
+
+    pub fn deny_in(name: &str, priority: u16) -> NsgRule {
+        Self::new(name, priority, "Inbound", "Deny")
+    }
+
+    pub fn allow_out(name: &str, priority: u16) -> NsgRule {
+        Self::new(name, priority, "Outbound", "Allow")
+    }
+
+    pub fn deny_out(name: &str, priority: u16) -> NsgRule {
+        Self::new(name, priority, "Outbound", "Deny")
+    }
+
+    pub fn tcp(self) -> NsgRule {
+        NsgRule {
+            protocol: "Tcp",
+            ..self
+        }
+    }
+
+    pub fn udp(self) -> NsgRule {
+        NsgRule {
+            protocol: "Udp",
+            ..self
+        }
+    }
+
+    pub fn from<S: ToString>(self, prefixes: impl IntoIterator<Item = S>) -> NsgRule {
+        NsgRule {
+            sources: prefixes.into_iter().map(|p| p.to_string()).collect(),
+            ..self
+        }
+    }
+
+    pub fn to<S: ToString>(self, prefixes: impl IntoIterator<Item = S>) -> NsgRule {
+        NsgRule {
+            destinations: prefixes.into_iter().map(|p| p.to_string()).collect(),
+            ..self
+        }
+    }
+
+    pub fn ports<S: ToString>(self, ranges: impl IntoIterator<Item = S>) -> NsgRule {
+        NsgRule {
+            destination_ports: ranges.into_iter().map(|p| p.to_string()).collect(),
+            ..self
+        }
+    }
+
+    /// The rule as an item of a `securityRules:` list indented by four spaces.
+    fn yaml(&self) -> String {
+        let quoted = |s: &str| serde_json::Value::from(s).to_string();
+        let field = |singular: &str, plural: &str, values: &[String]| match values {
+            [one] => format!("        {singular}: {}\n", quoted(one)),
+            many => format!(
+                "        {plural}: [{}]\n",
+                many.iter()
+                    .map(|v| quoted(v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let mut out = format!(
+            "      - name: {}\n        priority: {}\n        direction: {}\n        access: {}\n        protocol: {}\n",
+            quoted(&self.name),
+            self.priority,
+            self.direction,
+            self.access,
+            quoted(self.protocol)
+        );
+        out.push_str(&field(
+            "sourceAddressPrefix",
+            "sourceAddressPrefixes",
+            &self.sources,
+        ));
+        out.push_str("        sourcePortRange: \"*\"\n");
+        out.push_str(&field(
+            "destinationAddressPrefix",
+            "destinationAddressPrefixes",
+            &self.destinations,
+        ));
+        out.push_str(&field(
+            "destinationPortRange",
+            "destinationPortRanges",
+            &self.destination_ports,
+        ));
+        out
+    }
+}
+
+/// `spec` with the network security group `nsg` of `rules` (the default rules are always
+/// there), associated with each subnet of `subnets` (which must have no NSG yet). Adds a
+/// `networkSecurityGroups` section, or the NSG to the one there is.
+pub fn with_nsg(spec: &str, nsg: &str, subnets: &[&str], rules: &[NsgRule]) -> String {
+    let mut group = match rules {
+        [] => format!("  - name: {nsg}\n    securityRules: []\n"),
+        _ => format!("  - name: {nsg}\n    securityRules:\n"),
+    };
+    for rule in rules {
+        group.push_str(&rule.yaml());
+    }
+    const SECTION: &str = "\nnetworkSecurityGroups:\n";
+    let mut out = match spec.find(SECTION) {
+        Some(i) => {
+            let at = i + SECTION.len();
+            format!("{}{group}{}", &spec[..at], &spec[at..])
+        }
+        None => format!("{}{SECTION}{group}", spec.trim_end()),
+    };
+    let subnets_at = out
+        .find("\n  subnets:\n")
+        .expect("the spec has a subnets list under virtualNetwork");
+    for subnet in subnets {
+        let line = format!("\n    - name: {subnet}\n");
+        let at = out[subnets_at..]
+            .find(&line)
+            .map(|i| subnets_at + i + line.len())
+            .unwrap_or_else(|| panic!("the spec has no subnet {subnet}"));
+        let has_nsg = out[at..]
+            .lines()
+            .take_while(|l| l.starts_with("      "))
+            .any(|l| l.trim_start().starts_with("networkSecurityGroup:"));
+        assert!(!has_nsg, "subnet {subnet} already has an NSG");
+        out.insert_str(at, &format!("      networkSecurityGroup: {nsg}\n"));
+    }
+    out
 }
 
 /// A node's running agent (`vnetd run` under `nsenter --net`, so it sees the node's links and
@@ -255,6 +434,106 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// The agent's Prometheus text (`/metrics` on [`crate::NODE_METRICS_ADDR`] in the node).
+    pub fn metrics(&self) -> Result<String> {
+        let addr = crate::NODE_METRICS_ADDR.parse()?;
+        let (status, body) = crate::http_get(&self.node, addr, "/metrics", Duration::from_secs(3))?;
+        if status != 200 {
+            bail!(
+                "GET /metrics from {}: status {status}: {body}",
+                self.node.role
+            );
+        }
+        Ok(body)
+    }
+
+    /// The hits of rule `rule` of NSG `nsg` in `/metrics`
+    /// (`vnetd_nsg_rule_hits_total{nsg,rule,direction,access}`, summed over the series that
+    /// name both); `None` when no series does.
+    pub fn metric_nsg_rule_hits(&self, nsg: &str, rule: &str) -> Result<Option<u64>> {
+        Ok(nsg_rule_hits_in_metrics(&self.metrics()?, nsg, rule))
+    }
+
+    /// The hits of rule `rule` of NSG `nsg` in `vnetd status --json`; `None` when the status
+    /// does not list that rule. See [`nsg_rule_hits_in_status`] for the shapes understood.
+    pub fn status_nsg_rule_hits(&self, nsg: &str, rule: &str) -> Result<Option<u64>> {
+        Ok(nsg_rule_hits_in_status(&self.status()?, nsg, rule))
+    }
+}
+
+/// The hits of `nsg`'s rule `rule` in Prometheus text: the sum of every
+/// `vnetd_nsg_rule_hits_total` series whose labels `nsg` and `rule` are these.
+pub fn nsg_rule_hits_in_metrics(text: &str, nsg: &str, rule: &str) -> Option<u64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("vnetd_nsg_rule_hits_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let has = |key: &str, want: &str| {
+            labels
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .any(|(k, v)| k.trim() == key && v.trim().trim_matches('"') == want)
+        };
+        if has("nsg", nsg) && has("rule", rule) {
+            let n = value
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())? as u64;
+            *found.get_or_insert(0) += n;
+        }
+    }
+    found
+}
+
+/// The hits of `nsg`'s rule `rule` in a `vnetd status --json` report. The report's layout of
+/// NSG hits is the agent's to choose, so this accepts any that keeps the names as strings: a
+/// row (array or object) holding the rule's name and a count, with the NSG's name in that row
+/// or in one that contains it (as a value or a key); or an object keyed by rule names with
+/// counts, inside one naming the NSG. Of a row's numbers it takes a field named `hits`, else
+/// its only one (an array row: its last). Sums the rows found; `None` when there is none.
+pub fn nsg_rule_hits_in_status(status: &Value, nsg: &str, rule: &str) -> Option<u64> {
+    fn walk(v: &Value, nsg: &str, rule: &str, nsg_above: bool, found: &mut Option<u64>) {
+        // (key, child): an array's children have no key.
+        let children: Vec<(Option<&str>, &Value)> = match v {
+            Value::Array(a) => a.iter().map(|c| (None, c)).collect(),
+            Value::Object(o) => o.iter().map(|(k, c)| (Some(k.as_str()), c)).collect(),
+            _ => return,
+        };
+        let nsg_here = nsg_above || children.iter().any(|(_, c)| c.as_str() == Some(nsg));
+        let names_rule = children
+            .iter()
+            .any(|(k, c)| c.as_str() == Some(rule) || *k == Some(rule));
+        if nsg_here && names_rule {
+            let count = match v {
+                Value::Object(o) => o
+                    .get(rule)
+                    .and_then(Value::as_u64)
+                    .or_else(|| o.get("hits").and_then(Value::as_u64))
+                    .or_else(|| {
+                        let nums: Vec<u64> = o.values().filter_map(Value::as_u64).collect();
+                        (nums.len() == 1).then(|| nums[0])
+                    }),
+                _ => children.iter().rev().find_map(|(_, c)| c.as_u64()),
+            };
+            if let Some(n) = count {
+                *found.get_or_insert(0) += n;
+                return;
+            }
+        }
+        for (k, c) in children {
+            walk(c, nsg, rule, nsg_here || k == Some(nsg), found);
+        }
+    }
+    let mut found = None;
+    walk(status, nsg, rule, false, &mut found);
+    found
+}
+
 fn counter(list: &Value, name: &str) -> Result<u64> {
     list.as_array()
         .and_then(|rows| rows.iter().find(|r| r[0] == name))
@@ -386,6 +665,49 @@ pub fn add_pod(
 mod tests {
     use super::*;
 
+    #[test]
+    fn nsg_hits_are_read_from_metrics_and_status() {
+        let text = "# TYPE vnetd_nsg_rule_hits counter\n\
+            vnetd_nsg_rule_hits_total{nsg=\"apps-nsg\",rule=\"deny-x\",direction=\"Inbound\",access=\"Deny\"} 3\n\
+            vnetd_nsg_rule_hits_total{nsg=\"other\",rule=\"deny-x\",direction=\"Inbound\",access=\"Deny\"} 5\n";
+        assert_eq!(
+            nsg_rule_hits_in_metrics(text, "apps-nsg", "deny-x"),
+            Some(3)
+        );
+        assert_eq!(nsg_rule_hits_in_metrics(text, "apps-nsg", "deny-y"), None);
+        let rows = serde_json::json!({"node": "node-1", "nsg_hits": [
+            ["apps-nsg", "deny-x", "Inbound", "Deny", 3],
+            ["other", "deny-x", "Inbound", "Deny", 5],
+        ]});
+        assert_eq!(
+            nsg_rule_hits_in_status(&rows, "apps-nsg", "deny-x"),
+            Some(3)
+        );
+        let objects = serde_json::json!({"nsg_hits": [
+            {"nsg": "apps-nsg", "rule": "deny-x", "direction": "Inbound", "access": "Deny", "hits": 3},
+            {"nsg": "other", "rule": "deny-x", "direction": "Inbound", "access": "Deny", "hits": 5},
+        ]});
+        assert_eq!(
+            nsg_rule_hits_in_status(&objects, "apps-nsg", "deny-x"),
+            Some(3)
+        );
+        let nested = serde_json::json!({"nsgs": [
+            {"name": "apps-nsg", "rules": [{"name": "deny-x", "hits": 3}, {"name": "y", "hits": 1}]},
+            {"name": "other", "rules": [{"name": "deny-x", "hits": 5}]},
+        ]});
+        assert_eq!(
+            nsg_rule_hits_in_status(&nested, "apps-nsg", "deny-x"),
+            Some(3)
+        );
+        let keyed =
+            serde_json::json!({"nsg_hits": {"apps-nsg": {"deny-x": 3}, "other": {"deny-x": 5}}});
+        assert_eq!(
+            nsg_rule_hits_in_status(&keyed, "apps-nsg", "deny-x"),
+            Some(3)
+        );
+        assert_eq!(nsg_rule_hits_in_status(&keyed, "apps-nsg", "nope"), None);
+    }
+
     /// The edits give specs the agent accepts (`vnetd validate`, when the binary is built).
     #[test]
     fn spec_edits_validate() {
@@ -393,6 +715,33 @@ mod tests {
             with_outbound_nat(&lab_spec(), &["portRange: \"40000-40015\""]),
             with_outbound_nat(&lab_spec(), &["nonMasqueradeCidrs: [198.51.100.0/24]"]),
             with_public_group(&lab_spec(), "web", Ipv4Addr::new(203, 0, 113, 20), 8080),
+            with_public_group_ports(
+                &lab_spec(),
+                "web",
+                Ipv4Addr::new(203, 0, 113, 20),
+                &[8001, 8002],
+            ),
+            with_nsg(
+                &with_nsg(
+                    &lab_spec(),
+                    "apps-nsg",
+                    &["apps"],
+                    &[
+                        NsgRule::deny_in("deny-some", 100)
+                            .tcp()
+                            .from(["10.0.2.10/31", "198.51.100.0/24"])
+                            .ports(["8000-8080", "9000"]),
+                        NsgRule::allow_in("allow-vnet", 110).from(["VirtualNetwork"]),
+                        NsgRule::deny_out("deny-smtp-out", 100)
+                            .tcp()
+                            .to(["198.51.100.10"])
+                            .ports(["25"]),
+                    ],
+                ),
+                "aci-nsg",
+                &["aci", "nodes"],
+                &[],
+            ),
         ];
         let vnetd = bin("vnetd");
         if !vnetd.exists() {
@@ -401,6 +750,16 @@ mod tests {
                 vnetd.display()
             );
         }
+        let nsgs = &specs[4];
+        assert!(
+            nsgs.contains(
+                "    - name: apps\n      networkSecurityGroup: apps-nsg\n      addressPrefix:"
+            ) && nsgs
+                .contains("      networkSecurityGroup: aci-nsg\n      addressPrefix: 10.0.1.0/24")
+                && nsgs.contains("sourceAddressPrefixes: [\"10.0.2.10/31\", \"198.51.100.0/24\"]")
+                && nsgs.contains("destinationPortRange: \"25\""),
+            "{nsgs}"
+        );
         for (i, spec) in specs.iter().enumerate() {
             assert_ne!(*spec, lab_spec());
             if !vnetd.exists() {

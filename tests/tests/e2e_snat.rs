@@ -5,16 +5,12 @@
 use std::{
     collections::HashSet,
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, ensure};
 use vnetd_lab::{
-    EchoServer, INTERNET_HOST_IP, Lab, LogMode, Node, raise_open_files_limit, serial,
+    EchoServer, EchoStream, INTERNET_HOST_IP, Lab, LogMode, Node, raise_open_files_limit, serial,
     sink_transfer, tcp_echo, tcp_roundtrip, udp_echo,
     vnetd::{Agent, Pod, add_pod, lab_spec, node_cidr, with_outbound_nat},
 };
@@ -442,10 +438,10 @@ fn snat_streams_survive_agent_sigkill_and_restart() -> Result<()> {
     let server = EchoServer::tcp(lab.internet(), 7601)?;
     let streams = pods
         .iter()
-        .map(|pod| Stream::start(pod, internet(7601)))
+        .map(|pod| EchoStream::start(pod, internet(7601)))
         .collect::<Result<Vec<_>>>()?;
     let all_advance = |what: &str| -> Result<()> {
-        let before: Vec<u64> = streams.iter().map(Stream::bytes).collect();
+        let before: Vec<u64> = streams.iter().map(EchoStream::bytes).collect();
         let advanced = vnetd_lab::wait_for(Duration::from_secs(5), || {
             streams
                 .iter()
@@ -458,7 +454,7 @@ fn snat_streams_survive_agent_sigkill_and_restart() -> Result<()> {
         ensure!(
             advanced,
             "{what}: not every stream moved: {before:?} -> {:?}",
-            streams.iter().map(Stream::bytes).collect::<Vec<_>>()
+            streams.iter().map(EchoStream::bytes).collect::<Vec<_>>()
         );
         Ok(())
     };
@@ -500,67 +496,4 @@ fn snat_streams_survive_agent_sigkill_and_restart() -> Result<()> {
         Some(3)
     );
     Ok(())
-}
-
-/// A TCP connection echoing numbered messages without pause on its own thread, counting the
-/// bytes that came back; the first error stops it and is kept.
-struct Stream {
-    echoed: Arc<AtomicU64>,
-    error: Arc<Mutex<Option<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-    what: String,
-}
-
-impl Stream {
-    fn start(pod: &Pod, dst: SocketAddr) -> Result<Stream> {
-        let mut conn = pod.tcp_connect(dst, Duration::from_secs(3))?;
-        let what = format!("the stream from {} to {dst}", pod.role);
-        let (echoed, error, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(Mutex::new(None)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (echoed2, error2, stop2) = (echoed.clone(), error.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop2.load(Ordering::Relaxed) {
-                let msg = format!("message {n:>10} {}", "x".repeat(200));
-                match tcp_roundtrip(&mut conn, msg.as_bytes(), Duration::from_secs(5)) {
-                    Ok(_) => echoed2.fetch_add(msg.len() as u64, Ordering::Relaxed),
-                    Err(e) => {
-                        *error2.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(format!("message {n}: {e:#}"));
-                        return;
-                    }
-                };
-                n += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Ok(Stream {
-            echoed,
-            error,
-            stop,
-            thread,
-            what,
-        })
-    }
-
-    fn bytes(&self) -> u64 {
-        self.echoed.load(Ordering::Relaxed)
-    }
-
-    fn check(&self) -> Result<()> {
-        match &*self.error.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(e) => anyhow::bail!("{} broke: {e}", self.what),
-            None => Ok(()),
-        }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let Stream { thread, .. } = self;
-        let _ = thread.join();
-    }
 }
