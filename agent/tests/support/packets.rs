@@ -134,4 +134,3 @@ pub fn assert_checksums(f: &[u8]) {
         _ => {}
     }
 }
-

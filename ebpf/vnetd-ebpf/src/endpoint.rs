@@ -43,5 +43,5 @@ pub fn reachable(ep: &Endpoint, ip: &Ipv4) -> bool {
         _pad: 0,
     };
     // SAFETY: the value is not read.
-    unsafe { GROUP_PORTS.get(&key) }.is_some()
+    unsafe { GROUP_PORTS.get(key) }.is_some()
 }
