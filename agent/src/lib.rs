@@ -13,6 +13,7 @@ pub mod health;
 pub mod ipam;
 pub mod metrics;
 pub mod netlink;
+pub mod nsg_hits;
 pub mod plan;
 pub mod reload;
 pub mod spec;

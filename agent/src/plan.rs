@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use ipnet::Ipv4Net;
 use vnetd_common::maps;
 
-use crate::compile::{Compiled, CompiledRouteTable};
+use crate::compile::{Classifier, Compiled, CompiledRouteTable};
 
 #[derive(Clone, Debug)]
 pub struct NodePlan {
@@ -32,6 +32,10 @@ pub struct SubnetPlan {
     /// The compiled id of the route table its endpoints use (0 = system routes only): an
     /// index into [`Compiled::routes`], not what the dataplane writes.
     pub route_table: u32,
+    /// The compiled ids of its NSG's classifiers (0 = no NSG), indices into
+    /// [`Compiled::nsgs`], not what the dataplane writes.
+    pub inbound_classifier: u32,
+    pub outbound_classifier: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +74,26 @@ impl NodePlan {
             .collect();
         used.into_iter()
             .filter_map(|id| self.compiled.route_table(id))
+    }
+
+    /// The NSG classifiers the dataplane holds for this node: those of the subnets it has a
+    /// pool in (new endpoints go there) and of `endpoint_subnets` (where endpoints are: a reload
+    /// may have taken the pool away from under them), each once, in compiled-id order.
+    pub fn classifiers<'a>(
+        &'a self,
+        endpoint_subnets: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<&'a Classifier> {
+        let mut used: BTreeSet<u32> = BTreeSet::new();
+        let pooled = self.subnets.iter().filter(|s| !s.pool.is_empty());
+        let occupied = endpoint_subnets
+            .into_iter()
+            .filter_map(|name| self.subnet(name));
+        for subnet in pooled.chain(occupied) {
+            used.extend([subnet.inbound_classifier, subnet.outbound_classifier]);
+        }
+        used.into_iter()
+            .filter_map(|id| self.compiled.nsgs.classifier(id))
+            .collect()
     }
 
     /// Refuses a plan whose tables do not fit the maps, naming the limit.
@@ -136,6 +160,8 @@ impl NodePlan {
                     .collect(),
                 delegated: s.delegated,
                 route_table: s.route_table_id,
+                inbound_classifier: s.inbound_classifier,
+                outbound_classifier: s.outbound_classifier,
             })
             .collect();
         let container_groups = c
