@@ -116,6 +116,7 @@ impl NodePlan {
                 maps::NO_MASQUERADE_MAX
             );
         }
+        self.check_nsg_capacity()?;
         let tables: Vec<(String, usize)> = self
             .route_tables()
             .map(|t| (t.key(), t.entries.len()))
@@ -134,6 +135,70 @@ impl NodePlan {
                 list.join(", "),
                 maps::ROUTES_MAX
             );
+        }
+        Ok(())
+    }
+}
+
+impl NodePlan {
+    /// Refuses a plan whose NSG classifiers do not fit in half of each NSG map (a reload writes
+    /// a changed classifier beside the one in use), naming the map and its limit.
+    fn check_nsg_capacity(&self) -> Result<()> {
+        let classifiers = self.classifiers(std::iter::empty());
+        let sum = |field: fn(&Classifier) -> usize| -> usize {
+            classifiers.iter().map(|&c| field(c)).sum()
+        };
+        let needs: [(&str, usize, &str, u32); 6] = [
+            (
+                "classifiers",
+                classifiers.len(),
+                "NSG_CLASSIFIERS_MAX",
+                maps::NSG_CLASSIFIERS_MAX,
+            ),
+            (
+                "rules",
+                sum(|c| c.rules.len()),
+                "NSG_RULES_MAX",
+                maps::NSG_RULES_MAX,
+            ),
+            (
+                "source prefixes",
+                sum(|c| c.src_addr.len()),
+                "NSG_ADDR_MAX",
+                maps::NSG_ADDR_MAX,
+            ),
+            (
+                "destination prefixes",
+                sum(|c| c.dst_addr.len()),
+                "NSG_ADDR_MAX",
+                maps::NSG_ADDR_MAX,
+            ),
+            (
+                "source port blocks",
+                sum(|c| c.src_port.len()),
+                "NSG_PORT_MAX",
+                maps::NSG_PORT_MAX,
+            ),
+            (
+                "destination port blocks",
+                sum(|c| c.dst_port.len()),
+                "NSG_PORT_MAX",
+                maps::NSG_PORT_MAX,
+            ),
+        ];
+        for (what, used, limit, max) in needs {
+            if used > max as usize / 2 {
+                let nsgs: BTreeSet<&str> =
+                    classifiers.iter().map(|c| c.nsg_name.as_str()).collect();
+                bail!(
+                    "node {}: the NSGs of its subnets ({}) need {used} {what}; the dataplane \
+                     holds {limit} = {max} and a reload writes a changed NSG beside the one in \
+                     use, so one node's NSGs may need at most {}",
+                    self.node,
+                    nsgs.into_iter().collect::<Vec<_>>().join(", "),
+                    max / 2
+                );
+            }
         }
         Ok(())
     }
@@ -261,6 +326,66 @@ mod tests {
         assert!(err.contains("8442 routes"), "{err}");
         assert!(err.contains("ROUTES_MAX = 16384"), "{err}");
         assert!(err.contains("at most 8192"), "{err}");
+    }
+
+    /// `subnets` subnets with a pool on node-1, each with an NSG of its own.
+    fn many_nsgs(subnets: usize) -> String {
+        let mut spec = String::from(
+            "apiVersion: vnetd/v1\nvirtualNetwork:\n  name: vnet\n  addressSpace: [10.0.0.0/8]\n  subnets:\n    - name: nodes\n      addressPrefix: 10.0.0.0/24\n",
+        );
+        for i in 1..=subnets {
+            spec += &format!(
+                "    - name: s{i}\n      addressPrefix: 10.{i}.0.0/24\n      networkSecurityGroup: n{i}\n"
+            );
+        }
+        spec += "networkSecurityGroups:\n";
+        for i in 1..=subnets {
+            spec += &format!("  - name: n{i}\n    securityRules: []\n");
+        }
+        let pool: Vec<String> = (1..=subnets)
+            .map(|i| format!("\"10.{i}.0.10-10.{i}.0.10\""))
+            .collect();
+        spec += &format!(
+            "nodes:\n  - {{ name: node-1, interface: eth0, primaryIpAddress: 10.0.0.4, secondaryIpAddresses: [{}] }}\n",
+            pool.join(", ")
+        );
+        spec
+    }
+
+    #[test]
+    fn a_node_whose_nsgs_overflow_the_classifier_slots_is_refused_with_the_limit_named() {
+        let spec = parse_str(&many_nsgs(64)).expect("valid spec");
+        let plan = NodePlan::from_spec(&spec, "node-1").expect("64 NSGs, 128 classifiers fit");
+        assert_eq!(plan.classifiers(std::iter::empty()).len(), 128);
+        let spec = parse_str(&many_nsgs(65)).expect("valid spec");
+        let Err(err) = NodePlan::from_spec(&spec, "node-1") else {
+            panic!("65 NSGs, 130 classifiers, do not fit in half of NSG_CLASSIFIERS_MAX");
+        };
+        let err = err.to_string();
+        assert!(err.contains("node node-1"), "{err}");
+        assert!(err.contains("need 130 classifiers"), "{err}");
+        assert!(err.contains("NSG_CLASSIFIERS_MAX = 256"), "{err}");
+        assert!(err.contains("at most 128"), "{err}");
+    }
+
+    /// Only the NSGs of subnets the node has a pool in, or endpoints in, are installed.
+    #[test]
+    fn a_node_installs_only_the_nsgs_of_its_subnets() {
+        let spec = parse_str(&many_nsgs(3)).expect("valid spec");
+        let mut compiled = crate::compile::compile(&spec, "node-1").unwrap();
+        compiled.node.pool.retain(|p| p.subnet_id == 2);
+        let plan = NodePlan::from_compiled(compiled).unwrap();
+        let names = |extra: &[&str]| -> Vec<String> {
+            plan.classifiers(extra.iter().copied())
+                .iter()
+                .map(|c| format!("{} {}", c.nsg_name, c.direction))
+                .collect()
+        };
+        assert_eq!(names(&[]), ["n1 Inbound", "n1 Outbound"]);
+        assert_eq!(
+            names(&["s3", "nowhere"]),
+            ["n1 Inbound", "n1 Outbound", "n3 Inbound", "n3 Outbound"]
+        );
     }
 
     #[test]
