@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
-use vnetd_common::{NodeConfig, programs};
+use vnetd_common::{Endpoint as AbiEndpoint, NodeConfig, NsgRuleKey};
 
 use crate::{
     api::proto::{
@@ -21,17 +21,19 @@ use crate::{
     dataplane::{
         Dataplane,
         maps::{
-            self, ConntrackMaps,
+            self, ConntrackMaps, GroupPorts,
             nat::PublicTables,
+            nsg::{self, EndpointNsgs},
             routes::{self, RouteEntries},
         },
-        tables::VersionedTables,
+        tables::{self, VersionedTables},
     },
     endpoints::{self, Endpoint, EndpointStore},
     gc::Conntrack,
     host_stack,
     ipam::Ipam,
     netlink::{self, NodeLink, POD_GATEWAY, PodInterfaceError, PodInterfaceSpec},
+    nsg_hits::{self, HitLedger},
     plan::NodePlan,
     spec::PortRange,
 };
@@ -40,6 +42,10 @@ pub struct Agent {
     plan: NodePlan,
     /// The dataplane ids of the route tables, stable by name across reloads and restarts.
     route_tables: VersionedTables,
+    /// The dataplane ids of the NSG classifiers (one per NSG and direction), likewise.
+    nsg_tables: VersionedTables,
+    /// NSG rule hits by name, over the classifier generations of this agent's life.
+    nsg_hits: HitLedger,
     dataplane: Dataplane,
     ipam: Ipam,
     store: EndpointStore,
@@ -73,39 +79,53 @@ impl Agent {
         let ipam = Ipam::open(state_dir)?;
         let store = EndpointStore::open(state_dir)?;
         let mut route_tables = VersionedTables::open(state_dir, ROUTE_TABLES)?;
+        let mut nsg_tables = VersionedTables::open(state_dir, NSG_TABLES)?;
         let recorded: Vec<Endpoint> = store.load_all()?.into_values().collect();
-        let wanted = wanted_route_tables(&plan, &recorded);
-        // Endpoints a previous agent wrote follow their table, by name, to its id now; the
+        // Endpoints a previous agent wrote follow their tables, by name, to their ids now; the
         // restore below rewrites them from their records anyway.
-        let mut names: BTreeMap<u32, String> = route_tables
-            .ids()
-            .ids()
-            .into_iter()
-            .map(|(name, id)| (id, name))
-            .collect();
+        let by_id = |t: &VersionedTables| -> BTreeMap<u32, String> {
+            t.ids()
+                .ids()
+                .into_iter()
+                .map(|(name, id)| (id, name))
+                .collect()
+        };
+        let (route_names, nsg_names) = (by_id(&route_tables), by_id(&nsg_tables));
         let before = dataplane.endpoints()?;
-        route_tables
-            .switch(
-                &mut dataplane,
-                &wanted,
-                |dp, ids| {
-                    names.extend(ids.iter().map(|(name, id)| (*id, name.clone())));
-                    let mut moved = before.clone();
-                    for ep in moved.values_mut() {
-                        if let Some(id) = names.get(&ep.route_table).and_then(|n| ids.get(n)) {
-                            ep.route_table = *id;
-                        }
+        let mut tables = Tables {
+            routes: &mut route_tables,
+            nsgs: &mut nsg_tables,
+        };
+        let hits = tables
+            .switch(&mut dataplane, &plan, &recorded, |dp, ids| {
+                let mut moved = before.clone();
+                for ep in moved.values_mut() {
+                    follow(&mut ep.route_table, &route_names, ids.routes);
+                    for id in [
+                        &mut ep.nsg_in_subnet,
+                        &mut ep.nsg_in_group,
+                        &mut ep.nsg_out_subnet,
+                        &mut ep.nsg_out_group,
+                    ] {
+                        follow(id, &nsg_names, ids.nsgs);
                     }
-                    dp.sync_endpoints(&moved)
-                },
-                |dp| dp.sync_endpoints(&before),
-            )
-            .context("installing the route tables")?;
-        info!(tables = wanted.len(), "route tables installed");
+                }
+                dp.sync_endpoints(&moved)
+            })
+            .context("installing the route tables and NSGs")?;
+        let mut nsg_hits = HitLedger::default();
+        nsg_hits.switched(live_rules(&plan, &recorded, &nsg_tables), &hits);
+        info!(
+            route_tables = route_tables.ids().ids().len(),
+            nsg_classifiers = nsg_tables.ids().ids().len(),
+            "route tables and NSGs installed"
+        );
         let plan_idle_timeout = plan.compiled().idle_timeout;
         let mut agent = Self {
             plan,
             route_tables,
+            nsg_tables,
+            nsg_hits,
             dataplane,
             ipam,
             store,
@@ -134,23 +154,22 @@ impl Agent {
             self.dataplane.set_node(node_config(&plan, &link))?;
         }
         let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
-        let wanted = wanted_route_tables(&plan, &endpoints);
         let before = self.dataplane.endpoints()?;
-        self.route_tables.switch(
-            &mut self.dataplane,
-            &wanted,
-            |dp, ids| {
-                for ep in &endpoints {
-                    let id = route_table_id(&plan, ids, &ep.subnet);
-                    let entry = maps::abi_endpoint(ep, id, group_public_ip(&plan, ep));
-                    if before.get(&ep.ip) != Some(&entry) {
-                        dp.put_endpoint(ep.ip, entry)?;
-                    }
+        let mut tables = Tables {
+            routes: &mut self.route_tables,
+            nsgs: &mut self.nsg_tables,
+        };
+        let hits = tables.switch(&mut self.dataplane, &plan, &endpoints, |dp, ids| {
+            for ep in &endpoints {
+                let entry = entry_for(&plan, ids, ep)?;
+                if before.get(&ep.ip) != Some(&entry) {
+                    dp.put_endpoint(ep.ip, entry)?;
                 }
-                Ok(())
-            },
-            |dp| dp.sync_endpoints(&before),
-        )?;
+            }
+            Ok(())
+        })?;
+        self.nsg_hits
+            .switched(live_rules(&plan, &endpoints, &self.nsg_tables), &hits);
         self.plan = plan;
         self.conntrack
             .set_idle_timeout(self.plan.compiled().idle_timeout);
@@ -185,9 +204,13 @@ impl Agent {
         Ok((self.dataplane.conntrack_maps()?, self.conntrack.clone()))
     }
 
-    /// Makes NO_MASQUERADE, PUBLIC_IPS and PUBLIC_PORTS follow the plan and the attached
-    /// groups (a Public group is served by the node it is attached on).
+    /// Makes NO_MASQUERADE, PUBLIC_IPS, PUBLIC_PORTS and GROUP_PORTS follow the plan and the
+    /// attached groups (a Public group is served by the node it is attached on).
     fn sync_nat(&mut self) -> Result<()> {
+        let exposed = group_ports(&self.plan, self.endpoints.values());
+        self.dataplane
+            .sync_group_ports(&exposed)
+            .context("writing the container groups' exposed ports")?;
         let compiled = self.plan.compiled();
         self.dataplane
             .sync_no_masquerade(&compiled.no_masquerade)
@@ -333,8 +356,9 @@ impl Agent {
                 netlink::delete_pod_interface(&link.name).await?;
             }
         }
+        let pod_programs = Dataplane::POD_PROGRAMS.map(|(program, _)| program);
         for (program, ifname) in self.dataplane.links()? {
-            if program == programs::POD_TC_INGRESS && !known.contains(&ifname) {
+            if pod_programs.contains(&program.as_str()) && !known.contains(&ifname) {
                 self.dataplane.detach_pod(&ifname)?;
             }
         }
@@ -430,6 +454,9 @@ impl Agent {
         if let Err(err) = self.program(&ep) {
             let _ = netlink::delete_pod_interface(&host_ifname).await;
             let _ = self.forget(&ep);
+            if ep.container_group.is_some() {
+                let _ = self.sync_nat();
+            }
             return Err(CniError::internal(&err));
         }
         info!(%ip, network = ?att.network, container_id = ?att.container_id, %host_ifname, "endpoint added");
@@ -553,19 +580,25 @@ impl Agent {
         }
     }
 
-    /// Records the endpoint and programs the dataplane for it.
+    /// Records the endpoint and programs the dataplane for it: a group's exposed ports first,
+    /// then its entry (with its NSGs), then the programs on its veth.
     fn program(&mut self, ep: &Endpoint) -> Result<()> {
         self.store.save(ep)?;
+        self.dataplane
+            .put_group_ports(&group_ports(&self.plan, [ep]))
+            .context("writing the container group's exposed ports")?;
         self.write_endpoint(ep)?;
         self.dataplane.attach_pod(&ep.host_ifname)
     }
 
     fn write_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
-        let route_table = route_table_id(&self.plan, &self.route_tables.ids().ids(), &ep.subnet);
-        self.dataplane.put_endpoint(
-            ep.ip,
-            maps::abi_endpoint(ep, route_table, group_public_ip(&self.plan, ep)),
-        )
+        let (routes, nsgs) = (self.route_tables.ids().ids(), self.nsg_tables.ids().ids());
+        let ids = TableIdsByName {
+            routes: &routes,
+            nsgs: &nsgs,
+        };
+        let entry = entry_for(&self.plan, &ids, ep)?;
+        self.dataplane.put_endpoint(ep.ip, entry)
     }
 
     /// Removes an endpoint's record, address and program pin (not its interface).
@@ -704,6 +737,7 @@ impl Agent {
             reloads_ok: self.reloads.0,
             reloads_failed: self.reloads.1,
             conntrack: Box::new(conntrack),
+            nsg_rule_hits: self.nsg_hits.totals(&self.dataplane.nsg_hits()?),
         })
     }
 }
@@ -764,6 +798,150 @@ fn route_table_id(plan: &NodePlan, ids: &BTreeMap<String, u32>, subnet: &str) ->
     plan.route_table_of(subnet)
         .and_then(|t| ids.get(&t.key()).copied())
         .unwrap_or(0)
+}
+
+/// The kind of table under which NSG classifier ids are recorded in `<state-dir>/tables.json`.
+const NSG_TABLES: &str = "nsgs";
+
+/// The ids of the tables in use, by name, during a switch: the new generation's.
+pub struct TableIdsByName<'a> {
+    pub routes: &'a BTreeMap<String, u32>,
+    pub nsgs: &'a BTreeMap<String, u32>,
+}
+
+/// The route tables and NSG classifiers, switched together: a reload points every endpoint at
+/// its new route table and new classifiers in one rewrite of its entry.
+struct Tables<'a> {
+    routes: &'a mut VersionedTables,
+    nsgs: &'a mut VersionedTables,
+}
+
+impl Tables<'_> {
+    /// Writes the route tables and NSG classifiers `plan` needs (for its subnets and those of
+    /// `endpoints`), new and changed ones under fresh ids; `repoint` points ENDPOINTS at them;
+    /// the ids are recorded; only then are the old ones deleted, so a packet sees the old
+    /// tables or the new ones, never a mix. If anything up to the record fails, ENDPOINTS is
+    /// put back as it was, what was written is deleted and the error returned: the running
+    /// configuration stays. Returns the NSG hit counters as they were just before the old
+    /// classifiers were deleted (what they counted is carried by name).
+    fn switch(
+        &mut self,
+        dp: &mut Dataplane,
+        plan: &NodePlan,
+        endpoints: &[Endpoint],
+        repoint: impl FnOnce(&mut Dataplane, &TableIdsByName) -> Result<()>,
+    ) -> Result<BTreeMap<NsgRuleKey, u64>> {
+        let routes_wanted = wanted_route_tables(plan, endpoints);
+        let nsgs_wanted = nsg::wanted(plan.classifiers(endpoints.iter().map(|e| &*e.subnet)));
+        let before = dp.endpoints()?;
+        let routes = self
+            .routes
+            .stage(dp, &routes_wanted)
+            .context("writing the route tables")?;
+        let nsgs = match self.nsgs.stage(dp, &nsgs_wanted) {
+            Ok(staged) => staged,
+            Err(err) => {
+                self.routes.unstage(dp, routes);
+                return Err(err.context("writing the NSG tables"));
+            }
+        };
+        let ids = TableIdsByName {
+            routes: routes.ids(),
+            nsgs: nsgs.ids(),
+        };
+        let applied = repoint(dp, &ids).and_then(|()| {
+            tables::record(&[
+                (&*self.routes, routes.recording()),
+                (&*self.nsgs, nsgs.recording()),
+            ])
+        });
+        if let Err(err) = applied {
+            if let Err(undo) = dp.sync_endpoints(&before) {
+                warn!("undoing a table switch: pointing the endpoints back failed: {undo:#}");
+            }
+            self.nsgs.unstage(dp, nsgs);
+            self.routes.unstage(dp, routes);
+            return Err(err);
+        }
+        let hits = dp.nsg_hits().unwrap_or_else(|err| {
+            warn!("reading NSG_HITS before deleting old classifiers: {err:#}");
+            BTreeMap::new()
+        });
+        self.routes.finish(dp, routes);
+        self.nsgs.finish(dp, nsgs);
+        Ok(hits)
+    }
+}
+
+/// Moves a table id of a previous generation to the id its table (by name) has now.
+fn follow(id: &mut u32, names: &BTreeMap<u32, String>, now: &BTreeMap<String, u32>) {
+    if let Some(new) = names.get(id).and_then(|name| now.get(name)) {
+        *id = *new;
+    }
+}
+
+/// The ENDPOINTS entry of `ep` under `plan`, pointing at the tables `ids`.
+fn entry_for(plan: &NodePlan, ids: &TableIdsByName, ep: &Endpoint) -> Result<AbiEndpoint> {
+    Ok(maps::abi_endpoint(
+        ep,
+        route_table_id(plan, ids.routes, &ep.subnet),
+        group_public_ip(plan, ep),
+        endpoint_nsgs(plan, ids.nsgs, &ep.subnet)
+            .with_context(|| format!("the NSGs of endpoint {}", ep.ip))?,
+    ))
+}
+
+/// The kernel classifier ids of an endpoint in `subnet`: its subnet's NSG, both directions.
+/// The group fields stay 0: ACI has no field for a container group's own NSG, so the spec has
+/// none (the contract's "group NSG" would go there). A subnet not in the spec has none.
+fn endpoint_nsgs(
+    plan: &NodePlan,
+    ids: &BTreeMap<String, u32>,
+    subnet: &str,
+) -> Result<EndpointNsgs> {
+    let Some(subnet) = plan.subnet(subnet) else {
+        return Ok(EndpointNsgs::default());
+    };
+    let nsgs = &plan.compiled().nsgs;
+    Ok(EndpointNsgs {
+        in_subnet: nsg::kernel_id(nsgs, ids, subnet.inbound_classifier)?,
+        in_group: 0,
+        out_subnet: nsg::kernel_id(nsgs, ids, subnet.outbound_classifier)?,
+        out_group: 0,
+    })
+}
+
+/// The rule names of the classifiers installed for `plan` and `endpoints`, by kernel id.
+fn live_rules(
+    plan: &NodePlan,
+    endpoints: &[Endpoint],
+    nsg_tables: &VersionedTables,
+) -> nsg_hits::LiveRules {
+    let classifiers = plan.classifiers(endpoints.iter().map(|e| &*e.subnet));
+    nsg_hits::live_rules(classifiers, &nsg_tables.ids().ids())
+}
+
+/// GROUP_PORTS for the container groups among `endpoints`: each group's exposed ports at its
+/// private address. A group the plan no longer declares exposes nothing.
+fn group_ports<'a>(
+    plan: &NodePlan,
+    endpoints: impl IntoIterator<Item = &'a Endpoint>,
+) -> GroupPorts {
+    let groups = &plan.compiled().container_groups;
+    let mut ports = GroupPorts::new();
+    for ep in endpoints {
+        let Some(name) = ep.container_group.as_deref() else {
+            continue;
+        };
+        if let Some(group) = groups.iter().find(|g| g.name == name) {
+            ports.extend(
+                nat::exposed_ports(group)
+                    .into_iter()
+                    .map(|(proto, port)| (ep.ip, proto, port)),
+            );
+        }
+    }
+    ports
 }
 
 /// The `vnetd run` options that locate the agent's state.
@@ -920,15 +1098,126 @@ mod tests {
         let web = endpoint([10, 0, 2, 10], Some("web"));
         let api = endpoint([10, 0, 1, 10], Some("api"));
         let pod = endpoint([10, 0, 2, 11], None);
+        let none = EndpointNsgs::default();
         assert_eq!(
-            maps::abi_endpoint(&web, 3, group_public_ip(&plan, &web)).public_ip,
+            maps::abi_endpoint(&web, 3, group_public_ip(&plan, &web), none).public_ip,
             [203, 0, 113, 20]
         );
         assert_eq!(
-            maps::abi_endpoint(&api, 3, group_public_ip(&plan, &api)).public_ip,
+            maps::abi_endpoint(&api, 3, group_public_ip(&plan, &api), none).public_ip,
             [0; 4],
             "a Private group has none"
         );
         assert_eq!(group_public_ip(&plan, &pod), None);
+    }
+
+    /// Kernel ids as a dataplane could have handed them out: NSG `k`'s inbound classifier
+    /// `10k + 1`, its outbound `10k + 2`, by the name each is recorded under.
+    fn kernel_ids(plan: &NodePlan) -> BTreeMap<String, u32> {
+        plan.compiled()
+            .nsgs
+            .classifiers
+            .iter()
+            .map(|c| {
+                let direction = u32::from(c.direction == crate::spec::Direction::Outbound);
+                (nsg::table_name(c), 10 * c.nsg_id + 1 + direction)
+            })
+            .collect()
+    }
+
+    /// compile -> kernel ids per endpoint: an endpoint carries its subnet's NSG, both
+    /// directions, under the ids the dataplane gave those classifiers; a subnet without an NSG
+    /// carries none; a classifier the dataplane does not hold is an error, never "none".
+    #[test]
+    fn nsg_endpoints_carry_their_subnets_classifiers_by_kernel_id() {
+        let plan = plan(crate::spec::OutboundNat::DEFAULT_PORT_RANGE);
+        let installed: Vec<String> = plan
+            .classifiers(std::iter::empty())
+            .into_iter()
+            .map(|c| format!("{} {}", c.nsg_name, c.direction))
+            .collect();
+        assert_eq!(
+            installed,
+            [
+                "apps-nsg Inbound",
+                "apps-nsg Outbound",
+                "aci-nsg Inbound",
+                "aci-nsg Outbound"
+            ],
+            "node-1 has pools in apps and aci: both subnets' NSGs, both directions"
+        );
+        let ids = kernel_ids(&plan);
+        let apps = endpoint_nsgs(&plan, &ids, "apps").unwrap();
+        assert_eq!(
+            apps,
+            EndpointNsgs {
+                in_subnet: 11,
+                in_group: 0,
+                out_subnet: 12,
+                out_group: 0
+            }
+        );
+        let aci = endpoint_nsgs(&plan, &ids, "aci").unwrap();
+        assert_eq!((aci.in_subnet, aci.out_subnet), (21, 22));
+        assert_eq!(
+            endpoint_nsgs(&plan, &ids, "nodes").unwrap(),
+            EndpointNsgs::default(),
+            "a subnet without an NSG"
+        );
+
+        let tables = TableIdsByName {
+            routes: &BTreeMap::new(),
+            nsgs: &ids,
+        };
+        let mut api = endpoint([10, 0, 1, 10], Some("api"));
+        api.subnet = "aci".into();
+        let api = entry_for(&plan, &tables, &api).unwrap();
+        assert_eq!((api.nsg_in_subnet, api.nsg_out_subnet), (21, 22));
+        assert_eq!((api.nsg_in_group, api.nsg_out_group), (0, 0));
+        assert_eq!(api.flags, vnetd_common::ENDPOINT_EXPOSED_PORTS_ONLY);
+        let pod = entry_for(&plan, &tables, &endpoint([10, 0, 2, 11], None)).unwrap();
+        assert_eq!((pod.nsg_in_subnet, pod.nsg_out_subnet), (11, 12));
+        assert_eq!(pod.flags, 0, "a pod is reachable on every port");
+
+        let mut missing = ids.clone();
+        missing.retain(|name, _| !name.starts_with("apps-nsg"));
+        let err = entry_for(
+            &plan,
+            &tables_with(&missing),
+            &endpoint([10, 0, 2, 11], None),
+        )
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("10.0.2.11") && err.contains("apps-nsg"),
+            "{err}"
+        );
+    }
+
+    fn tables_with(nsgs: &BTreeMap<String, u32>) -> TableIdsByName<'_> {
+        static NO_ROUTES: BTreeMap<String, u32> = BTreeMap::new();
+        TableIdsByName {
+            routes: &NO_ROUTES,
+            nsgs,
+        }
+    }
+
+    /// GROUP_PORTS: each attached group's `ipAddress.ports` at its private address; pods and
+    /// groups the spec does not declare (any more) expose nothing.
+    #[test]
+    fn group_ports_are_the_groups_exposed_ports_at_their_private_address() {
+        let plan = plan(crate::spec::OutboundNat::DEFAULT_PORT_RANGE);
+        let api = endpoint([10, 0, 1, 10], Some("api"));
+        let web = endpoint([10, 0, 2, 10], Some("web"));
+        let pod = endpoint([10, 0, 2, 11], None);
+        let gone = endpoint([10, 0, 2, 12], Some("gone"));
+        let ports = group_ports(&plan, [&api, &web, &pod, &gone]);
+        assert_eq!(
+            ports,
+            GroupPorts::from([
+                (Ipv4Addr::new(10, 0, 1, 10), nat::IPPROTO_TCP, 8080),
+                (Ipv4Addr::new(10, 0, 2, 10), nat::IPPROTO_TCP, 80),
+            ])
+        );
     }
 }

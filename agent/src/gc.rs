@@ -212,12 +212,26 @@ impl GcPass {
     }
 }
 
+/// The kinds of flow, as metrics and status name them (`vnetd_conntrack_entries{kind}`).
+pub const KINDS: [FlowKind; 5] = [
+    FlowKind::PodSnat,
+    FlowKind::Host,
+    FlowKind::PublicInbound,
+    FlowKind::Nsg,
+    FlowKind::HostStack,
+];
+
+/// The name of a flow's kind. Every kind expires by its protocol and TCP state alone (see
+/// [`verdict`]): an NSG-only flow or one the node's stack translated lives as long as a
+/// translated one would.
 pub fn kind_name(kind: u8) -> &'static str {
-    match kind {
-        k if k == FlowKind::PodSnat as u8 => "pod_snat",
-        k if k == FlowKind::Host as u8 => "host",
-        k if k == FlowKind::PublicInbound as u8 => "public_inbound",
-        _ => "unknown",
+    match KINDS.into_iter().find(|k| *k as u8 == kind) {
+        Some(FlowKind::PodSnat) => "pod_snat",
+        Some(FlowKind::Host) => "host",
+        Some(FlowKind::PublicInbound) => "public_inbound",
+        Some(FlowKind::Nsg) => "nsg",
+        Some(FlowKind::HostStack) => "host_stack",
+        None => "unknown",
     }
 }
 
@@ -344,8 +358,9 @@ impl Conntrack {
     pub fn report(&self, stats: Vec<(ConntrackStat, u64)>) -> ConntrackReport {
         let s = self.lock();
         ConntrackReport {
-            entries: ["pod_snat", "host", "public_inbound"]
+            entries: KINDS
                 .iter()
+                .map(|kind| kind_name(*kind as u8))
                 .map(|kind| (kind.to_string(), s.live.get(kind).copied().unwrap_or(0)))
                 .collect(),
             capacity: u64::from(vnetd_common::maps::FLOWS_MAX),
@@ -550,6 +565,52 @@ mod tests {
         );
     }
 
+    /// NSG-only flows and flows the node's stack translated expire by the same per-protocol
+    /// timeouts as translated ones, and are reported under their own kind.
+    #[test]
+    fn nsg_and_host_stack_flows_expire_like_the_others_and_are_counted_by_kind() {
+        let t = Timeouts::new(Duration::from_secs(240));
+        for kind in [FlowKind::Nsg, FlowKind::HostStack] {
+            let judge = |proto, flags, idle_s| {
+                let mut original = flow(Direction::Original, flags, idle_s);
+                // A SYN not answered yet: the reply direction has sent nothing.
+                let reply_flags = if flags == TCP_SYN { 0 } else { flags };
+                let mut reply = flow(Direction::Reply, reply_flags, idle_s);
+                original.kind = kind as u8;
+                reply.kind = kind as u8;
+                verdict(&key(proto), &original, Some(&reply), NOW, &t)
+            };
+            assert_eq!(judge(IPPROTO_TCP, EST, 239), Verdict::Keep, "{kind:?}");
+            assert_eq!(
+                judge(IPPROTO_TCP, EST, 241),
+                Verdict::Expired(GcReason::TcpEstablished),
+                "{kind:?}"
+            );
+            assert_eq!(
+                judge(IPPROTO_TCP, TCP_SYN, 61),
+                Verdict::Expired(GcReason::TcpSynSent)
+            );
+            assert_eq!(judge(IPPROTO_UDP, 0, 241), Verdict::Expired(GcReason::Udp));
+            assert_eq!(judge(IPPROTO_ICMP, 0, 29), Verdict::Keep);
+            assert_eq!(judge(IPPROTO_ICMP, 0, 31), Verdict::Expired(GcReason::Icmp));
+        }
+        assert_eq!(kind_name(FlowKind::Nsg as u8), "nsg");
+        assert_eq!(kind_name(FlowKind::HostStack as u8), "host_stack");
+        assert_eq!(kind_name(200), "unknown");
+
+        let shared = Conntrack::new(Duration::from_secs(240));
+        let pass = GcPass {
+            deleted: BTreeMap::new(),
+            seen: 8,
+            live: BTreeMap::from([("nsg", 6), ("host_stack", 2)]),
+        };
+        shared.record(8, &pass);
+        let entries: BTreeMap<String, u64> = shared.report(vec![]).entries.into_iter().collect();
+        assert_eq!(entries["nsg"], 6);
+        assert_eq!(entries["host_stack"], 2);
+        assert_eq!(entries["pod_snat"], 0);
+    }
+
     #[test]
     fn a_clock_behind_the_entries_keeps_them() {
         let mut f = flow(Direction::Original, EST, 0);
@@ -589,7 +650,9 @@ mod tests {
             [
                 ("pod_snat".to_string(), 20),
                 ("host".to_string(), 10),
-                ("public_inbound".to_string(), 0)
+                ("public_inbound".to_string(), 0),
+                ("nsg".to_string(), 0),
+                ("host_stack".to_string(), 0),
             ]
         );
         // A pass that sees entries created after its counter read never lowers the count.

@@ -14,6 +14,7 @@ pub mod host_stack;
 pub mod ipam;
 pub mod metrics;
 pub mod netlink;
+pub mod nsg_hits;
 pub mod plan;
 pub mod reload;
 pub mod spec;

@@ -190,13 +190,6 @@ async fn run_agent(
         }
     };
     let plan = vnetd::plan::NodePlan::from_spec(&spec, &node)?;
-    if let Some(nsg) = spec
-        .network_security_groups
-        .iter()
-        .find(|n| !n.security_rules.is_empty())
-    {
-        tracing::warn!(nsg = %nsg.name, "the spec has NSG rules: they are validated and compiled, not yet enforced (every packet passes as if there were none)");
-    }
     daemon::ensure_dir(&paths.state_dir)?;
     // Before anything is touched: a second agent on this state dir, or on this socket, stops
     // here and leaves the running one's dataplane and socket alone.
@@ -399,6 +392,13 @@ fn print_status(r: &StatusReport) {
             deleted.join(", ")
         }
     );
+    println!("nsg rule hits:");
+    for h in &r.nsg_rule_hits {
+        println!(
+            "  {:<20} {:<8} {:<32} {:<5} {:>12}",
+            h.nsg, h.direction, h.rule, h.access, h.hits
+        );
+    }
     println!(
         "spec reloads: {} applied, {} refused",
         r.reloads_ok, r.reloads_failed

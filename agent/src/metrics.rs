@@ -222,6 +222,23 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
         reloads,
     );
     register_conntrack(&mut registry, &r.conntrack);
+    let nsg_hits = Family::<Labels, Counter>::default();
+    for h in &r.nsg_rule_hits {
+        nsg_hits
+            .get_or_create(&vec![
+                ("nsg", h.nsg.clone()),
+                ("rule", h.rule.clone()),
+                ("direction", h.direction.clone()),
+                ("access", h.access.clone()),
+            ])
+            .inc_by(h.hits);
+    }
+    registry.register(
+        "nsg_rule_hits",
+        "Packets each NSG rule decided (default rules by their Azure names), summed over \
+         reloads",
+        nsg_hits,
+    );
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
@@ -282,12 +299,43 @@ fn register_conntrack(registry: &mut Registry, c: &ConntrackReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::proto::NsgRuleHits;
+
+    #[test]
+    fn nsg_rule_hits_are_exported_by_name() {
+        let hit = |rule: &str, direction: &str, access: &str, hits| NsgRuleHits {
+            nsg: "apps-nsg".into(),
+            rule: rule.into(),
+            direction: direction.into(),
+            access: access.into(),
+            hits,
+        };
+        let report = StatusReport {
+            nsg_rule_hits: vec![
+                hit("allow-web-from-internet", "inbound", "allow", 15),
+                hit("DenyAllInBound", "inbound", "deny", 2),
+            ],
+            ..StatusReport::default()
+        };
+        let text = render(&report).unwrap();
+        for line in [
+            "vnetd_nsg_rule_hits_total{nsg=\"apps-nsg\",rule=\"allow-web-from-internet\",direction=\"inbound\",access=\"allow\"} 15",
+            "vnetd_nsg_rule_hits_total{nsg=\"apps-nsg\",rule=\"DenyAllInBound\",direction=\"inbound\",access=\"deny\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+    }
 
     #[test]
     fn conntrack_is_exported() {
         let report = StatusReport {
             conntrack: Box::new(ConntrackReport {
-                entries: vec![("pod_snat".into(), 6), ("host".into(), 2)],
+                entries: vec![
+                    ("pod_snat".into(), 6),
+                    ("host".into(), 2),
+                    ("nsg".into(), 4),
+                    ("host_stack".into(), 0),
+                ],
                 capacity: 262_144,
                 evictions: 3,
                 events: vec![("entries_created".into(), 11), ("port_probes".into(), 4)],
@@ -300,6 +348,8 @@ mod tests {
         for line in [
             "vnetd_conntrack_entries{kind=\"pod_snat\"} 6",
             "vnetd_conntrack_entries{kind=\"host\"} 2",
+            "vnetd_conntrack_entries{kind=\"nsg\"} 4",
+            "vnetd_conntrack_entries{kind=\"host_stack\"} 0",
             "vnetd_conntrack_capacity 262144",
             "vnetd_conntrack_evictions_total 3",
             "vnetd_conntrack_events_total{event=\"entries_created\"} 11",

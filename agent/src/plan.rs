@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use ipnet::Ipv4Net;
 use vnetd_common::maps;
 
-use crate::compile::{Compiled, CompiledRouteTable};
+use crate::compile::{Classifier, Compiled, CompiledRouteTable};
 
 #[derive(Clone, Debug)]
 pub struct NodePlan {
@@ -32,6 +32,10 @@ pub struct SubnetPlan {
     /// The compiled id of the route table its endpoints use (0 = system routes only): an
     /// index into [`Compiled::routes`], not what the dataplane writes.
     pub route_table: u32,
+    /// The compiled ids of its NSG's classifiers (0 = no NSG), indices into
+    /// [`Compiled::nsgs`], not what the dataplane writes.
+    pub inbound_classifier: u32,
+    pub outbound_classifier: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +76,26 @@ impl NodePlan {
             .filter_map(|id| self.compiled.route_table(id))
     }
 
+    /// The NSG classifiers the dataplane holds for this node: those of the subnets it has a
+    /// pool in (new endpoints go there) and of `endpoint_subnets` (where endpoints are: a reload
+    /// may have taken the pool away from under them), each once, in compiled-id order.
+    pub fn classifiers<'a>(
+        &'a self,
+        endpoint_subnets: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<&'a Classifier> {
+        let mut used: BTreeSet<u32> = BTreeSet::new();
+        let pooled = self.subnets.iter().filter(|s| !s.pool.is_empty());
+        let occupied = endpoint_subnets
+            .into_iter()
+            .filter_map(|name| self.subnet(name));
+        for subnet in pooled.chain(occupied) {
+            used.extend([subnet.inbound_classifier, subnet.outbound_classifier]);
+        }
+        used.into_iter()
+            .filter_map(|id| self.compiled.nsgs.classifier(id))
+            .collect()
+    }
+
     /// Refuses a plan whose tables do not fit the maps, naming the limit.
     fn check_capacity(&self) -> Result<()> {
         if self.max_pods > maps::ENDPOINTS_MAX {
@@ -92,6 +116,7 @@ impl NodePlan {
                 maps::NO_MASQUERADE_MAX
             );
         }
+        self.check_nsg_capacity()?;
         let tables: Vec<(String, usize)> = self
             .route_tables()
             .map(|t| (t.key(), t.entries.len()))
@@ -110,6 +135,70 @@ impl NodePlan {
                 list.join(", "),
                 maps::ROUTES_MAX
             );
+        }
+        Ok(())
+    }
+}
+
+impl NodePlan {
+    /// Refuses a plan whose NSG classifiers do not fit in half of each NSG map (a reload writes
+    /// a changed classifier beside the one in use), naming the map and its limit.
+    fn check_nsg_capacity(&self) -> Result<()> {
+        let classifiers = self.classifiers(std::iter::empty());
+        let sum = |field: fn(&Classifier) -> usize| -> usize {
+            classifiers.iter().map(|&c| field(c)).sum()
+        };
+        let needs: [(&str, usize, &str, u32); 6] = [
+            (
+                "classifiers",
+                classifiers.len(),
+                "NSG_CLASSIFIERS_MAX",
+                maps::NSG_CLASSIFIERS_MAX,
+            ),
+            (
+                "rules",
+                sum(|c| c.rules.len()),
+                "NSG_RULES_MAX",
+                maps::NSG_RULES_MAX,
+            ),
+            (
+                "source prefixes",
+                sum(|c| c.src_addr.len()),
+                "NSG_ADDR_MAX",
+                maps::NSG_ADDR_MAX,
+            ),
+            (
+                "destination prefixes",
+                sum(|c| c.dst_addr.len()),
+                "NSG_ADDR_MAX",
+                maps::NSG_ADDR_MAX,
+            ),
+            (
+                "source port blocks",
+                sum(|c| c.src_port.len()),
+                "NSG_PORT_MAX",
+                maps::NSG_PORT_MAX,
+            ),
+            (
+                "destination port blocks",
+                sum(|c| c.dst_port.len()),
+                "NSG_PORT_MAX",
+                maps::NSG_PORT_MAX,
+            ),
+        ];
+        for (what, used, limit, max) in needs {
+            if used > max as usize / 2 {
+                let nsgs: BTreeSet<&str> =
+                    classifiers.iter().map(|c| c.nsg_name.as_str()).collect();
+                bail!(
+                    "node {}: the NSGs of its subnets ({}) need {used} {what}; the dataplane \
+                     holds {limit} = {max} and a reload writes a changed NSG beside the one in \
+                     use, so one node's NSGs may need at most {}",
+                    self.node,
+                    nsgs.into_iter().collect::<Vec<_>>().join(", "),
+                    max / 2
+                );
+            }
         }
         Ok(())
     }
@@ -136,6 +225,8 @@ impl NodePlan {
                     .collect(),
                 delegated: s.delegated,
                 route_table: s.route_table_id,
+                inbound_classifier: s.inbound_classifier,
+                outbound_classifier: s.outbound_classifier,
             })
             .collect();
         let container_groups = c
@@ -235,6 +326,66 @@ mod tests {
         assert!(err.contains("8442 routes"), "{err}");
         assert!(err.contains("ROUTES_MAX = 16384"), "{err}");
         assert!(err.contains("at most 8192"), "{err}");
+    }
+
+    /// `subnets` subnets with a pool on node-1, each with an NSG of its own.
+    fn many_nsgs(subnets: usize) -> String {
+        let mut spec = String::from(
+            "apiVersion: vnetd/v1\nvirtualNetwork:\n  name: vnet\n  addressSpace: [10.0.0.0/8]\n  subnets:\n    - name: nodes\n      addressPrefix: 10.0.0.0/24\n",
+        );
+        for i in 1..=subnets {
+            spec += &format!(
+                "    - name: s{i}\n      addressPrefix: 10.{i}.0.0/24\n      networkSecurityGroup: n{i}\n"
+            );
+        }
+        spec += "networkSecurityGroups:\n";
+        for i in 1..=subnets {
+            spec += &format!("  - name: n{i}\n    securityRules: []\n");
+        }
+        let pool: Vec<String> = (1..=subnets)
+            .map(|i| format!("\"10.{i}.0.10-10.{i}.0.10\""))
+            .collect();
+        spec += &format!(
+            "nodes:\n  - {{ name: node-1, interface: eth0, primaryIpAddress: 10.0.0.4, secondaryIpAddresses: [{}] }}\n",
+            pool.join(", ")
+        );
+        spec
+    }
+
+    #[test]
+    fn a_node_whose_nsgs_overflow_the_classifier_slots_is_refused_with_the_limit_named() {
+        let spec = parse_str(&many_nsgs(64)).expect("valid spec");
+        let plan = NodePlan::from_spec(&spec, "node-1").expect("64 NSGs, 128 classifiers fit");
+        assert_eq!(plan.classifiers(std::iter::empty()).len(), 128);
+        let spec = parse_str(&many_nsgs(65)).expect("valid spec");
+        let Err(err) = NodePlan::from_spec(&spec, "node-1") else {
+            panic!("65 NSGs, 130 classifiers, do not fit in half of NSG_CLASSIFIERS_MAX");
+        };
+        let err = err.to_string();
+        assert!(err.contains("node node-1"), "{err}");
+        assert!(err.contains("need 130 classifiers"), "{err}");
+        assert!(err.contains("NSG_CLASSIFIERS_MAX = 256"), "{err}");
+        assert!(err.contains("at most 128"), "{err}");
+    }
+
+    /// Only the NSGs of subnets the node has a pool in, or endpoints in, are installed.
+    #[test]
+    fn a_node_installs_only_the_nsgs_of_its_subnets() {
+        let spec = parse_str(&many_nsgs(3)).expect("valid spec");
+        let mut compiled = crate::compile::compile(&spec, "node-1").unwrap();
+        compiled.node.pool.retain(|p| p.subnet_id == 2);
+        let plan = NodePlan::from_compiled(compiled).unwrap();
+        let names = |extra: &[&str]| -> Vec<String> {
+            plan.classifiers(extra.iter().copied())
+                .iter()
+                .map(|c| format!("{} {}", c.nsg_name, c.direction))
+                .collect()
+        };
+        assert_eq!(names(&[]), ["n1 Inbound", "n1 Outbound"]);
+        assert_eq!(
+            names(&["s3", "nowhere"]),
+            ["n1 Inbound", "n1 Outbound", "n3 Inbound", "n3 Outbound"]
+        );
     }
 
     #[test]

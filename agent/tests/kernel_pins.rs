@@ -282,3 +282,115 @@ fn the_uplink_egress_link_is_pinned_adopted_and_removed() {
     .join()
     .expect("the test thread");
 }
+
+/// Waits until TCX on `ifname`'s `hook` runs exactly `want` (the kernel releases a link whose
+/// last reference went from a work queue, a moment later).
+fn wait_for_tcx(ifname: &str, hook: TcAttachType, want: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = tcx_programs(ifname, hook);
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TCX {hook:?} on {ifname} runs {now:?}, not {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A pod's host veth gets `pod_egress` on TCX egress beside `pod_ingress` on ingress, both
+/// pinned under `links/<program>@<veth>`: a second agent adopts both (one program per hook,
+/// not two), detaching the pod removes both pins and programs, a veth deleted and re-created
+/// under the same name gets fresh links (the pinned ones are defunct), and teardown removes
+/// them. Runs in a network namespace of its own thread (gone with it), on a veth.
+#[test]
+fn the_pod_links_are_pinned_adopted_and_removed() {
+    let dir = BpffsDir::new();
+    let bpffs = dir.0.clone();
+    std::thread::spawn(move || {
+        support::private_netns_with_veth_pair();
+        let veth = "pa";
+        let pins = PinLayout::new(&bpffs);
+        let ingress_pin = pins.link(programs::POD_TC_INGRESS, veth);
+        let egress_pin = pins.link(programs::POD_TC_EGRESS, veth);
+
+        let mut first = Dataplane::load_pinned(&bpffs).unwrap();
+        first.attach_pod(veth).unwrap();
+        assert!(ingress_pin.exists(), "{} pinned", ingress_pin.display());
+        assert!(egress_pin.exists(), "{} pinned", egress_pin.display());
+        wait_for_tcx(veth, TcAttachType::Ingress, &[programs::POD_TC_INGRESS]);
+        wait_for_tcx(veth, TcAttachType::Egress, &[programs::POD_TC_EGRESS]);
+        let links = first.links().unwrap();
+        for program in [programs::POD_TC_INGRESS, programs::POD_TC_EGRESS] {
+            assert!(
+                links.contains(&(program.into(), veth.into())),
+                "{program} listed: {links:?}"
+            );
+        }
+        let egress_link_id = |pin: &Path| {
+            aya::programs::links::FdLink::from(
+                aya::programs::links::PinnedLink::from_pin(pin).unwrap(),
+            )
+            .info()
+            .unwrap()
+            .id()
+        };
+        let adopted = egress_link_id(&egress_pin);
+        drop(first);
+
+        // An agent restart: the pinned links are adopted, their programs swapped.
+        let mut second = Dataplane::load_pinned(&bpffs).unwrap();
+        second.attach_pod(veth).unwrap();
+        assert_eq!(
+            egress_link_id(&egress_pin),
+            adopted,
+            "the pinned egress link is adopted"
+        );
+        assert_eq!(
+            tcx_programs(veth, TcAttachType::Egress),
+            [programs::POD_TC_EGRESS],
+            "adopted, not doubled"
+        );
+        assert_eq!(
+            tcx_programs(veth, TcAttachType::Ingress),
+            [programs::POD_TC_INGRESS]
+        );
+
+        // CNI DEL (or the endpoint released): both pins go, and the programs with them.
+        second.detach_pod(veth).unwrap();
+        assert!(!ingress_pin.exists() && !egress_pin.exists());
+        wait_for_tcx(veth, TcAttachType::Egress, &[]);
+        wait_for_tcx(veth, TcAttachType::Ingress, &[]);
+        second.detach_pod(veth).expect("detaching twice is fine");
+
+        // The veth vanishes behind the agent's back and comes back under its name: the pinned
+        // links are defunct and replaced by links on the new device.
+        second.attach_pod(veth).unwrap();
+        let before_vanishing = egress_link_id(&egress_pin);
+        let run = |args: &[&str]| {
+            let status = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "ip {args:?}");
+        };
+        run(&["link", "del", veth]);
+        run(&["link", "add", veth, "type", "veth", "peer", "name", "pb"]);
+        second.attach_pod(veth).unwrap();
+        wait_for_tcx(veth, TcAttachType::Ingress, &[programs::POD_TC_INGRESS]);
+        wait_for_tcx(veth, TcAttachType::Egress, &[programs::POD_TC_EGRESS]);
+        assert_ne!(
+            egress_link_id(&egress_pin),
+            before_vanishing,
+            "a fresh link on the new device"
+        );
+
+        dataplane::teardown(&bpffs).unwrap();
+        assert!(tcx_programs(veth, TcAttachType::Egress).is_empty());
+        assert!(tcx_programs(veth, TcAttachType::Ingress).is_empty());
+    })
+    .join()
+    .expect("the test thread");
+}

@@ -244,6 +244,22 @@ pub struct StatusReport {
     /// [`Response`] as large as a status report.
     #[serde(default)]
     pub conntrack: Box<ConntrackReport>,
+    /// Packets each NSG rule decided, summed over reloads (absent from an agent before it).
+    #[serde(default)]
+    pub nsg_rule_hits: Vec<NsgRuleHits>,
+}
+
+/// One NSG rule's hits: `vnetd_nsg_rule_hits_total{nsg,rule,direction,access}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsgRuleHits {
+    pub nsg: String,
+    /// The rule's name; the default rules by their Azure names (`DenyAllInBound`, ...).
+    pub rule: String,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// `allow` or `deny`.
+    pub access: String,
+    pub hits: u64,
 }
 
 /// The flow table: what is in it, what the programs counted, what the collector deleted.

@@ -73,19 +73,7 @@ pub fn public_mappings(
         .filter_map(|g| {
             let public_ip = g.public_ip?;
             let private_ip = attached(&g.name)?;
-            let mut ports: Vec<(u8, u16)> = g
-                .ports
-                .iter()
-                .map(|p| {
-                    let proto = match p.protocol {
-                        TransportProtocol::Tcp => IPPROTO_TCP,
-                        TransportProtocol::Udp => IPPROTO_UDP,
-                    };
-                    (proto, p.port)
-                })
-                .collect();
-            ports.sort_unstable();
-            ports.dedup();
+            let ports = exposed_ports(g);
             Some((
                 public_ip,
                 PublicMapping {
@@ -97,6 +85,25 @@ pub fn public_mappings(
             ))
         })
         .collect()
+}
+
+/// A group's `ipAddress.ports` as (IP protocol number, port), sorted, each once: the only
+/// ports reachable from outside the group.
+pub fn exposed_ports(group: &CompiledGroup) -> Vec<(u8, u16)> {
+    let mut ports: Vec<(u8, u16)> = group
+        .ports
+        .iter()
+        .map(|p| {
+            let proto = match p.protocol {
+                TransportProtocol::Tcp => IPPROTO_TCP,
+                TransportProtocol::Udp => IPPROTO_UDP,
+            };
+            (proto, p.port)
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// The public address of group `name`, if it is a Public group among `groups`.

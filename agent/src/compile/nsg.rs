@@ -2,12 +2,10 @@
 //! so that the eBPF side will classify a packet with a handful of map lookups whatever the
 //! number of rules.
 //!
-//! **Status: validated and compiled, not yet enforced.** The eBPF side classifies with these
-//! tables (`ebpf/vnetd-ebpf/src/nsg.rs`, in `pod_ingress` for an endpoint whose outbound
-//! classifier id is set) and `dataplane::maps::nsg` writes them into the NSG maps, but the
-//! running agent neither writes them nor sets endpoints' classifier ids yet: NSG rules in a
-//! spec are checked and compiled (and the agent warns once at start-up that they are not
-//! enforced), and every packet passes as if there were none. The layout:
+//! The running agent installs the classifiers of its node's subnets (`dataplane::maps::nsg`,
+//! switched with the route tables by `daemon`) and points each endpoint at its subnet's
+//! classifiers, both directions; the eBPF side classifies with them
+//! (`ebpf/vnetd-ebpf/src/nsg.rs`). The layout:
 //!
 //! * Each (NSG, direction) is a *classifier* with an id (1..). Its rule list is the user rules
 //!   of that direction by priority, then the three default rules. Rule `i` is bit `i` of a
@@ -237,8 +235,7 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Classifies a packet the way the eBPF side does (not yet enforced: see the module docs):
-    /// longest-prefix lookups, AND, lowest bit. `None` only for tables that were not built by [`compile_classifier`].
+    /// Classifies a packet the way the eBPF side does: longest-prefix lookups, AND, lowest bit. `None` only for tables that were not built by [`compile_classifier`].
     pub fn lookup(
         &self,
         src: Ipv4Addr,

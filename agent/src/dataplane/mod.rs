@@ -97,6 +97,9 @@ impl Dataplane {
         self.classifier(programs::POD_TC_INGRESS)?
             .load()
             .context("verifying pod_ingress")?;
+        self.classifier(programs::POD_TC_EGRESS)?
+            .load()
+            .context("verifying pod_egress")?;
         self.classifier(programs::UPLINK_TC_EGRESS)?
             .load()
             .context("verifying uplink_egress")?;
@@ -136,14 +139,27 @@ impl Dataplane {
         self.attach_tc(programs::UPLINK_TC_EGRESS, ifname, TcAttachType::Egress)
     }
 
-    /// Attaches the pod program to TC ingress of a pod's host-side veth (what the pod sends).
+    /// The programs on a pod's host-side veth: TC ingress sees what the pod sends, TC egress
+    /// what the node's stack sends into it (packets vnetd redirects into a pod skip it).
+    pub const POD_PROGRAMS: [(&str, TcAttachType); 2] = [
+        (programs::POD_TC_INGRESS, TcAttachType::Ingress),
+        (programs::POD_TC_EGRESS, TcAttachType::Egress),
+    ];
+
+    /// Attaches the pod programs to a pod's host-side veth (swapped into pinned links).
     pub fn attach_pod(&mut self, host_ifname: &str) -> Result<()> {
-        self.attach_tc(programs::POD_TC_INGRESS, host_ifname, TcAttachType::Ingress)
+        for (program, hook) in Self::POD_PROGRAMS {
+            self.attach_tc(program, host_ifname, hook)?;
+        }
+        Ok(())
     }
 
-    /// Detaches a pod's program by removing its link pin (the link dies with its last fd).
+    /// Detaches a pod's programs by removing their link pins (a link dies with its last fd).
     pub fn detach_pod(&self, host_ifname: &str) -> Result<()> {
-        remove_pin(&self.pins()?.link(programs::POD_TC_INGRESS, host_ifname))
+        for (program, _) in Self::POD_PROGRAMS {
+            remove_pin(&self.pins()?.link(program, host_ifname))?;
+        }
+        Ok(())
     }
 
     /// Detaches the uplink programs from `ifname` (an uplink the spec no longer names).
@@ -296,6 +312,7 @@ const REPLACED_ON_MISMATCH: &[&str] = &[
     maps::NO_MASQUERADE,
     maps::PUBLIC_IPS,
     maps::PUBLIC_PORTS,
+    maps::GROUP_PORTS,
     maps::NSG_SRC_ADDR,
     maps::NSG_DST_ADDR,
     maps::NSG_SRC_PORT,

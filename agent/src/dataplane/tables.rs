@@ -13,6 +13,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     io::Write as _,
+    marker::PhantomData,
     path::{Path, PathBuf},
 };
 
@@ -154,6 +155,37 @@ impl VersionedTables {
         repoint: impl FnOnce(&mut S, &BTreeMap<String, u32>) -> Result<()>,
         undo: impl FnOnce(&mut S) -> Result<()>,
     ) -> Result<()> {
+        let staged = match self.stage(store, wanted) {
+            Ok(staged) => staged,
+            Err(err) => {
+                if let Err(undo) = undo(store) {
+                    warn!("undoing a table switch: pointing users back failed: {undo:#}");
+                }
+                return Err(err);
+            }
+        };
+        let applied =
+            repoint(store, staged.ids()).and_then(|()| record(&[(&*self, staged.recording())]));
+        if let Err(err) = applied {
+            if let Err(undo) = undo(store) {
+                warn!("undoing a table switch: pointing users back failed: {undo:#}");
+            }
+            self.unstage(store, staged);
+            return Err(err);
+        }
+        self.finish(store, staged);
+        Ok(())
+    }
+
+    /// The first half of a switch, for users that switch several kinds of table together:
+    /// writes new and changed tables of `wanted` under fresh ids (nothing points at them yet).
+    /// On failure what was written is deleted. Continue with [`record`], then [`Self::finish`]
+    /// (or [`Self::unstage`] if anything failed).
+    pub fn stage<T, S: TableStore<T>>(
+        &self,
+        store: &mut S,
+        wanted: &BTreeMap<String, T>,
+    ) -> Result<Staged<T>> {
         let fingerprints = wanted
             .iter()
             .map(|(name, table)| (name.clone(), S::fingerprint(table)))
@@ -166,20 +198,29 @@ impl VersionedTables {
             .iter()
             .map(|(name, table)| (generation.ids[name], table))
             .collect();
-        let applied = store
-            .write(&tables)
-            .and_then(|()| repoint(store, &generation.ids))
-            .and_then(|()| self.save(&generation.record));
-        if let Err(err) = applied {
-            if let Err(undo) = undo(store) {
-                warn!("undoing a table switch: pointing users back failed: {undo:#}");
-            }
-            if let Err(undo) = store.remove(&generation.fresh) {
-                warn!("undoing a table switch: removing the new tables failed: {undo:#}");
-            }
+        let staged = Staged {
+            kind: self.kind.clone(),
+            generation,
+            table: PhantomData,
+        };
+        if let Err(err) = store.write(&tables) {
+            self.unstage(store, staged);
             return Err(err);
         }
-        self.ids = generation.record;
+        Ok(staged)
+    }
+
+    /// Abandons a staged switch: deletes its fresh ids (the users must point back first).
+    pub fn unstage<T, S: TableStore<T>>(&self, store: &mut S, staged: Staged<T>) {
+        if let Err(undo) = store.remove(&staged.generation.fresh) {
+            warn!(kind = %self.kind, "undoing a table switch: removing the new tables failed: {undo:#}");
+        }
+    }
+
+    /// Completes a staged switch whose ids are recorded ([`record`]) and in use: deletes what
+    /// no table uses any more. Failing to delete only warns (the next switch retries).
+    pub fn finish<T, S: TableStore<T>>(&mut self, store: &mut S, staged: Staged<T>) {
+        self.ids = staged.generation.record;
         let live: BTreeSet<u32> = self.ids.tables.values().map(|s| s.id).collect();
         let stale = store
             .present_ids()
@@ -187,26 +228,82 @@ impl VersionedTables {
         if let Err(err) = stale.and_then(|stale| store.remove(&stale)) {
             warn!(kind = %self.kind, "removing stale tables failed (retried at the next switch): {err:#}");
         }
-        Ok(())
     }
 
+    #[cfg(test)]
     fn save(&self, ids: &TableIds) -> Result<()> {
-        let mut record = read_record(&self.path)?;
-        record.insert(self.kind.clone(), ids.clone());
-        let text = serde_json::to_string_pretty(&record)?;
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().with_context(|| format!("recording table ids in {}", self.path.display()))
+        write_record(&self.path, &[(self.kind.as_str(), ids)])
     }
+}
+
+/// A switch under way ([`VersionedTables::stage`]): the tables are written, not yet in use.
+#[must_use = "a staged switch is recorded and finished, or unstaged"]
+#[derive(Debug)]
+pub struct Staged<T> {
+    kind: String,
+    generation: Generation,
+    table: PhantomData<fn() -> T>,
+}
+
+impl<T> Staged<T> {
+    pub fn recording(&self) -> Recording<'_> {
+        Recording {
+            kind: &self.kind,
+            ids: &self.generation.record,
+        }
+    }
+
+    /// Every wanted table's id in the new generation.
+    pub fn ids(&self) -> &BTreeMap<String, u32> {
+        &self.generation.ids
+    }
+}
+
+/// What [`record`] writes of a staged switch (of any kind of table).
+#[derive(Clone, Copy, Debug)]
+pub struct Recording<'a> {
+    kind: &'a str,
+    ids: &'a TableIds,
+}
+
+/// Records the ids of staged switches of several kinds in one write of `tables.json` (all of
+/// them or none: the file is replaced by a rename). Every kind must live in the same state dir.
+pub fn record(switches: &[(&VersionedTables, Recording<'_>)]) -> Result<()> {
+    let Some((first, _)) = switches.first() else {
+        return Ok(());
+    };
+    if let Some((other, _)) = switches.iter().find(|(t, _)| t.path != first.path) {
+        bail!(
+            "table kinds {} and {} are recorded in different files",
+            first.kind,
+            other.kind
+        );
+    }
+    let kinds: Vec<(&str, &TableIds)> = switches
+        .iter()
+        .map(|(_, staged)| (staged.kind, staged.ids))
+        .collect();
+    write_record(&first.path, &kinds)
+}
+
+fn write_record(path: &Path, kinds: &[(&str, &TableIds)]) -> Result<()> {
+    let mut record = read_record(path)?;
+    for (kind, ids) in kinds {
+        record.insert((*kind).to_string(), (*ids).clone());
+    }
+    let text = serde_json::to_string_pretty(&record)?;
+    let tmp = path.with_extension("json.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().with_context(|| format!("recording table ids in {}", path.display()))
 }
 
 fn read_record(path: &Path) -> Result<BTreeMap<String, TableIds>> {

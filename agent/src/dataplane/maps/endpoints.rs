@@ -1,19 +1,26 @@
-//! ENDPOINTS: this node's pods and container groups by address.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+//! ENDPOINTS: this node's pods and container groups by address; GROUP_PORTS: the ports
+//! container groups expose.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, MapError};
-use vnetd_common::{Endpoint, maps};
+use vnetd_common::{ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, GroupPortKey, maps};
 
+use super::nsg::EndpointNsgs;
 use crate::{dataplane::Dataplane, endpoints};
 
-/// The ABI entry of a recorded endpoint whose subnet uses the route table `route_table`;
-/// `public_ip` is its Public group's address (its outbound traffic to the internet leaves
-/// with it).
+/// The ABI entry of a recorded endpoint whose subnet uses the route table `route_table` and
+/// the NSG classifiers `nsgs` (kernel ids); `public_ip` is its Public group's address (its
+/// outbound traffic to the internet leaves with it). A container group is reachable from
+/// outside only on the ports GROUP_PORTS holds for it.
 pub fn abi_endpoint(
     ep: &endpoints::Endpoint,
     route_table: u32,
     public_ip: Option<Ipv4Addr>,
+    nsgs: EndpointNsgs,
 ) -> Endpoint {
     Endpoint {
         host_ifindex: ep.host_ifindex,
@@ -21,11 +28,28 @@ pub fn abi_endpoint(
         pod_mac: ep.pod_mac,
         host_mac: ep.host_mac,
         public_ip: public_ip.map_or([0; 4], |ip| ip.octets()),
-        nsg_in_subnet: 0,
-        nsg_in_group: 0,
-        nsg_out_subnet: 0,
-        nsg_out_group: 0,
-        flags: 0,
+        nsg_in_subnet: nsgs.in_subnet,
+        nsg_in_group: nsgs.in_group,
+        nsg_out_subnet: nsgs.out_subnet,
+        nsg_out_group: nsgs.out_group,
+        flags: if ep.container_group.is_some() {
+            ENDPOINT_EXPOSED_PORTS_ONLY
+        } else {
+            0
+        },
+    }
+}
+
+/// GROUP_PORTS as the kernel holds it: (group's private address, IP protocol, port in host
+/// byte order).
+pub type GroupPorts = BTreeSet<(Ipv4Addr, u8, u16)>;
+
+fn group_port_key(&(ip, proto, port): &(Ipv4Addr, u8, u16)) -> GroupPortKey {
+    GroupPortKey {
+        ip: ip.octets(),
+        port: port.to_be(),
+        proto,
+        _pad: 0,
     }
 }
 
@@ -71,6 +95,52 @@ impl Dataplane {
             self.remove_endpoint(*ip)?;
         }
         Ok(())
+    }
+
+    /// Adds `entries` to GROUP_PORTS (a group's ports before its endpoint entry, so it is never
+    /// reachable without them).
+    pub fn put_group_ports(&mut self, entries: &GroupPorts) -> Result<()> {
+        let mut map = self.group_ports_map()?;
+        for entry in entries {
+            map.insert(group_port_key(entry), 1, 0).with_context(|| {
+                format!(
+                    "writing GROUP_PORTS[{entry:?}] (it holds at most GROUP_PORTS_MAX = {})",
+                    maps::GROUP_PORTS_MAX
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes GROUP_PORTS hold exactly `wanted`: new entries first, then the stale ones.
+    pub fn sync_group_ports(&mut self, wanted: &GroupPorts) -> Result<()> {
+        let present = self.group_ports()?;
+        self.put_group_ports(&wanted.difference(&present).copied().collect())?;
+        let mut map = self.group_ports_map()?;
+        for entry in present.difference(wanted) {
+            match map.remove(&group_port_key(entry)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => {
+                    return Err(err).with_context(|| format!("removing GROUP_PORTS[{entry:?}]"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What GROUP_PORTS holds.
+    pub fn group_ports(&mut self) -> Result<GroupPorts> {
+        self.group_ports_map()?
+            .keys()
+            .map(|key| {
+                let key = key.context("reading GROUP_PORTS")?;
+                Ok((Ipv4Addr::from(key.ip), key.proto, u16::from_be(key.port)))
+            })
+            .collect()
+    }
+
+    fn group_ports_map(&mut self) -> Result<HashMap<&mut MapData, GroupPortKey, u32>> {
+        Ok(HashMap::try_from(self.map_mut(maps::GROUP_PORTS)?)?)
     }
 
     fn endpoints_map(&mut self) -> Result<HashMap<&mut MapData, [u8; 4], Endpoint>> {

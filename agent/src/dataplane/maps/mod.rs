@@ -11,10 +11,12 @@ pub mod routes;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, LpmTrie, Map};
-use vnetd_common::{Endpoint, NoMasqueradeKey, PublicAddress, PublicPortKey, Route, RouteKey};
+use vnetd_common::{
+    Endpoint, GroupPortKey, NoMasqueradeKey, PublicAddress, PublicPortKey, Route, RouteKey,
+};
 
 pub use conntrack::ConntrackMaps;
-pub use endpoints::abi_endpoint;
+pub use endpoints::{GroupPorts, abi_endpoint};
 /// The maps' names and capacities, as the ABI defines them.
 pub use vnetd_common::maps::*;
 
@@ -31,6 +33,7 @@ impl Dataplane {
             HashMap::try_from(self.map(PUBLIC_IPS)?)?;
         let public_ports: HashMap<_, PublicPortKey, u32> =
             HashMap::try_from(self.map(PUBLIC_PORTS)?)?;
+        let group_ports: HashMap<_, GroupPortKey, u32> = HashMap::try_from(self.map(GROUP_PORTS)?)?;
         Ok(vec![
             (
                 ENDPOINTS.to_lowercase(),
@@ -56,6 +59,11 @@ impl Dataplane {
                 PUBLIC_PORTS.to_lowercase(),
                 public_ports.keys().count() as u64,
                 u64::from(PUBLIC_PORTS_MAX),
+            ),
+            (
+                GROUP_PORTS.to_lowercase(),
+                group_ports.keys().count() as u64,
+                u64::from(GROUP_PORTS_MAX),
             ),
         ])
     }

@@ -538,6 +538,44 @@ impl TableStore<ClassifierEntries> for Dataplane {
     }
 }
 
+/// The NSG maps' content for `classifiers`, by the name each is recorded under.
+pub fn wanted<'a>(
+    classifiers: impl IntoIterator<Item = &'a Classifier>,
+) -> BTreeMap<String, ClassifierEntries> {
+    classifiers
+        .into_iter()
+        .map(|c| (table_name(c), entries(c)))
+        .collect()
+}
+
+/// The kernel classifier ids an endpoint's entry carries (0 = no NSG there).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointNsgs {
+    pub in_subnet: u32,
+    pub in_group: u32,
+    pub out_subnet: u32,
+    pub out_group: u32,
+}
+
+/// The kernel id of compiled classifier `compiled` of `nsgs` (0 for 0), given the kernel ids
+/// by table name. A classifier that is not installed is an error, never 0: 0 would let
+/// everything pass.
+pub fn kernel_id(nsgs: &NsgTables, ids: &BTreeMap<String, u32>, compiled: u32) -> Result<u32> {
+    if compiled == 0 {
+        return Ok(0);
+    }
+    let classifier = nsgs
+        .classifier(compiled)
+        .with_context(|| format!("no compiled NSG classifier {compiled}"))?;
+    let name = table_name(classifier);
+    ids.get(&name).copied().with_context(|| {
+        format!(
+            "the {} rules of NSG {} are not installed in the dataplane",
+            classifier.direction, classifier.nsg_name
+        )
+    })
+}
+
 /// Makes the NSG maps hold the classifiers of `nsgs`, each under its generation-numbered id
 /// (unchanged classifiers keep theirs), then calls `repoint` with the kernel id of every
 /// compiled classifier id (the compiled ids are positions in this spec, the kernel's are
