@@ -95,12 +95,16 @@ impl Tuple {
         self.ported
     }
 
-    /// A pod's traffic to Azure's host or the metadata service (their replies and probes are
-    /// inbound traffic like any other: `AllowAzureLoadBalancerInBound` is the default rule
-    /// that admits the probes).
+    /// A pod's traffic to Azure's host or the metadata service.
     #[inline(always)]
     fn to_azure_host(&self) -> bool {
         self.dst == AZURE_HOST || self.dst == METADATA
+    }
+
+    /// Traffic from Azure's host (health probes, DNS) or the metadata service to a pod.
+    #[inline(always)]
+    fn from_azure_host(&self) -> bool {
+        self.src == AZURE_HOST || self.src == METADATA
     }
 }
 
@@ -155,6 +159,9 @@ pub fn outbound(ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
 /// allow.
 #[inline(always)]
 pub fn inbound(ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
+    if t.from_azure_host() {
+        return Ok(Mark::NONE);
+    }
     decide(
         t,
         [
