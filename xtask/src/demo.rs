@@ -11,7 +11,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use vnetd_lab::{
     EchoReport, INTERNET_HOST_IP, Lab, LogMode, Ns, tcp_echo, tcp_echo_ok, udp_echo, udp_ok,
-    vnetd::{Agent, Pod, add_pod, bin, lab_spec, ping_from_forged, with_public_group},
+    vnetd::{
+        Agent, NsgRule, Pod, add_pod, bin, lab_spec, nsg_rule_hits_in_metrics, ping_from_forged,
+        with_nsg, with_public_group,
+    },
 };
 
 /// The demo's Public container group: `web`, its public address and the port it exposes
@@ -151,6 +154,7 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
         closed_port(
             lab.internet(),
             SocketAddr::from((PUBLIC_IP, PUBLIC_PORT + 1)),
+            "public_port_closed",
         ),
     );
     show(
@@ -164,6 +168,62 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
         )
         .map(|r| left_as(web.ip, &r)),
     );
+
+    step(
+        "NSGs, applied live: a reload gives subnet apps `apps-nsg` (deny-smtp-out: TCP 25 out; \
+         deny-from-pod-c: anything in from pod-c)",
+    );
+    let nsg_spec = with_nsg(
+        &spec,
+        "apps-nsg",
+        &["apps"],
+        &[
+            NsgRule::deny_out("deny-smtp-out", 100).tcp().ports(["25"]),
+            NsgRule::deny_in("deny-from-pod-c", 110).from([format!("{}/32", c.ip)]),
+        ],
+    );
+    agent1.write_spec(&nsg_spec)?;
+    _agent2.write_spec(&nsg_spec)?;
+    for agent in [&agent1, &_agent2] {
+        anyhow::ensure!(
+            agent.wait_for_status("reloads_ok", 1),
+            "the NSG reload was applied: {}",
+            agent.log()
+        );
+    }
+    let _smtp = vnetd_lab::EchoServer::tcp(lab.internet(), 25)?;
+    show(
+        "   pod-a -> internet host, TCP 25",
+        closed_port(
+            &a,
+            SocketAddr::from((INTERNET_HOST_IP, 25)),
+            "deny-smtp-out",
+        ),
+    );
+    show(
+        "   pod-a -> internet host, TCP 7003",
+        tcp_echo(
+            &a,
+            lab.internet(),
+            INTERNET_HOST_IP,
+            7003,
+            Duration::from_secs(3),
+        )
+        .map(|r| format!("allowed by AllowInternetOutBound, {}", left_as(a.ip, &r))),
+    );
+    show_ping(&c, a.ip)?;
+    show_ping(&b, a.ip)?;
+    let metrics = agent1.metrics()?;
+    for rule in [
+        "deny-smtp-out",
+        "deny-from-pod-c",
+        "AllowInternetOutBound",
+        "AllowVnetInBound",
+        "AllowVnetOutBound",
+    ] {
+        let hits = nsg_rule_hits_in_metrics(&metrics, "apps-nsg", rule).unwrap_or(0);
+        println!("   node-1 apps-nsg {rule:<22} {hits} hits");
+    }
 
     step("anti-spoofing: pod-b sends from another address");
     let answered = ping_from_forged(&b, "10.0.2.77".parse()?, a.ip)?;
@@ -226,8 +286,9 @@ fn left_as(pod_ip: Ipv4Addr, r: &EchoReport) -> String {
     )
 }
 
-/// A connection attempt to a port that must not answer: Ok if it timed out.
-fn closed_port(from: &Ns, to: SocketAddr) -> Result<String> {
+/// A connection attempt to a port that must not answer: Ok if it timed out (dropped, counted
+/// as `reason`).
+fn closed_port(from: &Ns, to: SocketAddr, reason: &str) -> Result<String> {
     match from.tcp_connect(to, Duration::from_secs(1)) {
         Ok(_) => anyhow::bail!("it answered"),
         Err(e) => {
@@ -236,7 +297,7 @@ fn closed_port(from: &Ns, to: SocketAddr) -> Result<String> {
                 .filter_map(|c| c.downcast_ref::<std::io::Error>())
                 .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
             anyhow::ensure!(timed_out, "refused with an answer, not dropped: {e:#}");
-            Ok("no answer (dropped and counted: public_port_closed)".into())
+            Ok(format!("no answer (dropped and counted: {reason})"))
         }
     }
 }

@@ -97,13 +97,13 @@ impl Tuple {
 
     /// A pod's traffic to Azure's host or the metadata service.
     #[inline(always)]
-    fn to_azure_host(&self) -> bool {
+    fn sent_to_azure_host(&self) -> bool {
         self.dst == AZURE_HOST || self.dst == METADATA
     }
 
     /// Traffic from Azure's host (health probes, DNS) or the metadata service to a pod.
     #[inline(always)]
-    fn from_azure_host(&self) -> bool {
+    fn sent_by_azure_host(&self) -> bool {
         self.src == AZURE_HOST || self.src == METADATA
     }
 }
@@ -143,7 +143,7 @@ enum Owner {
 /// allow.
 #[inline(always)]
 pub fn outbound(ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
-    if t.to_azure_host() {
+    if t.sent_to_azure_host() {
         return Ok(Mark::NONE);
     }
     decide(
@@ -159,7 +159,7 @@ pub fn outbound(ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
 /// allow.
 #[inline(always)]
 pub fn inbound(ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
-    if t.from_azure_host() {
+    if t.sent_by_azure_host() {
         return Ok(Mark::NONE);
     }
     decide(
