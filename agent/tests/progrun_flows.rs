@@ -1,0 +1,220 @@
+//! BPF_PROG_RUN tests of the flow stage (`ebpf/vnetd-ebpf/src/flow.rs`): NSGs decided once per
+//! flow at the right place (the receiver's inbound rules at the sender's veth for a pod on the
+//! same node, at `pod_egress` for the node's own traffic), replies of allowed flows passing
+//! without rules, a container group's unexposed ports, and Kubernetes Services' traffic handed
+//! to the node's stack. Needs root (CAP_BPF).
+mod support;
+
+use support::{packets::*, *};
+use vnetd::{
+    compile::{ServiceTags, nsg::NsgTables, nsg::compile_nsgs, prefix::complement},
+    dataplane::{Dataplane, maps::nsg, tables::TableStore},
+    spec::{
+        Access, AddressPrefix, Direction, NetworkSecurityGroup, PortRange, Protocol, SecurityRule,
+    },
+};
+use vnetd_common::{
+    DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, FlowKind, GroupPortKey, NodeConfig, Path, maps,
+    programs,
+};
+
+const POD_B_INBOUND: u32 = 11;
+const POD_B_OUTBOUND: u32 = 12;
+
+/// Pod B's subnet NSG: inbound TCP 80 allowed, everything else inbound denied; outbound the
+/// defaults.
+fn b_with_web_only_nsg(dp: &mut Dataplane) {
+    let rule = |name: &str, priority, access, protocol, port: Option<u16>| SecurityRule {
+        name: name.into(),
+        description: None,
+        priority,
+        direction: Direction::Inbound,
+        access,
+        protocol,
+        source_address_prefixes: vec![AddressPrefix::Any],
+        source_port_ranges: vec![PortRange::ANY],
+        destination_address_prefixes: vec![AddressPrefix::Any],
+        destination_port_ranges: vec![port.map_or(PortRange::ANY, PortRange::single)],
+    };
+    let group = NetworkSecurityGroup {
+        name: "b-nsg".into(),
+        security_rules: vec![
+            rule("allow-web", 100, Access::Allow, Protocol::Tcp, Some(80)),
+            rule("deny-all-in", 200, Access::Deny, Protocol::Any, None),
+        ],
+    };
+    let vnet = vec!["10.0.0.0/16".parse().unwrap()];
+    let tags = ServiceTags {
+        internet: complement(&vnet),
+        virtual_network: vnet,
+    };
+    let tables = compile_nsgs(&[group], &tags).unwrap();
+    let inbound = tables
+        .classifier(NsgTables::classifier_id(1, Direction::Inbound))
+        .unwrap();
+    let outbound = tables
+        .classifier(NsgTables::classifier_id(1, Direction::Outbound))
+        .unwrap();
+    TableStore::write(
+        dp,
+        &[
+            (POD_B_INBOUND, &nsg::entries(inbound)),
+            (POD_B_OUTBOUND, &nsg::entries(outbound)),
+        ],
+    )
+    .unwrap();
+    let mut b = dp.endpoints().unwrap()[&POD_B.into()];
+    b.nsg_in_subnet = POD_B_INBOUND;
+    b.nsg_out_subnet = POD_B_OUTBOUND;
+    dp.put_endpoint(POD_B.into(), b).unwrap();
+}
+
+fn from_pod_b(dst: [u8; 4], proto: u8, l4: Vec<u8>) -> Vec<u8> {
+    frame((HOST_B, MAC_B), POD_B, dst, proto, l4)
+}
+
+fn pod_sends(dp: &mut Dataplane, f: &[u8]) -> Run {
+    run_on(dp, programs::POD_TC_INGRESS, f, TEST_IFINDEX)
+}
+
+/// What the node's stack sends into pod B (`pod_egress` on its host veth); `forwarded`: the
+/// stack routed it from another interface.
+fn stack_sends(dp: &mut Dataplane, f: &[u8], forwarded: bool) -> Run {
+    const INGRESS_IFINDEX_OFFSET: usize = 36; // offsetof(struct __sk_buff, ingress_ifindex)
+    let mut ctx = skb_ctx_on(TEST_IFINDEX);
+    if forwarded {
+        ctx[INGRESS_IFINDEX_OFFSET..INGRESS_IFINDEX_OFFSET + 4]
+            .copy_from_slice(&TEST_IFINDEX.to_ne_bytes());
+    }
+    run_with_ctx(dp, programs::POD_TC_EGRESS, f, Some(&ctx))
+}
+
+fn flow_kind(dp: &Dataplane, f: &[u8]) -> Option<u8> {
+    let key = vnetd_common::FlowKey {
+        src_ip: ip_src(f),
+        dst_ip: ip_dst(f),
+        src_port: sport(f).to_be(),
+        dst_port: dport(f).to_be(),
+        proto: f[23],
+        _pad: [0; 3],
+    };
+    dp.conntrack_maps()
+        .unwrap()
+        .get(&key)
+        .unwrap()
+        .map(|flow| flow.kind)
+}
+
+#[test]
+fn a_same_node_flow_is_decided_by_the_receivers_inbound_rules_and_its_replies_pass() {
+    let mut dp = dataplane();
+    b_with_web_only_nsg(&mut dp);
+
+    let syn = from_pod_a(POD_B, TCP, tcp(40000, 80, SYN));
+    assert_eq!(pod_sends(&mut dp, &syn).verdict, TC_ACT_REDIRECT);
+    assert_eq!(flow_kind(&dp, &syn), Some(FlowKind::Nsg as u8));
+    // B's answer passes its own veth without rules: its flow's reply entry is found.
+    let syn_ack = from_pod_b(POD_A, TCP, tcp(80, 40000, SYN | ACK));
+    assert_eq!(pod_sends(&mut dp, &syn_ack).verdict, TC_ACT_REDIRECT);
+
+    let denied = drops(&dp, DropReason::NsgDenied);
+    let other = from_pod_a(POD_B, TCP, tcp(40001, 81, SYN));
+    assert_eq!(pod_sends(&mut dp, &other).verdict, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, DropReason::NsgDenied), denied + 1);
+    assert_eq!(flow_kind(&dp, &other), None, "a denied flow gets no entry");
+
+    // B's own connection out: its outbound defaults allow it; A's answer comes back although
+    // B's inbound rules deny everything but TCP 80.
+    let out = from_pod_b(POD_A, UDP, udp_segment(5000, 53, false));
+    assert_eq!(pod_sends(&mut dp, &out).verdict, TC_ACT_REDIRECT);
+    let answer = from_pod_a(POD_B, UDP, udp_segment(53, 5000, false));
+    assert_eq!(pod_sends(&mut dp, &answer).verdict, TC_ACT_REDIRECT);
+    assert_eq!(drops(&dp, DropReason::NsgDenied), denied + 1);
+}
+
+#[test]
+fn the_nodes_own_traffic_into_a_pod_meets_its_inbound_rules_at_pod_egress() {
+    let mut dp = dataplane();
+    b_with_web_only_nsg(&mut dp);
+    let to_node = |l4| frame((HOST_B, UPLINK_MAC), NODE_IP, POD_B, TCP, l4);
+
+    assert_eq!(
+        stack_sends(&mut dp, &to_node(tcp(41000, 22, SYN)), false).verdict,
+        TC_ACT_SHOT
+    );
+    let web = to_node(tcp(41001, 80, SYN));
+    assert_eq!(stack_sends(&mut dp, &web, false).verdict, TC_PASS_ON);
+    assert_eq!(flow_kind(&dp, &web), Some(FlowKind::Nsg as u8));
+    // B's reply to the node is its stack's, with no rule asked.
+    let reply = from_pod_b(NODE_IP, TCP, tcp(80, 41001, SYN | ACK));
+    assert_eq!(pod_sends(&mut dp, &reply).verdict, TC_PASS_ON);
+    assert!(traffic(&dp, Path::HostToPod) >= 2);
+}
+
+#[test]
+fn a_container_groups_unexposed_ports_are_refused_before_its_nsg() {
+    let mut dp = dataplane();
+    let mut b = dp.endpoints().unwrap()[&POD_B.into()];
+    b.flags = ENDPOINT_EXPOSED_PORTS_ONLY;
+    dp.put_endpoint(POD_B.into(), b).unwrap();
+    {
+        let mut ports: aya::maps::HashMap<_, GroupPortKey, u32> =
+            aya::maps::HashMap::try_from(dp.raw_map_mut(maps::GROUP_PORTS).unwrap()).unwrap();
+        let key = GroupPortKey {
+            ip: POD_B,
+            port: 8080u16.to_be(),
+            proto: TCP,
+            _pad: 0,
+        };
+        ports.insert(key, 1, 0).unwrap();
+    }
+    let closed = from_pod_a(POD_B, TCP, tcp(40000, 2020, SYN));
+    assert_eq!(pod_sends(&mut dp, &closed).verdict, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, DropReason::PortNotExposed), 1);
+    let open = from_pod_a(POD_B, TCP, tcp(40000, 8080, SYN));
+    assert_eq!(pod_sends(&mut dp, &open).verdict, TC_ACT_REDIRECT);
+    // The group's own connection: the answer to its (unexposed) port comes back.
+    let out = from_pod_b(POD_A, TCP, tcp(45000, 80, SYN));
+    assert_eq!(pod_sends(&mut dp, &out).verdict, TC_ACT_REDIRECT);
+    let answer = from_pod_a(POD_B, TCP, tcp(80, 45000, SYN | ACK));
+    assert_eq!(pod_sends(&mut dp, &answer).verdict, TC_ACT_REDIRECT);
+    assert_eq!(drops(&dp, DropReason::PortNotExposed), 1);
+}
+
+#[test]
+fn services_traffic_goes_to_the_nodes_stack_and_so_do_its_replies() {
+    let mut dp = dataplane();
+    dp.set_node(NodeConfig {
+        uplink_ifindex: TEST_IFINDEX,
+        primary_ip: NODE_IP,
+        uplink_mac: UPLINK_MAC,
+        snat_port_min: 32768,
+        snat_port_max: 65535,
+        _pad: [0; 2],
+        service_net: [10, 96, 0, 0],
+        service_mask: [255, 255, 0, 0],
+    })
+    .unwrap();
+
+    // To a ClusterIP: to the stack, untracked (kube-proxy's conntrack has it).
+    let to_service = from_pod_a([10, 96, 0, 10], UDP, udp_segment(5353, 53, false));
+    assert_eq!(pod_sends(&mut dp, &to_service).verdict, TC_PASS_ON);
+    assert_eq!(traffic(&dp, Path::PodToService), 1);
+    // The stack, having DNATed it to pod B, forwards it into B's veth: the flow is the stack's.
+    let dnatted = frame(
+        (HOST_B, UPLINK_MAC),
+        POD_A,
+        POD_B,
+        UDP,
+        udp_segment(5353, 5353, false),
+    );
+    assert_eq!(stack_sends(&mut dp, &dnatted, true).verdict, TC_PASS_ON);
+    assert_eq!(flow_kind(&dp, &dnatted), Some(FlowKind::HostStack as u8));
+    // B's answer goes back to the stack (to be un-DNATed), not straight into pod A.
+    let answer = from_pod_b(POD_A, UDP, udp_segment(5353, 5353, false));
+    assert_eq!(pod_sends(&mut dp, &answer).verdict, TC_PASS_ON);
+    assert_eq!(traffic(&dp, Path::PodToService), 2);
+    // Pod-to-pod traffic that is no Service's is still delivered straight.
+    let direct = from_pod_b(POD_A, UDP, udp_segment(6000, 7000, false));
+    assert_eq!(pod_sends(&mut dp, &direct).verdict, TC_ACT_REDIRECT);
+}
