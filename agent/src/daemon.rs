@@ -15,9 +15,10 @@ use vnetd_common::{Endpoint as AbiEndpoint, NodeConfig, NsgRuleKey};
 
 use crate::{
     api::proto::{
-        AddRequest, AddResult, Attachment, CheckRequest, CniError, Request, Response, StatusReport,
+        AddRequest, AddResult, Attachment, CheckRequest, CniError, EndpointStatus, Request,
+        Response, StatusReport,
     },
-    compile::nat,
+    compile::{nat, nsg::NsgTables},
     dataplane::{
         Dataplane,
         maps::{
@@ -35,7 +36,7 @@ use crate::{
     netlink::{self, NodeLink, POD_GATEWAY, PodInterfaceError, PodInterfaceSpec},
     nsg_hits::{self, HitLedger},
     plan::NodePlan,
-    spec::PortRange,
+    spec::{Direction, PortRange},
 };
 
 pub struct Agent {
@@ -719,7 +720,11 @@ impl Agent {
         Ok(StatusReport {
             node: self.plan.node.clone(),
             uplink: self.plan.uplink.clone(),
-            endpoints: self.endpoints.values().map(Endpoint::status).collect(),
+            endpoints: self
+                .endpoints
+                .values()
+                .map(|ep| endpoint_status(&self.plan, ep))
+                .collect(),
             links: self.dataplane.links()?,
             traffic: self
                 .dataplane
@@ -740,6 +745,36 @@ impl Agent {
             nsg_rule_hits: self.nsg_hits.totals(&self.dataplane.nsg_hits()?),
         })
     }
+}
+
+/// What `vnetd status` shows of `ep`: its record, with its subnet's NSG and a Public group's
+/// address and name from the spec in force.
+fn endpoint_status(plan: &NodePlan, ep: &Endpoint) -> EndpointStatus {
+    let compiled = plan.compiled();
+    let mut status = ep.status();
+    status.nsg = compiled
+        .subnets
+        .iter()
+        .find(|s| s.name == ep.subnet && s.nsg_id != 0)
+        .and_then(|s| {
+            let inbound = NsgTables::classifier_id(s.nsg_id, Direction::Inbound);
+            compiled
+                .nsgs
+                .classifier(inbound)
+                .map(|c| c.nsg_name.clone())
+        });
+    let group = ep
+        .container_group
+        .as_deref()
+        .and_then(|name| compiled.container_groups.iter().find(|g| g.name == name));
+    if let Some(group) = group {
+        status.public_ip = group.public_ip;
+        status.fqdn = match (&group.dns_name_label, &group.location) {
+            (Some(label), Some(location)) => Some(format!("{label}.{location}.azurecontainer.io")),
+            _ => None,
+        };
+    }
+    status
 }
 
 /// The plan's uplink as it is now.

@@ -46,6 +46,16 @@ impl Endpoint {
             container_group: self.container_group.clone(),
             k8s_namespace: self.k8s_namespace.clone(),
             k8s_pod: self.k8s_pod.clone(),
+            mac: self
+                .pod_mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+            subnet: self.subnet.clone(),
+            nsg: None,
+            public_ip: None,
+            fqdn: None,
         }
     }
 }

@@ -346,10 +346,18 @@ fn print_status(r: &StatusReport) {
                 .as_ref()
                 .map(|p| format!("{}/{p}", ep.k8s_namespace.as_deref().unwrap_or("")))
         });
+        let public = match (ep.public_ip, &ep.fqdn) {
+            (Some(ip), Some(fqdn)) => format!(" public {ip} ({fqdn})"),
+            (Some(ip), None) => format!(" public {ip}"),
+            _ => String::new(),
+        };
         println!(
-            "  {:<15} {:<15} {} {}",
+            "  {:<15} {} {:<15} subnet {} nsg {} {} {}{public}",
             ep.ip,
+            ep.mac,
             ep.host_ifname,
+            ep.subnet,
+            ep.nsg.as_deref().unwrap_or("-"),
             ep.attachment.container_id,
             who.unwrap_or_default()
         );

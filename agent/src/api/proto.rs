@@ -287,6 +287,19 @@ pub struct EndpointStatus {
     pub container_group: Option<String>,
     pub k8s_namespace: Option<String>,
     pub k8s_pod: Option<String>,
+    /// The pod's MAC (`02:..`). The fields from here on are absent from agents before them.
+    #[serde(default)]
+    pub mac: String,
+    #[serde(default)]
+    pub subnet: String,
+    /// The subnet's NSG.
+    #[serde(default)]
+    pub nsg: Option<String>,
+    /// A Public group's address and its name (`label.location.azurecontainer.io`, ACI's).
+    #[serde(default)]
+    pub public_ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub fqdn: Option<String>,
 }
 
 #[cfg(test)]
