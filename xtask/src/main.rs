@@ -67,6 +67,10 @@ enum Task {
         /// packet_rate, control_plane.
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
+        /// Pods the control plane's CNI ADD/DEL latency is measured on (default 100; 25 with
+        /// --quick; at most 250).
+        #[arg(long, value_name = "N")]
+        cni_pods: Option<usize>,
     },
 }
 
@@ -101,6 +105,7 @@ fn main() -> Result<()> {
             out,
             control_plane_only,
             scenarios,
+            cni_pods,
         } => {
             // A misspelt scenario fails before minutes of setup and build.
             bench::check_scenarios(&scenarios)?;
@@ -111,6 +116,7 @@ fn main() -> Result<()> {
                 reps,
                 out,
                 scenarios,
+                cni_pods,
             };
             if control_plane_only {
                 bench::run_control_plane(&workspace_root(), opts)

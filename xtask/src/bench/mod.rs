@@ -35,6 +35,7 @@
 //! up and checks the pod-to-internet path, [`report`] turns them into the table, the JSON and
 //! the README's markdown, and [`cni`] is the control plane's share (CNI ADD/DEL latency).
 
+mod apply;
 mod cni;
 mod internet;
 mod measure;
@@ -74,6 +75,52 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Only these scenarios ([`SCENARIOS`]); empty: all.
     pub scenarios: Vec<String>,
+    /// Pods the control plane's CNI benchmark attaches and detaches (default 100, 25 with
+    /// `quick`).
+    pub cni_pods: Option<usize>,
+}
+
+impl Options {
+    fn cni_pods(&self) -> usize {
+        self.cni_pods.unwrap_or(if self.quick { 25 } else { 100 })
+    }
+}
+
+/// Pods on the node of the spec-apply benchmark (the issue's 250, a node's most).
+const SPEC_APPLY_PODS: usize = cni::MAX_PODS;
+
+/// The control plane: CNI ADD/DEL latency of `opts.cni_pods()` pods on both dataplanes, then
+/// vnetd's spec apply (start, reload, one-rule change) with [`SPEC_APPLY_PODS`] pods and an
+/// NSG of [`apply::RULES`] rules, under `spec_apply`.
+fn control_plane(opts: &Options) -> Result<Value> {
+    let pods = opts.cni_pods();
+    step(&format!(
+        "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
+    ));
+    let mut report = cni::run(pods)?;
+    let changes = if opts.quick { 5 } else { 20 };
+    step(&format!(
+        "control plane: vnetd applying a spec with {SPEC_APPLY_PODS} pods and an NSG of {} \
+         rules (start to ready, a reload adding it, {changes} one-rule changes)",
+        apply::RULES
+    ));
+    report["spec_apply"] = match apply::run(SPEC_APPLY_PODS, changes) {
+        Ok(v) => v,
+        Err(e) => {
+            println!("   failed: {e:#}");
+            json!({ "error": format!("{e:#}") })
+        }
+    };
+    Ok(report)
+}
+
+/// The control plane's tables for `report.md`.
+fn control_plane_markdown(report: &Value) -> String {
+    let mut md = cni::markdown(report);
+    if report["spec_apply"]["pods"].is_number() {
+        md += &apply::markdown(&report["spec_apply"]);
+    }
+    md
 }
 
 /// The scenarios `--scenario NAME` selects, with what each measures.
@@ -100,7 +147,8 @@ pub const SCENARIOS: [(&str, &str); 6] = [
     ),
     (
         "control_plane",
-        "CNI ADD and DEL latency, vnetd-cni against bridge + firewall",
+        "CNI ADD and DEL latency, vnetd-cni against bridge + firewall; vnetd's spec apply \
+         (start to ready, reload, one-rule change) with 250 pods and 1000 rules",
     ),
 ];
 
@@ -413,11 +461,10 @@ pub fn run_control_plane(root: &Path, opts: Options) -> Result<()> {
     check_tools()?;
     vnetd_lab::ensure_bpffs()?;
     vnetd_lab::cleanup_on_signal()?;
-    let pods = if opts.quick { 25 } else { 250 };
-    step(&format!(
-        "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
-    ));
-    let report = json!({ "environment": report::environment(), "control_plane": cni::run(pods)? });
+    let report = json!({
+        "environment": report::environment(),
+        "control_plane": control_plane(&opts)?,
+    });
     let out = opts
         .out
         .unwrap_or_else(|| target_dir(root).join("bench/control-plane.json"));
@@ -1023,11 +1070,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     if !sel.has("control_plane") {
         return Ok(());
     }
-    let pods = if opts.quick { 25 } else { 250 };
-    step(&format!(
-        "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
-    ));
-    report["control_plane"] = match cni::run(pods) {
+    report["control_plane"] = match control_plane(&opts) {
         Ok(v) => v,
         Err(e) => {
             println!("   failed: {e:#}");
@@ -1038,7 +1081,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .with_context(|| format!("writing {}", out_path.display()))?;
     if report["control_plane"]["pods"].is_number() {
         let mut md = std::fs::read_to_string(&md_path)?;
-        md += &cni::markdown(&report["control_plane"]);
+        md += &control_plane_markdown(&report["control_plane"]);
         std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
     }
     println!(
@@ -1163,11 +1206,9 @@ fn finish_without_lab(
             .collect::<serde_json::Map<_, _>>(),
     });
     if sel.has("control_plane") {
-        let pods = if opts.quick { 25 } else { 250 };
-        step(&format!(
-            "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
-        ));
-        report["control_plane"] = cni::run(pods)?;
+        vnetd_lab::ensure_bpffs()?;
+        vnetd_lab::cleanup_on_signal()?;
+        report["control_plane"] = control_plane(opts)?;
     }
     if let Some(dir) = out_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -1175,6 +1216,12 @@ fn finish_without_lab(
     std::fs::write(out_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", out_path.display()))?;
     println!("\n   report: {}", out_path.display());
+    if report["control_plane"]["pods"].is_number() {
+        let md_path = out_path.with_extension("md");
+        std::fs::write(&md_path, control_plane_markdown(&report["control_plane"]))
+            .with_context(|| format!("writing {}", md_path.display()))?;
+        println!("   control plane's tables: {}", md_path.display());
+    }
     Ok(())
 }
 
