@@ -43,6 +43,7 @@ mod nsg;
 mod pktrate;
 mod plots;
 mod report;
+mod retrans;
 
 use std::{
     net::Ipv4Addr,
@@ -78,9 +79,17 @@ pub struct Options {
     /// Pods the control plane's CNI benchmark attaches and detaches (default 100, 25 with
     /// `quick`).
     pub cni_pods: Option<usize>,
+    /// Client threads making new connections at once (default [`CONNECT_CLIENTS`]).
+    pub connect_clients: Option<usize>,
 }
 
+/// Client threads of the new-connection runs, by default.
+pub const CONNECT_CLIENTS: usize = 8;
+
 impl Options {
+    fn connect_clients(&self) -> usize {
+        self.connect_clients.unwrap_or(CONNECT_CLIENTS).max(1)
+    }
     fn cni_pods(&self) -> usize {
         self.cni_pods.unwrap_or(if self.quick { 25 } else { 100 })
     }
@@ -124,7 +133,7 @@ fn control_plane_markdown(report: &Value) -> String {
 }
 
 /// The scenarios `--scenario NAME` selects, with what each measures.
-pub const SCENARIOS: [(&str, &str); 6] = [
+pub const SCENARIOS: [(&str, &str); 7] = [
     (
         "progrun",
         "BPF_PROG_RUN: pod_ingress, SNAT, NSG first packet by rule count",
@@ -144,6 +153,11 @@ pub const SCENARIOS: [(&str, &str); 6] = [
     (
         "packet_rate",
         "64 B packet rate pod to pod, XDP live-frames generator: vnetd, reference, bare forwarder",
+    ),
+    (
+        "retrans",
+        "TCP bulk pod to pod with sender and receiver unpinned, on two CPUs, on one: \
+         retransmissions, DSACKs, out-of-order segments",
     ),
     (
         "control_plane",
@@ -195,9 +209,15 @@ impl Selection {
             .collect()
     }
     fn needs_lab(&self) -> bool {
-        ["pod_to_pod", "pod_to_internet", "nsg", "packet_rate"]
-            .iter()
-            .any(|s| self.has(s))
+        [
+            "pod_to_pod",
+            "pod_to_internet",
+            "nsg",
+            "packet_rate",
+            "retrans",
+        ]
+        .iter()
+        .any(|s| self.has(s))
     }
 }
 
@@ -316,6 +336,8 @@ struct Durations {
     rr: Duration,
     udp: u32,
     connect: Duration,
+    /// Client threads making new connections at once (issue 11: many parallel clients).
+    connect_clients: usize,
 }
 
 /// What a run measures, whatever the scenario.
@@ -383,7 +405,9 @@ impl Quantity {
             Quantity::TcpRr => "TCP_RR 1 B, transactions/s",
             Quantity::TcpRrLatency => "TCP_RR mean latency, us (lower is better)",
             Quantity::UdpRx => "UDP 64 B receiver, kpps (syscall-bound)",
-            Quantity::ConnRate => "new TCP connections/s (connect, 1 B each way, close)",
+            Quantity::ConnRate => {
+                "new TCP connections/s (parallel clients; connect, 1 B each way, close)"
+            }
         }
     }
 }
@@ -403,7 +427,7 @@ impl Metric {
             Scenario::PodToPod => self.quantity.label().to_string(),
             Scenario::PodToInternet => format!("to internet: {}", self.quantity.label()),
             Scenario::NsgPodToPod(n) => {
-                format!("NSG of {n} rule(s): new TCP connections/s pod to pod")
+                format!("NSG of {n} rule(s): new TCP connections/s pod to pod, parallel clients")
             }
         }
     }
@@ -486,6 +510,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             rr: Duration::from_secs(1),
             udp: 2,
             connect: Duration::from_secs(1),
+            connect_clients: opts.connect_clients(),
         }
     } else {
         Durations {
@@ -495,6 +520,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             // Or 10,000 connections, whichever comes first (ephemeral ports in TIME_WAIT: see
             // measure::CONNECT_MAX).
             connect: Duration::from_secs(1),
+            connect_clients: opts.connect_clients(),
         }
     };
     let out_path = opts
@@ -678,11 +704,12 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
 
     step(&format!(
         "measuring: {reps} repetition(s), bulk {} s, TCP_RR {} s, UDP {} s, new connections {} s \
-         per run, one run at a time",
+         from {} parallel clients per run, one run at a time",
         durations.bulk,
         durations.rr.as_secs_f64(),
         durations.udp,
         durations.connect.as_secs_f64(),
+        durations.connect_clients,
     ));
     // Proof that each run took the measured path: vnetd's path counters, and the reference
     // node's iptables counters (pod to pod: the packets its FORWARD chain sent to the firewall
@@ -815,6 +842,77 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     }
     if nsg_applied.is_some() {
         nsg::apply(&agent, &base_spec, &rnode, None).context("removing the NSG")?;
+    }
+
+    let mut retrans_runs = Vec::new();
+    if sel.has("retrans") {
+        step(&format!(
+            "retransmissions: TCP bulk pod to pod, {} s per run, the iperf3 client (sender) and \
+             server placed {}; {reps} repetition(s)",
+            durations.bulk,
+            retrans::PLACEMENTS
+                .iter()
+                .map(|p| format!(
+                    "{} ({})",
+                    p.key,
+                    match (p.client_cpu, p.server_cpu) {
+                        (Some(c), Some(s)) => format!("CPU {c} -> CPU {s}"),
+                        _ => "by the scheduler".into(),
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        for rep in 0..reps {
+            for placement in retrans::PLACEMENTS {
+                for dp in DATAPLANES {
+                    let before = evidence(Scenario::PodToPod, dp)?;
+                    let mut run = retrans::run(&pod_to_pod[dp as usize], placement, durations.bulk)
+                        .with_context(|| {
+                            format!("retrans {} run {} for {}", placement.key, rep + 1, dp.key())
+                        })?;
+                    let valid = evidence(Scenario::PodToPod, dp)?
+                        .iter()
+                        .zip(&before)
+                        .all(|(a, b)| a > b);
+                    println!(
+                        "   rep {} {:<9} {:<8} {:>6.2} Gbit/s  retransmitted {} (DSACK {}, \
+                         per 1M segments {:.0})  receiver out-of-order {}  softnet per CPU {}{}",
+                        rep + 1,
+                        dp.key(),
+                        placement.key,
+                        run["gbps"].as_f64().unwrap_or(f64::NAN),
+                        run["sender"]["RetransSegs"],
+                        run["sender"]["TCPDSACKRecvSegs"],
+                        run["retransmitted_per_million_segments"]
+                            .as_f64()
+                            .unwrap_or(f64::NAN),
+                        run["receiver"]["TCPOFOQueue"],
+                        run["softnet_processed_per_cpu"],
+                        if valid {
+                            ""
+                        } else {
+                            "  INVALID: the path's counter did not move"
+                        },
+                    );
+                    run["rep"] = json!(rep + 1);
+                    run["dataplane"] = json!(dp.key());
+                    run["valid"] = json!(valid);
+                    if !valid {
+                        results.invalid += 1;
+                    }
+                    retrans_runs.push(run);
+                }
+            }
+        }
+    }
+    let valid_retrans: Vec<Value> = retrans_runs
+        .iter()
+        .filter(|r| r["valid"] == true)
+        .cloned()
+        .collect();
+    if !valid_retrans.is_empty() {
+        println!("{}", retrans::markdown(&valid_retrans));
     }
 
     let mut rate_samples: [Vec<f64>; 3] = Default::default();
@@ -974,6 +1072,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             "tcp_bulk": durations.bulk, "tcp_rr": durations.rr.as_secs_f64(), "udp": durations.udp,
             "connect": durations.connect.as_secs_f64(),
         },
+        "connect_clients": durations.connect_clients,
         "measuring_s": measuring.as_secs_f64(),
         "scenario": "pod to pod on one node, 2 pods per node namespace; pod to the internet \
                      host through the node's address (the lab's fabric and edge router in \
@@ -1009,6 +1108,12 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             .map(|f| (f.key.clone(), report::summary_of(&f.samples)))
             .collect::<serde_json::Map<_, _>>(),
         "packet_rate": packet_rate,
+        "retransmissions": (!retrans_runs.is_empty()).then(|| json!({
+            "what": "TCP bulk pod to pod (iperf3, one stream) with the sender (client) and \
+                     receiver (server) unpinned, on CPUs 0 and 1, and both on CPU 0; counter \
+                     deltas of both ends and packets processed per CPU",
+            "runs": retrans_runs,
+        })),
         "invalid_runs": results.invalid,
         "notes": notes,
     });
@@ -1042,6 +1147,11 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         ),
     )
     .with_context(|| format!("writing {}", md_path.display()))?;
+    if !valid_retrans.is_empty() {
+        let mut md = std::fs::read_to_string(&md_path)?;
+        md += &retrans::markdown(&valid_retrans);
+        std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    }
     if !plots.is_empty() {
         let mut md = std::fs::read_to_string(&md_path)?;
         md.push('\n');
