@@ -856,21 +856,54 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                     "{} ({})",
                     p.key,
                     match (p.client_cpu, p.server_cpu) {
-                        (Some(c), Some(s)) => format!("CPU {c} -> CPU {s}"),
+                        (Some(c), Some(s)) => format!(
+                            "CPU {c} -> CPU {s}{}{}",
+                            if p.host_gro {
+                                ", GRO on the host-side veths"
+                            } else {
+                                ""
+                            },
+                            if p.rps {
+                                ", RPS on the pods' veths"
+                            } else {
+                                ""
+                            }
+                        ),
                         _ => "by the scheduler".into(),
                     }
                 ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        let hosts = [
+            retrans::HostSide {
+                node: node.ns.clone(),
+                veths: [
+                    pktrate::host_veth(&node, &va)?,
+                    pktrate::host_veth(&node, &vb)?,
+                ],
+            },
+            retrans::HostSide {
+                node: rnode.ns.clone(),
+                veths: [
+                    pktrate::host_veth(&rnode, &ra)?,
+                    pktrate::host_veth(&rnode, &rb)?,
+                ],
+            },
+        ];
         for rep in 0..reps {
             for placement in retrans::PLACEMENTS {
                 for dp in DATAPLANES {
                     let before = evidence(Scenario::PodToPod, dp)?;
-                    let mut run = retrans::run(&pod_to_pod[dp as usize], placement, durations.bulk)
-                        .with_context(|| {
-                            format!("retrans {} run {} for {}", placement.key, rep + 1, dp.key())
-                        })?;
+                    let mut run = retrans::run(
+                        &pod_to_pod[dp as usize],
+                        &hosts[dp as usize],
+                        placement,
+                        durations.bulk,
+                    )
+                    .with_context(|| {
+                        format!("retrans {} run {} for {}", placement.key, rep + 1, dp.key())
+                    })?;
                     let valid = evidence(Scenario::PodToPod, dp)?
                         .iter()
                         .zip(&before)
