@@ -278,7 +278,8 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
              measures the whole stack, the dataplane's per-packet cost is a small part of it."
         ));
         notes.push(format!(
-            "TCP bulk retransmitted segments over all runs, pod to pod: {}; to the internet: {}.",
+            "TCP bulk retransmitted segments over all runs, pod to pod: {}; to the internet: {} \
+             (the pods' veths reorder when TCP sends from two CPUs: `--scenario retrans`).",
             retrans(p2p),
             retrans(inet),
         ));
