@@ -64,9 +64,17 @@ enum Task {
         #[arg(long)]
         control_plane_only: bool,
         /// Only this scenario (repeatable): progrun, pod_to_pod, pod_to_internet, nsg,
-        /// packet_rate, control_plane.
+        /// packet_rate, retrans, control_plane.
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
+        /// Pods the control plane's CNI ADD/DEL latency is measured on (default 100; 25 with
+        /// --quick; at most 250).
+        #[arg(long, value_name = "N")]
+        cni_pods: Option<usize>,
+        /// Client threads making new connections at once, to the internet and through NSGs
+        /// (default 8).
+        #[arg(long, value_name = "N")]
+        connect_clients: Option<usize>,
     },
 }
 
@@ -101,6 +109,8 @@ fn main() -> Result<()> {
             out,
             control_plane_only,
             scenarios,
+            cni_pods,
+            connect_clients,
         } => {
             // A misspelt scenario fails before minutes of setup and build.
             bench::check_scenarios(&scenarios)?;
@@ -111,6 +121,8 @@ fn main() -> Result<()> {
                 reps,
                 out,
                 scenarios,
+                cni_pods,
+                connect_clients,
             };
             if control_plane_only {
                 bench::run_control_plane(&workspace_root(), opts)

@@ -2,7 +2,7 @@
 //! CNI ADD, then DEL, of N pods on one node, one plugin process at a time as a runtime calls
 //! them: `vnetd-cni` (the agent allocates, creates the veth, programs the maps) against the
 //! reference chain (`bridge` with `host-local`, then `firewall` with iptables), alternating pod
-//! by pod so both see the same machine. The point is the curve: the 250th ADD should cost what
+//! by pod so both see the same machine. The point is the curve: the last ADD should cost what
 //! the first does.
 use std::{
     path::Path,
@@ -139,6 +139,31 @@ pub fn cni(node: &Node, call: &CniCall) -> Result<PluginOutput> {
     })
 }
 
+/// The most pods a node may have (the spec's `maxPods` limit) and host-local's /24 holds.
+pub const MAX_PODS: usize = 250;
+
+/// The lab's spec with node-1's pool and `maxPods` made room for `pods` pods in `apps`
+/// (examples/lab.yaml gives it 40 addresses there and maxPods 30).
+pub(super) fn spec_with_room_for(base: &str, pods: usize) -> Result<String> {
+    ensure!(
+        pods <= MAX_PODS,
+        "a node has at most {MAX_PODS} pods, not {pods}"
+    );
+    let spec = base.replace(
+        "secondaryIpAddresses: [\"10.0.1.10-10.0.1.19\", \"10.0.2.10-10.0.2.49\"]\n    maxPods: 30",
+        &format!(
+            "secondaryIpAddresses: [\"10.0.1.10-10.0.1.19\", \"10.0.2.10-10.0.2.49\", \
+             \"10.0.2.90-10.0.3.250\"]\n    maxPods: {}",
+            pods.max(30)
+        ),
+    );
+    ensure!(
+        spec != base,
+        "examples/lab.yaml's node-1 changed: update bench::cni's pool edit"
+    );
+    Ok(spec)
+}
+
 /// ADD and DEL latencies of one dataplane's plugin, in call order.
 #[derive(Default)]
 struct Latencies {
@@ -148,19 +173,13 @@ struct Latencies {
 
 /// Attaches and detaches `pods` pods with each plugin; prints a table, returns the figures.
 pub fn run(pods: usize) -> Result<Value> {
+    ensure!(
+        (1..=MAX_PODS).contains(&pods),
+        "the CNI benchmark attaches 1 to {MAX_PODS} pods (a node's maxPods), not {pods}"
+    );
     let lab = Lab::new()?;
     let node = lab.add_node("node-1", "10.0.0.4/24".parse()?)?;
-    // node-1 with room for `pods` pods in `apps` (examples/lab.yaml gives it 40 and maxPods 30).
-    let base = lab_spec();
-    let spec = base.replace(
-        "secondaryIpAddresses: [\"10.0.1.10-10.0.1.19\", \"10.0.2.10-10.0.2.49\"]\n    maxPods: 30",
-        "secondaryIpAddresses: [\"10.0.1.10-10.0.1.19\", \"10.0.2.10-10.0.2.49\", \
-         \"10.0.2.90-10.0.3.250\"]\n    maxPods: 250",
-    );
-    ensure!(
-        spec != base,
-        "examples/lab.yaml's node-1 changed: update bench::cni's pool edit"
-    );
+    let spec = spec_with_room_for(&lab_spec(), pods)?;
     let _agent = Agent::start(&node, &spec).context("starting the vnetd agent")?;
     let rnode = lab.add_node("ref", "10.0.0.9/24".parse()?)?;
 

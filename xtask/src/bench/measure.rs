@@ -9,7 +9,7 @@ use std::{
     os::fd::AsRawFd as _,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -103,11 +103,12 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
             })
         }
         Kind::Connect => {
-            let c = connect_rate(pair, d.connect)?;
+            let c = connect_rate(pair, d.connect, d.connect_clients)?;
             let secs = c.elapsed.as_secs_f64();
             Ok(Run {
                 values: vec![(Quantity::ConnRate, c.completed as f64 / secs)],
                 details: json!({
+                    "clients": c.clients,
                     "completed": c.completed,
                     "failed": c.failed,
                     "errors": c.errors,
@@ -125,6 +126,22 @@ pub(super) fn measure(kind: Kind, pair: &Pair, d: Durations) -> Result<Run> {
 /// TCPSACKReorder]`. A retransmitted segment the receiver reports as a duplicate (DSACK) was
 /// not lost: it was retransmitted because segments arrived out of order.
 fn tcp_counters(ns: &Ns) -> Result<[u64; 3]> {
+    let c = tcp_stats(ns)?;
+    let get = |k: &str| {
+        c.get(k)
+            .copied()
+            .ok_or_else(|| anyhow!("no {k} counter in netns {}", ns.name))
+    };
+    Ok([
+        get("Tcp:RetransSegs")?,
+        get("TcpExt:TCPDSACKRecvSegs")?,
+        get("TcpExt:TCPSACKReorder")?,
+    ])
+}
+
+/// Every `Tcp` and `TcpExt` counter of `ns` (`/proc/net/snmp` and `netstat`), keyed
+/// `Group:Name`.
+pub(super) fn tcp_stats(ns: &Ns) -> Result<BTreeMap<String, u64>> {
     // /proc/thread-self: /proc/net (= /proc/self/net) shows the main thread's namespace.
     let (snmp, netstat) = ns.in_ns(|| {
         let read = |f: &str| {
@@ -133,38 +150,67 @@ fn tcp_counters(ns: &Ns) -> Result<[u64; 3]> {
         };
         Ok((read("snmp")?, read("netstat")?))
     })?;
-    let field = |text: &str, group: &str, name: &str| -> Result<u64> {
-        let mut rows = text
-            .lines()
-            .filter(|l| l.starts_with(&format!("{group}: ")));
-        let (names, values) = (rows.next(), rows.next());
-        names
-            .zip(values)
-            .and_then(|(n, v)| {
-                let i = n.split_whitespace().position(|k| k == name)?;
-                v.split_whitespace().nth(i)?.parse().ok()
-            })
-            .ok_or_else(|| anyhow!("no {group} {name} counter in netns {}", ns.name))
-    };
-    Ok([
-        field(&snmp, "Tcp", "RetransSegs")?,
-        field(&netstat, "TcpExt", "TCPDSACKRecvSegs")?,
-        field(&netstat, "TcpExt", "TCPSACKReorder")?,
-    ])
+    Ok(parse_tcp_stats(&[&snmp, &netstat]))
+}
+
+/// The `Tcp` and `TcpExt` counters of `/proc/net/snmp`-style texts (a line of names, then a
+/// line of values, per group).
+fn parse_tcp_stats(texts: &[&str]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for text in texts {
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let (Some((group, names)), Some((_, values))) =
+                (names.split_once(": "), values.split_once(": "))
+            else {
+                continue;
+            };
+            if group != "Tcp" && group != "TcpExt" {
+                continue;
+            }
+            for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                if let Ok(v) = v.parse() {
+                    out.insert(format!("{group}:{n}"), v);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// One iperf3 run: a one-off server in the server pod, the client (JSON output) in the client
 /// pod. Returns the client's JSON.
 fn iperf3(pair: &Pair, args: &[&str], secs: u32) -> Result<Value> {
-    let server = pair
-        .server
-        .spawn(["iperf3", "-s", "-1", "-p", IPERF_PORT, "--forceflush"])?;
+    iperf3_on(pair, args, secs, None, None)
+}
+
+/// [`iperf3`] with the client and the server each pinned to a CPU (`taskset -c`), or not.
+pub(super) fn iperf3_on(
+    pair: &Pair,
+    args: &[&str],
+    secs: u32,
+    client_cpu: Option<usize>,
+    server_cpu: Option<usize>,
+) -> Result<Value> {
+    let pinned = |cpu: Option<usize>, cmd: &[&str]| -> Vec<String> {
+        cpu.map(|c| vec!["taskset".to_string(), "-c".into(), c.to_string()])
+            .unwrap_or_default()
+            .into_iter()
+            .chain(cmd.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let server = pair.server.spawn(pinned(
+        server_cpu,
+        &["iperf3", "-s", "-1", "-p", IPERF_PORT, "--forceflush"],
+    ))?;
     server
         .wait_for_output("Server listening", Duration::from_secs(10))
         .context("waiting for the iperf3 server")?;
     let ip = pair.server_ip.to_string();
     let mut cmd = vec!["iperf3", "-c", &ip, "-p", IPERF_PORT, "-J"];
     cmd.extend_from_slice(args);
+    let cmd = pinned(client_cpu, &cmd);
     let out = pair
         .client
         .run_timeout(&cmd, Duration::from_secs(u64::from(secs) + 20))?;
@@ -288,6 +334,8 @@ struct ConnectRun {
     /// port: too many and connect fails with "cannot assign requested address").
     time_wait_before: u64,
     elapsed: Duration,
+    /// Client threads that made connections at once.
+    clients: usize,
 }
 
 /// How long a connection may take to open or to answer before it counts as failed.
@@ -300,10 +348,13 @@ const CONNECT_MAX: u64 = 10_000;
 /// work, or the run fails.
 const CONNECT_WARM_UP: u32 = 20;
 
-/// New connections, one after the other for `dur` (or [`CONNECT_MAX`] of them): connect, send 1 byte, read the 1-byte
-/// answer, close (the client closes first, so the TIME_WAIT is the client's, as with a real
-/// client). The loop runs on a thread inside the client's namespace.
-fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
+/// New connections from `clients` client threads at once, each one after the other, for
+/// `dur` (or [`CONNECT_MAX`] of them in all): connect, send 1 byte, read the 1-byte answer,
+/// close (the client closes first, so the TIME_WAIT is the client's, as with a real client).
+/// The client threads run inside the client's namespace; as many server threads share the
+/// listener, each serving one connection at a time, so no client waits for another's.
+fn connect_rate(pair: &Pair, dur: Duration, clients: usize) -> Result<ConnectRun> {
+    let clients = clients.max(1);
     let listener = pair
         .server
         .tcp_listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, pair.port)))?;
@@ -311,26 +362,28 @@ fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
     // accept() honours SO_RCVTIMEO: the server wakes up to see that the client is done.
     set_receive_timeout(&listener, Duration::from_millis(100))?;
     let stop = Arc::new(AtomicBool::new(false));
-    let server = {
-        let stop = stop.clone();
-        std::thread::spawn(move || -> Result<u64> {
-            let mut served = 0;
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    // One at a time, as the client makes them; a broken one is the client's
-                    // failure to count, not the server's.
-                    Ok((s, _)) => served += u64::from(answer_once(s).is_ok()),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(e) => return Err(e).context("accepting"),
+    let servers = (0..clients)
+        .map(|_| {
+            let listener = listener.try_clone().context("sharing the listener")?;
+            let stop = stop.clone();
+            Ok(std::thread::spawn(move || -> Result<u64> {
+                let mut served = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        // A broken one is the client's failure to count, not the server's.
+                        Ok((s, _)) => served += u64::from(answer_once(s).is_ok()),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(e) => return Err(e).context("accepting"),
+                    }
                 }
-            }
-            Ok(served)
+                Ok(served)
+            }))
         })
-    };
+        .collect::<Result<Vec<_>>>();
     let one = move || -> std::io::Result<()> {
         let mut c = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
         c.set_nodelay(true)?;
@@ -339,29 +392,70 @@ fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
         let mut b = [0u8; 1];
         c.read_exact(&mut b)
     };
-    let client = pair.client.in_ns(|| {
-        let time_wait_before = time_wait_sockets()?;
-        for i in 0..CONNECT_WARM_UP {
-            one().with_context(|| format!("warm-up connection {} to {addr}", i + 1))?;
-        }
-        let (mut completed, mut failed) = (0u64, 0u64);
-        let mut errors = BTreeMap::<String, u64>::new();
-        let start = Instant::now();
-        while start.elapsed() < dur && completed + failed < CONNECT_MAX {
-            match one() {
-                Ok(()) => completed += 1,
-                Err(e) => {
-                    failed += 1;
-                    *errors.entry(e.to_string()).or_default() += 1;
+    let client = servers
+        .as_ref()
+        .map_err(|e| anyhow!("{e:#}"))
+        .and_then(|_| {
+            let time_wait_before = pair.client.in_ns(|| {
+                let tw = time_wait_sockets()?;
+                for i in 0..CONNECT_WARM_UP {
+                    one().with_context(|| format!("warm-up connection {} to {addr}", i + 1))?;
+                }
+                Ok(tw)
+            })?;
+            // Each connection takes a number first, so the run stops at CONNECT_MAX in all.
+            let issued = AtomicU64::new(0);
+            let start = Instant::now();
+            let per_client = std::thread::scope(|s| {
+                let threads: Vec<_> = (0..clients)
+                    .map(|_| {
+                        s.spawn(|| {
+                            pair.client.in_ns(|| {
+                                let (mut completed, mut failed) = (0u64, 0u64);
+                                let mut errors = BTreeMap::<String, u64>::new();
+                                while start.elapsed() < dur
+                                    && issued.fetch_add(1, Ordering::Relaxed) < CONNECT_MAX
+                                {
+                                    match one() {
+                                        Ok(()) => completed += 1,
+                                        Err(e) => {
+                                            failed += 1;
+                                            *errors.entry(e.to_string()).or_default() += 1;
+                                        }
+                                    }
+                                }
+                                Ok((completed, failed, errors))
+                            })
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| {
+                        t.join()
+                            .map_err(|_| anyhow!("a connection client thread panicked"))?
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })?;
+            let elapsed = start.elapsed();
+            let (mut completed, mut failed) = (0, 0);
+            let mut errors = BTreeMap::<String, u64>::new();
+            for (c, f, e) in per_client {
+                completed += c;
+                failed += f;
+                for (k, n) in e {
+                    *errors.entry(k).or_default() += n;
                 }
             }
-        }
-        Ok((completed, failed, errors, start.elapsed(), time_wait_before))
-    });
+            Ok((completed, failed, errors, elapsed, time_wait_before))
+        });
     stop.store(true, Ordering::Relaxed);
-    let served = server
-        .join()
-        .map_err(|_| anyhow!("the connection server thread panicked"))?;
+    let mut served = 0;
+    for server in servers? {
+        served += server
+            .join()
+            .map_err(|_| anyhow!("a connection server thread panicked"))??;
+    }
     let (completed, failed, errors, elapsed, time_wait_before) =
         client.with_context(|| format!("new connections from netns {}", pair.client.name))?;
     ensure!(completed > 0, "no connection completed: {errors:?}");
@@ -369,9 +463,10 @@ fn connect_rate(pair: &Pair, dur: Duration) -> Result<ConnectRun> {
         completed,
         failed,
         errors,
-        served: served?.saturating_sub(u64::from(CONNECT_WARM_UP)),
+        served: served.saturating_sub(u64::from(CONNECT_WARM_UP)),
         elapsed,
         time_wait_before,
+        clients,
     })
 }
 
@@ -577,6 +672,19 @@ vnetd-bench program=pod_ingress_nsg nsg_rules=10 classified=true runs=1000000 ns
 vnetd-bench program=pod_ingress_nsg nsg_rules=100 classified=true runs=1000000 ns_per_run=104.0
 .vnetd-bench program=pod_ingress_nsg nsg_rules=1000 classified=true runs=1000000 ns_per_run=130.0
 ";
+
+    /// Tcp and TcpExt counters by name, other groups left out.
+    #[test]
+    fn tcp_stats_by_group_and_name() {
+        let snmp = "Ip: Forwarding InReceives\nIp: 1 5\nTcp: RtoAlgorithm RetransSegs\nTcp: 1 42\n";
+        let netstat = "TcpExt: SyncookiesSent TCPDSACKRecvSegs TCPOFOQueue\n\
+                       TcpExt: 0 7 9\nIpExt: InNoRoutes\nIpExt: 3\n";
+        let c = super::parse_tcp_stats(&[snmp, netstat]);
+        assert_eq!(c["Tcp:RetransSegs"], 42);
+        assert_eq!(c["TcpExt:TCPDSACKRecvSegs"], 7);
+        assert_eq!(c["TcpExt:TCPOFOQueue"], 9);
+        assert!(!c.contains_key("Ip:InReceives") && !c.contains_key("IpExt:InNoRoutes"));
+    }
 
     /// Each rule count of the NSG benchmark is a figure of its own, not the last one seen.
     #[test]

@@ -27,14 +27,17 @@
 //! rules on both dataplanes ([`nsg`]); the 64-byte packet rate at the dataplane, an XDP
 //! live-frames generator against vnetd, the reference and a bare `bpf_redirect_peer`
 //! forwarder ([`pktrate`], the generator is `xtask/pktgen`); the BPF_PROG_RUN costs, the NSG's
-//! first packet by rule count among them. `--scenario NAME` runs one ([`SCENARIOS`]); SVG
-//! plots go beside the report ([`plots`]).
+//! first packet by rule count among them; where the bulk runs' retransmissions come from
+//! ([`retrans`]). `--scenario NAME` runs one ([`SCENARIOS`]); SVG plots go beside the report
+//! ([`plots`]).
 //!
 //! This module runs the bench; [`measure`] takes the measurements (iperf3, TCP_RR, new
 //! connections per second, the counters that prove the path, BPF_PROG_RUN), [`internet`] sets
 //! up and checks the pod-to-internet path, [`report`] turns them into the table, the JSON and
-//! the README's markdown, and [`cni`] is the control plane's share (CNI ADD/DEL latency).
+//! the README's markdown, and [`cni`] and [`apply`] are the control plane's share (CNI ADD/DEL
+//! latency; the agent's start, reload and one-rule change with 250 pods and 1000 rules).
 
+mod apply;
 mod cni;
 mod internet;
 mod measure;
@@ -42,6 +45,7 @@ mod nsg;
 mod pktrate;
 mod plots;
 mod report;
+mod retrans;
 
 use std::{
     net::Ipv4Addr,
@@ -74,10 +78,64 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Only these scenarios ([`SCENARIOS`]); empty: all.
     pub scenarios: Vec<String>,
+    /// Pods the control plane's CNI benchmark attaches and detaches (default 100, 25 with
+    /// `quick`).
+    pub cni_pods: Option<usize>,
+    /// Client threads making new connections at once (default [`CONNECT_CLIENTS`]).
+    pub connect_clients: Option<usize>,
+}
+
+/// Client threads of the new-connection runs, by default.
+pub const CONNECT_CLIENTS: usize = 8;
+
+impl Options {
+    fn connect_clients(&self) -> usize {
+        self.connect_clients.unwrap_or(CONNECT_CLIENTS).max(1)
+    }
+    fn cni_pods(&self) -> usize {
+        self.cni_pods.unwrap_or(if self.quick { 25 } else { 100 })
+    }
+}
+
+/// Pods on the node of the spec-apply benchmark (the issue's 250, a node's most).
+const SPEC_APPLY_PODS: usize = cni::MAX_PODS;
+
+/// The control plane: CNI ADD/DEL latency of `opts.cni_pods()` pods on both dataplanes, then
+/// vnetd's spec apply (start, reload, one-rule change) with [`SPEC_APPLY_PODS`] pods and an
+/// NSG of [`apply::RULES`] rules, under `spec_apply`.
+fn control_plane(opts: &Options) -> Result<Value> {
+    let pods = opts.cni_pods();
+    step(&format!(
+        "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
+    ));
+    let mut report = cni::run(pods)?;
+    let changes = if opts.quick { 5 } else { 20 };
+    step(&format!(
+        "control plane: vnetd applying a spec with {SPEC_APPLY_PODS} pods and an NSG of {} \
+         rules (start to ready, a reload adding it, {changes} one-rule changes)",
+        apply::RULES
+    ));
+    report["spec_apply"] = match apply::run(SPEC_APPLY_PODS, changes) {
+        Ok(v) => v,
+        Err(e) => {
+            println!("   failed: {e:#}");
+            json!({ "error": format!("{e:#}") })
+        }
+    };
+    Ok(report)
+}
+
+/// The control plane's tables for `report.md`.
+fn control_plane_markdown(report: &Value) -> String {
+    let mut md = cni::markdown(report);
+    if report["spec_apply"]["pods"].is_number() {
+        md += &apply::markdown(&report["spec_apply"]);
+    }
+    md
 }
 
 /// The scenarios `--scenario NAME` selects, with what each measures.
-pub const SCENARIOS: [(&str, &str); 6] = [
+pub const SCENARIOS: [(&str, &str); 7] = [
     (
         "progrun",
         "BPF_PROG_RUN: pod_ingress, SNAT, NSG first packet by rule count",
@@ -99,8 +157,14 @@ pub const SCENARIOS: [(&str, &str); 6] = [
         "64 B packet rate pod to pod, XDP live-frames generator: vnetd, reference, bare forwarder",
     ),
     (
+        "retrans",
+        "TCP bulk pod to pod with sender and receiver unpinned, on two CPUs, on one: \
+         retransmissions, DSACKs, out-of-order segments",
+    ),
+    (
         "control_plane",
-        "CNI ADD and DEL latency, vnetd-cni against bridge + firewall",
+        "CNI ADD and DEL latency, vnetd-cni against bridge + firewall; vnetd's spec apply \
+         (start to ready, reload, one-rule change) with 250 pods and 1000 rules",
     ),
 ];
 
@@ -147,9 +211,15 @@ impl Selection {
             .collect()
     }
     fn needs_lab(&self) -> bool {
-        ["pod_to_pod", "pod_to_internet", "nsg", "packet_rate"]
-            .iter()
-            .any(|s| self.has(s))
+        [
+            "pod_to_pod",
+            "pod_to_internet",
+            "nsg",
+            "packet_rate",
+            "retrans",
+        ]
+        .iter()
+        .any(|s| self.has(s))
     }
 }
 
@@ -268,6 +338,8 @@ struct Durations {
     rr: Duration,
     udp: u32,
     connect: Duration,
+    /// Client threads making new connections at once (issue 11: many parallel clients).
+    connect_clients: usize,
 }
 
 /// What a run measures, whatever the scenario.
@@ -335,7 +407,9 @@ impl Quantity {
             Quantity::TcpRr => "TCP_RR 1 B, transactions/s",
             Quantity::TcpRrLatency => "TCP_RR mean latency, us (lower is better)",
             Quantity::UdpRx => "UDP 64 B receiver, kpps (syscall-bound)",
-            Quantity::ConnRate => "new TCP connections/s (connect, 1 B each way, close)",
+            Quantity::ConnRate => {
+                "new TCP connections/s (parallel clients; connect, 1 B each way, close)"
+            }
         }
     }
 }
@@ -355,7 +429,7 @@ impl Metric {
             Scenario::PodToPod => self.quantity.label().to_string(),
             Scenario::PodToInternet => format!("to internet: {}", self.quantity.label()),
             Scenario::NsgPodToPod(n) => {
-                format!("NSG of {n} rule(s): new TCP connections/s pod to pod")
+                format!("NSG of {n} rule(s): new TCP connections/s pod to pod, parallel clients")
             }
         }
     }
@@ -413,11 +487,10 @@ pub fn run_control_plane(root: &Path, opts: Options) -> Result<()> {
     check_tools()?;
     vnetd_lab::ensure_bpffs()?;
     vnetd_lab::cleanup_on_signal()?;
-    let pods = if opts.quick { 25 } else { 250 };
-    step(&format!(
-        "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
-    ));
-    let report = json!({ "environment": report::environment(), "control_plane": cni::run(pods)? });
+    let report = json!({
+        "environment": report::environment(),
+        "control_plane": control_plane(&opts)?,
+    });
     let out = opts
         .out
         .unwrap_or_else(|| target_dir(root).join("bench/control-plane.json"));
@@ -439,6 +512,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             rr: Duration::from_secs(1),
             udp: 2,
             connect: Duration::from_secs(1),
+            connect_clients: opts.connect_clients(),
         }
     } else {
         Durations {
@@ -448,6 +522,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             // Or 10,000 connections, whichever comes first (ephemeral ports in TIME_WAIT: see
             // measure::CONNECT_MAX).
             connect: Duration::from_secs(1),
+            connect_clients: opts.connect_clients(),
         }
     };
     let out_path = opts
@@ -631,11 +706,12 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
 
     step(&format!(
         "measuring: {reps} repetition(s), bulk {} s, TCP_RR {} s, UDP {} s, new connections {} s \
-         per run, one run at a time",
+         from {} parallel clients per run, one run at a time",
         durations.bulk,
         durations.rr.as_secs_f64(),
         durations.udp,
         durations.connect.as_secs_f64(),
+        durations.connect_clients,
     ));
     // Proof that each run took the measured path: vnetd's path counters, and the reference
     // node's iptables counters (pod to pod: the packets its FORWARD chain sent to the firewall
@@ -768,6 +844,113 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     }
     if nsg_applied.is_some() {
         nsg::apply(&agent, &base_spec, &rnode, None).context("removing the NSG")?;
+    }
+
+    let mut retrans_runs = Vec::new();
+    // A diagnosis more than a figure: one repetition in a run of every scenario, all of them
+    // when it is asked for by name.
+    let retrans_reps = if sel.0.is_empty() { 1 } else { reps };
+    if sel.has("retrans") {
+        step(&format!(
+            "retransmissions: TCP bulk pod to pod, {} s per run, the iperf3 client (sender) and \
+             server placed {}; {retrans_reps} repetition(s)",
+            durations.bulk,
+            retrans::PLACEMENTS
+                .iter()
+                .map(|p| format!(
+                    "{} ({})",
+                    p.key,
+                    match (p.client_cpu, p.server_cpu) {
+                        (Some(c), Some(s)) => format!(
+                            "CPU {c} -> CPU {s}{}{}",
+                            if p.host_gro {
+                                ", GRO on the host-side veths"
+                            } else {
+                                ""
+                            },
+                            if p.rps {
+                                ", RPS on the pods' veths"
+                            } else {
+                                ""
+                            }
+                        ),
+                        _ => "by the scheduler".into(),
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let hosts = [
+            retrans::HostSide {
+                node: node.ns.clone(),
+                veths: [
+                    pktrate::host_veth(&node, &va)?,
+                    pktrate::host_veth(&node, &vb)?,
+                ],
+            },
+            retrans::HostSide {
+                node: rnode.ns.clone(),
+                veths: [
+                    pktrate::host_veth(&rnode, &ra)?,
+                    pktrate::host_veth(&rnode, &rb)?,
+                ],
+            },
+        ];
+        for rep in 0..retrans_reps {
+            for placement in retrans::PLACEMENTS {
+                for dp in DATAPLANES {
+                    let before = evidence(Scenario::PodToPod, dp)?;
+                    let mut run = retrans::run(
+                        &pod_to_pod[dp as usize],
+                        &hosts[dp as usize],
+                        placement,
+                        durations.bulk,
+                    )
+                    .with_context(|| {
+                        format!("retrans {} run {} for {}", placement.key, rep + 1, dp.key())
+                    })?;
+                    let valid = evidence(Scenario::PodToPod, dp)?
+                        .iter()
+                        .zip(&before)
+                        .all(|(a, b)| a > b);
+                    println!(
+                        "   rep {} {:<9} {:<8} {:>6.2} Gbit/s  retransmitted {} (DSACK {}, \
+                         per 1M segments {:.0})  receiver out-of-order {}  softnet per CPU {}{}",
+                        rep + 1,
+                        dp.key(),
+                        placement.key,
+                        run["gbps"].as_f64().unwrap_or(f64::NAN),
+                        run["sender"]["RetransSegs"],
+                        run["sender"]["TCPDSACKRecvSegs"],
+                        run["retransmitted_per_million_segments"]
+                            .as_f64()
+                            .unwrap_or(f64::NAN),
+                        run["receiver"]["TCPOFOQueue"],
+                        run["softnet_processed_per_cpu"],
+                        if valid {
+                            ""
+                        } else {
+                            "  INVALID: the path's counter did not move"
+                        },
+                    );
+                    run["rep"] = json!(rep + 1);
+                    run["dataplane"] = json!(dp.key());
+                    run["valid"] = json!(valid);
+                    if !valid {
+                        results.invalid += 1;
+                    }
+                    retrans_runs.push(run);
+                }
+            }
+        }
+    }
+    let valid_retrans: Vec<Value> = retrans_runs
+        .iter()
+        .filter(|r| r["valid"] == true)
+        .cloned()
+        .collect();
+    if !valid_retrans.is_empty() {
+        println!("{}", retrans::markdown(&valid_retrans));
     }
 
     let mut rate_samples: [Vec<f64>; 3] = Default::default();
@@ -927,6 +1110,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             "tcp_bulk": durations.bulk, "tcp_rr": durations.rr.as_secs_f64(), "udp": durations.udp,
             "connect": durations.connect.as_secs_f64(),
         },
+        "connect_clients": durations.connect_clients,
         "measuring_s": measuring.as_secs_f64(),
         "scenario": "pod to pod on one node, 2 pods per node namespace; pod to the internet \
                      host through the node's address (the lab's fabric and edge router in \
@@ -962,6 +1146,12 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             .map(|f| (f.key.clone(), report::summary_of(&f.samples)))
             .collect::<serde_json::Map<_, _>>(),
         "packet_rate": packet_rate,
+        "retransmissions": (!retrans_runs.is_empty()).then(|| json!({
+            "what": "TCP bulk pod to pod (iperf3, one stream) with the sender (client) and \
+                     receiver (server) unpinned, on CPUs 0 and 1, and both on CPU 0; counter \
+                     deltas of both ends and packets processed per CPU",
+            "runs": retrans_runs,
+        })),
         "invalid_runs": results.invalid,
         "notes": notes,
     });
@@ -995,6 +1185,11 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         ),
     )
     .with_context(|| format!("writing {}", md_path.display()))?;
+    if !valid_retrans.is_empty() {
+        let mut md = std::fs::read_to_string(&md_path)?;
+        md += &retrans::markdown(&valid_retrans);
+        std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    }
     if !plots.is_empty() {
         let mut md = std::fs::read_to_string(&md_path)?;
         md.push('\n');
@@ -1023,11 +1218,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     if !sel.has("control_plane") {
         return Ok(());
     }
-    let pods = if opts.quick { 25 } else { 250 };
-    step(&format!(
-        "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
-    ));
-    report["control_plane"] = match cni::run(pods) {
+    report["control_plane"] = match control_plane(&opts) {
         Ok(v) => v,
         Err(e) => {
             println!("   failed: {e:#}");
@@ -1038,7 +1229,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         .with_context(|| format!("writing {}", out_path.display()))?;
     if report["control_plane"]["pods"].is_number() {
         let mut md = std::fs::read_to_string(&md_path)?;
-        md += &cni::markdown(&report["control_plane"]);
+        md += &control_plane_markdown(&report["control_plane"]);
         std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
     }
     println!(
@@ -1163,11 +1354,9 @@ fn finish_without_lab(
             .collect::<serde_json::Map<_, _>>(),
     });
     if sel.has("control_plane") {
-        let pods = if opts.quick { 25 } else { 250 };
-        step(&format!(
-            "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
-        ));
-        report["control_plane"] = cni::run(pods)?;
+        vnetd_lab::ensure_bpffs()?;
+        vnetd_lab::cleanup_on_signal()?;
+        report["control_plane"] = control_plane(opts)?;
     }
     if let Some(dir) = out_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -1175,6 +1364,12 @@ fn finish_without_lab(
     std::fs::write(out_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", out_path.display()))?;
     println!("\n   report: {}", out_path.display());
+    if report["control_plane"]["pods"].is_number() {
+        let md_path = out_path.with_extension("md");
+        std::fs::write(&md_path, control_plane_markdown(&report["control_plane"]))
+            .with_context(|| format!("writing {}", md_path.display()))?;
+        println!("   control plane's tables: {}", md_path.display());
+    }
     Ok(())
 }
 

@@ -68,7 +68,7 @@ pub(super) fn neighbour_mac(pod: &Ns, ip: Ipv4Addr, ping: Ipv4Addr) -> Result<St
 }
 
 /// Whether GRO is on for `dev` in `node`.
-fn gro(node: &Ns, dev: &str) -> Result<bool> {
+pub(super) fn gro(node: &Ns, dev: &str) -> Result<bool> {
     let k = node.run_ok(["ethtool", "-k", dev])?;
     k.lines()
         .find_map(|l| l.strip_prefix("generic-receive-offload: "))
@@ -76,7 +76,7 @@ fn gro(node: &Ns, dev: &str) -> Result<bool> {
         .with_context(|| format!("ethtool -k {dev} shows no generic-receive-offload"))
 }
 
-fn set_gro(node: &Ns, dev: &str, on: bool) -> Result<()> {
+pub(super) fn set_gro(node: &Ns, dev: &str, on: bool) -> Result<()> {
     node.run_ok(["ethtool", "-K", dev, "gro", if on { "on" } else { "off" }])
         .map(drop)
         .with_context(|| format!("turning GRO {} on {dev} in {}", on, node.name))

@@ -252,6 +252,13 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
             total(Dp::Reference, scenario, "bulk", "sender_dsack_recv_segs"),
         )
     };
+    // The client threads of the new-connection runs (the same in every run).
+    let clients = || {
+        r.runs
+            .iter()
+            .find_map(|run| run["details"]["clients"].as_u64())
+            .map_or("?".into(), |n| n.to_string())
+    };
     let cpus = &env["cpus"];
     let p2p = Scenario::PodToPod;
     let inet = Scenario::PodToInternet;
@@ -271,7 +278,8 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
              measures the whole stack, the dataplane's per-packet cost is a small part of it."
         ));
         notes.push(format!(
-            "TCP bulk retransmitted segments over all runs, pod to pod: {}; to the internet: {}.",
+            "TCP bulk retransmitted segments over all runs, pod to pod: {}; to the internet: {} \
+             (the pods' veths reorder when TCP sends from two CPUs: `--scenario retrans`).",
             retrans(p2p),
             retrans(inet),
         ));
@@ -310,14 +318,17 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
     }
     if ran("pod_to_internet", "connect") {
         notes.push(format!(
-            "New connections: one at a time for the run's duration or 10,000 connections, \
+            "New connections: {clients} client threads in the client pod at once, each one \
+             connection after the other, for the run's duration or 10,000 connections in all, \
              whichever comes first (connect, 1 byte each way, the client closes first; each \
-             leaves an ephemeral port of the client pod in TIME_WAIT for 60 s); completed vnetd {}, reference {}; failed vnetd {}, \
+             leaves an ephemeral port of the client pod in TIME_WAIT for 60 s), served by as \
+             many server threads; completed vnetd {}, reference {}; failed vnetd {}, \
              reference {} (errors per run in the JSON report).",
             total(Dp::Vnetd, inet, "connect", "completed"),
             total(Dp::Reference, inet, "connect", "completed"),
             total(Dp::Vnetd, inet, "connect", "failed"),
             total(Dp::Reference, inet, "connect", "failed"),
+            clients = clients(),
         ));
     }
     if ran("pod_to_pod_nsg", "connect") {
@@ -331,8 +342,8 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
             format!("{:.0}", n + 0.0)
         };
         notes.push(format!(
-            "NSG of N rules: new connections pod to pod (one at a time for the run's duration or 10,000, 1 byte each \
-             way), a client pod per rule count, to the same server pod on port {port}. The same \
+            "NSG of N rules: new connections pod to pod ({clients} client threads at once for \
+             the run's duration or 10,000 in all, 1 byte each way), a client pod per rule count, to the same server pod on port {port}. The same \
              N rules on both sides, in the same order: N - 1 denies the traffic does not match \
              (TCP to a /32 of 172.16.0.0/12, a port each), the allow of port {port} last. vnetd: \
              an inbound NSG on the server's subnet (a spec reload per rule count); reference: \
@@ -346,6 +357,7 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
             sum(Dp::Reference, "failed"),
             port = super::nsg::PORT,
             chain = super::nsg::CHAIN,
+            clients = clients(),
         ));
     }
     for (scenario, dp, why) in &r.unavailable {
