@@ -17,7 +17,9 @@ use vnetd_common::{
 use crate::{
     conntrack, endpoint, nat,
     nsg::{self, Mark, Tuple},
-    parse::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, Ipv4},
+    parse::{
+        Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4,
+    },
 };
 
 /// Where a packet the flow stage let through goes.
@@ -222,11 +224,12 @@ fn stateless(ip: &Ipv4, src: Option<&Endpoint>, dst: Option<&Endpoint>) -> Resul
 /// TCP, UDP and ICMP echo, whole or a first fragment: what a flow entry can be keyed on.
 #[inline(always)]
 fn has_flow_key(ip: &Ipv4) -> bool {
-    if ip.fragment == crate::parse::Fragment::Later {
+    if ip.fragment == Fragment::Later {
         return false;
     }
     match ip.hdr.proto {
+        IPPROTO_TCP | IPPROTO_UDP => true,
         IPPROTO_ICMP => matches!(ip.icmp_type, ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY),
-        p => p == crate::parse::IPPROTO_TCP || p == crate::parse::IPPROTO_UDP,
+        _ => false,
     }
 }
