@@ -321,6 +321,8 @@ const REPLACED_ON_MISMATCH: &[&str] = &[
     maps::NSG_PORTLESS,
     maps::NSG_RULES,
     maps::NSG_HITS,
+    maps::FLOW_EVENTS,
+    maps::FLOW_EVENTS_LOST,
 ];
 
 /// A map as the object defines it: what the kernel reports for a map created from it.

@@ -15,7 +15,9 @@ use vnetd_common::{
 };
 
 use crate::{
-    conntrack, endpoint, nat,
+    conntrack, endpoint,
+    flowlog::{self, Ends},
+    nat,
     nsg::{self, Mark, Tuple},
     parse::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, Ipv4},
 };
@@ -96,6 +98,11 @@ pub fn pod_sent(
         }
         let flow = nat::create_pod_snat(&key, src, node)?;
         conntrack::stamp(flow, out);
+        let ends = Ends {
+            outbound: &out,
+            inbound: &into,
+        };
+        flowlog::allowed(&key, FlowKind::PodSnat, ends);
         conntrack::seen(flow, ip.tcp_flags, len);
         nat::apply(ctx, ip, &key, flow)?;
         return Ok(Verdict::Internet);
@@ -103,6 +110,11 @@ pub fn pod_sent(
     if track {
         let flow = conntrack::create_untranslated(&key, FlowKind::Nsg, out, into)?;
         conntrack::seen(flow, ip.tcp_flags, len);
+        let ends = Ends {
+            outbound: &out,
+            inbound: &into,
+        };
+        flowlog::allowed(&key, FlowKind::Nsg, ends);
     }
     Ok(Verdict::Forward)
 }
@@ -135,6 +147,11 @@ pub fn from_uplink(
     if track {
         let flow = conntrack::create_untranslated(&key, FlowKind::Nsg, into, Mark::NONE)?;
         conntrack::seen(flow, ip.tcp_flags, len);
+        let ends = Ends {
+            outbound: &Mark::NONE,
+            inbound: &into,
+        };
+        flowlog::allowed(&key, FlowKind::Nsg, ends);
     }
     Ok(Verdict::Forward)
 }
@@ -175,6 +192,11 @@ pub fn from_stack(
     };
     let flow = conntrack::create_untranslated(&key, kind, into, Mark::NONE)?;
     conntrack::seen(flow, ip.tcp_flags, len);
+    let ends = Ends {
+        outbound: &Mark::NONE,
+        inbound: &into,
+    };
+    flowlog::allowed(&key, kind, ends);
     Ok(())
 }
 
@@ -200,6 +222,7 @@ pub fn stack_forwarded(ip: &Ipv4, len: usize) -> Result<(), DropReason> {
 #[inline(always)]
 fn receive(ip: &Ipv4, ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
     if !endpoint::reachable(ep, ip) {
+        flowlog::denied(t, true, &Mark::NONE, DropReason::PortNotExposed);
         return Err(DropReason::PortNotExposed);
     }
     nsg::inbound(ep, t)

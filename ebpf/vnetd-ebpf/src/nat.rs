@@ -19,7 +19,7 @@ use vnetd_common::{
 use crate::{
     conntrack::{self, CreateError},
     csum::{self, End},
-    endpoint, nsg,
+    endpoint, flowlog, nsg,
     parse::{
         Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4,
         Packet,
@@ -309,7 +309,16 @@ fn create_public_inbound(key: &FlowKey, ip: &Ipv4) -> Result<&'static mut Flow, 
         Direction::Original as u8,
     );
     conntrack::stamp(&mut original, mark);
-    conntrack::insert_original(key, &original, &reply_key)
+    let flow = conntrack::insert_original(key, &original, &reply_key)?;
+    // Logged as the group's inbound rules saw it: to its private address.
+    let mut seen = *key;
+    seen.dst_ip = public.private_ip;
+    let ends = flowlog::Ends {
+        outbound: &nsg::Mark::NONE,
+        inbound: &mark,
+    };
+    flowlog::allowed(&seen, FlowKind::PublicInbound, ends);
+    Ok(flow)
 }
 
 /// An ICMP error (destination unreachable, fragmentation needed, time exceeded) about a packet
