@@ -310,14 +310,13 @@ fn create_public_inbound(key: &FlowKey, ip: &Ipv4) -> Result<&'static mut Flow, 
     );
     conntrack::stamp(&mut original, mark);
     let flow = conntrack::insert_original(key, &original, &reply_key)?;
-    // Logged as the group's inbound rules saw it: to its private address.
-    let mut seen = *key;
-    seen.dst_ip = public.private_ip;
+    // Logged as the client sent it (to the public address): the flow's key, which the agent
+    // follows for its later records.
     let ends = flowlog::Ends {
         outbound: &nsg::Mark::NONE,
         inbound: &mark,
     };
-    flowlog::allowed(&seen, FlowKind::PublicInbound, ends);
+    flowlog::allowed(key, FlowKind::PublicInbound, ends);
     Ok(flow)
 }
 
