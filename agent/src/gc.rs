@@ -59,6 +59,19 @@ impl Timeouts {
         }
     }
 
+    /// Every state's timeout `d` (tests: flows expire in seconds, not minutes).
+    pub fn uniform(d: Duration) -> Self {
+        Self {
+            tcp_syn: d,
+            tcp_established: d,
+            tcp_closing: d,
+            tcp_closed: d,
+            udp: d,
+            icmp: d,
+            other: d,
+        }
+    }
+
     fn of(&self, class: GcReason) -> Duration {
         match class {
             GcReason::TcpSynSent | GcReason::TcpSynReceived => self.tcp_syn,
@@ -412,6 +425,20 @@ pub fn interval() -> Result<Duration> {
     }
 }
 
+/// `VNETD_GC_TIMEOUT_MS` (for tests: every flow expires after this idle time, so the flow
+/// log's E records come in seconds), else `None`.
+pub fn timeout_override() -> Result<Option<Duration>> {
+    match std::env::var("VNETD_GC_TIMEOUT_MS") {
+        Ok(ms) => {
+            let ms: u64 = ms
+                .parse()
+                .with_context(|| format!("VNETD_GC_TIMEOUT_MS={ms:?} is not a number of ms"))?;
+            Ok(Some(Duration::from_millis(ms)))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
 /// Runs a pass every `every`, forever, handing the flow log what it saw. A failed pass is
 /// logged and retried at the next tick.
 pub async fn run(
@@ -423,6 +450,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut maps = Some(maps);
+    let timeout_override = timeout_override()?.map(Timeouts::uniform);
     loop {
         tick.tick().await;
         let mut owned = maps.take().context("the collector's maps")?;
@@ -430,7 +458,8 @@ pub async fn run(
         let (back, result) = tokio::task::spawn_blocking(move || {
             let result = (|| {
                 let created = created(&owned)?;
-                let pass = gc_pass(&mut owned, monotonic_ns(), &shared_now.timeouts())?;
+                let timeouts = timeout_override.unwrap_or_else(|| shared_now.timeouts());
+                let pass = gc_pass(&mut owned, monotonic_ns(), &timeouts)?;
                 Ok::<_, anyhow::Error>((created, pass))
             })();
             (owned, result)
