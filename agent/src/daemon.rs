@@ -210,6 +210,11 @@ impl Agent {
         Ok((self.dataplane.conntrack_maps()?, self.conntrack.clone()))
     }
 
+    /// The programs' log (aya-log), to forward; `None` once taken.
+    pub fn take_kernel_log(&mut self) -> Option<crate::dataplane::KernelLog> {
+        self.dataplane.take_kernel_log()
+    }
+
     /// What the flow-log reader needs: its own fd on the ring, and the log.
     pub fn flow_log_reader(&self) -> Result<(FlowEventRing, Arc<FlowLog>)> {
         Ok((self.dataplane.flow_event_ring()?, self.flow_log.clone()))

@@ -22,7 +22,6 @@ use std::{
     collections::{HashMap, VecDeque},
     fmt,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, RawFd},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -438,12 +437,6 @@ impl Clock {
     }
 }
 
-impl AsRawFd for FlowEventRing {
-    fn as_raw_fd(&self) -> RawFd {
-        FlowEventRing::as_raw_fd(self)
-    }
-}
-
 /// Reads FLOW_EVENTS into `log`, forever: when the programs wake the ring, and every
 /// [`READ_EVERY`] (they do not wake it for every record).
 pub async fn read(ring: FlowEventRing, log: Arc<FlowLog>) -> Result<()> {
@@ -463,7 +456,7 @@ pub async fn read(ring: FlowEventRing, log: Arc<FlowLog>) -> Result<()> {
             }
             _ = tick.tick() => {}
         }
-        while let Some(event) = ring.get_mut().next() {
+        while let Some(event) = ring.get_mut().next_event() {
             batch.push(event);
             if batch.len() == 1024 {
                 log.events(&batch);
@@ -684,7 +677,10 @@ mod tests {
         // An expired flow gets its E even if nothing moved since its last C.
         let mut quiet = Followed::new(followed.sides.clone());
         sample_records(&mut quiet, &sample(2, false), 1);
-        assert_eq!(sample_records(&mut quiet, &sample(2, true), 2)[0].state, 'E');
+        assert_eq!(
+            sample_records(&mut quiet, &sample(2, true), 2)[0].state,
+            'E'
+        );
     }
 
     #[test]

@@ -250,7 +250,7 @@ struct Serving {
 /// instead of waiting), waits up to [`DRAIN_TIMEOUT`] for a request in progress to finish,
 /// and leaves the dataplane running: only `vnetd teardown` removes it.
 async fn serve_agent(
-    agent: Agent,
+    mut agent: Agent,
     paths: &daemon::Paths,
     node: String,
     listener: tokio::net::UnixListener,
@@ -266,6 +266,7 @@ async fn serve_agent(
     info!(node = %agent.node(), socket = %paths.api_socket.display(), "vnetd running");
     let (flows, conntrack) = agent.conntrack_collector()?;
     let (flow_events, flow_log) = agent.flow_log_reader()?;
+    let kernel_log = agent.take_kernel_log();
     let gc_interval = vnetd::gc::interval()?;
     let agent = Arc::new(Mutex::new(agent));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -276,6 +277,7 @@ async fn serve_agent(
         res = feed.clone().refresh(agent.clone()) => res?,
         res = vnetd::gc::run(flows, conntrack, gc_interval, flow_log.clone()) => res?,
         res = vnetd::flowlog::read(flow_events, flow_log) => res?,
+        res = forward_kernel_log(kernel_log) => res?,
         res = netlink::links::watch(|| async {
             if let Err(err) = agent.lock().await.reconcile_links().await {
                 error!("following the node's links: {err:#}");
@@ -299,6 +301,14 @@ async fn serve_agent(
         ),
     }
     Ok(())
+}
+
+/// Forwards the programs' log, or waits forever if it could not be opened.
+async fn forward_kernel_log(log: Option<dataplane::KernelLog>) -> Result<()> {
+    match log {
+        Some(log) => dataplane::forward_kernel_log(log).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Takes `<state_dir>/lock` (an exclusive flock, held until the process exits, however it

@@ -24,7 +24,8 @@ struct StateDir(PathBuf);
 
 impl StateDir {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("vnetd-progrun-flowlog-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("vnetd-progrun-flowlog-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating a state dir");
         Self(dir)
@@ -123,7 +124,7 @@ fn key(dport: u16) -> FlowKey {
 }
 
 fn drain(ring: &mut vnetd::dataplane::maps::FlowEventRing) -> Vec<FlowEvent> {
-    std::iter::from_fn(|| ring.next()).collect()
+    std::iter::from_fn(|| ring.next_event()).collect()
 }
 
 const UNCLASSIFIED: FlowDecision = FlowDecision {
@@ -145,7 +146,10 @@ fn new_and_denied_flows_each_record_one_event_and_a_full_ring_counts_lost() {
 
     // A new allowed flow: one event, with the outbound decision (AllowVnetOutBound, bit 1).
     let web = syn(80);
-    assert_ne!(run(&mut dp, programs::POD_TC_INGRESS, &web).verdict, TC_ACT_SHOT);
+    assert_ne!(
+        run(&mut dp, programs::POD_TC_INGRESS, &web).verdict,
+        TC_ACT_SHOT
+    );
     let events = drain(&mut ring);
     assert_eq!(events.len(), 1, "{events:?}");
     let e = events[0];
@@ -163,17 +167,27 @@ fn new_and_denied_flows_each_record_one_event_and_a_full_ring_counts_lost() {
     );
     assert_eq!(e.decisions[FLOW_INBOUND], UNCLASSIFIED, "pod B has no NSG");
     let now = vnetd::gc::monotonic_ns();
-    assert!(e.time_ns <= now && now - e.time_ns < 10_000_000_000, "{} vs {now}", e.time_ns);
+    assert!(
+        e.time_ns <= now && now - e.time_ns < 10_000_000_000,
+        "{} vs {now}",
+        e.time_ns
+    );
 
     // The same flow's later packets record nothing.
     for _ in 0..3 {
         run(&mut dp, programs::POD_TC_INGRESS, &web);
     }
-    assert!(drain(&mut ring).is_empty(), "an established flow wrote events");
+    assert!(
+        drain(&mut ring).is_empty(),
+        "an established flow wrote events"
+    );
 
     // A denied first packet: one event naming the denying rule (deny-smtp-out, bit 0).
     let smtp = syn(25);
-    assert_eq!(run(&mut dp, programs::POD_TC_INGRESS, &smtp).verdict, TC_ACT_SHOT);
+    assert_eq!(
+        run(&mut dp, programs::POD_TC_INGRESS, &smtp).verdict,
+        TC_ACT_SHOT
+    );
     let events = drain(&mut ring);
     assert_eq!(events.len(), 1, "{events:?}");
     let e = events[0];
@@ -202,12 +216,19 @@ fn new_and_denied_flows_each_record_one_event_and_a_full_ring_counts_lost() {
     let capacity = FLOW_EVENTS_BYTES as usize / (size_of::<FlowEvent>() + 8);
     let sent = capacity + 500;
     for _ in 0..sent {
-        assert_eq!(run(&mut dp, programs::POD_TC_INGRESS, &smtp).verdict, TC_ACT_SHOT);
+        assert_eq!(
+            run(&mut dp, programs::POD_TC_INGRESS, &smtp).verdict,
+            TC_ACT_SHOT
+        );
     }
     let lost = dp.flow_records_lost().unwrap();
     let kept = drain(&mut ring).len();
     assert!(lost >= 500, "lost {lost} of {sent} (ring of {capacity})");
-    assert_eq!(kept as u64 + lost, sent as u64, "every record kept or counted lost");
+    assert_eq!(
+        kept as u64 + lost,
+        sent as u64,
+        "every record kept or counted lost"
+    );
     assert_eq!(drops(&dp, DropReason::NsgDenied), 1 + sent as u64);
 
     // Once read, the ring takes records again.

@@ -163,7 +163,11 @@ fn known_traffic_shows_b_and_e_records_with_tuples_rules_and_counts() -> Result<
             .collect::<Vec<_>>()
             .join("\n")
     };
-    ensure!(ended, "no E records for both flows within 20 s:\n{}", dump());
+    ensure!(
+        ended,
+        "no E records for both flows within 20 s:\n{}",
+        dump()
+    );
 
     // TCP allowed: B at the client's outbound NSG and the server's inbound one.
     let web_b = of(&records, server.ip, WEB_PORT, "T", "B");
@@ -190,7 +194,10 @@ fn known_traffic_shows_b_and_e_records_with_tuples_rules_and_counts() -> Result<
         // SYN, the data, its ACKs, FIN: at least 3 packets each way, the payload both ways.
         assert!(field(r, "packets_out") >= 3, "{r}");
         assert!(field(r, "packets_in") >= 3, "{r}");
-        assert!(field(r, "bytes_out") >= payload.len() as u64 + 3 * 54, "{r}");
+        assert!(
+            field(r, "bytes_out") >= payload.len() as u64 + 3 * 54,
+            "{r}"
+        );
         assert!(field(r, "bytes_in") >= payload.len() as u64 + 3 * 54, "{r}");
         assert!(field(r, "bytes_out") < 20_000, "{r}");
     }

@@ -15,9 +15,10 @@ use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
     ConntrackStat, Direction, DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, FLOW_INBOUND,
-    FLOW_OUTBOUND, Flow, FlowDecision, FlowEvent, FlowEventVerdict, FlowKey, FlowKind, GroupPortKey, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey, NsgPortKey,
-    NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey, RULE_WORDS,
-    Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
+    FLOW_OUTBOUND, Flow, FlowDecision, FlowEvent, FlowEventVerdict, FlowKey, FlowKind,
+    GroupPortKey, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey,
+    NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey, RULE_WORDS, Rewrite,
+    Route, RouteKey, RuleBitmap, Traffic, maps,
 };
 
 /// Every layout the ABI has had, oldest first: (ABI version, fingerprint).

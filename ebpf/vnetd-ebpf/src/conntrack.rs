@@ -104,7 +104,19 @@ pub fn insert_new(key: &FlowKey, flow: &Flow) -> Result<(), CreateError> {
     match FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => Err(CreateError::Exists),
-        Err(_) => Err(CreateError::Failed),
+        Err(e) => {
+            // Rare (the kernel out of memory for the entry): worth a line in the agent's log
+            // at debug level. The macro's context argument is unused by aya-log-ebpf 0.2.
+            aya_log_ebpf::debug!(
+                &(),
+                "flow insert failed: error {}, proto {}, ports {} -> {}",
+                e,
+                key.proto,
+                u16::from_be(key.src_port),
+                u16::from_be(key.dst_port)
+            );
+            Err(CreateError::Failed)
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
 };
 use vnetd_common::{
-    DropReason, FlowDecision, FlowEvent, FlowEventVerdict, FlowKey,
-    FlowKind, maps::FLOW_EVENTS_BYTES,
+    DropReason, FlowDecision, FlowEvent, FlowEventVerdict, FlowKey, FlowKind,
+    maps::FLOW_EVENTS_BYTES,
 };
 
 use crate::nsg::{Mark, Tuple};
@@ -34,7 +34,12 @@ pub struct Ends<'a> {
 /// A flow was created: `key` is its original direction's tuple.
 #[inline(always)]
 pub fn allowed(key: &FlowKey, kind: FlowKind, ends: Ends) {
-    record(key, ends.outbound, ends.inbound, tag(kind as u8, FlowEventVerdict::Allowed, 0));
+    record(
+        key,
+        ends.outbound,
+        ends.inbound,
+        tag(kind as u8, FlowEventVerdict::Allowed, 0),
+    );
 }
 
 /// A flow's first packet (tuple `t`) was refused by the NSG decision `mark` of one end

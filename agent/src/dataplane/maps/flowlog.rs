@@ -15,7 +15,7 @@ pub struct FlowEventRing {
 impl FlowEventRing {
     /// The next event, if one is waiting. A record of another size (never written by these
     /// programs) is skipped.
-    pub fn next(&mut self) -> Option<FlowEvent> {
+    pub fn next_event(&mut self) -> Option<FlowEvent> {
         loop {
             let item = self.ring.next()?;
             if item.len() == size_of::<FlowEvent>() {
@@ -24,10 +24,11 @@ impl FlowEventRing {
             }
         }
     }
+}
 
-    /// The ring's fd, for readiness (the programs wake it once enough is waiting).
-    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd as _;
+/// The ring's fd, for readiness (the programs wake it once enough is waiting).
+impl std::os::fd::AsRawFd for FlowEventRing {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.ring.as_raw_fd()
     }
 }
@@ -37,7 +38,10 @@ impl Dataplane {
     pub fn flow_event_ring(&self) -> Result<FlowEventRing> {
         let id = match self.map(maps::FLOW_EVENTS)? {
             Map::RingBuf(data) => data.info()?.id(),
-            _ => bail!("{} is not the ring buffer the ABI declares", maps::FLOW_EVENTS),
+            _ => bail!(
+                "{} is not the ring buffer the ABI declares",
+                maps::FLOW_EVENTS
+            ),
         };
         let data = MapData::from_id(id)
             .with_context(|| format!("opening {} by id {id}", maps::FLOW_EVENTS))?;
