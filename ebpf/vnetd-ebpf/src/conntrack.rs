@@ -107,14 +107,8 @@ pub fn insert_new(key: &FlowKey, flow: &Flow) -> Result<(), CreateError> {
         Err(e) => {
             // Rare (the kernel out of memory for the entry): worth a line in the agent's log
             // at debug level. The macro's context argument is unused by aya-log-ebpf 0.2.
-            aya_log_ebpf::debug!(
-                &(),
-                "flow insert failed: error {}, proto {}, ports {} -> {}",
-                e,
-                key.proto,
-                u16::from_be(key.src_port),
-                u16::from_be(key.dst_port)
-            );
+            // One argument: the record is built on the stack, which the callers nearly fill.
+            aya_log_ebpf::debug!(&(), "flow insert failed: error {}", e);
             Err(CreateError::Failed)
         }
     }
