@@ -99,8 +99,8 @@ pub fn pod_sent(
         let flow = nat::create_pod_snat(&key, src, node)?;
         conntrack::stamp(flow, out);
         let ends = Ends {
-            outbound: &out,
-            inbound: &into,
+            outbound: Some(&out),
+            inbound: Some(&into),
         };
         flowlog::allowed(&key, FlowKind::PodSnat, ends);
         conntrack::seen(flow, ip.tcp_flags, len);
@@ -111,8 +111,8 @@ pub fn pod_sent(
         let flow = conntrack::create_untranslated(&key, FlowKind::Nsg, out, into)?;
         conntrack::seen(flow, ip.tcp_flags, len);
         let ends = Ends {
-            outbound: &out,
-            inbound: &into,
+            outbound: Some(&out),
+            inbound: Some(&into),
         };
         flowlog::allowed(&key, FlowKind::Nsg, ends);
     }
@@ -148,8 +148,8 @@ pub fn from_uplink(
         let flow = conntrack::create_untranslated(&key, FlowKind::Nsg, into, Mark::NONE)?;
         conntrack::seen(flow, ip.tcp_flags, len);
         let ends = Ends {
-            outbound: &Mark::NONE,
-            inbound: &into,
+            outbound: None,
+            inbound: Some(&into),
         };
         flowlog::allowed(&key, FlowKind::Nsg, ends);
     }
@@ -193,8 +193,8 @@ pub fn from_stack(
     let flow = conntrack::create_untranslated(&key, kind, into, Mark::NONE)?;
     conntrack::seen(flow, ip.tcp_flags, len);
     let ends = Ends {
-        outbound: &Mark::NONE,
-        inbound: &into,
+        outbound: None,
+        inbound: Some(&into),
     };
     flowlog::allowed(&key, kind, ends);
     Ok(())
@@ -222,7 +222,7 @@ pub fn stack_forwarded(ip: &Ipv4, len: usize) -> Result<(), DropReason> {
 #[inline(always)]
 fn receive(ip: &Ipv4, ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
     if !endpoint::reachable(ep, ip) {
-        flowlog::denied(t, true, &Mark::NONE, DropReason::PortNotExposed);
+        flowlog::denied(t, true, None, DropReason::PortNotExposed);
         return Err(DropReason::PortNotExposed);
     }
     nsg::inbound(ep, t)

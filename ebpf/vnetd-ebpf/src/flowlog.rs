@@ -9,7 +9,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
 };
 use vnetd_common::{
-    DropReason, FlowDecision, FlowEvent, FlowEventVerdict, FlowKey, FlowKind,
+    DropReason, FlowDecision, FlowEvent, FlowEventVerdict, FlowKey, FlowKind, NO_RULE, NsgVerdict,
     maps::FLOW_EVENTS_BYTES,
 };
 
@@ -25,10 +25,12 @@ static FLOW_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// scheduling of the agent's task, too dear per record; the agent also reads on a timer.
 const WAKEUP_BYTES: u64 = FLOW_EVENTS_BYTES as u64 / 16;
 
-/// The sending end's outbound and the receiving end's inbound decisions, as they are recorded.
+/// The sending end's outbound and the receiving end's inbound decisions, as they are recorded;
+/// `None` where no NSG decided (not `&Mark::NONE`: a constant whose address is taken is put in
+/// `.rodata`, a map the agent would have to load beside its pinned ones).
 pub struct Ends<'a> {
-    pub outbound: &'a Mark,
-    pub inbound: &'a Mark,
+    pub outbound: Option<&'a Mark>,
+    pub inbound: Option<&'a Mark>,
 }
 
 /// A flow was created: `key` is its original direction's tuple.
@@ -45,7 +47,7 @@ pub fn allowed(key: &FlowKey, kind: FlowKind, ends: Ends) {
 /// A flow's first packet (tuple `t`) was refused by the NSG decision `mark` of one end
 /// (`inbound`: the receiver's), or by `reason`.
 #[inline(always)]
-pub fn denied(t: &Tuple, inbound: bool, mark: &Mark, reason: DropReason) {
+pub fn denied(t: &Tuple, inbound: bool, mark: Option<&Mark>, reason: DropReason) {
     let key = FlowKey {
         src_ip: t.src,
         dst_ip: t.dst,
@@ -54,12 +56,7 @@ pub fn denied(t: &Tuple, inbound: bool, mark: &Mark, reason: DropReason) {
         proto: t.proto,
         _pad: [0; 3],
     };
-    let none = Mark::NONE;
-    let (outbound, inbound) = if inbound {
-        (&none, mark)
-    } else {
-        (mark, &none)
-    };
+    let (outbound, inbound) = if inbound { (None, mark) } else { (mark, None) };
     let tag = tag(0, FlowEventVerdict::Denied, reason as u8);
     record(&key, outbound, inbound, tag);
 }
@@ -73,7 +70,7 @@ fn tag(kind: u8, verdict: FlowEventVerdict, reason: u8) -> u32 {
 
 /// A function of its own (a BPF-to-BPF call): the callers' programs stay small.
 #[inline(never)]
-fn record(key: &FlowKey, outbound: &Mark, inbound: &Mark, tag: u32) {
+fn record(key: &FlowKey, outbound: Option<&Mark>, inbound: Option<&Mark>, tag: u32) {
     let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
         if let Some(lost) = FLOW_EVENTS_LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -100,7 +97,17 @@ fn record(key: &FlowKey, outbound: &Mark, inbound: &Mark, tag: u32) {
 }
 
 #[inline(always)]
-fn decision(mark: &Mark) -> FlowDecision {
+fn decision(mark: Option<&Mark>) -> FlowDecision {
+    let Some(mark) = mark else {
+        return FlowDecision {
+            classifier_subnet: 0,
+            classifier_group: 0,
+            rule_subnet: NO_RULE,
+            rule_group: NO_RULE,
+            verdict: NsgVerdict::Unclassified as u8,
+            _pad: [0; 3],
+        };
+    };
     FlowDecision {
         classifier_subnet: mark.classifier_subnet,
         classifier_group: mark.classifier_group,

@@ -313,8 +313,8 @@ fn create_public_inbound(key: &FlowKey, ip: &Ipv4) -> Result<&'static mut Flow, 
     // Logged as the client sent it (to the public address): the flow's key, which the agent
     // follows for its later records.
     let ends = flowlog::Ends {
-        outbound: &nsg::Mark::NONE,
-        inbound: &mark,
+        outbound: None,
+        inbound: Some(&mark),
     };
     flowlog::allowed(key, FlowKind::PublicInbound, ends);
     Ok(flow)

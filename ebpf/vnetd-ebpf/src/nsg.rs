@@ -204,7 +204,7 @@ fn decide(t: &Tuple, classifiers: [(u32, Owner); 2], inbound: bool) -> Result<Ma
         }
         if !decision.is_some_and(|d| d.allow) {
             mark.verdict = NsgVerdict::Deny as u8;
-            flowlog::denied(t, inbound, &mark, DropReason::NsgDenied);
+            flowlog::denied(t, inbound, Some(&mark), DropReason::NsgDenied);
             return Err(DropReason::NsgDenied);
         }
     }
