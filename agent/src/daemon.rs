@@ -22,7 +22,7 @@ use crate::{
     dataplane::{
         Dataplane,
         maps::{
-            self, ConntrackMaps, GroupPorts,
+            self, ConntrackMaps, FlowEventRing, GroupPorts,
             nat::PublicTables,
             nsg::{self, EndpointNsgs},
             routes::{self, RouteEntries},
@@ -30,6 +30,7 @@ use crate::{
         tables::{self, VersionedTables},
     },
     endpoints::{self, Endpoint, EndpointStore},
+    flowlog::{FlowLog, FlowsReport},
     gc::Conntrack,
     host_stack,
     ipam::Ipam,
@@ -57,6 +58,8 @@ pub struct Agent {
     reloads: (u64, u64),
     /// The conntrack collector's totals and timeouts.
     conntrack: Arc<Conntrack>,
+    /// Flow-log records, and the rule names they are written with.
+    flow_log: Arc<FlowLog>,
 }
 
 impl Agent {
@@ -134,7 +137,9 @@ impl Agent {
             uplink_ifindex: Some(uplink.ifindex),
             reloads: (0, 0),
             conntrack: Conntrack::new(plan_idle_timeout),
+            flow_log: FlowLog::new(),
         };
+        agent.flow_log.set_rules(agent.nsg_hits.live().clone());
         agent.restore().await?;
         agent.sync_nat()?;
         agent.check_host_stack();
@@ -171,6 +176,7 @@ impl Agent {
         })?;
         self.nsg_hits
             .switched(live_rules(&plan, &endpoints, &self.nsg_tables), &hits);
+        self.flow_log.set_rules(self.nsg_hits.live().clone());
         self.plan = plan;
         self.conntrack
             .set_idle_timeout(self.plan.compiled().idle_timeout);
@@ -203,6 +209,21 @@ impl Agent {
     /// collector never runs on a half-restored state.
     pub fn conntrack_collector(&self) -> Result<(ConntrackMaps, Arc<Conntrack>)> {
         Ok((self.dataplane.conntrack_maps()?, self.conntrack.clone()))
+    }
+
+    /// The programs' log (aya-log), to forward; `None` once taken.
+    pub fn take_kernel_log(&mut self) -> Option<crate::dataplane::KernelLog> {
+        self.dataplane.take_kernel_log()
+    }
+
+    /// What the flow-log reader needs: its own fd on the ring, and the log.
+    pub fn flow_log_reader(&self) -> Result<(FlowEventRing, Arc<FlowLog>)> {
+        Ok((self.dataplane.flow_event_ring()?, self.flow_log.clone()))
+    }
+
+    /// The flow log (the collector writes its C and E records).
+    pub fn flow_log(&self) -> Arc<FlowLog> {
+        self.flow_log.clone()
     }
 
     /// Makes NO_MASQUERADE, PUBLIC_IPS, PUBLIC_PORTS and GROUP_PORTS follow the plan and the
@@ -390,6 +411,16 @@ impl Agent {
             Request::Status => self
                 .status_report()
                 .map(Response::Status)
+                .map_err(|e| CniError::internal(&e)),
+            Request::Flows { after } => self
+                .dataplane
+                .flow_records_lost()
+                .map(|lost| {
+                    Response::Flows(FlowsReport {
+                        records: self.flow_log.since(after),
+                        lost,
+                    })
+                })
                 .map_err(|e| CniError::internal(&e)),
         };
         result.unwrap_or_else(Response::Error)
@@ -743,6 +774,7 @@ impl Agent {
             reloads_failed: self.reloads.1,
             conntrack: Box::new(conntrack),
             nsg_rule_hits: self.nsg_hits.totals(&self.dataplane.nsg_hits()?),
+            flow_records_lost: self.dataplane.flow_records_lost()?,
         })
     }
 }

@@ -22,7 +22,11 @@ use anyhow::{Context as _, Result};
 use tracing::{debug, warn};
 use vnetd_common::{ConntrackStat, Direction, Flow, FlowKey, FlowKind, TcpState};
 
-use crate::{api::proto::ConntrackReport, dataplane::maps::ConntrackMaps};
+use crate::{
+    api::proto::ConntrackReport,
+    dataplane::maps::ConntrackMaps,
+    flowlog::{Counts, FlowLog, FlowSample},
+};
 
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
@@ -52,6 +56,19 @@ impl Timeouts {
             udp: idle,
             icmp: Duration::from_secs(30),
             other: idle,
+        }
+    }
+
+    /// Every state's timeout `d` (tests: flows expire in seconds, not minutes).
+    pub fn uniform(d: Duration) -> Self {
+        Self {
+            tcp_syn: d,
+            tcp_established: d,
+            tcp_closing: d,
+            tcp_closed: d,
+            udp: d,
+            icmp: d,
+            other: d,
         }
     }
 
@@ -195,6 +212,9 @@ pub struct GcPass {
     pub seen: u64,
     /// Entries left, by kind.
     pub live: BTreeMap<&'static str, u64>,
+    /// The flows an NSG decided, with their counts (kept or expired in this pass): the flow
+    /// log's C and E records.
+    pub samples: Vec<FlowSample>,
 }
 
 impl GcPass {
@@ -256,7 +276,15 @@ pub fn gc_pass(maps: &mut ConntrackMaps, now_ns: u64, timeouts: &Timeouts) -> Re
         }
         let verdict = if flow.direction == Direction::Original as u8 {
             let reply = sibling(maps, &flow.sibling)?;
-            verdict(key, flow, reply.as_ref(), now_ns, timeouts)
+            let verdict = verdict(key, flow, reply.as_ref(), now_ns, timeouts);
+            if let Some(reply) = reply.filter(|reply| nsg_decided(flow, reply)) {
+                pass.samples.push(FlowSample {
+                    key: *key,
+                    counts: Counts::of(flow, &reply),
+                    ended: matches!(verdict, Verdict::Expired(_)),
+                });
+            }
+            verdict
         } else if sibling(maps, &flow.sibling)?.is_none() {
             orphan_verdict(flow, now_ns)
         } else {
@@ -287,6 +315,12 @@ pub fn gc_pass(maps: &mut ConntrackMaps, now_ns: u64, timeouts: &Timeouts) -> Re
         }
     }
     Ok(pass)
+}
+
+/// Whether an NSG decided the flow of these two entries (its flow-log records follow it).
+fn nsg_decided(original: &Flow, reply: &Flow) -> bool {
+    let unclassified = vnetd_common::NsgVerdict::Unclassified as u8;
+    original.nsg_verdict != unclassified || reply.nsg_verdict != unclassified
 }
 
 /// The collector's totals and settings, shared by the collector task (writes) and the agent
@@ -391,11 +425,32 @@ pub fn interval() -> Result<Duration> {
     }
 }
 
-/// Runs a pass every `every`, forever. A failed pass is logged and retried at the next tick.
-pub async fn run(maps: ConntrackMaps, shared: Arc<Conntrack>, every: Duration) -> Result<()> {
+/// `VNETD_GC_TIMEOUT_MS` (for tests: every flow expires after this idle time, so the flow
+/// log's E records come in seconds), else `None`.
+pub fn timeout_override() -> Result<Option<Duration>> {
+    match std::env::var("VNETD_GC_TIMEOUT_MS") {
+        Ok(ms) => {
+            let ms: u64 = ms
+                .parse()
+                .with_context(|| format!("VNETD_GC_TIMEOUT_MS={ms:?} is not a number of ms"))?;
+            Ok(Some(Duration::from_millis(ms)))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Runs a pass every `every`, forever, handing the flow log what it saw. A failed pass is
+/// logged and retried at the next tick.
+pub async fn run(
+    maps: ConntrackMaps,
+    shared: Arc<Conntrack>,
+    every: Duration,
+    flow_log: Arc<FlowLog>,
+) -> Result<()> {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut maps = Some(maps);
+    let timeout_override = timeout_override()?.map(Timeouts::uniform);
     loop {
         tick.tick().await;
         let mut owned = maps.take().context("the collector's maps")?;
@@ -403,7 +458,8 @@ pub async fn run(maps: ConntrackMaps, shared: Arc<Conntrack>, every: Duration) -
         let (back, result) = tokio::task::spawn_blocking(move || {
             let result = (|| {
                 let created = created(&owned)?;
-                let pass = gc_pass(&mut owned, monotonic_ns(), &shared_now.timeouts())?;
+                let timeouts = timeout_override.unwrap_or_else(|| shared_now.timeouts());
+                let pass = gc_pass(&mut owned, monotonic_ns(), &timeouts)?;
                 Ok::<_, anyhow::Error>((created, pass))
             })();
             (owned, result)
@@ -417,6 +473,7 @@ pub async fn run(maps: ConntrackMaps, shared: Arc<Conntrack>, every: Duration) -
                     debug!(deleted = ?pass.deleted, live = pass.live_total(), "conntrack GC pass");
                 }
                 shared.record(created, &pass);
+                flow_log.samples(&pass.samples);
             }
             Err(err) => warn!("conntrack GC pass: {err:#}"),
         }
@@ -603,6 +660,7 @@ mod tests {
             deleted: BTreeMap::new(),
             seen: 8,
             live: BTreeMap::from([("nsg", 6), ("host_stack", 2)]),
+            ..GcPass::default()
         };
         shared.record(8, &pass);
         let entries: BTreeMap<String, u64> = shared.report(vec![]).entries.into_iter().collect();
@@ -632,6 +690,7 @@ mod tests {
             deleted: BTreeMap::from([(GcReason::Orphan, 2)]),
             seen: 10,
             live: BTreeMap::from([("pod_snat", 8)]),
+            ..GcPass::default()
         };
         shared.record(100, &first);
         assert_eq!(shared.report(vec![]).evictions, 2, "the orphans' entries");
@@ -641,6 +700,7 @@ mod tests {
             deleted: BTreeMap::from([(GcReason::TcpEstablished, 20)]),
             seen: 50,
             live: BTreeMap::from([("pod_snat", 20), ("host", 10)]),
+            ..GcPass::default()
         };
         shared.record(150, &second);
         let report = shared.report(vec![]);
@@ -660,6 +720,7 @@ mod tests {
             deleted: BTreeMap::new(),
             seen: 40,
             live: BTreeMap::from([("pod_snat", 40)]),
+            ..GcPass::default()
         };
         shared.record(150, &racing);
         assert_eq!(shared.report(vec![]).evictions, 10);

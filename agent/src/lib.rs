@@ -8,6 +8,7 @@ pub mod compile;
 pub mod daemon;
 pub mod dataplane;
 pub mod endpoints;
+pub mod flowlog;
 pub mod gc;
 pub mod health;
 pub mod host_stack;

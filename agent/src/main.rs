@@ -62,6 +62,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Flow-log records (Azure's NSG flow-log v2 tuple and the deciding rule): what the agent
+    /// has buffered, then with --follow new ones as they come.
+    Flows {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        api_socket: PathBuf,
+        /// Keep printing new records until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Detach the programs and remove the pins and state of a node.
     Teardown {
         #[arg(long)]
@@ -108,6 +120,11 @@ fn main() -> ExitCode {
             result
         }
         Command::Status { api_socket, json } => status(&api_socket, json),
+        Command::Flows {
+            api_socket,
+            follow,
+            json,
+        } => flows(&api_socket, follow, json),
         Command::Teardown {
             node,
             state_dir,
@@ -233,7 +250,7 @@ struct Serving {
 /// instead of waiting), waits up to [`DRAIN_TIMEOUT`] for a request in progress to finish,
 /// and leaves the dataplane running: only `vnetd teardown` removes it.
 async fn serve_agent(
-    agent: Agent,
+    mut agent: Agent,
     paths: &daemon::Paths,
     node: String,
     listener: tokio::net::UnixListener,
@@ -248,6 +265,8 @@ async fn serve_agent(
     } = serving;
     info!(node = %agent.node(), socket = %paths.api_socket.display(), "vnetd running");
     let (flows, conntrack) = agent.conntrack_collector()?;
+    let (flow_events, flow_log) = agent.flow_log_reader()?;
+    let kernel_log = agent.take_kernel_log();
     let gc_interval = vnetd::gc::interval()?;
     let agent = Arc::new(Mutex::new(agent));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -256,7 +275,9 @@ async fn serve_agent(
         res = reload::watch(paths.spec.clone(), node.clone(), agent.clone(), started_from) => res?,
         res = &mut http => res.context("the metrics server")??,
         res = feed.clone().refresh(agent.clone()) => res?,
-        res = vnetd::gc::run(flows, conntrack, gc_interval) => res?,
+        res = vnetd::gc::run(flows, conntrack, gc_interval, flow_log.clone()) => res?,
+        res = vnetd::flowlog::read(flow_events, flow_log) => res?,
+        res = forward_kernel_log(kernel_log) => res?,
         res = netlink::links::watch(|| async {
             if let Err(err) = agent.lock().await.reconcile_links().await {
                 error!("following the node's links: {err:#}");
@@ -280,6 +301,14 @@ async fn serve_agent(
         ),
     }
     Ok(())
+}
+
+/// Forwards the programs' log, or waits forever if it could not be opened.
+async fn forward_kernel_log(log: Option<dataplane::KernelLog>) -> Result<()> {
+    match log {
+        Some(log) => dataplane::forward_kernel_log(log).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Takes `<state_dir>/lock` (an exclusive flock, held until the process exits, however it
@@ -335,6 +364,47 @@ fn status(socket: &std::path::Path, json: bool) -> Result<()> {
         print_status(&report);
     }
     Ok(())
+}
+
+/// How often `vnetd flows --follow` asks the agent for new records.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+fn flows(socket: &std::path::Path, follow: bool, json: bool) -> Result<()> {
+    use std::io::Write as _;
+    let mut after = None;
+    let mut lost_seen = None;
+    let stdout = std::io::stdout();
+    loop {
+        let report = match client::call(socket, &Request::Flows { after }, Duration::from_secs(10))?
+        {
+            Response::Flows(report) => report,
+            Response::Error(err) => bail!("the agent refused: {err}"),
+            other => bail!("unexpected response {other:?}"),
+        };
+        let mut out = stdout.lock();
+        for record in &report.records {
+            if json {
+                writeln!(out, "{}", serde_json::to_string(record)?)?;
+            } else {
+                writeln!(out, "{record}")?;
+            }
+        }
+        out.flush()?;
+        if let Some(last) = report.records.last() {
+            after = Some(last.seq);
+        }
+        if lost_seen.is_some_and(|seen| report.lost > seen) || (!follow && report.lost > 0) {
+            eprintln!(
+                "vnetd: {} flow-log records were lost (the dataplane's ring was full)",
+                report.lost
+            );
+        }
+        lost_seen = Some(report.lost);
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+    }
 }
 
 fn print_status(r: &StatusReport) {
@@ -407,6 +477,7 @@ fn print_status(r: &StatusReport) {
             h.nsg, h.direction, h.rule, h.access, h.hits
         );
     }
+    println!("flow-log records lost: {}", r.flow_records_lost);
     println!(
         "spec reloads: {} applied, {} refused",
         r.reloads_ok, r.reloads_failed

@@ -239,6 +239,13 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
          reloads",
         nsg_hits,
     );
+    let lost = Counter::<u64>::default();
+    lost.inc_by(r.flow_records_lost);
+    registry.register(
+        "flow_records_lost",
+        "Flow-log records the dataplane could not write (its ring was full): never waited for",
+        lost,
+    );
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)

@@ -88,6 +88,11 @@ impl HitLedger {
         self.live = live;
     }
 
+    /// The rule names of the classifiers installed now.
+    pub fn live(&self) -> &LiveRules {
+        &self.live
+    }
+
     /// Every rule's hits: the live counters (`hits`, NSG_HITS now) plus what was carried, one
     /// line per name; live rules appear with 0 too.
     pub fn totals(&self, hits: &BTreeMap<NsgRuleKey, u64>) -> Vec<NsgRuleHits> {

@@ -106,6 +106,12 @@ pub enum Request {
     Ready { subnet: Option<String> },
     /// `vnetd status`.
     Status,
+    /// `vnetd flows`: the buffered flow-log records after `after` (a record's `seq`), all of
+    /// them without it.
+    Flows {
+        #[serde(default)]
+        after: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -220,6 +226,7 @@ pub enum Response {
     Added(AddResult),
     Done,
     Status(StatusReport),
+    Flows(crate::flowlog::FlowsReport),
     Error(CniError),
 }
 
@@ -247,6 +254,9 @@ pub struct StatusReport {
     /// Packets each NSG rule decided, summed over reloads (absent from an agent before it).
     #[serde(default)]
     pub nsg_rule_hits: Vec<NsgRuleHits>,
+    /// Flow-log records the programs could not write (the ring was full).
+    #[serde(default)]
+    pub flow_records_lost: u64,
 }
 
 /// One NSG rule's hits: `vnetd_nsg_rule_hits_total{nsg,rule,direction,access}`.

@@ -72,6 +72,7 @@ fn answer_kind(answer: &Response) -> &'static str {
         Response::Added(_) => "an ADD result",
         Response::Done => "done",
         Response::Status(_) => "a status report",
+        Response::Flows(_) => "flow-log records",
         Response::Error(_) => "an error",
     }
 }

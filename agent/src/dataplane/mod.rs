@@ -29,7 +29,12 @@ pub static EBPF_OBJECT: &[u8] =
 pub struct Dataplane {
     ebpf: Ebpf,
     pins: Option<PinLayout>,
+    /// The programs' log (aya-log), until the agent takes it to forward.
+    kernel_log: Option<KernelLog>,
 }
+
+/// The programs' log records (aya-log's ring), forwarded to the agent's `log`/`tracing`.
+pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 impl Dataplane {
     /// Loads the programs with every map pinned under `bpffs` (reusing pinned maps: their
@@ -66,12 +71,17 @@ impl Dataplane {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let ebpf = loader
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
+        // Not pinned: each agent reads the log of the programs it loaded.
+        let kernel_log = aya_log::EbpfLogger::init(&mut ebpf)
+            .inspect_err(|err| warn!("the programs' log is not forwarded: {err}"))
+            .ok();
         let mut dp = Self {
             ebpf,
             pins: Some(pins),
+            kernel_log,
         };
         dp.load_programs()?;
         Ok(dp)
@@ -82,7 +92,11 @@ impl Dataplane {
         let ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
-        let mut dp = Self { ebpf, pins: None };
+        let mut dp = Self {
+            ebpf,
+            pins: None,
+            kernel_log: None,
+        };
         dp.load_programs()?;
         Ok(dp)
     }
@@ -104,6 +118,11 @@ impl Dataplane {
             .load()
             .context("verifying uplink_egress")?;
         Ok(())
+    }
+
+    /// The programs' log, to forward (once).
+    pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
+        self.kernel_log.take()
     }
 
     pub fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {
@@ -232,6 +251,27 @@ impl Dataplane {
     }
 }
 
+/// Forwards the programs' log records (rare events, e.g. a flow the kernel refused to insert)
+/// to the agent's log as they come: aya-log writes them through `log`, which the agent's
+/// `tracing` subscriber takes (debug level: quiet by default).
+pub async fn forward_kernel_log(log: KernelLog) -> Result<()> {
+    // SAFETY: the logger owns its ring's fd for as long as the AsyncFd owns the logger, and
+    // always answers that same fd.
+    let mut log = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE)
+    }
+    .map_err(|err| err.into_parts().1)
+    .context("watching the programs' log")?;
+    loop {
+        let mut ready = log
+            .readable_mut()
+            .await
+            .context("waiting on the programs' log")?;
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
+}
+
 fn open_pinned_link(path: &Path) -> Result<Option<FdLink>> {
     match PinnedLink::from_pin(path) {
         Ok(pinned) => Ok(Some(FdLink::from(pinned))),
@@ -321,6 +361,8 @@ const REPLACED_ON_MISMATCH: &[&str] = &[
     maps::NSG_PORTLESS,
     maps::NSG_RULES,
     maps::NSG_HITS,
+    maps::FLOW_EVENTS,
+    maps::FLOW_EVENTS_LOST,
 ];
 
 /// A map as the object defines it: what the kernel reports for a map created from it.

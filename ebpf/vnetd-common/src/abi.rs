@@ -14,10 +14,11 @@
 use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
-    ConntrackStat, Direction, DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, Flow, FlowKey,
-    FlowKind, GroupPortKey, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey, NsgPortKey,
-    NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey, RULE_WORDS,
-    Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
+    ConntrackStat, Direction, DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, FLOW_INBOUND,
+    FLOW_OUTBOUND, Flow, FlowDecision, FlowEvent, FlowEventVerdict, FlowKey, FlowKind,
+    GroupPortKey, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey,
+    NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey, RULE_WORDS, Rewrite,
+    Route, RouteKey, RuleBitmap, Traffic, maps,
 };
 
 /// Every layout the ABI has had, oldest first: (ABI version, fingerprint).
@@ -32,6 +33,7 @@ pub const RECORDED: &[(u32, u64)] = &[
     (3, 0x6955_5748_7391_9887),
     (4, 0x50a9_6180_9d6d_e329),
     (5, 0x9116_8028_4a52_b3af),
+    (6, 0x6399_1f6e_dfbc_c587),
 ];
 
 /// Part of every pin path (`<bpffs>/abi-v<N>/...`).
@@ -158,6 +160,23 @@ const fn fingerprint() -> u64 {
     let h = field!(h, Flow, nsg_rule_subnet);
     let h = field!(h, Flow, nsg_rule_group);
 
+    let h = h.layout::<FlowDecision>("FlowDecision");
+    let h = field!(h, FlowDecision, classifier_subnet);
+    let h = field!(h, FlowDecision, classifier_group);
+    let h = field!(h, FlowDecision, rule_subnet);
+    let h = field!(h, FlowDecision, rule_group);
+    let h = field!(h, FlowDecision, verdict);
+    let h = h.layout::<FlowEvent>("FlowEvent");
+    let h = field!(h, FlowEvent, time_ns);
+    let h = field!(h, FlowEvent, key);
+    let h = field!(h, FlowEvent, decisions);
+    let h = field!(h, FlowEvent, kind);
+    let h = field!(h, FlowEvent, verdict);
+    let h = field!(h, FlowEvent, reason);
+    let h = h.word(FLOW_OUTBOUND).word(FLOW_INBOUND);
+    let h = h.word(FlowEventVerdict::Allowed as usize);
+    let h = h.word(FlowEventVerdict::Denied as usize);
+
     let h = h.layout::<RuleBitmap>("RuleBitmap");
     let h = field!(h, RuleBitmap, words);
     let h = h.word(RULE_WORDS);
@@ -217,7 +236,8 @@ const fn fingerprint() -> u64 {
         .word(maps::NSG_ADDR_MAX as usize)
         .word(maps::NSG_PORT_MAX as usize)
         .word(maps::NSG_PROTO_MAX as usize)
-        .word(maps::NSG_RULES_MAX as usize);
+        .word(maps::NSG_RULES_MAX as usize)
+        .word(maps::FLOW_EVENTS_BYTES as usize);
 
     // Counter indices: the TRAFFIC and DROPS arrays are as long as these lists.
     h = h.word(Path::COUNT as usize);

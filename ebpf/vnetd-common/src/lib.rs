@@ -8,6 +8,7 @@ pub mod abi;
 mod conntrack;
 mod counters;
 mod endpoint;
+mod flowlog;
 pub mod maps;
 mod nat;
 mod node;
@@ -22,6 +23,7 @@ pub use conntrack::{
 };
 pub use counters::{DropReason, Path, Traffic};
 pub use endpoint::{ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, GroupPortKey};
+pub use flowlog::{FLOW_INBOUND, FLOW_OUTBOUND, FlowDecision, FlowEvent, FlowEventVerdict};
 pub use nat::{NoMasqueradeKey, PublicAddress, PublicPortKey};
 pub use node::{NodeConfig, POD_GATEWAY};
 pub use nsg::{

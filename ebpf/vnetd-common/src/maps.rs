@@ -27,6 +27,9 @@ pub const NSG_PORTLESS: &str = "NSG_PORTLESS";
 pub const NSG_RULES: &str = "NSG_RULES";
 /// (classifier, rule) -> packets it decided, per CPU.
 pub const NSG_HITS: &str = "NSG_HITS";
+/// Flow-log events (a ring buffer of `FlowEvent`s) and the records it had no room for (per CPU).
+pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+pub const FLOW_EVENTS_LOST: &str = "FLOW_EVENTS_LOST";
 
 /// Capacities: 250 pods per node (plus headroom), 400 routes per table.
 pub const ENDPOINTS_MAX: u32 = 512;
@@ -52,6 +55,9 @@ pub const NSG_PORT_MAX: u32 = 65_536;
 pub const NSG_PROTO_MAX: u32 = NSG_CLASSIFIERS_MAX * 8;
 /// Rules over all classifiers: 16 classifiers of 1000 rules (and the defaults), twice.
 pub const NSG_RULES_MAX: u32 = 32_768;
+/// The flow-log ring's size in bytes: about 14500 records (64 bytes and an 8-byte header each),
+/// several seconds of new connections at a busy node's rate between two reads.
+pub const FLOW_EVENTS_BYTES: u32 = 1 << 20;
 
 /// Every map the programs declare; the agent pins all of them.
 pub const ALL: &[&str] = &[
@@ -74,4 +80,6 @@ pub const ALL: &[&str] = &[
     NSG_PORTLESS,
     NSG_RULES,
     NSG_HITS,
+    FLOW_EVENTS,
+    FLOW_EVENTS_LOST,
 ];

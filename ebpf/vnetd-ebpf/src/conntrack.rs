@@ -104,7 +104,13 @@ pub fn insert_new(key: &FlowKey, flow: &Flow) -> Result<(), CreateError> {
     match FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => Err(CreateError::Exists),
-        Err(_) => Err(CreateError::Failed),
+        Err(e) => {
+            // Rare (the kernel out of memory for the entry): worth a line in the agent's log
+            // at debug level. The macro's context argument is unused by aya-log-ebpf 0.2.
+            // One argument: the record is built on the stack, which the callers nearly fill.
+            aya_log_ebpf::debug!(&(), "flow insert failed: error {}", e);
+            Err(CreateError::Failed)
+        }
     }
 }
 

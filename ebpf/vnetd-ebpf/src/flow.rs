@@ -15,7 +15,9 @@ use vnetd_common::{
 };
 
 use crate::{
-    conntrack, endpoint, nat,
+    conntrack, endpoint,
+    flowlog::{self, Ends},
+    nat,
     nsg::{self, Mark, Tuple},
     parse::{
         Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4,
@@ -98,6 +100,11 @@ pub fn pod_sent(
         }
         let flow = nat::create_pod_snat(&key, src, node)?;
         conntrack::stamp(flow, out);
+        let ends = Ends {
+            outbound: Some(&out),
+            inbound: Some(&into),
+        };
+        flowlog::allowed(&key, FlowKind::PodSnat, ends);
         conntrack::seen(flow, ip.tcp_flags, len);
         nat::apply(ctx, ip, &key, flow)?;
         return Ok(Verdict::Internet);
@@ -105,6 +112,11 @@ pub fn pod_sent(
     if track {
         let flow = conntrack::create_untranslated(&key, FlowKind::Nsg, out, into)?;
         conntrack::seen(flow, ip.tcp_flags, len);
+        let ends = Ends {
+            outbound: Some(&out),
+            inbound: Some(&into),
+        };
+        flowlog::allowed(&key, FlowKind::Nsg, ends);
     }
     Ok(Verdict::Forward)
 }
@@ -137,6 +149,11 @@ pub fn from_uplink(
     if track {
         let flow = conntrack::create_untranslated(&key, FlowKind::Nsg, into, Mark::NONE)?;
         conntrack::seen(flow, ip.tcp_flags, len);
+        let ends = Ends {
+            outbound: None,
+            inbound: Some(&into),
+        };
+        flowlog::allowed(&key, FlowKind::Nsg, ends);
     }
     Ok(Verdict::Forward)
 }
@@ -177,6 +194,11 @@ pub fn from_stack(
     };
     let flow = conntrack::create_untranslated(&key, kind, into, Mark::NONE)?;
     conntrack::seen(flow, ip.tcp_flags, len);
+    let ends = Ends {
+        outbound: None,
+        inbound: Some(&into),
+    };
+    flowlog::allowed(&key, kind, ends);
     Ok(())
 }
 
@@ -202,6 +224,7 @@ pub fn stack_forwarded(ip: &Ipv4, len: usize) -> Result<(), DropReason> {
 #[inline(always)]
 fn receive(ip: &Ipv4, ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
     if !endpoint::reachable(ep, ip) {
+        flowlog::denied(t, true, None, DropReason::PortNotExposed);
         return Err(DropReason::PortNotExposed);
     }
     nsg::inbound(ep, t)

@@ -15,6 +15,7 @@ mod csum;
 mod drop;
 mod endpoint;
 mod flow;
+mod flowlog;
 mod forward;
 mod icmp;
 mod l3;

@@ -19,7 +19,7 @@ use vnetd_common::{
 use crate::{
     conntrack::{self, CreateError},
     csum::{self, End},
-    endpoint, nsg,
+    endpoint, flowlog, nsg,
     parse::{
         Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4,
         Packet,
@@ -309,7 +309,15 @@ fn create_public_inbound(key: &FlowKey, ip: &Ipv4) -> Result<&'static mut Flow, 
         Direction::Original as u8,
     );
     conntrack::stamp(&mut original, mark);
-    conntrack::insert_original(key, &original, &reply_key)
+    let flow = conntrack::insert_original(key, &original, &reply_key)?;
+    // Logged as the client sent it (to the public address): the flow's key, which the agent
+    // follows for its later records.
+    let ends = flowlog::Ends {
+        outbound: None,
+        inbound: Some(&mark),
+    };
+    flowlog::allowed(key, FlowKind::PublicInbound, ends);
+    Ok(flow)
 }
 
 /// An ICMP error (destination unreachable, fragmentation needed, time exceeded) about a packet

@@ -14,7 +14,10 @@ use vnetd_common::{
     maps::{NSG_ADDR_MAX, NSG_CLASSIFIERS_MAX, NSG_PORT_MAX, NSG_PROTO_MAX, NSG_RULES_MAX},
 };
 
-use crate::parse::{Fragment, IPPROTO_TCP, IPPROTO_UDP, Ipv4};
+use crate::{
+    flowlog,
+    parse::{Fragment, IPPROTO_TCP, IPPROTO_UDP, Ipv4},
+};
 
 const NO_PREALLOC: u32 = 1;
 
@@ -121,6 +124,9 @@ pub struct Mark {
     pub verdict: u8,
     pub rule_subnet: u16,
     pub rule_group: u16,
+    /// The classifiers the rules are bits of (flow logs name the rule by both), 0 if none.
+    pub classifier_subnet: u32,
+    pub classifier_group: u32,
 }
 
 impl Mark {
@@ -129,6 +135,8 @@ impl Mark {
         verdict: NsgVerdict::Unclassified as u8,
         rule_subnet: NO_RULE,
         rule_group: NO_RULE,
+        classifier_subnet: 0,
+        classifier_group: 0,
     };
 }
 
@@ -152,6 +160,7 @@ pub fn outbound(ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
             (ep.nsg_out_group, Owner::Group),
             (ep.nsg_out_subnet, Owner::Subnet),
         ],
+        false,
     )
 }
 
@@ -168,11 +177,13 @@ pub fn inbound(ep: &Endpoint, t: &Tuple) -> Result<Mark, DropReason> {
             (ep.nsg_in_subnet, Owner::Subnet),
             (ep.nsg_in_group, Owner::Group),
         ],
+        true,
     )
 }
 
+/// `inbound`: the classifiers are the receiver's (for the flow-log record of a denial).
 #[inline(always)]
-fn decide(t: &Tuple, classifiers: [(u32, Owner); 2]) -> Result<Mark, DropReason> {
+fn decide(t: &Tuple, classifiers: [(u32, Owner); 2], inbound: bool) -> Result<Mark, DropReason> {
     if classifiers[0].0 | classifiers[1].0 == 0 {
         return Ok(Mark::NONE);
     }
@@ -186,13 +197,22 @@ fn decide(t: &Tuple, classifiers: [(u32, Owner); 2]) -> Result<Mark, DropReason>
         }
         // A classifier without tables (never the case once the agent has switched to it)
         // fails closed.
-        let decision = classify(classifier, t).ok_or(DropReason::NsgDenied)?;
-        if !decision.allow {
-            return Err(DropReason::NsgDenied);
-        }
+        let decision = classify(classifier, t);
+        let rule = decision.as_ref().map_or(NO_RULE, |d| d.rule as u16);
         match owner {
-            Owner::Subnet => mark.rule_subnet = decision.rule as u16,
-            Owner::Group => mark.rule_group = decision.rule as u16,
+            Owner::Subnet => {
+                mark.rule_subnet = rule;
+                mark.classifier_subnet = classifier;
+            }
+            Owner::Group => {
+                mark.rule_group = rule;
+                mark.classifier_group = classifier;
+            }
+        }
+        if !decision.is_some_and(|d| d.allow) {
+            mark.verdict = NsgVerdict::Deny as u8;
+            flowlog::denied(t, inbound, Some(&mark), DropReason::NsgDenied);
+            return Err(DropReason::NsgDenied);
         }
     }
     Ok(mark)

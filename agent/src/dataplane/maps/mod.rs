@@ -4,6 +4,7 @@
 mod conntrack;
 mod counters;
 mod endpoints;
+mod flowlog;
 pub mod nat;
 mod node;
 pub mod nsg;
@@ -17,6 +18,7 @@ use vnetd_common::{
 
 pub use conntrack::ConntrackMaps;
 pub use endpoints::{GroupPorts, abi_endpoint};
+pub use flowlog::FlowEventRing;
 /// The maps' names and capacities, as the ABI defines them.
 pub use vnetd_common::maps::*;
 
