@@ -29,6 +29,21 @@ pub static EBPF_OBJECT: &[u8] =
 pub struct Dataplane {
     ebpf: Ebpf,
     pins: Option<PinLayout>,
+    /// What this agent holds in the tables a reload diffs against (see [`Mirror`]).
+    mirror: Mirror,
+}
+
+/// What the agent wrote to the maps a reload diffs against, kept so a reload does not read
+/// tens of thousands of entries back from the kernel. Each is `None` until first read from the
+/// kernel (at start, adopting a previous agent's pins) and again after any failed write or
+/// delete on its map (the kernel's content is then unknown): the next use reads it back. Only
+/// this agent writes these maps (one agent per pin directory); NSG_HITS counters the programs
+/// create in a reload's race are removed by rule index with their classifier.
+#[derive(Debug, Default)]
+struct Mirror {
+    nsgs: Option<maps::nsg::Present>,
+    routes: Option<maps::routes::Present>,
+    endpoints: Option<std::collections::BTreeMap<std::net::Ipv4Addr, vnetd_common::Endpoint>>,
 }
 
 impl Dataplane {
@@ -72,6 +87,7 @@ impl Dataplane {
         let mut dp = Self {
             ebpf,
             pins: Some(pins),
+            mirror: Mirror::default(),
         };
         dp.load_programs()?;
         Ok(dp)
@@ -82,7 +98,11 @@ impl Dataplane {
         let ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
-        let mut dp = Self { ebpf, pins: None };
+        let mut dp = Self {
+            ebpf,
+            pins: None,
+            mirror: Mirror::default(),
+        };
         dp.load_programs()?;
         Ok(dp)
     }

@@ -267,6 +267,12 @@ pub(super) fn run(pods: usize, changes: usize) -> Result<Value> {
         pct(100.0)
     );
 
+    // The agent's own account of each reload (its timings at RUST_LOG=vnetd=debug), kept when
+    // asked for: the lab and its logs go at teardown.
+    if let Some(path) = std::env::var_os("VNETD_BENCH_AGENT_LOG") {
+        std::fs::write(&path, agent.log())
+            .with_context(|| format!("writing the agent's log to {}", path.display()))?;
+    }
     agent.terminate()?;
     agent.wait_exit(Duration::from_secs(30))?;
     drop(attached);
