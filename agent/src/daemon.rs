@@ -904,6 +904,10 @@ impl Tables<'_> {
             self.routes.unstage(dp, routes);
             return Err(err);
         }
+        if let Err(err) = dp.create_nsg_counters() {
+            warn!("creating the new rules' hit counters (the programs create them on a hit): {err:#}");
+        }
+        lap("counters created");
         let live: BTreeSet<u32> = nsgs.ids().values().copied().collect();
         let hits = dp.nsg_hits_except(&live).unwrap_or_else(|err| {
             warn!("reading NSG_HITS before deleting old classifiers: {err:#}");

@@ -182,7 +182,9 @@ fn read(spec_path: &Path) -> Option<String> {
 
 async fn apply(spec_path: &Path, node: &str, agent: &Mutex<Agent>) {
     let started = Instant::now();
-    let plan = match spec::load_file(spec_path) {
+    let loaded = spec::load_file(spec_path);
+    let parsed = started.elapsed();
+    let plan = match loaded {
         Ok(spec) => NodePlan::from_spec(&spec, node),
         Err(problems) => {
             for p in &problems {
@@ -208,7 +210,8 @@ async fn apply(spec_path: &Path, node: &str, agent: &Mutex<Agent>) {
     match applied {
         Ok(()) => {
             info!(
-                parse_ms = took(planned),
+                parse_ms = took(parsed),
+                plan_ms = took(planned - parsed),
                 apply_ms = took(started.elapsed() - locked),
                 "spec reloaded"
             );
@@ -218,5 +221,122 @@ async fn apply(spec_path: &Path, node: &str, agent: &Mutex<Agent>) {
             error!("spec reload refused: {err:#}; the running configuration stays");
             agent.count_reload(false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write as _,
+        sync::{Arc, Mutex as StdMutex},
+    };
+
+    use super::*;
+
+    /// A directory of its own under the temp dir, removed on drop (also when a test fails).
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "vnetd-reload-{tag}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Runs the watch on `spec` with an apply that records the spec's text (and takes a few
+    /// milliseconds, as a real one does, so events queue up behind it).
+    fn watching(spec: &Path) -> (tokio::task::JoinHandle<()>, Arc<StdMutex<Vec<String>>>) {
+        let applied = Arc::new(StdMutex::new(Vec::new()));
+        let (path, seen) = (spec.to_path_buf(), applied.clone());
+        let started_from = read(spec);
+        let task = tokio::spawn(async move {
+            let read_path = path.clone();
+            let _ = watch_with(path, started_from, move || {
+                let (path, seen) = (read_path.clone(), seen.clone());
+                async move {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    seen.lock().unwrap().push(text);
+                }
+            })
+            .await;
+        });
+        (task, applied)
+    }
+
+    /// Waits (up to 10 s) until the last applied text is `want`.
+    async fn until_applied(applied: &StdMutex<Vec<String>>, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while applied.lock().unwrap().last().map(String::as_str) != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "{want:?} never applied; applied: {:?}",
+                applied.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn replace(spec: &Path, text: &str) {
+        let tmp = spec.with_extension("next");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, spec).unwrap();
+    }
+
+    /// A burst of replaced versions ends with the last one applied, and only whole versions
+    /// are ever applied.
+    #[tokio::test]
+    async fn a_burst_of_replacements_applies_the_last() {
+        let dir = Scratch::new("burst");
+        let spec = dir.0.join("spec.yaml");
+        std::fs::write(&spec, "version 0\n").unwrap();
+        let (task, applied) = watching(&spec);
+        // Let the watch start before the burst.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let versions: Vec<String> = (1..=30).map(|i| format!("version {i}\n")).collect();
+        for text in &versions {
+            replace(&spec, text);
+        }
+        until_applied(&applied, "version 30\n").await;
+        // Nothing older is applied after the last.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let applied = applied.lock().unwrap().clone();
+        task.abort();
+        assert_eq!(applied.last().map(String::as_str), Some("version 30\n"));
+        for text in &applied {
+            assert!(versions.contains(text), "a partial version applied: {text:?}");
+        }
+    }
+
+    /// A spec written in place is applied once its write is closed, not while it is written.
+    #[tokio::test]
+    async fn a_write_in_place_is_applied_when_closed() {
+        let dir = Scratch::new("in-place");
+        let spec = dir.0.join("spec.yaml");
+        std::fs::write(&spec, "old\n").unwrap();
+        let (task, applied) = watching(&spec);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut file = std::fs::File::create(&spec).unwrap();
+        file.write_all(b"first half, ").unwrap();
+        file.flush().unwrap();
+        // Shorter than SETTLE: the watch waits for the close.
+        std::thread::sleep(Duration::from_millis(30));
+        file.write_all(b"second half\n").unwrap();
+        drop(file);
+        until_applied(&applied, "first half, second half\n").await;
+        let applied = applied.lock().unwrap().clone();
+        task.abort();
+        assert_eq!(applied, vec!["first half, second half\n".to_string()]);
     }
 }

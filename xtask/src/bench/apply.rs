@@ -272,6 +272,9 @@ pub(super) fn run(pods: usize, changes: usize) -> Result<Value> {
     if let Some(path) = std::env::var_os("VNETD_BENCH_AGENT_LOG") {
         std::fs::write(&path, agent.log())
             .with_context(|| format!("writing the agent's log to {}", path.display()))?;
+        let spec = PathBuf::from(path).with_extension("spec.yaml");
+        std::fs::write(&spec, &nsg_spec)
+            .with_context(|| format!("writing the NSG spec to {}", spec.display()))?;
     }
     agent.terminate()?;
     agent.wait_exit(Duration::from_secs(30))?;

@@ -166,10 +166,6 @@ impl Present {
         let rules = self.rules.entry(id).or_default();
         for (index, rule) in table.rules.iter().enumerate() {
             rules.insert(index as u32, *rule);
-            self.hits.insert(NsgRuleKey {
-                classifier: id,
-                rule: index as u32,
-            });
         }
         if rules.is_empty() {
             self.rules.remove(&id);
@@ -204,6 +200,9 @@ impl Present {
         ids
     }
 }
+
+/// Creates a map entry only if its key has none.
+const BPF_NOEXIST: u64 = 1;
 
 /// The four LPM tables: (map name, which field of the entries, key width in bits).
 const LPM_TABLES: [(&str, Field, u32); 4] = [
@@ -270,9 +269,15 @@ fn port_key(id: u32, (len, value): (u8, u32)) -> Key<NsgPortKey> {
     )
 }
 
+/// A delete of an entry that is not there succeeds: the agent deletes what it believes is
+/// there (its mirror, a classifier's rule indices), and the kernel answers ENOENT for what is
+/// not.
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
         other => other,
     }
 }
@@ -409,13 +414,50 @@ impl Dataplane {
         Ok(self.nsg_present()?.ids())
     }
 
-    fn write_classifier(
-        &mut self,
-        id: u32,
-        table: &ClassifierEntries,
-        present: &Present,
-        cpus: usize,
-    ) -> Result<()> {
+    /// Creates a zero counter (on every CPU) in NSG_HITS for each installed rule that has
+    /// none. `BPF_NOEXIST`: a counter the program created on a rule's first hit keeps its count.
+    pub fn create_nsg_counters(&mut self) -> Result<()> {
+        let mut present = self.take_nsgs()?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, err)| {
+            anyhow::Error::from(err).context(format!("counting CPUs ({what})"))
+        })?;
+        let missing: Vec<NsgRuleKey> = present
+            .rules
+            .iter()
+            .flat_map(|(id, rules)| {
+                rules.keys().map(|rule| NsgRuleKey {
+                    classifier: *id,
+                    rule: *rule,
+                })
+            })
+            .filter(|key| !present.hits.contains(key))
+            .collect();
+        let mut hits: PerCpuHashMap<_, NsgRuleKey, u64> =
+            PerCpuHashMap::try_from(self.map_mut(maps::NSG_HITS)?)?;
+        for key in missing {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).context("per-CPU zeros")?;
+            match hits.insert(key, zeros, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(err))
+                    if err.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(err) => {
+                    return Err(err).with_context(|| {
+                        format!(
+                            "writing NSG_HITS[classifier {}, rule {}] (capacity {})",
+                            key.classifier,
+                            key.rule,
+                            maps::NSG_RULES_MAX
+                        )
+                    });
+                }
+            }
+            present.hits.insert(key);
+        }
+        self.mirror.nsgs = Some(present);
+        Ok(())
+    }
+
+    fn write_classifier(&mut self, id: u32, table: &ClassifierEntries, present: &Present) -> Result<()> {
         let none = LpmEntries::new();
         for (name, field, width) in LPM_TABLES {
             let old = field.present(present).get(&id).unwrap_or(&none);
@@ -490,24 +532,9 @@ impl Dataplane {
             })?;
         }
 
-        // The counters first: a rule the program can find has a counter to add to.
-        let mut hits: PerCpuHashMap<_, NsgRuleKey, u64> =
-            PerCpuHashMap::try_from(self.map_mut(maps::NSG_HITS)?)?;
-        for index in 0..table.rules.len() {
-            let key = NsgRuleKey {
-                classifier: id,
-                rule: index as u32,
-            };
-            if !present.hits.contains(&key) {
-                let zeros = PerCpuValues::try_from(vec![0u64; cpus]).context("per-CPU zeros")?;
-                hits.insert(key, zeros, 0).with_context(|| {
-                    format!(
-                        "writing NSG_HITS[classifier {id}, rule {index}] (capacity {})",
-                        maps::NSG_RULES_MAX
-                    )
-                })?;
-            }
-        }
+        // The hit counters are not written here: the program creates a rule's counter on its
+        // first hit, and the agent creates the others after the switch
+        // ([`Dataplane::create_nsg_counters`]), off the path of a reload.
         let old_rules = present.rules.get(&id);
         let mut rules: HashMap<_, NsgRuleKey, NsgRule> =
             HashMap::try_from(self.map_mut(maps::NSG_RULES)?)?;
@@ -628,11 +655,8 @@ impl TableStore<ClassifierEntries> for Dataplane {
 
     fn write(&mut self, tables: &[(u32, &ClassifierEntries)]) -> Result<()> {
         let mut present = self.take_nsgs()?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, err)| {
-            anyhow::Error::from(err).context(format!("counting CPUs ({what})"))
-        })?;
         for (id, table) in tables {
-            self.write_classifier(*id, table, &present, cpus)?;
+            self.write_classifier(*id, table, &present)?;
             present.wrote(*id, table);
         }
         self.mirror.nsgs = Some(present);
@@ -723,5 +747,9 @@ pub fn switch_nsgs(
             repoint(dp, &kernel_ids)
         },
         undo,
-    )
+    )?;
+    if let Err(err) = dp.create_nsg_counters() {
+        tracing::warn!("creating the new rules' hit counters (the programs create them on a hit): {err:#}");
+    }
+    Ok(())
 }
