@@ -7,8 +7,8 @@
 //! left alone (the ConfigMap's other keys, the agent's own files). An event that names the
 //! spec itself always applies it, as before: writing the same spec again retries it.
 //!
-//! A change is applied as soon as the file is complete: a rename (editors, `mv`, kubelet's
-//! `..data` swap) or the close of a write. A write still in progress (created, truncated,
+//! A change is applied as soon as the file is complete: a rename into the directory (editors,
+//! `mv`, kubelet's `..data` swap) or the close of a write to the spec itself. A write still in progress (created, truncated,
 //! written) is given [`SETTLE`] without events before the spec is read, as before. Events that
 //! arrive while a spec is applied coalesce into one more apply, at most one per
 //! [`MIN_INTERVAL`], which reads the last version written.
@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use notify::{
     EventKind, RecursiveMode, Watcher as _,
-    event::{AccessKind, AccessMode, ModifyKind},
+    event::{AccessKind, AccessMode, ModifyKind, RenameMode},
 };
 use tokio::sync::{Mutex, mpsc};
 use tracing::{debug, error, info, warn};
@@ -115,18 +115,25 @@ where
     let name = spec_path.file_name().map(ToOwned::to_owned);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        let complete = match event.kind {
-            EventKind::Modify(ModifyKind::Name(_)) => true,
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-            // Other access events include the agent's own reads of the spec: reacting to them
-            // would read again and again.
-            EventKind::Access(_) => return,
-            _ => false,
-        };
         let touched = if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
             Touched::Spec
         } else {
             Touched::Directory
+        };
+        let complete = match event.kind {
+            // A rename within the directory comes as From, To and Both: Both repeats the
+            // other two, and From alone is half of it (the To follows, or SETTLE passes when
+            // a file moved out).
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => return,
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => false,
+            EventKind::Modify(ModifyKind::Name(_)) => true,
+            // The spec written in place is complete when closed; another file closed after a
+            // write is most often a temporary one about to be renamed over the spec.
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => touched == Touched::Spec,
+            // Other access events include the agent's own reads of the spec: reacting to them
+            // would read again and again.
+            EventKind::Access(_) => return,
+            _ => false,
         };
         let _ = tx.send(Seen { touched, complete });
     })
@@ -317,6 +324,24 @@ mod tests {
         for text in &applied {
             assert!(versions.contains(text), "a partial version applied: {text:?}");
         }
+    }
+
+    /// A spec written beside and renamed over is applied once: the temporary file's events
+    /// and the rename's (From, To, Both) are one change.
+    #[tokio::test]
+    async fn a_replacement_is_applied_once() {
+        let dir = Scratch::new("once");
+        let spec = dir.0.join("spec.yaml");
+        std::fs::write(&spec, "old\n").unwrap();
+        let (task, applied) = watching(&spec);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        replace(&spec, "new\n");
+        until_applied(&applied, "new\n").await;
+        // Longer than SETTLE: a second apply from the same change would have come by now.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let applied = applied.lock().unwrap().clone();
+        task.abort();
+        assert_eq!(applied, vec!["new\n".to_string()]);
     }
 
     /// A spec written in place is applied once its write is closed, not while it is written.
