@@ -867,7 +867,13 @@ impl Tables<'_> {
         repoint: impl FnOnce(&mut Dataplane, &TableIdsByName) -> Result<()>,
     ) -> Result<BTreeMap<NsgRuleKey, u64>> {
         let t = std::time::Instant::now();
-        let lap = |what: &str| debug!(step = what, ms = t.elapsed().as_secs_f64() * 1e3, "table switch");
+        let lap = |what: &str| {
+            debug!(
+                step = what,
+                ms = t.elapsed().as_secs_f64() * 1e3,
+                "table switch"
+            )
+        };
         let routes_wanted = wanted_route_tables(plan, endpoints);
         let nsgs_wanted = nsg::wanted(plan.classifiers(endpoints.iter().map(|e| &*e.subnet)));
         let before = dp.endpoints_written()?;
@@ -905,7 +911,9 @@ impl Tables<'_> {
             return Err(err);
         }
         if let Err(err) = dp.create_nsg_counters() {
-            warn!("creating the new rules' hit counters (the programs create them on a hit): {err:#}");
+            warn!(
+                "creating the new rules' hit counters (the programs create them on a hit): {err:#}"
+            );
         }
         lap("counters created");
         let live: BTreeSet<u32> = nsgs.ids().values().copied().collect();

@@ -245,10 +245,8 @@ mod tests {
 
     impl Scratch {
         fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "vnetd-reload-{tag}-{}",
-                std::process::id()
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("vnetd-reload-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             Self(dir)
@@ -322,7 +320,10 @@ mod tests {
         task.abort();
         assert_eq!(applied.last().map(String::as_str), Some("version 30\n"));
         for text in &applied {
-            assert!(versions.contains(text), "a partial version applied: {text:?}");
+            assert!(
+                versions.contains(text),
+                "a partial version applied: {text:?}"
+            );
         }
     }
 

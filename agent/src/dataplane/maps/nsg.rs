@@ -148,7 +148,12 @@ pub struct Present {
 impl Present {
     /// Notes that classifier `id` now holds `table` (written over what it held).
     fn wrote(&mut self, id: u32, table: &ClassifierEntries) {
-        for field in [Field::SrcAddr, Field::DstAddr, Field::SrcPort, Field::DstPort] {
+        for field in [
+            Field::SrcAddr,
+            Field::DstAddr,
+            Field::SrcPort,
+            Field::DstPort,
+        ] {
             let entries = field.of(table);
             let out = field.present_mut(self);
             if entries.is_empty() {
@@ -174,7 +179,12 @@ impl Present {
 
     /// Notes that the classifiers `ids` hold nothing any more.
     fn removed(&mut self, ids: &BTreeSet<u32>) {
-        for field in [Field::SrcAddr, Field::DstAddr, Field::SrcPort, Field::DstPort] {
+        for field in [
+            Field::SrcAddr,
+            Field::DstAddr,
+            Field::SrcPort,
+            Field::DstPort,
+        ] {
             field.present_mut(self).retain(|id, _| !ids.contains(id));
         }
         self.proto.retain(|id, _| !ids.contains(id));
@@ -457,7 +467,12 @@ impl Dataplane {
         Ok(())
     }
 
-    fn write_classifier(&mut self, id: u32, table: &ClassifierEntries, present: &Present) -> Result<()> {
+    fn write_classifier(
+        &mut self,
+        id: u32,
+        table: &ClassifierEntries,
+        present: &Present,
+    ) -> Result<()> {
         let none = LpmEntries::new();
         for (name, field, width) in LPM_TABLES {
             let old = field.present(present).get(&id).unwrap_or(&none);
@@ -749,7 +764,9 @@ pub fn switch_nsgs(
         undo,
     )?;
     if let Err(err) = dp.create_nsg_counters() {
-        tracing::warn!("creating the new rules' hit counters (the programs create them on a hit): {err:#}");
+        tracing::warn!(
+            "creating the new rules' hit counters (the programs create them on a hit): {err:#}"
+        );
     }
     Ok(())
 }
