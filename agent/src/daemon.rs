@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use ipnet::Ipv4Net;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use vnetd_common::{Endpoint as AbiEndpoint, NodeConfig, NsgRuleKey};
 
 use crate::{
@@ -160,7 +160,7 @@ impl Agent {
             self.dataplane.set_node(node_config(&plan, &link))?;
         }
         let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
-        let before = self.dataplane.endpoints()?;
+        let before = self.dataplane.endpoints_written()?;
         let mut tables = Tables {
             routes: &mut self.route_tables,
             nsgs: &mut self.nsg_tables,
@@ -898,13 +898,23 @@ impl Tables<'_> {
         endpoints: &[Endpoint],
         repoint: impl FnOnce(&mut Dataplane, &TableIdsByName) -> Result<()>,
     ) -> Result<BTreeMap<NsgRuleKey, u64>> {
+        let t = std::time::Instant::now();
+        let lap = |what: &str| {
+            debug!(
+                step = what,
+                ms = t.elapsed().as_secs_f64() * 1e3,
+                "table switch"
+            )
+        };
         let routes_wanted = wanted_route_tables(plan, endpoints);
         let nsgs_wanted = nsg::wanted(plan.classifiers(endpoints.iter().map(|e| &*e.subnet)));
-        let before = dp.endpoints()?;
+        let before = dp.endpoints_written()?;
+        lap("wanted");
         let routes = self
             .routes
             .stage(dp, &routes_wanted)
             .context("writing the route tables")?;
+        lap("route tables staged");
         let nsgs = match self.nsgs.stage(dp, &nsgs_wanted) {
             Ok(staged) => staged,
             Err(err) => {
@@ -912,11 +922,13 @@ impl Tables<'_> {
                 return Err(err.context("writing the NSG tables"));
             }
         };
+        lap("NSG classifiers staged");
         let ids = TableIdsByName {
             routes: routes.ids(),
             nsgs: nsgs.ids(),
         };
         let applied = repoint(dp, &ids).and_then(|()| {
+            lap("endpoints switched");
             tables::record(&[
                 (&*self.routes, routes.recording()),
                 (&*self.nsgs, nsgs.recording()),
@@ -930,12 +942,21 @@ impl Tables<'_> {
             self.routes.unstage(dp, routes);
             return Err(err);
         }
-        let hits = dp.nsg_hits().unwrap_or_else(|err| {
+        if let Err(err) = dp.create_nsg_counters() {
+            warn!(
+                "creating the new rules' hit counters (the programs create them on a hit): {err:#}"
+            );
+        }
+        lap("counters created");
+        let live: BTreeSet<u32> = nsgs.ids().values().copied().collect();
+        let hits = dp.nsg_hits_except(&live).unwrap_or_else(|err| {
             warn!("reading NSG_HITS before deleting old classifiers: {err:#}");
             BTreeMap::new()
         });
+        lap("recorded, hits read");
         self.routes.finish(dp, routes);
         self.nsgs.finish(dp, nsgs);
+        lap("old tables deleted");
         Ok(hits)
     }
 }

@@ -31,6 +31,21 @@ pub struct Dataplane {
     pins: Option<PinLayout>,
     /// The programs' log (aya-log), until the agent takes it to forward.
     kernel_log: Option<KernelLog>,
+    /// What this agent holds in the tables a reload diffs against (see [`Mirror`]).
+    mirror: Mirror,
+}
+
+/// What the agent wrote to the maps a reload diffs against, kept so a reload does not read
+/// tens of thousands of entries back from the kernel. Each is `None` until first read from the
+/// kernel (at start, adopting a previous agent's pins) and again after any failed write or
+/// delete on its map (the kernel's content is then unknown): the next use reads it back. Only
+/// this agent writes these maps (one agent per pin directory); NSG_HITS counters the programs
+/// create in a reload's race are removed by rule index with their classifier.
+#[derive(Debug, Default)]
+struct Mirror {
+    nsgs: Option<maps::nsg::Present>,
+    routes: Option<maps::routes::Present>,
+    endpoints: Option<std::collections::BTreeMap<std::net::Ipv4Addr, vnetd_common::Endpoint>>,
 }
 
 /// The programs' log records (aya-log's ring), forwarded to the agent's `log`/`tracing`.
@@ -82,6 +97,7 @@ impl Dataplane {
             ebpf,
             pins: Some(pins),
             kernel_log,
+            mirror: Mirror::default(),
         };
         dp.load_programs()?;
         Ok(dp)
@@ -96,6 +112,7 @@ impl Dataplane {
             ebpf,
             pins: None,
             kernel_log: None,
+            mirror: Mirror::default(),
         };
         dp.load_programs()?;
         Ok(dp)

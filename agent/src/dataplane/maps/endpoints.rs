@@ -55,19 +55,33 @@ fn group_port_key(&(ip, proto, port): &(Ipv4Addr, u8, u16)) -> GroupPortKey {
 
 impl Dataplane {
     pub fn put_endpoint(&mut self, ip: Ipv4Addr, ep: Endpoint) -> Result<()> {
-        self.endpoints_map()?
-            .insert(ip.octets(), ep, 0)
-            .with_context(|| format!("writing ENDPOINTS[{ip}]"))
+        let written = self.endpoints_map()?.insert(ip.octets(), ep, 0);
+        match (&written, self.mirror.endpoints.as_mut()) {
+            (Ok(()), Some(mirror)) => {
+                mirror.insert(ip, ep);
+            }
+            (Err(_), _) => self.mirror.endpoints = None,
+            (Ok(()), None) => {}
+        }
+        written.with_context(|| format!("writing ENDPOINTS[{ip}]"))
     }
 
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
         match self.endpoints_map()?.remove(&ip.octets()) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(err) => Err(err).with_context(|| format!("removing ENDPOINTS[{ip}]")),
+            Ok(()) | Err(MapError::KeyNotFound) => {
+                if let Some(mirror) = self.mirror.endpoints.as_mut() {
+                    mirror.remove(&ip);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                self.mirror.endpoints = None;
+                Err(err).with_context(|| format!("removing ENDPOINTS[{ip}]"))
+            }
         }
     }
 
-    /// The entries in ENDPOINTS.
+    /// The entries in ENDPOINTS, read from the kernel.
     pub fn endpoints(&self) -> Result<BTreeMap<Ipv4Addr, Endpoint>> {
         let map: HashMap<_, [u8; 4], Endpoint> = HashMap::try_from(self.map(maps::ENDPOINTS)?)?;
         map.iter()
@@ -78,6 +92,15 @@ impl Dataplane {
             .collect()
     }
 
+    /// The entries in ENDPOINTS as this agent wrote them (read from the kernel the first time
+    /// and after a failed write).
+    pub fn endpoints_written(&mut self) -> Result<BTreeMap<Ipv4Addr, Endpoint>> {
+        if self.mirror.endpoints.is_none() {
+            self.mirror.endpoints = Some(self.endpoints()?);
+        }
+        Ok(self.mirror.endpoints.clone().unwrap_or_default())
+    }
+
     /// The addresses in ENDPOINTS (a restarted agent compares them with its records).
     pub fn endpoint_ips(&self) -> Result<Vec<Ipv4Addr>> {
         Ok(self.endpoints()?.into_keys().collect())
@@ -85,7 +108,7 @@ impl Dataplane {
 
     /// Makes ENDPOINTS hold exactly `wanted`: new and changed entries first, then removals.
     pub fn sync_endpoints(&mut self, wanted: &BTreeMap<Ipv4Addr, Endpoint>) -> Result<()> {
-        let present = self.endpoints()?;
+        let present = self.endpoints_written()?;
         for (ip, ep) in wanted {
             if present.get(ip) != Some(ep) {
                 self.put_endpoint(*ip, *ep)?;

@@ -79,6 +79,8 @@ impl Dataplane {
     /// A map by its ABI name, for tests that write and read ABI entries themselves
     /// (BPF_PROG_RUN fixtures).
     pub fn raw_map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        // What is written behind the agent's back is read back before the next diff.
+        self.mirror = super::Mirror::default();
         self.map_mut(name)
     }
 

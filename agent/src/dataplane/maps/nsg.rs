@@ -134,7 +134,7 @@ pub fn fingerprint(table: &ClassifierEntries) -> u64 {
 
 /// Everything the NSG maps hold, by classifier id.
 #[derive(Debug, Default)]
-struct Present {
+pub struct Present {
     src_addr: BTreeMap<u32, LpmEntries>,
     dst_addr: BTreeMap<u32, LpmEntries>,
     src_port: BTreeMap<u32, LpmEntries>,
@@ -146,6 +146,53 @@ struct Present {
 }
 
 impl Present {
+    /// Notes that classifier `id` now holds `table` (written over what it held).
+    fn wrote(&mut self, id: u32, table: &ClassifierEntries) {
+        for field in [
+            Field::SrcAddr,
+            Field::DstAddr,
+            Field::SrcPort,
+            Field::DstPort,
+        ] {
+            let entries = field.of(table);
+            let out = field.present_mut(self);
+            if entries.is_empty() {
+                out.remove(&id);
+            } else {
+                out.insert(id, entries.clone());
+            }
+        }
+        // Protocol classes and rules are written over, not pruned: an id is only rewritten with
+        // the content it had, so the kernel keeps what it held beside the new entries.
+        if !table.proto.is_empty() {
+            self.proto.entry(id).or_default().extend(&table.proto);
+        }
+        self.portless.insert(id, table.portless);
+        let rules = self.rules.entry(id).or_default();
+        for (index, rule) in table.rules.iter().enumerate() {
+            rules.insert(index as u32, *rule);
+        }
+        if rules.is_empty() {
+            self.rules.remove(&id);
+        }
+    }
+
+    /// Notes that the classifiers `ids` hold nothing any more.
+    fn removed(&mut self, ids: &BTreeSet<u32>) {
+        for field in [
+            Field::SrcAddr,
+            Field::DstAddr,
+            Field::SrcPort,
+            Field::DstPort,
+        ] {
+            field.present_mut(self).retain(|id, _| !ids.contains(id));
+        }
+        self.proto.retain(|id, _| !ids.contains(id));
+        self.portless.retain(|id, _| !ids.contains(id));
+        self.rules.retain(|id, _| !ids.contains(id));
+        self.hits.retain(|k| !ids.contains(&k.classifier));
+    }
+
     fn ids(&self) -> BTreeSet<u32> {
         let mut ids = BTreeSet::new();
         for lpm in [
@@ -163,6 +210,9 @@ impl Present {
         ids
     }
 }
+
+/// Creates a map entry only if its key has none.
+const BPF_NOEXIST: u64 = 1;
 
 /// The four LPM tables: (map name, which field of the entries, key width in bits).
 const LPM_TABLES: [(&str, Field, u32); 4] = [
@@ -198,6 +248,15 @@ impl Field {
             Field::DstPort => &present.dst_port,
         }
     }
+
+    fn present_mut(self, present: &mut Present) -> &mut BTreeMap<u32, LpmEntries> {
+        match self {
+            Field::SrcAddr => &mut present.src_addr,
+            Field::DstAddr => &mut present.dst_addr,
+            Field::SrcPort => &mut present.src_port,
+            Field::DstPort => &mut present.dst_port,
+        }
+    }
 }
 
 fn addr_key(id: u32, (len, value): (u8, u32)) -> Key<NsgAddrKey> {
@@ -220,14 +279,30 @@ fn port_key(id: u32, (len, value): (u8, u32)) -> Key<NsgPortKey> {
     )
 }
 
+/// A delete of an entry that is not there succeeds: the agent deletes what it believes is
+/// there (its mirror, a classifier's rule indices), and the kernel answers ENOENT for what is
+/// not.
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
         other => other,
     }
 }
 
 impl Dataplane {
+    /// What the NSG maps hold, taken out of the mirror (read from the kernel if it is not
+    /// known): put back after a successful change, left out after a failed one.
+    fn take_nsgs(&mut self) -> Result<Present> {
+        match self.mirror.nsgs.take() {
+            Some(present) => Ok(present),
+            None => self.nsg_present(),
+        }
+    }
+
+    /// Everything the NSG maps hold, read from the kernel.
     fn nsg_present(&self) -> Result<Present> {
         let mut present = Present::default();
         for (name, field, width) in LPM_TABLES {
@@ -317,9 +392,79 @@ impl Dataplane {
             .collect()
     }
 
-    /// The classifier ids that have entries in any NSG map.
+    /// Packets each rule of the classifiers other than `live` decided, summed over CPUs: what
+    /// a switch carries by name before it deletes those classifiers (a lookup per counter the
+    /// agent created, rather than reading every counter back).
+    pub fn nsg_hits_except(&mut self, live: &BTreeSet<u32>) -> Result<BTreeMap<NsgRuleKey, u64>> {
+        let present = self.take_nsgs()?;
+        let keys: Vec<NsgRuleKey> = present
+            .hits
+            .iter()
+            .filter(|k| !live.contains(&k.classifier))
+            .copied()
+            .collect();
+        self.mirror.nsgs = Some(present);
+        let hits: PerCpuHashMap<_, NsgRuleKey, u64> =
+            PerCpuHashMap::try_from(self.map(maps::NSG_HITS)?)?;
+        let mut out = BTreeMap::new();
+        for key in keys {
+            match hits.get(&key, 0) {
+                Ok(per_cpu) => {
+                    out.insert(key, per_cpu.iter().sum());
+                }
+                Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("reading NSG_HITS"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The classifier ids that have entries in any NSG map, read from the kernel.
     pub fn nsg_classifier_ids(&self) -> Result<BTreeSet<u32>> {
         Ok(self.nsg_present()?.ids())
+    }
+
+    /// Creates a zero counter (on every CPU) in NSG_HITS for each installed rule that has
+    /// none. `BPF_NOEXIST`: a counter the program created on a rule's first hit keeps its count.
+    pub fn create_nsg_counters(&mut self) -> Result<()> {
+        let mut present = self.take_nsgs()?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, err)| {
+            anyhow::Error::from(err).context(format!("counting CPUs ({what})"))
+        })?;
+        let missing: Vec<NsgRuleKey> = present
+            .rules
+            .iter()
+            .flat_map(|(id, rules)| {
+                rules.keys().map(|rule| NsgRuleKey {
+                    classifier: *id,
+                    rule: *rule,
+                })
+            })
+            .filter(|key| !present.hits.contains(key))
+            .collect();
+        let mut hits: PerCpuHashMap<_, NsgRuleKey, u64> =
+            PerCpuHashMap::try_from(self.map_mut(maps::NSG_HITS)?)?;
+        for key in missing {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).context("per-CPU zeros")?;
+            match hits.insert(key, zeros, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(err))
+                    if err.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(err) => {
+                    return Err(err).with_context(|| {
+                        format!(
+                            "writing NSG_HITS[classifier {}, rule {}] (capacity {})",
+                            key.classifier,
+                            key.rule,
+                            maps::NSG_RULES_MAX
+                        )
+                    });
+                }
+            }
+            present.hits.insert(key);
+        }
+        self.mirror.nsgs = Some(present);
+        Ok(())
     }
 
     fn write_classifier(
@@ -327,7 +472,6 @@ impl Dataplane {
         id: u32,
         table: &ClassifierEntries,
         present: &Present,
-        cpus: usize,
     ) -> Result<()> {
         let none = LpmEntries::new();
         for (name, field, width) in LPM_TABLES {
@@ -403,24 +547,9 @@ impl Dataplane {
             })?;
         }
 
-        // The counters first: a rule the program can find has a counter to add to.
-        let mut hits: PerCpuHashMap<_, NsgRuleKey, u64> =
-            PerCpuHashMap::try_from(self.map_mut(maps::NSG_HITS)?)?;
-        for index in 0..table.rules.len() {
-            let key = NsgRuleKey {
-                classifier: id,
-                rule: index as u32,
-            };
-            if !present.hits.contains(&key) {
-                let zeros = PerCpuValues::try_from(vec![0u64; cpus]).context("per-CPU zeros")?;
-                hits.insert(key, zeros, 0).with_context(|| {
-                    format!(
-                        "writing NSG_HITS[classifier {id}, rule {index}] (capacity {})",
-                        maps::NSG_RULES_MAX
-                    )
-                })?;
-            }
-        }
+        // The hit counters are not written here: the program creates a rule's counter on its
+        // first hit, and the agent creates the others after the switch
+        // ([`Dataplane::create_nsg_counters`]), off the path of a reload.
         let old_rules = present.rules.get(&id);
         let mut rules: HashMap<_, NsgRuleKey, NsgRule> =
             HashMap::try_from(self.map_mut(maps::NSG_RULES)?)?;
@@ -498,9 +627,27 @@ impl Dataplane {
                     .with_context(|| format!("removing classifier {id} from NSG_RULES"))?;
             }
         }
+        // By rule index too: a program may have created a counter in the race with a switch.
+        let by_rule = present
+            .rules
+            .iter()
+            .filter(|(id, _)| ids.contains(id))
+            .flat_map(|(id, indices)| {
+                indices.keys().map(|rule| NsgRuleKey {
+                    classifier: *id,
+                    rule: *rule,
+                })
+            });
+        let counters: BTreeSet<NsgRuleKey> = present
+            .hits
+            .iter()
+            .filter(|k| ids.contains(&k.classifier))
+            .copied()
+            .chain(by_rule)
+            .collect();
         let mut hits: PerCpuHashMap<_, NsgRuleKey, u64> =
             PerCpuHashMap::try_from(self.map_mut(maps::NSG_HITS)?)?;
-        for key in present.hits.iter().filter(|k| ids.contains(&k.classifier)) {
+        for key in &counters {
             ignore_missing(hits.remove(key))
                 .with_context(|| format!("removing classifier {} from NSG_HITS", key.classifier))?;
         }
@@ -515,17 +662,19 @@ impl TableStore<ClassifierEntries> for Dataplane {
     }
 
     fn present_ids(&mut self) -> Result<BTreeSet<u32>> {
-        self.nsg_classifier_ids()
+        let present = self.take_nsgs()?;
+        let ids = present.ids();
+        self.mirror.nsgs = Some(present);
+        Ok(ids)
     }
 
     fn write(&mut self, tables: &[(u32, &ClassifierEntries)]) -> Result<()> {
-        let present = self.nsg_present()?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, err)| {
-            anyhow::Error::from(err).context(format!("counting CPUs ({what})"))
-        })?;
+        let mut present = self.take_nsgs()?;
         for (id, table) in tables {
-            self.write_classifier(*id, table, &present, cpus)?;
+            self.write_classifier(*id, table, &present)?;
+            present.wrote(*id, table);
         }
+        self.mirror.nsgs = Some(present);
         Ok(())
     }
 
@@ -533,8 +682,11 @@ impl TableStore<ClassifierEntries> for Dataplane {
         if ids.is_empty() {
             return Ok(());
         }
-        let present = self.nsg_present()?;
-        self.remove_classifiers(ids, &present)
+        let mut present = self.take_nsgs()?;
+        self.remove_classifiers(ids, &present)?;
+        present.removed(ids);
+        self.mirror.nsgs = Some(present);
+        Ok(())
     }
 }
 
@@ -610,5 +762,11 @@ pub fn switch_nsgs(
             repoint(dp, &kernel_ids)
         },
         undo,
-    )
+    )?;
+    if let Err(err) = dp.create_nsg_counters() {
+        tracing::warn!(
+            "creating the new rules' hit counters (the programs create them on a hit): {err:#}"
+        );
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use vnetd_common::{NextHop, Route, RouteKey, maps};
 
@@ -56,6 +56,9 @@ pub fn fingerprint(entries: &RouteEntries) -> u64 {
     digest.finish()
 }
 
+/// ROUTES as this agent holds it: (table id, prefix) -> route.
+pub type Present = BTreeMap<(u32, Ipv4Net), Route>;
+
 impl Dataplane {
     /// Makes ROUTES hold exactly `routes` ((table, prefix) -> route), writing only differences:
     /// new and changed entries first, then removals, so a lookup never misses a route that
@@ -67,7 +70,7 @@ impl Dataplane {
 
     /// Writes the entries of `routes` that are new or changed.
     pub fn upsert_routes(&mut self, routes: &BTreeMap<(u32, Ipv4Net), Route>) -> Result<()> {
-        let present = self.routes()?;
+        let mut present = self.take_routes()?;
         let mut map = self.routes_map()?;
         for (k, route) in routes {
             if present.get(k) != Some(route) {
@@ -77,23 +80,32 @@ impl Dataplane {
                         maps::ROUTES_MAX
                     )
                 })?;
+                present.insert(*k, *route);
             }
         }
+        self.mirror.routes = Some(present);
         Ok(())
     }
 
     /// Removes the entries that are not in `routes`.
     pub fn prune_routes(&mut self, routes: &BTreeMap<(u32, Ipv4Net), Route>) -> Result<()> {
-        let present = self.routes()?;
+        let mut present = self.take_routes()?;
+        let stale: Vec<(u32, Ipv4Net)> = present
+            .keys()
+            .filter(|k| !routes.contains_key(k))
+            .copied()
+            .collect();
         let mut map = self.routes_map()?;
-        for k in present.keys().filter(|k| !routes.contains_key(k)) {
-            map.remove(&route_key(k))
+        for k in stale {
+            ignore_missing(map.remove(&route_key(&k)))
                 .with_context(|| format!("removing route {k:?}"))?;
+            present.remove(&k);
         }
+        self.mirror.routes = Some(present);
         Ok(())
     }
 
-    /// The routes in ROUTES.
+    /// The routes in ROUTES, read from the kernel.
     pub fn routes(&mut self) -> Result<BTreeMap<(u32, Ipv4Net), Route>> {
         let map = self.routes_map()?;
         let mut present = BTreeMap::new();
@@ -105,6 +117,15 @@ impl Dataplane {
             present.insert((u32::from_be_bytes(data.table), net), map.get(&key, 0)?);
         }
         Ok(present)
+    }
+
+    /// What ROUTES holds, taken out of the mirror (read from the kernel if it is not known):
+    /// put back after a successful change, left out after a failed one.
+    fn take_routes(&mut self) -> Result<Present> {
+        match self.mirror.routes.take() {
+            Some(present) => Ok(present),
+            None => self.routes(),
+        }
     }
 
     fn routes_map(&mut self) -> Result<LpmTrie<&mut MapData, RouteKey, Route>> {
@@ -119,11 +140,14 @@ impl TableStore<RouteEntries> for Dataplane {
     }
 
     fn present_ids(&mut self) -> Result<BTreeSet<u32>> {
-        Ok(self.routes()?.into_keys().map(|(table, _)| table).collect())
+        let present = self.take_routes()?;
+        let ids = present.keys().map(|(table, _)| *table).collect();
+        self.mirror.routes = Some(present);
+        Ok(ids)
     }
 
     fn write(&mut self, tables: &[(u32, &RouteEntries)]) -> Result<()> {
-        let present = self.routes()?;
+        let mut present = self.take_routes()?;
         let mut map = self.routes_map()?;
         for (id, entries) in tables {
             for (net, route) in *entries {
@@ -136,19 +160,26 @@ impl TableStore<RouteEntries> for Dataplane {
                             maps::ROUTES_MAX
                         )
                     })?;
+                    present.insert(k, *route);
                 }
             }
         }
         let wanted: BTreeMap<u32, &RouteEntries> = tables.iter().copied().collect();
-        for k @ (id, net) in present.keys() {
-            if wanted
-                .get(id)
-                .is_some_and(|entries| !entries.contains_key(net))
-            {
-                map.remove(&route_key(k))
-                    .with_context(|| format!("removing route {net} of route table {id}"))?;
-            }
+        let stale: Vec<(u32, Ipv4Net)> = present
+            .keys()
+            .filter(|(id, net)| {
+                wanted
+                    .get(id)
+                    .is_some_and(|entries| !entries.contains_key(net))
+            })
+            .copied()
+            .collect();
+        for k @ (id, net) in stale {
+            ignore_missing(map.remove(&route_key(&k)))
+                .with_context(|| format!("removing route {net} of route table {id}"))?;
+            present.remove(&k);
         }
+        self.mirror.routes = Some(present);
         Ok(())
     }
 
@@ -156,13 +187,31 @@ impl TableStore<RouteEntries> for Dataplane {
         if ids.is_empty() {
             return Ok(());
         }
-        let present = self.routes()?;
+        let mut present = self.take_routes()?;
+        let stale: Vec<(u32, Ipv4Net)> = present
+            .keys()
+            .filter(|(id, _)| ids.contains(id))
+            .copied()
+            .collect();
         let mut map = self.routes_map()?;
-        for k @ (id, net) in present.keys().filter(|(id, _)| ids.contains(id)) {
-            map.remove(&route_key(k))
+        for k @ (id, net) in stale {
+            ignore_missing(map.remove(&route_key(&k)))
                 .with_context(|| format!("removing route {net} of route table {id}"))?;
+            present.remove(&k);
         }
+        self.mirror.routes = Some(present);
         Ok(())
+    }
+}
+
+/// A delete of a route that is not there succeeds: the agent deletes what its mirror holds, and
+/// what was removed behind its back is gone already.
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
     }
 }
 
