@@ -182,6 +182,13 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
             NsgRule::deny_in("deny-from-pod-c", 110).from([format!("{}/32", c.ip)]),
         ],
     );
+    // `vnetd flows --follow` on node-1 while the NSG traffic runs: its records are shown after.
+    let mut flows = Command::new(bin("vnetd"))
+        .args(["flows", "--follow", "--api-socket"])
+        .arg(&n1.api_socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("vnetd flows --follow")?;
     agent1.write_spec(&nsg_spec)?;
     _agent2.write_spec(&nsg_spec)?;
     for agent in [&agent1, &_agent2] {
@@ -213,6 +220,8 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
     );
     show_ping(&c, a.ip)?;
     show_ping(&b, a.ip)?;
+    // The metrics are a snapshot the agent refreshes every second.
+    std::thread::sleep(Duration::from_millis(1500));
     let metrics = agent1.metrics()?;
     for rule in [
         "deny-smtp-out",
@@ -223,6 +232,30 @@ pub fn run(_root: &Path, wait: bool) -> Result<()> {
     ] {
         let hits = nsg_rule_hits_in_metrics(&metrics, "apps-nsg", rule).unwrap_or(0);
         println!("   node-1 apps-nsg {rule:<22} {hits} hits");
+    }
+    let _ = flows.kill();
+    let records = flows.wait_with_output().context("vnetd flows --follow")?;
+    println!(
+        "   `vnetd flows --follow` on node-1 meanwhile (NSG flow-log v2 tuples and the rule; \
+         repeats folded):"
+    );
+    let records = String::from_utf8_lossy(&records.stdout);
+    let mut folded: Vec<(&str, usize)> = Vec::new();
+    for line in records.lines() {
+        // The same tuple again (each request of a denied ping) differs only in its time.
+        let tuple = |l: &str| l.split_once(',').map(|(_, rest)| rest.to_string());
+        match folded.last_mut() {
+            Some((last, n)) if tuple(last) == tuple(line) => *n += 1,
+            _ => folded.push((line, 1)),
+        }
+    }
+    for (line, n) in folded {
+        let times = if n > 1 {
+            format!("  (x{n})")
+        } else {
+            String::new()
+        };
+        println!("     {line}{times}");
     }
 
     step("anti-spoofing: pod-b sends from another address");
