@@ -260,14 +260,7 @@ fn connect_through(client: &Ns, dialled: SocketAddrV4, backend: &Ns) -> Result<C
 fn a_cluster_ip_reaches_a_pod_on_another_node() -> Result<()> {
     let _serial = serial();
     let c = cluster()?;
-    let dialled = SocketAddrV4::new(REMOTE_SERVICE, SERVICE_PORT);
-    let conn = connect_through(&c.client, dialled, &c.backend2)?;
-    assert_eq!(conn.peer, dialled, "the client's peer is the ClusterIP");
-    assert_eq!(
-        *conn.backend_saw.ip(),
-        c.client.ip,
-        "no masquerade for a pod's ClusterIP traffic: {conn:?}"
-    );
+    cluster_ip_reaches(&c, REMOTE_SERVICE, &c.backend2)?;
     assert!(
         c.agents[0].traffic("pod_to_service")? > 0,
         "node-1 counted its pod's packets to the Service"
@@ -282,8 +275,15 @@ fn a_cluster_ip_reaches_a_pod_on_another_node() -> Result<()> {
 fn a_cluster_ip_reaches_a_pod_on_the_same_node() -> Result<()> {
     let _serial = serial();
     let c = cluster()?;
-    let dialled = SocketAddrV4::new(LOCAL_SERVICE, SERVICE_PORT);
-    let conn = connect_through(&c.client, dialled, &c.backend1)?;
+    cluster_ip_reaches(&c, LOCAL_SERVICE, &c.backend1)
+}
+
+/// The client pod connects to `service`'s ClusterIP and reaches `backend`: it sees the
+/// ClusterIP as its peer, and the backend sees the client's own address (kube-proxy does not
+/// masquerade a pod's ClusterIP traffic).
+fn cluster_ip_reaches(c: &Cluster, service: Ipv4Addr, backend: &Pod) -> Result<()> {
+    let dialled = SocketAddrV4::new(service, SERVICE_PORT);
+    let conn = connect_through(&c.client, dialled, backend)?;
     assert_eq!(conn.peer, dialled, "the client's peer is the ClusterIP");
     assert_eq!(
         *conn.backend_saw.ip(),
