@@ -317,18 +317,7 @@ fn the_cluster_dns_answers_from_its_cluster_ip() -> Result<()> {
 fn a_node_port_reaches_a_pod_on_another_node() -> Result<()> {
     let _serial = serial();
     let c = cluster()?;
-    let dialled = SocketAddrV4::new(c.node1.ip, REMOTE_NODE_PORT);
-    let conn = connect_through(c.lab.internet(), dialled, &c.backend2)?;
-    assert_eq!(
-        conn.peer, dialled,
-        "the client's peer is the node's NodePort"
-    );
-    assert_eq!(
-        *conn.backend_saw.ip(),
-        c.node1.ip,
-        "masqueraded to node-1: {conn:?}"
-    );
-    Ok(())
+    node_port_reaches(&c, REMOTE_NODE_PORT, &c.backend2)
 }
 
 /// A NodePort of node-1 reached from the internet, its backend on node-1 itself.
@@ -336,8 +325,14 @@ fn a_node_port_reaches_a_pod_on_another_node() -> Result<()> {
 fn a_node_port_reaches_a_pod_on_the_same_node() -> Result<()> {
     let _serial = serial();
     let c = cluster()?;
-    let dialled = SocketAddrV4::new(c.node1.ip, LOCAL_NODE_PORT);
-    let conn = connect_through(c.lab.internet(), dialled, &c.backend1)?;
+    node_port_reaches(&c, LOCAL_NODE_PORT, &c.backend1)
+}
+
+/// The internet host connects to node-1's NodePort `port` and reaches `backend`: it sees the
+/// NodePort as its peer, and the backend sees node-1 (kube-proxy masquerades NodePort traffic).
+fn node_port_reaches(c: &Cluster, port: u16, backend: &Pod) -> Result<()> {
+    let dialled = SocketAddrV4::new(c.node1.ip, port);
+    let conn = connect_through(c.lab.internet(), dialled, backend)?;
     assert_eq!(
         conn.peer, dialled,
         "the client's peer is the node's NodePort"

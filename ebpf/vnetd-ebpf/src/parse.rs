@@ -141,6 +141,14 @@ impl Packet {
         (arp.htype() == 1 && arp.ptype() == 0x0800 && arp.hlen == 6 && arp.plen == 4).then_some(arp)
     }
 
+    /// The IPv4 packet of an untagged IPv4 frame, or `None` for any other frame (what the
+    /// egress hooks hand on untouched).
+    #[inline(always)]
+    pub fn ipv4_frame(&self) -> Option<Ipv4> {
+        self.eth().filter(|eth| eth.ether_type == ETH_P_IPV4)?;
+        self.ipv4()
+    }
+
     /// The IPv4 header after the Ethernet header, if it is consistent with the frame, with the
     /// flow fields the next stages need.
     #[inline(always)]

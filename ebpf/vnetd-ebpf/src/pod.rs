@@ -110,14 +110,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
 fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
     let pkt = Packet::from_tc(ctx);
     count_traffic(Path::HostToPod, pkt.len());
-    if pkt
-        .eth()
-        .filter(|eth| eth.ether_type == ETH_P_IPV4)
-        .is_none()
-    {
-        return Ok(forward::PASS_ON);
-    }
-    let (Some(ip), Some(node)) = (pkt.ipv4(), node::config()) else {
+    let (Some(ip), Some(node)) = (pkt.ipv4_frame(), node::config()) else {
         return Ok(forward::PASS_ON);
     };
     let Some(ep) = endpoint::lookup(&ip.hdr.dst_addr).filter(|ep| ep.host_ifindex == pkt.ifindex)

@@ -117,14 +117,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: reading a field of the __sk_buff the program was given.
     let forwarded = unsafe { (*ctx.skb.skb).ingress_ifindex } != 0;
     let pkt = Packet::from_tc(ctx);
-    if pkt
-        .eth()
-        .filter(|eth| eth.ether_type == ETH_P_IPV4)
-        .is_none()
-    {
-        return Ok(forward::PASS_ON);
-    }
-    let (Some(ip), Some(node)) = (pkt.ipv4(), node::config()) else {
+    let (Some(ip), Some(node)) = (pkt.ipv4_frame(), node::config()) else {
         return Ok(forward::PASS_ON);
     };
     if forwarded {
