@@ -860,11 +860,21 @@ fn wanted_route_tables(plan: &NodePlan, endpoints: &[Endpoint]) -> BTreeMap<Stri
 }
 
 /// The dataplane id of `subnet`'s route table (0, no table, for a subnet not in the spec:
-/// its endpoints' routed traffic is dropped as `no_route`).
-fn route_table_id(plan: &NodePlan, ids: &BTreeMap<String, u32>, subnet: &str) -> u32 {
+/// its endpoints' routed traffic is dropped as `no_route`), and whether it routes the VNet
+/// locally.
+fn endpoint_routes(
+    plan: &NodePlan,
+    ids: &BTreeMap<String, u32>,
+    subnet: &str,
+) -> maps::EndpointRoutes {
     plan.route_table_of(subnet)
-        .and_then(|t| ids.get(&t.key()).copied())
-        .unwrap_or(0)
+        .and_then(|t| {
+            ids.get(&t.key()).map(|&table| maps::EndpointRoutes {
+                table,
+                vnet_direct: t.vnet_direct,
+            })
+        })
+        .unwrap_or_default()
 }
 
 /// The kind of table under which NSG classifier ids are recorded in `<state-dir>/tables.json`.
@@ -972,7 +982,7 @@ fn follow(id: &mut u32, names: &BTreeMap<u32, String>, now: &BTreeMap<String, u3
 fn entry_for(plan: &NodePlan, ids: &TableIdsByName, ep: &Endpoint) -> Result<AbiEndpoint> {
     Ok(maps::abi_endpoint(
         ep,
-        route_table_id(plan, ids.routes, &ep.subnet),
+        endpoint_routes(plan, ids.routes, &ep.subnet),
         group_public_ip(plan, ep),
         endpoint_nsgs(plan, ids.nsgs, &ep.subnet)
             .with_context(|| format!("the NSGs of endpoint {}", ep.ip))?,
@@ -1187,12 +1197,16 @@ mod tests {
         let api = endpoint([10, 0, 1, 10], Some("api"));
         let pod = endpoint([10, 0, 2, 11], None);
         let none = EndpointNsgs::default();
+        let routes = maps::EndpointRoutes {
+            table: 3,
+            vnet_direct: true,
+        };
         assert_eq!(
-            maps::abi_endpoint(&web, 3, group_public_ip(&plan, &web), none).public_ip,
+            maps::abi_endpoint(&web, routes, group_public_ip(&plan, &web), none).public_ip,
             [203, 0, 113, 20]
         );
         assert_eq!(
-            maps::abi_endpoint(&api, 3, group_public_ip(&plan, &api), none).public_ip,
+            maps::abi_endpoint(&api, routes, group_public_ip(&plan, &api), none).public_ip,
             [0; 4],
             "a Private group has none"
         );

@@ -9,7 +9,7 @@ use aya::programs::TcAttachType;
 use ipnet::Ipv4Net;
 use support::*;
 use vnetd::dataplane::Dataplane;
-use vnetd_common::{DropReason, NextHop, Path, Route, programs};
+use vnetd_common::{DropReason, ENDPOINT_VNET_DIRECT, NextHop, Path, Route, programs};
 
 #[test]
 fn uplink_answers_arp_for_its_pods_in_place() {
@@ -233,6 +233,63 @@ fn same_node_traffic_follows_the_source_subnets_route_table() {
     assert_eq!(&r.out[0..6], &HOST_A, "MACs left to the neighbour lookup");
     assert_eq!(traffic(&dp, Path::PodToAppliance), 2);
     assert_eq!(traffic(&dp, Path::PodToPod), 0);
+}
+
+/// A pod whose route table routes the whole VNet locally (the agent's `vnet_direct`) reaches a
+/// pod of this node without a route lookup; anything else it sends is still routed by its
+/// table. Shown with a table that has no VNet route at all: only the flag can deliver.
+#[test]
+fn a_table_routing_the_vnet_locally_delivers_to_local_pods_without_a_lookup() {
+    let mut dp = dataplane();
+    let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+    let only_none = BTreeMap::from([(
+        (1, net("0.0.0.0/0")),
+        Route {
+            next_hop: NextHop::None as u32,
+            next_hop_ip: [0; 4],
+        },
+    )]);
+    dp.sync_routes(&only_none).unwrap();
+    let pod_a = |flags| vnetd_common::Endpoint {
+        host_ifindex: TEST_IFINDEX,
+        route_table: 1,
+        pod_mac: MAC_A,
+        host_mac: HOST_A,
+        public_ip: [0; 4],
+        nsg_in_subnet: 0,
+        nsg_in_group: 0,
+        nsg_out_subnet: 0,
+        nsg_out_group: 0,
+        flags,
+    };
+    let to = |dp: &mut Dataplane, dst: [u8; 4]| {
+        run(dp, programs::POD_TC_INGRESS, &udp(MAC_A, POD_A, dst))
+    };
+
+    assert_eq!(
+        to(&mut dp, POD_B).verdict,
+        TC_ACT_SHOT,
+        "without the flag: routed, by None"
+    );
+    assert_eq!(drops(&dp, DropReason::RouteNone), 1);
+
+    dp.put_endpoint(std::net::Ipv4Addr::from(POD_A), pod_a(ENDPOINT_VNET_DIRECT))
+        .unwrap();
+    let sent = udp(MAC_A, POD_A, POD_B);
+    let r = run(&mut dp, programs::POD_TC_INGRESS, &sent);
+    assert_eq!(
+        r.verdict, TC_ACT_REDIRECT,
+        "with the flag: straight to pod B"
+    );
+    assert_eq!(&r.out[0..6], &MAC_B, "to pod B's MAC");
+    assert_forwarded(&sent, &r.out);
+    assert_eq!(traffic(&dp, Path::PodToPod), 1);
+    assert_eq!(
+        to(&mut dp, [10, 0, 2, 50]).verdict,
+        TC_ACT_SHOT,
+        "an address of no local pod is still routed by the table"
+    );
+    assert_eq!(drops(&dp, DropReason::RouteNone), 2);
 }
 
 #[test]

@@ -181,6 +181,41 @@ fn contract_routes() {
     assert_eq!(hop(firewall, "10.0.2.5").1, NextHopType::VnetLocal);
 }
 
+/// A table routes the VNet locally unless a route overrides part of its address space (or all
+/// of it); routes outside it, or less specific, do not matter.
+#[test]
+fn route_tables_route_the_vnet_locally_unless_a_route_overrides_it() {
+    let vnet = contract().virtual_network;
+    let route = |prefix: &str, kind| Route {
+        name: format!("r-{prefix}"),
+        address_prefix: net(prefix),
+        next_hop_type: kind,
+        next_hop_ip_address: (kind == NextHopType::VirtualAppliance).then(|| ip("10.0.3.4")),
+    };
+    let direct = |routes: Vec<Route>| {
+        let table = RouteTable {
+            name: "t".into(),
+            routes,
+        };
+        let compiled = routes::compile_route_tables(&vnet, std::slice::from_ref(&table));
+        assert!(
+            compiled[0].vnet_direct,
+            "system routes alone route the VNet locally"
+        );
+        compiled[1].vnet_direct
+    };
+    use NextHopType::{Internet, VirtualAppliance, VnetLocal};
+    assert!(direct(vec![]));
+    assert!(direct(vec![route("0.0.0.0/0", VirtualAppliance)]));
+    assert!(direct(vec![route("10.0.0.0/8", VirtualAppliance)]));
+    assert!(direct(vec![route("192.168.7.0/24", VirtualAppliance)]));
+    assert!(direct(vec![route("10.0.2.0/24", VnetLocal)]));
+    assert!(!direct(vec![route("10.0.2.0/24", VirtualAppliance)]));
+    assert!(!direct(vec![route("10.0.2.7/32", NextHopType::None)]));
+    assert!(!direct(vec![route("10.0.0.0/16", VirtualAppliance)]));
+    assert!(!direct(vec![route("10.0.0.0/16", Internet)]));
+}
+
 #[test]
 fn contract_nsgs() {
     let compiled = compile(&contract(), "node-1").unwrap();
@@ -563,11 +598,29 @@ proptest! {
             .collect();
         let table = RouteTable { name: "t".into(), routes };
         let compiled = routes::compile_route_tables(&vnet, std::slice::from_ref(&table));
+        let any = destinations[0];
         for dst in destinations {
             for (id, table) in [(0, None), (1, Some(&table))] {
                 let entry = compiled[id].lookup(dst).expect("0.0.0.0/0 always matches");
                 let expected = reference::next_hop(&vnet, table, dst);
                 prop_assert_eq!((entry.prefix, entry.next_hop.kind, entry.next_hop.ip), expected, "table {} dst {}", id, dst);
+                // A table said to route the VNet locally does so for every address of it
+                // (the dataplane then delivers to a local pod without a lookup).
+                if compiled[id].vnet_direct && vnet.address_space.iter().any(|s| s.contains(&dst)) {
+                    prop_assert_eq!(expected.1, NextHopType::VnetLocal, "table {} dst {}", id, dst);
+                }
+            }
+            for space in &vnet.address_space {
+                // Probes inside the address space, where random ones rarely fall.
+                for probe in [space.network(), space.broadcast(), any] {
+                    let dst = Ipv4Addr::from(
+                        u32::from(space.network()) | (u32::from(probe) & !u32::from(space.netmask())),
+                    );
+                    let expected = reference::next_hop(&vnet, Some(&table), dst);
+                    if compiled[1].vnet_direct {
+                        prop_assert_eq!(expected.1, NextHopType::VnetLocal, "dst {}", dst);
+                    }
+                }
             }
         }
     }

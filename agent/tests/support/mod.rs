@@ -170,6 +170,19 @@ pub fn dataplane_on(ifindex_a: u32, ifindex_b: u32, host_b: [u8; 6]) -> Dataplan
     dp
 }
 
+/// Sets `ENDPOINT_VNET_DIRECT` on the endpoints at `ips`, as the agent does for a subnet whose
+/// route table routes the whole VNet locally (the fixture's table 1 does: no route overrides
+/// part of 10.0.0.0/16).
+pub fn route_the_vnet_directly(dp: &mut Dataplane, ips: &[[u8; 4]]) {
+    let written = dp.endpoints_written().unwrap();
+    for ip in ips {
+        let ip = Ipv4Addr::from(*ip);
+        let mut ep = written[&ip];
+        ep.flags |= vnetd_common::ENDPOINT_VNET_DIRECT;
+        dp.put_endpoint(ip, ep).unwrap();
+    }
+}
+
 /// Moves the calling thread into a network namespace of its own (gone with the thread: no name,
 /// nothing to clean up) holding a veth pair, and returns the pair's ifindexes. BPF_PROG_RUN
 /// looks a `ctx_in` ifindex up in the caller's namespace.

@@ -14,11 +14,11 @@
 use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
-    ConntrackStat, Direction, DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, FLOW_INBOUND,
-    FLOW_OUTBOUND, Flow, FlowDecision, FlowEvent, FlowEventVerdict, FlowKey, FlowKind,
-    GroupPortKey, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey,
-    NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey, RULE_WORDS, Rewrite,
-    Route, RouteKey, RuleBitmap, Traffic, maps,
+    ConntrackStat, Direction, DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT,
+    Endpoint, FLOW_INBOUND, FLOW_OUTBOUND, Flow, FlowDecision, FlowEvent, FlowEventVerdict,
+    FlowKey, FlowKind, GroupPortKey, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey,
+    NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey,
+    RULE_WORDS, Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
 };
 
 /// Every layout the ABI has had, oldest first: (ABI version, fingerprint).
@@ -34,6 +34,7 @@ pub const RECORDED: &[(u32, u64)] = &[
     (4, 0x50a9_6180_9d6d_e329),
     (5, 0x9116_8028_4a52_b3af),
     (6, 0x6399_1f6e_dfbc_c587),
+    (7, 0xed37_a564_d45d_244d),
 ];
 
 /// Part of every pin path (`<bpffs>/abi-v<N>/...`).
@@ -122,6 +123,7 @@ const fn fingerprint() -> u64 {
     let h = field!(h, Endpoint, nsg_out_group);
     let h = field!(h, Endpoint, flags);
     let h = h.word(ENDPOINT_EXPOSED_PORTS_ONLY as usize);
+    let h = h.word(ENDPOINT_VNET_DIRECT as usize);
     let h = h.layout::<GroupPortKey>("GroupPortKey");
     let h = field!(h, GroupPortKey, ip);
     let h = field!(h, GroupPortKey, port);

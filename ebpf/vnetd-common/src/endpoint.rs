@@ -28,6 +28,12 @@ pub struct Endpoint {
 /// are reachable over TCP and UDP, whatever the NSGs allow (`ipAddress.ports`).
 pub const ENDPOINT_EXPOSED_PORTS_ONLY: u32 = 1;
 
+/// The endpoint's route table routes the whole VNet address space to the VNet (`VnetLocal`: no
+/// route overrides any part of it), so a packet it sends to a pod of this node goes straight
+/// there, without the longest-prefix match that would find the same. The agent sets it from
+/// the compiled table; without it every packet is routed by lookup.
+pub const ENDPOINT_VNET_DIRECT: u32 = 2;
+
 /// An exposed port of a container group: `GROUP_PORTS[key]` = 1.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -22,7 +22,7 @@ pub use conntrack::{
     TcpState,
 };
 pub use counters::{DropReason, Path, Traffic};
-pub use endpoint::{ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, GroupPortKey};
+pub use endpoint::{ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT, Endpoint, GroupPortKey};
 pub use flowlog::{FLOW_INBOUND, FLOW_OUTBOUND, FlowDecision, FlowEvent, FlowEventVerdict};
 pub use nat::{NoMasqueradeKey, PublicAddress, PublicPortKey};
 pub use node::{NodeConfig, POD_GATEWAY};

@@ -53,8 +53,7 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, eth: &mut EthHdr) -> Result<i32, DropReas
         flow::pod_sent(ctx, &ip, src, None, false, node, pkt.len())?;
         return to_stack(Path::PodToHost, pkt.len());
     }
-    let route = route::lookup(src.route_table, &ip.hdr.dst_addr)?;
-    let hop = route::next_hop(route, &ip.hdr.dst_addr)?;
+    let hop = route::hop(src, &ip.hdr.dst_addr)?;
     if !l3::forward_hop(ip.hdr) {
         let macs = (src.pod_mac, src.host_mac);
         return icmp::time_exceeded_to_pod(ctx, &ip, pkt.ifindex, POD_GATEWAY, macs);

@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{LpmTrie, lpm_trie::Key},
 };
-use vnetd_common::{DropReason, Endpoint, NextHop, Path, Route, RouteKey, maps::ROUTES_MAX};
+use vnetd_common::{
+    DropReason, ENDPOINT_VNET_DIRECT, Endpoint, NextHop, Path, Route, RouteKey, maps::ROUTES_MAX,
+};
 
 use crate::endpoint;
 
@@ -13,8 +15,23 @@ use crate::endpoint;
 static ROUTES: LpmTrie<RouteKey, Route> =
     LpmTrie::with_max_entries(ROUTES_MAX, 1 /* BPF_F_NO_PREALLOC */);
 
+/// Where a packet `src` sends to `dst` goes. When `src`'s table routes the whole VNet to the
+/// VNet (`ENDPOINT_VNET_DIRECT`), a destination that is a pod of this node is that pod, as the
+/// longest-prefix match would find; skipping the match saves the costliest lookup of the
+/// pod-to-pod path.
 #[inline(always)]
-pub fn lookup(table: u32, dst: &[u8; 4]) -> Result<&'static Route, DropReason> {
+pub fn hop(src: &Endpoint, dst: &[u8; 4]) -> Result<Hop, DropReason> {
+    if src.flags & ENDPOINT_VNET_DIRECT == 0 {
+        return next_hop(lookup(src.route_table, dst)?, dst, || endpoint::lookup(dst));
+    }
+    match endpoint::lookup(dst) {
+        Some(ep) => Ok(Hop::LocalPod(ep, Path::PodToPod)),
+        None => next_hop(lookup(src.route_table, dst)?, dst, || None),
+    }
+}
+
+#[inline(always)]
+fn lookup(table: u32, dst: &[u8; 4]) -> Result<&'static Route, DropReason> {
     let key = Key::new(
         RouteKey::TABLE_BITS + 32,
         RouteKey {
@@ -35,12 +52,17 @@ pub enum Hop {
     NodeDefault(Path),
 }
 
-/// The hop `route` picks for `dst`. A local pod is delivered to directly only when it is the
-/// hop itself: the destination of a VNet route, or the appliance of a `VirtualAppliance` route.
+/// The hop `route` picks for `dst` (`local_dst`: the pod of this node at `dst`, if any). A
+/// local pod is delivered to directly only when it is the hop itself: the destination of a VNet
+/// route, or the appliance of a `VirtualAppliance` route.
 #[inline(always)]
-pub fn next_hop(route: &Route, dst: &[u8; 4]) -> Result<Hop, DropReason> {
+fn next_hop(
+    route: &Route,
+    dst: &[u8; 4],
+    local_dst: impl FnOnce() -> Option<&'static Endpoint>,
+) -> Result<Hop, DropReason> {
     match route.next_hop {
-        x if x == NextHop::VnetLocal as u32 => Ok(match endpoint::lookup(dst) {
+        x if x == NextHop::VnetLocal as u32 => Ok(match local_dst() {
             Some(ep) => Hop::LocalPod(ep, Path::PodToPod),
             None => Hop::Uplink(*dst, Path::PodToVnet),
         }),

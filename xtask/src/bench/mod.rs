@@ -154,7 +154,8 @@ pub const SCENARIOS: [(&str, &str); 7] = [
     ),
     (
         "packet_rate",
-        "64 B packet rate pod to pod, XDP live-frames generator: vnetd, reference, bare forwarder",
+        "64 B packet rate pod to pod, XDP live-frames generator: vnetd, reference, bare forwarder; \
+         vnetd and reference again with an NSG of 1000 rules in the path",
     ),
     (
         "retrans",
@@ -953,7 +954,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         println!("{}", retrans::markdown(&valid_retrans));
     }
 
-    let mut rate_samples: [Vec<f64>; 3] = Default::default();
+    let mut rate_samples: pktrate::Samples = Default::default();
     let mut rate_runs = Vec::new();
     let mut bare_pods = Vec::new();
     if sel.has("packet_rate") {
@@ -1003,54 +1004,73 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             pktrate::SOURCE_PORTS,
             pktrate::CPU,
         ));
-        for rep in 0..reps as usize {
-            for k in 0..3 {
-                let i = (rep + k) % 3;
-                let path = &paths[i];
-                let evidence = || -> Result<u64> {
-                    match i {
-                        0 => agent.traffic("pod_to_pod"),
-                        1 => forward_to_cni_packets(&rnode),
-                        _ => Ok(0),
-                    }
-                };
-                let before = evidence()?;
-                // A generator that cannot run here (a kernel without live frames, say) leaves
-                // this scenario out of the report, not the others.
-                let mut run = match pktrate::run(path, secs) {
-                    Ok(run) => run,
-                    Err(e) => {
-                        let why = format!("{e:#}");
-                        println!("   rep {} {:<9} NOT MEASURED: {why}", rep + 1, path.plane);
-                        rate_runs.push(json!({
-                            "rep": rep + 1, "dataplane": path.plane, "error": why,
-                        }));
-                        continue;
-                    }
-                };
-                let after = evidence()?;
-                let mpps = run["received_mpps"].as_f64().unwrap_or(f64::NAN);
-                // The bare forwarder has no counter of its own: the drop counter is its proof.
-                let valid = i == 2 || after > before;
-                print!(
-                    "   rep {} {:<9} {:.3} Mpps received ({:.3} Mpps sent)",
-                    rep + 1,
-                    path.plane,
-                    mpps,
-                    run["sent_mpps"].as_f64().unwrap_or(f64::NAN)
+        for (nsg_rules, series) in pktrate::Series::PHASES {
+            if nsg_rules.is_some() {
+                let t = Instant::now();
+                nsg::apply(&agent, &base_spec, &rnode, nsg_rules).context("adding the NSG")?;
+                println!(
+                    "   NSG of {} rules on the receiving pod's subnet, both dataplanes (applied in \
+                     {:.2} s)",
+                    pktrate::NSG_RULES,
+                    t.elapsed().as_secs_f64()
                 );
-                if valid {
-                    rate_samples[i].push(mpps);
-                } else {
-                    results.invalid += 1;
-                    print!("  INVALID: the dataplane's counter did not move");
+            }
+            for rep in 0..reps as usize {
+                for k in 0..series.len() {
+                    let s = series[(rep + k) % series.len()];
+                    let path = &paths[s.path()];
+                    let evidence = || -> Result<u64> {
+                        match s.path() {
+                            0 => agent.traffic("pod_to_pod"),
+                            1 => forward_to_cni_packets(&rnode),
+                            _ => Ok(0),
+                        }
+                    };
+                    let before = evidence()?;
+                    // A generator that cannot run here (a kernel without live frames, say)
+                    // leaves this scenario out of the report, not the others.
+                    let mut run = match pktrate::run(path, secs) {
+                        Ok(run) => run,
+                        Err(e) => {
+                            let why = format!("{e:#}");
+                            println!("   rep {} {:<13} NOT MEASURED: {why}", rep + 1, s.key());
+                            rate_runs.push(json!({
+                                "rep": rep + 1, "dataplane": path.plane, "series": s.key(),
+                                "error": why,
+                            }));
+                            continue;
+                        }
+                    };
+                    let after = evidence()?;
+                    let mpps = run["received_mpps"].as_f64().unwrap_or(f64::NAN);
+                    // The bare forwarder has no counter of its own: the drop counter is its
+                    // proof.
+                    let valid = s == pktrate::Series::Bare || after > before;
+                    print!(
+                        "   rep {} {:<13} {:.3} Mpps received ({:.3} Mpps sent)",
+                        rep + 1,
+                        s.key(),
+                        mpps,
+                        run["sent_mpps"].as_f64().unwrap_or(f64::NAN)
+                    );
+                    if valid {
+                        rate_samples[s as usize].push(mpps);
+                    } else {
+                        results.invalid += 1;
+                        print!("  INVALID: the dataplane's counter did not move");
+                    }
+                    println!();
+                    run["rep"] = json!(rep + 1);
+                    run["dataplane"] = json!(path.plane);
+                    run["series"] = json!(s.key());
+                    run["nsg_rules"] = json!(nsg_rules);
+                    run["evidence"] = json!({ "before": before, "after": after });
+                    run["valid"] = json!(valid);
+                    rate_runs.push(run);
                 }
-                println!();
-                run["rep"] = json!(rep + 1);
-                run["dataplane"] = json!(path.plane);
-                run["evidence"] = json!({ "before": before, "after": after });
-                run["valid"] = json!(valid);
-                rate_runs.push(run);
+            }
+            if nsg_rules.is_some() {
+                nsg::apply(&agent, &base_spec, &rnode, None).context("removing the NSG")?;
             }
         }
         bare_pods.push(ba);

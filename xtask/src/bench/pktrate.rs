@@ -5,7 +5,10 @@
 //! forwarder that only does `bpf_redirect_peer` (the limit of this kernel and machine). The
 //! generator and its programs are `xtask/pktgen` (binary `vnetd-pktgen`); this module wires
 //! the lab for it: the frames' addresses, GRO on the sending pods' host-side veths (a veth
-//! takes XDP frames only with NAPI on), and the runs.
+//! takes XDP frames only with NAPI on), and the runs. vnetd and the reference are measured
+//! twice: as they are, and with an NSG of [`NSG_RULES`] rules on the receiving pod's subnet
+//! (vnetd: every packet through conntrack, each new flow classified; the reference: the same
+//! rules in FORWARD), the bench's NSG scenario's rules ([`super::nsg`]).
 
 use std::net::Ipv4Addr;
 
@@ -19,6 +22,55 @@ pub(super) const CPU: usize = 0;
 pub(super) const SOURCE_PORTS: u16 = 1024;
 /// Ethernet frame length without FCS.
 pub(super) const FRAME_LEN: usize = 64;
+
+/// The rules of the NSG in the path of the second series of runs.
+pub(super) const NSG_RULES: u32 = 1000;
+
+/// What a sample measured: a dataplane, and whether the NSG was in the path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Series {
+    Vnetd,
+    Reference,
+    Bare,
+    VnetdNsg,
+    ReferenceNsg,
+}
+
+impl Series {
+    pub(super) const COUNT: usize = 5;
+
+    /// The runs without an NSG, then those with one (the bare forwarder in both, so each
+    /// series has its limit measured beside it).
+    pub(super) const PHASES: [(Option<u32>, &'static [Series]); 2] = [
+        (None, &[Series::Vnetd, Series::Reference, Series::Bare]),
+        (
+            Some(NSG_RULES),
+            &[Series::VnetdNsg, Series::ReferenceNsg, Series::Bare],
+        ),
+    ];
+
+    pub(super) fn key(self) -> &'static str {
+        match self {
+            Series::Vnetd => "vnetd",
+            Series::Reference => "reference",
+            Series::Bare => "bare",
+            Series::VnetdNsg => "vnetd_nsg",
+            Series::ReferenceNsg => "reference_nsg",
+        }
+    }
+
+    /// The index of the [`Path`] it runs on (vnetd, reference, bare).
+    pub(super) fn path(self) -> usize {
+        match self {
+            Series::Vnetd | Series::VnetdNsg => 0,
+            Series::Reference | Series::ReferenceNsg => 1,
+            Series::Bare => 2,
+        }
+    }
+}
+
+/// Received Mpps by [`Series`] (its discriminant).
+pub(super) type Samples = [Vec<f64>; Series::COUNT];
 
 /// One dataplane's sender and receiver.
 pub(super) struct Path {
@@ -128,21 +180,25 @@ pub(super) fn run(path: &Path, secs: f64) -> Result<Value> {
     serde_json::from_str(line).with_context(|| format!("vnetd-pktgen's line {line:?}"))
 }
 
-/// The summary of the runs: per dataplane the received rate's median and spread (Mpps), the
+/// The summary of the runs: per series the received rate's median and spread (Mpps), the
 /// ratios of the medians.
-pub(super) fn summary(samples: &[Vec<f64>; 3], runs: &[Value]) -> Value {
+pub(super) fn summary(samples: &Samples, runs: &[Value]) -> Value {
     use super::report::{median, summary_of};
-    let m = |i: usize| median(&samples[i]);
-    json!({
+    let m = |s: Series| median(&samples[s as usize]);
+    let mut out = json!({
         "unit": "Mpps received (64-byte frames counted and dropped at the receiving pod)",
         "generator_cpu": CPU,
         "frame_len": FRAME_LEN,
         "source_ports": SOURCE_PORTS,
-        "vnetd": summary_of(&samples[0]),
-        "reference": summary_of(&samples[1]),
-        "bare": summary_of(&samples[2]),
-        "ratio_vnetd_over_reference": m(0) / m(1),
-        "ratio_vnetd_over_bare": m(0) / m(2),
+        "nsg_rules": NSG_RULES,
+        "ratio_vnetd_over_reference": m(Series::Vnetd) / m(Series::Reference),
+        "ratio_vnetd_over_bare": m(Series::Vnetd) / m(Series::Bare),
+        "ratio_vnetd_nsg_over_reference_nsg": m(Series::VnetdNsg) / m(Series::ReferenceNsg),
+        "ratio_vnetd_nsg_over_bare": m(Series::VnetdNsg) / m(Series::Bare),
         "runs": runs,
-    })
+    });
+    for series in Series::PHASES.iter().flat_map(|(_, s)| s.iter()) {
+        out[series.key()] = summary_of(&samples[*series as usize]);
+    }
+    out
 }

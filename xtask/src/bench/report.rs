@@ -3,7 +3,9 @@
 
 use std::{path::Path, process::Command};
 
-use super::{Dp, METRICS, Metric, ProgrunFigure, Results, Scenario, SnatProgrun, step};
+use super::{
+    Dp, METRICS, Metric, ProgrunFigure, Results, Scenario, SnatProgrun, pktrate::Series, step,
+};
 use serde_json::{Value, json};
 
 /// The median; NaN when there is no sample (no valid run).
@@ -392,7 +394,7 @@ pub(super) fn markdown(
     reps: u32,
     quick: bool,
     progrun: ProgrunRows<'_>,
-    packet_rate: Option<&[Vec<f64>; 3]>,
+    packet_rate: Option<&super::pktrate::Samples>,
     report: &Path,
 ) -> String {
     let mut md = format!(
@@ -438,27 +440,38 @@ pub(super) fn markdown(
         md.push_str(&format!("| {} | {} | | |\n", f.label, cell(&f.samples)));
     }
     if let Some(rate) = packet_rate {
-        let [label, bare] = packet_rate_labels();
+        let [label, bare, nsg] = packet_rate_labels();
+        let r = |s: Series| &rate[s as usize];
         md.push_str(&format!(
-            "| {label} | {} | {} | {} |\n| {bare} | {} | | vnetd / bare: {} |\n",
-            cell(&rate[0]),
-            cell(&rate[1]),
-            ratio_of(&rate[0], &rate[1]),
-            cell(&rate[2]),
-            ratio_of(&rate[0], &rate[2]),
+            "| {label} | {} | {} | {} |\n| {bare} | {} | | vnetd / bare: {} |\n| {nsg} | {} | {} | \
+             {} (vnetd / bare: {}) |\n",
+            cell(r(Series::Vnetd)),
+            cell(r(Series::Reference)),
+            ratio_of(r(Series::Vnetd), r(Series::Reference)),
+            cell(r(Series::Bare)),
+            ratio_of(r(Series::Vnetd), r(Series::Bare)),
+            cell(r(Series::VnetdNsg)),
+            cell(r(Series::ReferenceNsg)),
+            ratio_of(r(Series::VnetdNsg), r(Series::ReferenceNsg)),
+            ratio_of(r(Series::VnetdNsg), r(Series::Bare)),
         ));
     }
     md
 }
 
-fn packet_rate_labels() -> [String; 2] {
-    use super::pktrate::{CPU, FRAME_LEN};
+fn packet_rate_labels() -> [String; 3] {
+    use super::pktrate::{CPU, FRAME_LEN, NSG_RULES};
     [
         format!(
             "{FRAME_LEN} B packet rate pod to pod, Mpps (XDP live-frames generator on CPU {CPU}, \
              counted by a drop at the receiver)"
         ),
         "the same through a bare `bpf_redirect_peer` forwarder, Mpps (the limit)".into(),
+        format!(
+            "the same with an inbound NSG of {NSG_RULES} rules on the receiving pod's subnet, Mpps \
+             (vnetd: conntrack on every packet, each new flow classified; reference: the rules in \
+             FORWARD)"
+        ),
     ]
 }
 
@@ -474,15 +487,21 @@ fn ratio_of(a: &[f64], b: &[f64]) -> String {
 
 /// The packet-rate rows, after the main table: vnetd against the reference, and the bare
 /// forwarder with vnetd's share of it.
-pub(super) fn print_packet_rate(rate: &[Vec<f64>; 3]) {
-    let [label, bare] = packet_rate_labels();
+pub(super) fn print_packet_rate(rate: &super::pktrate::Samples) {
+    let [label, bare, nsg] = packet_rate_labels();
+    let r = |s: Series| &rate[s as usize];
     println!(
         "\n   {label}:\n     vnetd {} | bridge+iptables {} | vnetd/ref {}\n   {bare}:\n     \
-         bare {} | vnetd/bare {}",
-        cell(&rate[0]),
-        cell(&rate[1]),
-        ratio_of(&rate[0], &rate[1]),
-        cell(&rate[2]),
-        ratio_of(&rate[0], &rate[2]),
+         bare {} | vnetd/bare {}\n   {nsg}:\n     vnetd {} | bridge+iptables {} | vnetd/ref {} \
+         | vnetd/bare {}",
+        cell(r(Series::Vnetd)),
+        cell(r(Series::Reference)),
+        ratio_of(r(Series::Vnetd), r(Series::Reference)),
+        cell(r(Series::Bare)),
+        ratio_of(r(Series::Vnetd), r(Series::Bare)),
+        cell(r(Series::VnetdNsg)),
+        cell(r(Series::ReferenceNsg)),
+        ratio_of(r(Series::VnetdNsg), r(Series::ReferenceNsg)),
+        ratio_of(r(Series::VnetdNsg), r(Series::Bare)),
     );
 }

@@ -7,24 +7,41 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, MapError};
-use vnetd_common::{ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, GroupPortKey, maps};
+use vnetd_common::{
+    ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT, Endpoint, GroupPortKey, maps,
+};
 
 use super::nsg::EndpointNsgs;
 use crate::{dataplane::Dataplane, endpoints};
 
-/// The ABI entry of a recorded endpoint whose subnet uses the route table `route_table` and
-/// the NSG classifiers `nsgs` (kernel ids); `public_ip` is its Public group's address (its
-/// outbound traffic to the internet leaves with it). A container group is reachable from
-/// outside only on the ports GROUP_PORTS holds for it.
+/// The route table an endpoint's packets are routed by: its kernel id, and whether it routes
+/// the whole VNet locally (the compiled table's `vnet_direct`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EndpointRoutes {
+    pub table: u32,
+    pub vnet_direct: bool,
+}
+
+/// The ABI entry of a recorded endpoint whose subnet uses the route table `routes` and the NSG
+/// classifiers `nsgs` (kernel ids); `public_ip` is its Public group's address (its outbound
+/// traffic to the internet leaves with it). A container group is reachable from outside only
+/// on the ports GROUP_PORTS holds for it.
 pub fn abi_endpoint(
     ep: &endpoints::Endpoint,
-    route_table: u32,
+    routes: EndpointRoutes,
     public_ip: Option<Ipv4Addr>,
     nsgs: EndpointNsgs,
 ) -> Endpoint {
+    let mut flags = 0;
+    if ep.container_group.is_some() {
+        flags |= ENDPOINT_EXPOSED_PORTS_ONLY;
+    }
+    if routes.vnet_direct {
+        flags |= ENDPOINT_VNET_DIRECT;
+    }
     Endpoint {
         host_ifindex: ep.host_ifindex,
-        route_table,
+        route_table: routes.table,
         pod_mac: ep.pod_mac,
         host_mac: ep.host_mac,
         public_ip: public_ip.map_or([0; 4], |ip| ip.octets()),
@@ -32,11 +49,7 @@ pub fn abi_endpoint(
         nsg_in_group: nsgs.in_group,
         nsg_out_subnet: nsgs.out_subnet,
         nsg_out_group: nsgs.out_group,
-        flags: if ep.container_group.is_some() {
-            ENDPOINT_EXPOSED_PORTS_ONLY
-        } else {
-            0
-        },
+        flags,
     }
 }
 
