@@ -161,6 +161,60 @@ fn none_route_drops_and_appliance_route_reaches_the_appliance() -> Result<()> {
     Ok(())
 }
 
+/// Pods of one node reach each other without a route lookup only while their subnet's table
+/// routes the whole VNet locally: a route covering part of it (here a `None` route for one
+/// pod) applies to same-node traffic from the reload on, and removing it restores delivery.
+#[test]
+fn a_route_inside_the_vnet_applies_to_pods_of_the_same_node_across_reloads() -> Result<()> {
+    let _serial = serial();
+    let (lab, node, agent) = lab_with_agent()?;
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    let b = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
+    ensure!(a.ping_count(b.ip, 2)? == 2, "pod-a reaches pod-b");
+
+    let cut = format!(
+        "      - name: cut-off-b\n        addressPrefix: {}/32\n        nextHopType: None\n",
+        b.ip
+    );
+    let with_route = lab_spec().replace(
+        "      - name: blackhole\n",
+        &format!("{cut}      - name: blackhole\n"),
+    );
+    ensure!(
+        with_route.contains("cut-off-b"),
+        "the edit applies to examples/lab.yaml"
+    );
+    agent.write_spec(&with_route)?;
+    ensure!(
+        agent.wait_for_status("reloads_ok", 1),
+        "reloaded: {}",
+        agent.log()
+    );
+    let dropped = agent.drops("route_none")?;
+    assert_eq!(
+        a.ping_count(b.ip, 2)?,
+        0,
+        "the None route applies to a pod of the same node"
+    );
+    assert!(
+        agent.drops("route_none")? >= dropped + 2,
+        "dropped by the route"
+    );
+
+    agent.write_spec(&lab_spec())?;
+    ensure!(
+        agent.wait_for_status("reloads_ok", 2),
+        "reloaded: {}",
+        agent.log()
+    );
+    assert_eq!(
+        a.ping_count(b.ip, 2)?,
+        2,
+        "without the route, delivered again"
+    );
+    Ok(())
+}
+
 /// The system route 0.0.0.0/0 (`Internet`) sends a pod's packet out of the uplink to the
 /// node's own default gateway (the lab's edge), which forwards it to the internet host,
 /// masqueraded to the node's address (e2e_snat.rs tests the translation itself: replies,
