@@ -245,8 +245,31 @@ pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The CPUs of TCP_RR's client and server threads. Pinned apart: left to the scheduler, the
+/// two sometimes share a CPU, where a round trip costs a tenth of one between CPUs, and the
+/// runs' medians then say where the threads ran rather than what the dataplane costs.
+pub(super) const RR_CLIENT_CPU: usize = 0;
+pub(super) const RR_SERVER_CPU: usize = 1;
+
+/// Pins the calling thread to `cpu`.
+fn pin_this_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it for cpu < 1024.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    ensure!(
+        rc == 0,
+        "pinning a thread to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 /// TCP request/response: one connection, 1 byte each way, as many round trips as fit in
-/// `dur`. Returns (transactions, elapsed, each round trip in microseconds).
+/// `dur`, the client's thread on [`RR_CLIENT_CPU`] and the server's on [`RR_SERVER_CPU`].
+/// Returns (transactions, elapsed, each round trip in microseconds).
 fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration, Vec<f64>)> {
     let listener = pair
         .server
@@ -255,6 +278,7 @@ fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration, Vec<f64>)> {
     // Non-blocking accept with a deadline: the thread must end even if the client never comes.
     listener.set_nonblocking(true)?;
     let server = std::thread::spawn(move || -> Result<u64> {
+        pin_this_thread(RR_SERVER_CPU)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut s = loop {
             match listener.accept() {
@@ -281,32 +305,12 @@ fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration, Vec<f64>)> {
             }
         }
     });
-    let client = (|| -> Result<(u64, Duration, Vec<f64>)> {
-        let mut c: TcpStream = pair.client.tcp_connect(
-            SocketAddr::from((pair.server_ip, port)),
-            Duration::from_secs(3),
-        )?;
-        c.set_nodelay(true)?;
-        c.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut b = [0u8; 1];
-        let mut ping = |c: &mut TcpStream| -> Result<()> {
-            c.write_all(&[1]).context("client write")?;
-            c.read_exact(&mut b).context("client read")
-        };
-        for _ in 0..200 {
-            ping(&mut c)?; // warm-up
-        }
-        let start = Instant::now();
-        let mut n = 0u64;
-        let mut latencies = Vec::new();
-        while start.elapsed() < dur {
-            let t = Instant::now();
-            ping(&mut c)?;
-            latencies.push(t.elapsed().as_secs_f64() * 1e6);
-            n += 1;
-        }
-        Ok((n, start.elapsed(), latencies))
-    })();
+    let client = std::thread::scope(|scope| {
+        scope
+            .spawn(|| rr_client(pair, port, dur))
+            .join()
+            .map_err(|_| anyhow!("the TCP_RR client thread panicked"))?
+    });
     let served = server
         .join()
         .map_err(|_| anyhow!("the TCP_RR server thread panicked"))?;
@@ -319,6 +323,36 @@ fn tcp_rr(pair: &Pair, dur: Duration) -> Result<(u64, Duration, Vec<f64>)> {
     );
     ensure!(n > 0, "no transaction completed");
     Ok((n, elapsed, latencies))
+}
+
+/// TCP_RR's client, on its own pinned thread: 200 round trips to warm up, then as many as fit
+/// in `dur`.
+fn rr_client(pair: &Pair, port: u16, dur: Duration) -> Result<(u64, Duration, Vec<f64>)> {
+    pin_this_thread(RR_CLIENT_CPU)?;
+    let mut c: TcpStream = pair.client.tcp_connect(
+        SocketAddr::from((pair.server_ip, port)),
+        Duration::from_secs(3),
+    )?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut b = [0u8; 1];
+    let mut ping = |c: &mut TcpStream| -> Result<()> {
+        c.write_all(&[1]).context("client write")?;
+        c.read_exact(&mut b).context("client read")
+    };
+    for _ in 0..200 {
+        ping(&mut c)?; // warm-up
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut latencies = Vec::new();
+    while start.elapsed() < dur {
+        let t = Instant::now();
+        ping(&mut c)?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+        n += 1;
+    }
+    Ok((n, start.elapsed(), latencies))
 }
 
 /// What a run of new connections did.
