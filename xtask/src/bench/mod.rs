@@ -1440,12 +1440,20 @@ impl ProgrunFigure {
     fn all(reps: &[Value]) -> Vec<ProgrunFigure> {
         let samples = |f: &dyn Fn(&Value) -> Option<f64>| reps.iter().filter_map(f).collect();
         let mut figures = vec![ProgrunFigure {
+            key: "route_lookup_ns".into(),
+            label: "BPF_PROG_RUN `pod_ingress`, pod to pod with a route lookup per packet (a \
+                    table with a route inside the VNet; without one, as above, the destination \
+                    pod is found directly), ns per run"
+                .into(),
+            samples: samples(&|v| v["pod_ingress_route_lookup"]["ns_per_run"].as_f64()),
+        }];
+        figures.push(ProgrunFigure {
             key: "nsg_none_ns".into(),
             label: "BPF_PROG_RUN `pod_ingress`, the NSG benchmark's frame without an NSG, ns \
                     per run (the baseline)"
                 .into(),
             samples: samples(&|v| v[nsg_first_packet_key(0)]["ns_per_run"].as_f64()),
-        }];
+        });
         figures.extend(NSG_RULE_COUNTS.iter().map(|&n| ProgrunFigure {
             key: format!("nsg_first_packet_ns_rules_{n}"),
             label: format!(
