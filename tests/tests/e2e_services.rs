@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, ensure};
 use vnetd_common::{ABI_VERSION, NodeConfig, maps};
 use vnetd_lab::{
     EchoServer, Lab, Node, Ns, serial, tcp_roundtrip, udp_roundtrip,
-    vnetd::{Agent, Pod, add_pod, lab_spec, node_cidr},
+    vnetd::{Agent, NsgRule, Pod, add_pod, lab_spec, node_cidr, with_nsg},
 };
 
 /// The cluster's service range (`networkProfile.serviceCidr`) and its DNS Service.
@@ -289,6 +289,60 @@ fn cluster_ip_reaches(c: &Cluster, service: Ipv4Addr, backend: &Pod) -> Result<(
         *conn.backend_saw.ip(),
         c.client.ip,
         "no masquerade for a pod's ClusterIP traffic: {conn:?}"
+    );
+    Ok(())
+}
+
+/// A Service's connection is decided by the client's outbound NSG rules as a direct one to the
+/// backend would be: they see the backend's address and port (after kube-proxy's
+/// translation), for a backend on the same node and on another node alike.
+#[test]
+fn the_clients_outbound_rules_decide_its_service_connections() -> Result<()> {
+    let _serial = serial();
+    let c = cluster()?;
+    let deny_to = |name: &str, priority: u16, backend: &Pod| {
+        NsgRule::deny_out(name, priority)
+            .tcp()
+            .to([format!("{}/32", backend.ip)])
+            .ports([TARGET_PORT])
+    };
+    let apply = |rules: &[NsgRule], reloads: u64| -> Result<()> {
+        let spec = with_nsg(&spec_with_services(), "client-out", &["apps"], rules);
+        for agent in &c.agents {
+            agent.write_spec(&spec)?;
+            ensure!(
+                agent.wait_for_status("reloads_ok", reloads),
+                "reloaded: {}",
+                agent.log()
+            );
+        }
+        Ok(())
+    };
+
+    apply(&[deny_to("deny-backend-1", 200, &c.backend1)], 1)?;
+    let local = SocketAddrV4::new(LOCAL_SERVICE, SERVICE_PORT);
+    assert!(
+        connect_through(&c.client, local, &c.backend1.ns).is_err(),
+        "the client's rule refuses its Service connection to a backend on its node"
+    );
+    cluster_ip_reaches(&c, REMOTE_SERVICE, &c.backend2)
+        .context("a backend the rule does not name is reached")?;
+
+    apply(
+        &[
+            deny_to("deny-backend-1", 200, &c.backend1),
+            deny_to("deny-backend-2", 210, &c.backend2),
+        ],
+        2,
+    )?;
+    let remote = SocketAddrV4::new(REMOTE_SERVICE, SERVICE_PORT);
+    assert!(
+        connect_through(&c.client, remote, &c.backend2.ns).is_err(),
+        "the client's rule refuses its Service connection to a backend on another node"
+    );
+    assert!(
+        c.agents[0].drops("nsg_denied")? > 0,
+        "counted where the client runs"
     );
     Ok(())
 }

@@ -186,34 +186,56 @@ pub fn from_stack(
         // The reply of the pod's own connection to a Service, translated back by the stack.
         return Ok(());
     }
-    let into = receive(ip, ep, &Tuple::of(ip))?;
+    let t = Tuple::of(ip);
+    // A Service's connection from a pod of this node (translated by the stack to this
+    // backend): the client's outbound rules decide it too, as they would a direct one.
+    let client = if service {
+        endpoint::lookup(&key.src_ip)
+    } else {
+        None
+    };
+    let out = match client {
+        Some(client) => nsg::outbound(client, &t)?,
+        None => Mark::NONE,
+    };
+    let into = receive(ip, ep, &t)?;
     let kind = if service {
         FlowKind::HostStack
     } else {
         FlowKind::Nsg
     };
-    let flow = conntrack::create_untranslated(&key, kind, into, Mark::NONE)?;
+    let flow = conntrack::create_untranslated(&key, kind, out, into)?;
     conntrack::seen(flow, ip.tcp_flags, len);
     let ends = Ends {
-        outbound: None,
+        outbound: client.map(|_| &out),
         inbound: Some(&into),
     };
     flowlog::allowed(&key, kind, ends);
     Ok(())
 }
 
-/// A local pod's packet the node's stack forwarded out of the uplink (on a node with Services:
-/// a connection kube-proxy translated to a pod elsewhere): kept as the stack's, so its replies
-/// from the uplink go back through the stack.
+/// A packet of the local pod `client` that the node's stack forwarded out of the uplink (on a
+/// node with Services: a connection kube-proxy translated to a pod elsewhere): decided by the
+/// client's outbound rules (as a direct connection to the backend would be), and kept as the
+/// stack's, so its replies from the uplink go back through the stack.
 #[inline(always)]
-pub fn stack_forwarded(ip: &Ipv4, len: usize) -> Result<(), DropReason> {
+pub fn stack_forwarded(ip: &Ipv4, client: &Endpoint, len: usize) -> Result<(), DropReason> {
     if !has_flow_key(ip) {
-        return Ok(());
+        return stateless(ip, Some(client), None);
     }
     let key = conntrack::key_of(ip);
     let flow = match conntrack::lookup(&key) {
         Some(flow) => flow,
-        None => conntrack::create_untranslated(&key, FlowKind::HostStack, Mark::NONE, Mark::NONE)?,
+        None => {
+            let out = nsg::outbound(client, &Tuple::of(ip))?;
+            let flow = conntrack::create_untranslated(&key, FlowKind::HostStack, out, Mark::NONE)?;
+            let ends = Ends {
+                outbound: Some(&out),
+                inbound: None,
+            };
+            flowlog::allowed(&key, FlowKind::HostStack, ends);
+            flow
+        }
     };
     conntrack::seen(flow, ip.tcp_flags, len);
     Ok(())

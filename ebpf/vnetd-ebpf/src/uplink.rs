@@ -110,8 +110,9 @@ pub fn egress(ctx: &TcContext) -> i32 {
 
 /// The node's own packets: those from the primary address and a port in the SNAT range are
 /// tracked, so pods never get their tuple. And on a node with Services, pods' packets the
-/// node's stack forwarded (kube-proxy translated them): tracked so their replies come back
-/// through the stack. Nothing is dropped here.
+/// node's stack forwarded (kube-proxy translated them): decided by the sending pod's outbound
+/// NSG rules and tracked so their replies come back through the stack. Only what those rules
+/// deny is dropped here.
 #[inline(always)]
 fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: reading a field of the __sk_buff the program was given.
@@ -121,9 +122,17 @@ fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(forward::PASS_ON);
     };
     if forwarded {
-        if node.has_services() && endpoint::lookup(&ip.hdr.src_addr).is_some() {
-            // A flow table that cannot take it costs the Service's replies, not this packet.
-            let _ = flow::stack_forwarded(&ip, pkt.len());
+        let client = match node.has_services() {
+            true => endpoint::lookup(&ip.hdr.src_addr),
+            false => None,
+        };
+        if let Some(client) = client {
+            match flow::stack_forwarded(&ip, client, pkt.len()) {
+                Err(DropReason::NsgDenied) => return Err(DropReason::NsgDenied),
+                // A flow table that cannot take it costs the Service's replies, not this
+                // packet.
+                _ => {}
+            }
         }
     } else if ip.hdr.src_addr == node.primary_ip && nat::host_outbound(ctx, &ip, node, pkt.len()) {
         count_traffic(Path::HostNat, pkt.len());
