@@ -126,13 +126,12 @@ fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
             true => endpoint::lookup(&ip.hdr.src_addr),
             false => None,
         };
-        if let Some(client) = client {
-            match flow::stack_forwarded(&ip, client, pkt.len()) {
-                Err(DropReason::NsgDenied) => return Err(DropReason::NsgDenied),
-                // A flow table that cannot take it costs the Service's replies, not this
-                // packet.
-                _ => {}
-            }
+        // Only the NSG's refusal drops: a flow table that cannot take the flow costs the
+        // Service's replies, not this packet.
+        if let Some(Err(DropReason::NsgDenied)) =
+            client.map(|client| flow::stack_forwarded(&ip, client, pkt.len()))
+        {
+            return Err(DropReason::NsgDenied);
         }
     } else if ip.hdr.src_addr == node.primary_ip && nat::host_outbound(ctx, &ip, node, pkt.len()) {
         count_traffic(Path::HostNat, pkt.len());
