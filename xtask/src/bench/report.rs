@@ -439,39 +439,59 @@ pub(super) fn markdown(
     for f in progrun.figures {
         md.push_str(&format!("| {} | {} | | |\n", f.label, cell(&f.samples)));
     }
-    if let Some(rate) = packet_rate {
-        let [label, bare, nsg] = packet_rate_labels();
-        let r = |s: Series| &rate[s as usize];
+    for row in packet_rate.map(packet_rate_rows).into_iter().flatten() {
         md.push_str(&format!(
-            "| {label} | {} | {} | {} |\n| {bare} | {} | | vnetd / bare: {} |\n| {nsg} | {} | {} | \
-             {} (vnetd / bare: {}) |\n",
-            cell(r(Series::Vnetd)),
-            cell(r(Series::Reference)),
-            ratio_of(r(Series::Vnetd), r(Series::Reference)),
-            cell(r(Series::Bare)),
-            ratio_of(r(Series::Vnetd), r(Series::Bare)),
-            cell(r(Series::VnetdNsg)),
-            cell(r(Series::ReferenceNsg)),
-            ratio_of(r(Series::VnetdNsg), r(Series::ReferenceNsg)),
-            ratio_of(r(Series::VnetdNsg), r(Series::Bare)),
+            "| {} | {} | {} | {} |\n",
+            row.label, row.vnetd, row.reference, row.ratios
         ));
     }
     md
 }
 
-fn packet_rate_labels() -> [String; 3] {
+/// A packet-rate row of the tables: a label, vnetd's and the reference's cells, the ratios.
+struct PacketRateRow {
+    label: String,
+    vnetd: String,
+    reference: String,
+    ratios: String,
+}
+
+/// The packet-rate rows: vnetd against the reference; the bare forwarder with vnetd's share of
+/// it; the same with the NSG in the path.
+fn packet_rate_rows(rate: &super::pktrate::Samples) -> [PacketRateRow; 3] {
     use super::pktrate::{CPU, FRAME_LEN, NSG_RULES};
+    let r = |s: Series| &rate[s as usize];
+    let ratio = |a, b| ratio_of(r(a), r(b));
     [
-        format!(
-            "{FRAME_LEN} B packet rate pod to pod, Mpps (XDP live-frames generator on CPU {CPU}, \
-             counted by a drop at the receiver)"
-        ),
-        "the same through a bare `bpf_redirect_peer` forwarder, Mpps (the limit)".into(),
-        format!(
-            "the same with an inbound NSG of {NSG_RULES} rules on the receiving pod's subnet, Mpps \
-             (vnetd: conntrack on every packet, each new flow classified; reference: the rules in \
-             FORWARD)"
-        ),
+        PacketRateRow {
+            label: format!(
+                "{FRAME_LEN} B packet rate pod to pod, Mpps (XDP live-frames generator on CPU \
+                 {CPU}, counted by a drop at the receiver)"
+            ),
+            vnetd: cell(r(Series::Vnetd)),
+            reference: cell(r(Series::Reference)),
+            ratios: ratio(Series::Vnetd, Series::Reference),
+        },
+        PacketRateRow {
+            label: "the same through a bare `bpf_redirect_peer` forwarder, Mpps (the limit)".into(),
+            vnetd: cell(r(Series::Bare)),
+            reference: String::new(),
+            ratios: format!("vnetd / bare: {}", ratio(Series::Vnetd, Series::Bare)),
+        },
+        PacketRateRow {
+            label: format!(
+                "the same with an inbound NSG of {NSG_RULES} rules on the receiving pod's subnet, \
+                 Mpps (vnetd: conntrack on every packet, each new flow classified; reference: \
+                 the rules in FORWARD)"
+            ),
+            vnetd: cell(r(Series::VnetdNsg)),
+            reference: cell(r(Series::ReferenceNsg)),
+            ratios: format!(
+                "{} (vnetd / bare: {})",
+                ratio(Series::VnetdNsg, Series::ReferenceNsg),
+                ratio(Series::VnetdNsg, Series::Bare)
+            ),
+        },
     ]
 }
 
@@ -485,23 +505,19 @@ fn ratio_of(a: &[f64], b: &[f64]) -> String {
     }
 }
 
-/// The packet-rate rows, after the main table: vnetd against the reference, and the bare
-/// forwarder with vnetd's share of it.
+/// The packet-rate rows, after the main table.
 pub(super) fn print_packet_rate(rate: &super::pktrate::Samples) {
-    let [label, bare, nsg] = packet_rate_labels();
-    let r = |s: Series| &rate[s as usize];
-    println!(
-        "\n   {label}:\n     vnetd {} | bridge+iptables {} | vnetd/ref {}\n   {bare}:\n     \
-         bare {} | vnetd/bare {}\n   {nsg}:\n     vnetd {} | bridge+iptables {} | vnetd/ref {} \
-         | vnetd/bare {}",
-        cell(r(Series::Vnetd)),
-        cell(r(Series::Reference)),
-        ratio_of(r(Series::Vnetd), r(Series::Reference)),
-        cell(r(Series::Bare)),
-        ratio_of(r(Series::Vnetd), r(Series::Bare)),
-        cell(r(Series::VnetdNsg)),
-        cell(r(Series::ReferenceNsg)),
-        ratio_of(r(Series::VnetdNsg), r(Series::ReferenceNsg)),
-        ratio_of(r(Series::VnetdNsg), r(Series::Bare)),
-    );
+    for row in packet_rate_rows(rate) {
+        println!(
+            "\n   {}:\n     vnetd (or bare) {} | bridge+iptables {} | {}",
+            row.label,
+            row.vnetd,
+            if row.reference.is_empty() {
+                "-"
+            } else {
+                &row.reference
+            },
+            row.ratios
+        );
+    }
 }
