@@ -508,16 +508,13 @@ fn ratio_of(a: &[f64], b: &[f64]) -> String {
 /// The packet-rate rows, after the main table.
 pub(super) fn print_packet_rate(rate: &super::pktrate::Samples) {
     for row in packet_rate_rows(rate) {
+        let reference = match row.reference.as_str() {
+            "" => String::new(),
+            cell => format!(" | bridge+iptables {cell}"),
+        };
         println!(
-            "\n   {}:\n     vnetd (or bare) {} | bridge+iptables {} | {}",
-            row.label,
-            row.vnetd,
-            if row.reference.is_empty() {
-                "-"
-            } else {
-                &row.reference
-            },
-            row.ratios
+            "\n   {}:\n     {}{reference} | {}",
+            row.label, row.vnetd, row.ratios
         );
     }
 }
