@@ -2,13 +2,12 @@
 //! pinned; needs root): tables keep their ids by name, a changed table is written under a new
 //! id before the endpoints switch to it, and a switch failing half way leaves the running
 //! tables and endpoints as they were.
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+mod support;
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
+use support::StateDir;
 use vnetd::dataplane::{Dataplane, maps::routes::RouteEntries, tables::VersionedTables};
 use vnetd_common::{Endpoint, NextHop, Route, maps::ROUTES_MAX};
 
@@ -22,28 +21,6 @@ fn route(hop: NextHop, ip: [u8; 4]) -> Route {
     Route {
         next_hop: hop as u32,
         next_hop_ip: ip,
-    }
-}
-
-/// A state dir of its own, removed at the end (also on failure).
-struct StateDir(PathBuf);
-
-impl StateDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vnetd-kt-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -124,7 +101,7 @@ fn running(dp: &mut Dataplane) -> (BTreeMap<u32, RouteEntries>, Endpoint) {
 
 #[test]
 fn a_table_inserted_in_front_renumbers_nothing_and_a_changed_one_moves_to_a_new_id() {
-    let state = StateDir::new("insert");
+    let state = StateDir::new("route-tables-insert");
     let mut dp = Dataplane::load_unpinned().expect("programs load and verify");
     let mut tables = VersionedTables::open(state.path(), "routes").unwrap();
     let mut wanted = BTreeMap::from([
@@ -168,7 +145,7 @@ fn a_table_inserted_in_front_renumbers_nothing_and_a_changed_one_moves_to_a_new_
 
 #[test]
 fn a_switch_failing_half_way_leaves_the_running_tables_and_endpoints() {
-    let state = StateDir::new("full");
+    let state = StateDir::new("route-tables-full");
     let mut dp = Dataplane::load_unpinned().expect("programs load and verify");
     let mut tables = VersionedTables::open(state.path(), "routes").unwrap();
     let v1 = BTreeMap::from([
@@ -201,7 +178,7 @@ fn a_switch_failing_half_way_leaves_the_running_tables_and_endpoints() {
 
 #[test]
 fn a_switch_failing_after_the_endpoints_moved_points_them_back() {
-    let state = StateDir::new("record");
+    let state = StateDir::new("route-tables-record");
     let mut dp = Dataplane::load_unpinned().expect("programs load and verify");
     let mut tables = VersionedTables::open(state.path(), "routes").unwrap();
     let v1 = BTreeMap::from([

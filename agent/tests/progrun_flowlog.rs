@@ -4,7 +4,7 @@
 //! FLOW_EVENTS_LOST and never blocks the program. Needs root (CAP_BPF).
 mod support;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use support::*;
 use vnetd::{
@@ -18,25 +18,6 @@ use vnetd_common::{
     DropReason, Endpoint, FLOW_INBOUND, FLOW_OUTBOUND, FlowDecision, FlowEvent, FlowEventVerdict,
     FlowKey, FlowKind, NO_RULE, NsgVerdict, maps::FLOW_EVENTS_BYTES, programs,
 };
-
-/// A state dir of its own, removed when dropped (also when the test fails).
-struct StateDir(PathBuf);
-
-impl StateDir {
-    fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("vnetd-progrun-flowlog-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating a state dir");
-        Self(dir)
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `apps-nsg`: rule 0 denies SMTP out; then the defaults (1: AllowVnetOutBound).
 fn deny_smtp() -> NetworkSecurityGroup {
@@ -65,7 +46,7 @@ fn pod_a_with_outbound_nsg(dp: &mut Dataplane, state: &StateDir) -> u32 {
         internet: vnetd::compile::prefix::complement(&[vnet]),
     };
     let tables = compile_nsgs(&[deny_smtp()], &tags).expect("compiles");
-    let mut versions = VersionedTables::open(&state.0, "nsg").unwrap();
+    let mut versions = VersionedTables::open(state.path(), "nsg").unwrap();
     let mut kernel = BTreeMap::new();
     switch_nsgs(
         &mut versions,
@@ -138,7 +119,7 @@ const UNCLASSIFIED: FlowDecision = FlowDecision {
 
 #[test]
 fn new_and_denied_flows_each_record_one_event_and_a_full_ring_counts_lost() {
-    let state = StateDir::new();
+    let state = StateDir::new("progrun-flowlog");
     let mut dp = dataplane();
     let out = pod_a_with_outbound_nsg(&mut dp, &state);
     let mut ring = dp.flow_event_ring().unwrap();

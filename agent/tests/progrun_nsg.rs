@@ -6,7 +6,7 @@
 //! the sending endpoint's outbound NSG. Needs root (CAP_BPF).
 mod support;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Mutex};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Mutex};
 
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
@@ -29,25 +29,6 @@ use vnetd_common::{DropReason, Endpoint, NextHop, NsgRuleKey, Route};
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMP: u8 = 1;
-
-/// A state dir of its own, removed when dropped (also when a test fails).
-struct StateDir(PathBuf);
-
-impl StateDir {
-    fn new(tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("vnetd-progrun-nsg-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating a state dir");
-        Self(dir)
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The dataplane and the NSG ids the property test's cases share (loading the programs once).
 struct Fixture {
@@ -270,10 +251,10 @@ proptest! {
     ) {
         let mut guard = FIXTURE.lock().unwrap_or_else(|e| e.into_inner());
         let fx = guard.get_or_insert_with(|| {
-            let state = StateDir::new("oracle");
+            let state = StateDir::new("progrun-nsg-oracle");
             Fixture {
                 dp: oracle_dataplane(),
-                versions: VersionedTables::open(&state.0, "nsg").unwrap(),
+                versions: VersionedTables::open(state.path(), "nsg").unwrap(),
                 _state: state,
             }
         });
@@ -285,10 +266,10 @@ proptest! {
 /// under fresh ids and the old ids' entries (counters included) are gone; nothing else remains.
 #[test]
 fn a_changed_nsg_moves_to_fresh_ids_and_the_old_ones_are_removed() {
-    let state = StateDir::new("switch");
+    let state = StateDir::new("progrun-nsg-switch");
     let mut fx = Fixture {
         dp: oracle_dataplane(),
-        versions: VersionedTables::open(&state.0, "nsg").unwrap(),
+        versions: VersionedTables::open(state.path(), "nsg").unwrap(),
         _state: state,
     };
     let vnet = VirtualNetwork {

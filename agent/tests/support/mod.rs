@@ -183,6 +183,29 @@ pub fn route_the_vnet_directly(dp: &mut Dataplane, ips: &[[u8; 4]]) {
     }
 }
 
+/// A state directory of its own (`<tmp>/vnetd-test-<tag>-<pid>`), removed when dropped, also
+/// when the test fails.
+pub struct StateDir(std::path::PathBuf);
+
+impl StateDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vnetd-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a state dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Moves the calling thread into a network namespace of its own (gone with the thread: no name,
 /// nothing to clean up) holding a veth pair, and returns the pair's ifindexes. BPF_PROG_RUN
 /// looks a `ctx_in` ifindex up in the caller's namespace.
