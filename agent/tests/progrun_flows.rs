@@ -185,14 +185,9 @@ fn a_container_groups_unexposed_ports_are_refused_before_its_nsg() {
 fn services_traffic_goes_to_the_nodes_stack_and_so_do_its_replies() {
     let mut dp = dataplane();
     dp.set_node(NodeConfig {
-        uplink_ifindex: TEST_IFINDEX,
-        primary_ip: NODE_IP,
-        uplink_mac: UPLINK_MAC,
-        snat_port_min: 32768,
-        snat_port_max: 65535,
-        _pad: [0; 2],
         service_net: [10, 96, 0, 0],
         service_mask: [255, 255, 0, 0],
+        ..node_config()
     })
     .unwrap();
 

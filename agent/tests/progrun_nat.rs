@@ -38,14 +38,9 @@ fn nat_dataplane(min: u16, max: u16) -> Dataplane {
     )
     .unwrap();
     dp.set_node(NodeConfig {
-        uplink_ifindex: TEST_IFINDEX,
-        primary_ip: NODE_IP,
-        uplink_mac: UPLINK_MAC,
         snat_port_min: min,
         snat_port_max: max,
-        _pad: [0; 2],
-        service_net: [0; 4],
-        service_mask: [0; 4],
+        ..node_config()
     })
     .unwrap();
     {

@@ -111,10 +111,10 @@ pub fn dataplane_with_host_b(host_b: [u8; 6]) -> Dataplane {
     dataplane_on(TEST_IFINDEX, TEST_IFINDEX, host_b)
 }
 
-/// [`dataplane`] with pod A's and pod B's host veths at the given interfaces.
-pub fn dataplane_on(ifindex_a: u32, ifindex_b: u32, host_b: [u8; 6]) -> Dataplane {
-    let mut dp = Dataplane::load_unpinned().expect("programs load and verify");
-    dp.set_node(NodeConfig {
+/// node-1's settings in the fixture: its uplink on the test veth, SNAT ports 32768-65535, no
+/// Services. Tests change a field with struct update syntax.
+pub fn node_config() -> NodeConfig {
+    NodeConfig {
         uplink_ifindex: TEST_IFINDEX,
         primary_ip: NODE_IP,
         uplink_mac: UPLINK_MAC,
@@ -123,8 +123,13 @@ pub fn dataplane_on(ifindex_a: u32, ifindex_b: u32, host_b: [u8; 6]) -> Dataplan
         _pad: [0; 2],
         service_net: [0; 4],
         service_mask: [0; 4],
-    })
-    .unwrap();
+    }
+}
+
+/// [`dataplane`] with pod A's and pod B's host veths at the given interfaces.
+pub fn dataplane_on(ifindex_a: u32, ifindex_b: u32, host_b: [u8; 6]) -> Dataplane {
+    let mut dp = Dataplane::load_unpinned().expect("programs load and verify");
+    dp.set_node(node_config()).unwrap();
     for (ip, pod_mac, host_mac, host_ifindex) in [
         (POD_A, MAC_A, HOST_A, ifindex_a),
         (POD_B, MAC_B, host_b, ifindex_b),
