@@ -194,7 +194,7 @@ pub(super) fn allow_packets(node: &Node) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vnetd_lab::vnetd::{bin, lab_spec};
+    use vnetd_lab::vnetd::{lab_spec, validate};
 
     /// The NSG specs are ones the agent accepts (`vnetd validate`, when the binary is built),
     /// with the allow rule last.
@@ -208,26 +208,11 @@ mod tests {
                 last.contains("Allow") && last.contains(&format!("priority: {}", 99 + n)),
                 "{last}"
             );
-            let vnetd = bin("vnetd");
-            if !vnetd.exists() {
-                eprintln!("{} not built: checking the text only", vnetd.display());
-                continue;
+            match validate(&spec) {
+                None => eprintln!("vnetd not built: checking the text only"),
+                Some(Err(problem)) => panic!("{n} rules: {problem}"),
+                Some(Ok(())) => {}
             }
-            let path = std::env::temp_dir()
-                .join(format!("vnetd-bench-nsg-{}-{n}.yaml", std::process::id()));
-            std::fs::write(&path, &spec).unwrap();
-            let out = std::process::Command::new(&vnetd)
-                .arg("validate")
-                .arg(&path)
-                .output()
-                .unwrap();
-            let _ = std::fs::remove_file(&path);
-            assert!(
-                out.status.success(),
-                "{n} rules: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
         }
         assert!(spec_with_nsg(&lab_spec(), 1001).is_err());
     }
