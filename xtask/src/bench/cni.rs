@@ -18,13 +18,27 @@ use vnetd_lab::{
 
 /// Where Debian's containernetworking-plugins puts the reference plugins.
 pub const CNI_DIR: &str = "/usr/lib/cni";
-/// The reference pods' subnet (host-local hands out up to 253 addresses).
-const REF_SUBNET: &str = "10.244.0.0/24";
+/// The reference pods' subnet on node `ref` (host-local hands out up to 253 addresses).
+pub const REF_SUBNET: &str = "10.244.0.0/24";
+/// The reference pods' subnet on node `ref-2`, the far end of the cross-node scenario (as
+/// kubenet lays a cluster out: a subnet per node, a static route to each other node's).
+pub const REF_SUBNET_2: &str = "10.244.1.0/24";
+/// The pods' range of the reference cluster: not masqueraded between nodes.
+pub const REF_CLUSTER_RANGE: &str = "10.244.0.0/16";
+
+/// The pods' subnet of the reference node `node` (by the lab's name: `ref` or `ref-2`).
+pub fn ref_subnet(node: &Node) -> &'static str {
+    if node.dir.file_name().is_some_and(|n| n == "ref-2") {
+        REF_SUBNET_2
+    } else {
+        REF_SUBNET
+    }
+}
 
 /// The reference conflist's plugins, in order. The pods get a default route via the bridge
 /// (as vnetd's pods have one via their gateway), so they reach the internet host through the
 /// node's MASQUERADE.
-pub fn ref_plugins_conf(node_dir: &Path) -> Value {
+pub fn ref_plugins_conf(node: &Node) -> Value {
     json!([
         {
             "type": "bridge",
@@ -33,9 +47,9 @@ pub fn ref_plugins_conf(node_dir: &Path) -> Value {
             "ipMasq": true,
             "ipam": {
                 "type": "host-local",
-                "subnet": REF_SUBNET,
+                "subnet": ref_subnet(node),
                 "routes": [{ "dst": "0.0.0.0/0" }],
-                "dataDir": node_dir.join("cni-ipam"),
+                "dataDir": node.dir.join("cni-ipam"),
             },
         },
         { "type": "firewall", "backend": "iptables" },
@@ -52,10 +66,7 @@ pub fn ref_chain(
     command: &str,
     prev: Option<&Value>,
 ) -> Result<Value> {
-    let mut plugins: Vec<Value> = ref_plugins_conf(&node.dir)
-        .as_array()
-        .expect("a list")
-        .clone();
+    let mut plugins: Vec<Value> = ref_plugins_conf(node).as_array().expect("a list").clone();
     if command == "DEL" {
         plugins.reverse();
     }

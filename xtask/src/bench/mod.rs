@@ -135,7 +135,7 @@ fn control_plane_markdown(report: &Value) -> String {
 }
 
 /// The scenarios `--scenario NAME` selects, with what each measures.
-pub const SCENARIOS: [(&str, &str); 7] = [
+pub const SCENARIOS: [(&str, &str); 8] = [
     (
         "progrun",
         "BPF_PROG_RUN: pod_ingress, SNAT, NSG first packet by rule count",
@@ -143,6 +143,11 @@ pub const SCENARIOS: [(&str, &str); 7] = [
     (
         "pod_to_pod",
         "pod to pod on one node: TCP bulk, TCP_RR, UDP 64 B",
+    ),
+    (
+        "cross_node",
+        "pod to pod across two nodes through the fabric: TCP bulk, TCP_RR, UDP 64 B (reference: \
+         a bridge subnet per node and a static route to the other's, as kubenet)",
     ),
     (
         "pod_to_internet",
@@ -198,6 +203,7 @@ impl Selection {
     fn has_scenario(&self, s: Scenario) -> bool {
         self.has(match s {
             Scenario::PodToPod => "pod_to_pod",
+            Scenario::CrossNode => "cross_node",
             Scenario::PodToInternet => "pod_to_internet",
             Scenario::NsgPodToPod(_) => "nsg",
         })
@@ -214,6 +220,7 @@ impl Selection {
     fn needs_lab(&self) -> bool {
         [
             "pod_to_pod",
+            "cross_node",
             "pod_to_internet",
             "nsg",
             "packet_rate",
@@ -246,6 +253,8 @@ impl Dp {
 enum Scenario {
     /// To another pod on the same node.
     PodToPod,
+    /// To a pod on another node, across the lab's fabric.
+    CrossNode,
     /// To the internet host, leaving with the node's address (vnetd's SNAT, the reference's
     /// MASQUERADE).
     PodToInternet,
@@ -258,6 +267,7 @@ impl Scenario {
     fn key(self) -> &'static str {
         match self {
             Scenario::PodToPod => "pod_to_pod",
+            Scenario::CrossNode => "cross_node",
             Scenario::PodToInternet => "pod_to_internet",
             Scenario::NsgPodToPod(_) => "pod_to_pod_nsg",
         }
@@ -277,6 +287,8 @@ impl Scenario {
         match (self, dp) {
             (Scenario::PodToPod, Dp::Vnetd) => &["vnetd pod_to_pod"],
             (Scenario::PodToPod, Dp::Reference) => &["reference FORWARD -> CNI-FORWARD rule"],
+            (Scenario::CrossNode, Dp::Vnetd) => &["vnetd pod_to_vnet"],
+            (Scenario::CrossNode, Dp::Reference) => &["reference FORWARD -> CNI-FORWARD rule"],
             // Both directions: the replies must come back through the translation too.
             (Scenario::PodToInternet, Dp::Vnetd) => {
                 &["vnetd pod_to_internet", "vnetd internet_to_pod"]
@@ -314,10 +326,13 @@ impl Kind {
 }
 
 /// The runs of one repetition without an NSG, in order (see [`Selection::schedule`]).
-const SCHEDULE: [(Scenario, Kind); 6] = [
+const SCHEDULE: [(Scenario, Kind); 9] = [
     (Scenario::PodToPod, Kind::Bulk),
     (Scenario::PodToPod, Kind::Rr),
     (Scenario::PodToPod, Kind::Udp),
+    (Scenario::CrossNode, Kind::Bulk),
+    (Scenario::CrossNode, Kind::Rr),
+    (Scenario::CrossNode, Kind::Udp),
     (Scenario::PodToInternet, Kind::Bulk),
     (Scenario::PodToInternet, Kind::Rr),
     (Scenario::PodToInternet, Kind::Connect),
@@ -366,11 +381,15 @@ const fn metric(scenario: Scenario, quantity: Quantity) -> Metric {
 
 /// The report's rows. A run's quantity with no row here (the latency of TCP_RR to the
 /// internet, 1 / its rate) stays in the run's JSON only.
-const METRICS: [Metric; 11] = [
+const METRICS: [Metric; 15] = [
     metric(Scenario::PodToPod, Quantity::TcpBulk),
     metric(Scenario::PodToPod, Quantity::TcpRr),
     metric(Scenario::PodToPod, Quantity::TcpRrLatency),
     metric(Scenario::PodToPod, Quantity::UdpRx),
+    metric(Scenario::CrossNode, Quantity::TcpBulk),
+    metric(Scenario::CrossNode, Quantity::TcpRr),
+    metric(Scenario::CrossNode, Quantity::TcpRrLatency),
+    metric(Scenario::CrossNode, Quantity::UdpRx),
     metric(Scenario::PodToInternet, Quantity::TcpBulk),
     metric(Scenario::PodToInternet, Quantity::TcpRr),
     metric(Scenario::PodToInternet, Quantity::ConnRate),
@@ -421,6 +440,7 @@ impl Metric {
     fn key(self) -> String {
         match self.scenario {
             Scenario::PodToPod => self.quantity.key().to_string(),
+            Scenario::CrossNode => format!("cross_node_{}", self.quantity.key()),
             Scenario::PodToInternet => format!("internet_{}", self.quantity.key()),
             Scenario::NsgPodToPod(n) => format!("nsg_{n}_rules_{}", self.quantity.key()),
         }
@@ -428,6 +448,7 @@ impl Metric {
     fn label(self) -> String {
         match self.scenario {
             Scenario::PodToPod => self.quantity.label().to_string(),
+            Scenario::CrossNode => format!("across nodes: {}", self.quantity.label()),
             Scenario::PodToInternet => format!("to internet: {}", self.quantity.label()),
             Scenario::NsgPodToPod(n) => {
                 format!("NSG of {n} rule(s): new TCP connections/s pod to pod, parallel clients")
@@ -618,6 +639,36 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         tcp_echo_ok(&pair.client, &pair.server, pair.server_ip, 7000)
             .with_context(|| format!("{} pod to pod does not work", dp.key()))?;
     }
+    // Across nodes: a pod on a second node of each dataplane, from the same client pods.
+    let (cross_node, _far) = if sel.has("cross_node") {
+        let far = cross_node_pods(&lab, &rnode)?;
+        let pairs = [
+            Pair {
+                client: va.ns.ns.clone(),
+                server: far.vnetd.ns.ns.clone(),
+                server_ip: far.vnetd.ip,
+                port: 0,
+            },
+            Pair {
+                client: ra.clone(),
+                server: far.reference.clone(),
+                server_ip: far.reference_ip,
+                port: 0,
+            },
+        ];
+        for (dp, pair) in DATAPLANES.into_iter().zip(&pairs) {
+            tcp_echo_ok(&pair.client, &pair.server, pair.server_ip, 7000)
+                .with_context(|| format!("{} pod to pod across nodes does not work", dp.key()))?;
+        }
+        println!(
+            "   across nodes:    vnetd {} -> {} (node-2), reference {ra_ip} -> {} (node ref-2, \
+             static routes between the nodes' pod subnets, no masquerade between them)",
+            va.ip, far.vnetd.ip, far.reference_ip
+        );
+        (pairs.into_iter().collect::<Vec<_>>(), Some(far))
+    } else {
+        (Vec::new(), None)
+    };
     // To the internet host from the same client pods.
     let pod_to_internet = pod_to_pod.each_ref().map(|p| Pair {
         client: p.client.clone(),
@@ -695,6 +746,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     }
     let pairs = |scenario: Scenario, dp: Dp| match scenario {
         Scenario::PodToPod => &pod_to_pod[dp as usize],
+        Scenario::CrossNode => &cross_node[dp as usize],
         Scenario::PodToInternet => &pod_to_internet[dp as usize],
         Scenario::NsgPodToPod(n) => {
             let i = nsg::RULE_COUNTS
@@ -723,6 +775,8 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         Ok(match (scenario, dp) {
             (Scenario::PodToPod, Dp::Vnetd) => vec![agent.traffic("pod_to_pod")?],
             (Scenario::PodToPod, Dp::Reference) => vec![forward_to_cni_packets(&rnode)?],
+            (Scenario::CrossNode, Dp::Vnetd) => vec![agent.traffic("pod_to_vnet")?],
+            (Scenario::CrossNode, Dp::Reference) => vec![forward_to_cni_packets(&rnode)?],
             (Scenario::PodToInternet, Dp::Vnetd) => vec![
                 agent.traffic("pod_to_internet")?,
                 agent.traffic("internet_to_pod")?,
@@ -1092,7 +1146,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
 
     let env = environment();
     let ref_config = json!({
-        "plugins": ref_plugins_conf(&rnode.dir),
+        "plugins": ref_plugins_conf(&rnode),
         "package": package_version("containernetworking-plugins"),
         "bridge_nf_call_iptables": nf_call,
         "iptables": first_line(Command::new("iptables").arg("--version")),
@@ -1558,6 +1612,55 @@ fn target_dir(root: &Path) -> PathBuf {
 
 /// A pod namespace on the reference node, attached by running the conflist's chain as a
 /// runtime does. Returns the namespace and the pod's address.
+/// The far ends of the cross-node scenario, kept alive for the run.
+struct FarPods {
+    _node: Node,
+    _agent: Agent,
+    vnetd: vnetd_lab::vnetd::Pod,
+    _reference_node: Node,
+    reference: Ns,
+    reference_ip: Ipv4Addr,
+}
+
+/// vnetd's node-2 (its agent, a pod in `apps`) and the reference's node `ref-2` (a bridge pod
+/// in [`cni::REF_SUBNET_2`]), each node with a static route to the other reference node's pod
+/// subnet and no masquerade inside the reference's pod range (kubenet's layout).
+fn cross_node_pods(lab: &Lab, rnode: &Node) -> Result<FarPods> {
+    let node = lab.add_node("node-2", "10.0.0.5/24".parse()?)?;
+    let agent = Agent::start(&node, &lab_spec()).context("starting the vnetd agent on node-2")?;
+    let vnetd = add_pod(lab, &node, "pod-far", Some("apps"), "")?;
+    let rnode2 = lab.add_node("ref-2", "10.0.0.10/24".parse()?)?;
+    let (reference, reference_ip) = ref_pod(lab, &rnode2, "ref-far")?;
+    for (node, to, via) in [
+        (&rnode.ns, cni::REF_SUBNET_2, rnode2.ip),
+        (&rnode2.ns, cni::REF_SUBNET, rnode.ip),
+    ] {
+        node.run_ok(["ip", "route", "replace", to, "via", &via.to_string()])?;
+        node.run_ok([
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-I",
+            "POSTROUTING",
+            "-s",
+            cni::REF_CLUSTER_RANGE,
+            "-d",
+            cni::REF_CLUSTER_RANGE,
+            "-j",
+            "RETURN",
+        ])?;
+    }
+    Ok(FarPods {
+        _node: node,
+        _agent: agent,
+        vnetd,
+        _reference_node: rnode2,
+        reference,
+        reference_ip,
+    })
+}
+
 fn ref_pod(lab: &Lab, node: &Node, name: &str) -> Result<(Ns, Ipv4Addr)> {
     let pod = lab.add_pod_netns(name)?;
     let result = cni::ref_chain(node, &pod, name, "ADD", None)?;
