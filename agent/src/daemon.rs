@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
-use vnetd_common::{Endpoint as AbiEndpoint, NodeConfig, NsgRuleKey};
+use vnetd_common::{DropReason, Endpoint as AbiEndpoint, NodeConfig, NsgRuleKey};
 
 use crate::{
     api::proto::{
@@ -748,6 +748,16 @@ impl Agent {
             conntrack.entries.iter().map(|(_, n)| n).sum(),
             conntrack.capacity,
         ));
+        let drops = self.dataplane.drops()?;
+        let range = self.plan.compiled().snat_port_range;
+        let snat = self.conntrack.snat_report(
+            (range.first, range.last),
+            self.plan.primary_ip,
+            drops
+                .iter()
+                .find(|(reason, _)| *reason == DropReason::SnatPortsExhausted)
+                .map_or(0, |(_, n)| *n),
+        );
         Ok(StatusReport {
             node: self.plan.node.clone(),
             uplink: self.plan.uplink.clone(),
@@ -763,9 +773,7 @@ impl Agent {
                 .into_iter()
                 .map(|(path, t)| (path.name().to_string(), t.packets, t.bytes))
                 .collect(),
-            drops: self
-                .dataplane
-                .drops()?
+            drops: drops
                 .into_iter()
                 .map(|(reason, n)| (reason.name().to_string(), n))
                 .collect(),
@@ -775,6 +783,7 @@ impl Agent {
             conntrack: Box::new(conntrack),
             nsg_rule_hits: self.nsg_hits.totals(&self.dataplane.nsg_hits()?),
             flow_records_lost: self.dataplane.flow_records_lost()?,
+            snat: Box::new(snat),
         })
     }
 }

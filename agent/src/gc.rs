@@ -9,11 +9,14 @@
 //! negative, never decreasing). Orphans are not subtracted: the flow they belonged to was
 //! broken by an eviction, and both of its entries count as evicted.
 //!
+//! The same walk counts the SNAT ports masqueraded flows hold ([`snat_usage`]).
+//!
 //! The collector starts only once the agent has adopted or loaded the dataplane (it is
 //! spawned after [`crate::daemon::Agent::start`]), so it never deletes from a half-restored
 //! state.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -23,7 +26,7 @@ use tracing::{debug, warn};
 use vnetd_common::{ConntrackStat, Direction, Flow, FlowKey, FlowKind, TcpState};
 
 use crate::{
-    api::proto::ConntrackReport,
+    api::proto::{ConntrackReport, SnatDestination, SnatReport},
     dataplane::maps::ConntrackMaps,
     flowlog::{Counts, FlowLog, FlowSample},
 };
@@ -215,6 +218,8 @@ pub struct GcPass {
     /// The flows an NSG decided, with their counts (kept or expired in this pass): the flow
     /// log's C and E records.
     pub samples: Vec<FlowSample>,
+    /// The SNAT ports the entries left hold.
+    pub snat: SnatUsage,
 }
 
 impl GcPass {
@@ -252,6 +257,70 @@ pub fn kind_name(kind: u8) -> &'static str {
         Some(FlowKind::Nsg) => "nsg",
         Some(FlowKind::HostStack) => "host_stack",
         None => "unknown",
+    }
+}
+
+/// Where a SNAT port is unique: the reply tuple less the port, i.e. the NAT address and the
+/// destination (remote address, remote port, protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnatDestinationKey {
+    pub nat_ip: [u8; 4],
+    pub remote_ip: [u8; 4],
+    /// Host byte order.
+    pub remote_port: u16,
+    pub proto: u8,
+}
+
+/// The SNAT ports some flow entries hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnatUsage {
+    /// Ports held per NAT address.
+    pub by_nat_ip: BTreeMap<[u8; 4], u64>,
+    /// The destination holding the most ports, and how many (ties: the lowest key).
+    pub busiest: Option<(SnatDestinationKey, u64)>,
+}
+
+impl SnatUsage {
+    pub fn total(&self) -> u64 {
+        self.by_nat_ip.values().sum()
+    }
+}
+
+/// The SNAT ports `entries` hold: one per Reply entry of a masqueraded flow, a pod's
+/// ([`FlowKind::PodSnat`]) or the node's own from a port in the range ([`FlowKind::Host`]).
+/// Such an entry is keyed (remote address and port) -> (NAT address, the port): the port
+/// allocator makes that key unique, so ports are counted per destination.
+pub fn snat_usage<'a>(entries: impl IntoIterator<Item = (&'a FlowKey, &'a Flow)>) -> SnatUsage {
+    let masqueraded = [FlowKind::PodSnat as u8, FlowKind::Host as u8];
+    let mut by_destination: HashMap<SnatDestinationKey, u64> = HashMap::new();
+    for (key, flow) in entries {
+        if flow.direction != Direction::Reply as u8 || !masqueraded.contains(&flow.kind) {
+            continue;
+        }
+        let destination = SnatDestinationKey {
+            nat_ip: key.dst_ip,
+            remote_ip: key.src_ip,
+            remote_port: u16::from_be(key.src_port),
+            proto: key.proto,
+        };
+        *by_destination.entry(destination).or_default() += 1;
+    }
+    let mut usage = SnatUsage::default();
+    for (destination, n) in &by_destination {
+        *usage.by_nat_ip.entry(destination.nat_ip).or_default() += n;
+    }
+    usage.busiest = by_destination
+        .into_iter()
+        .max_by(|(ka, a), (kb, b)| a.cmp(b).then(kb.cmp(ka)));
+    usage
+}
+
+fn protocol_name(proto: u8) -> String {
+    match proto {
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        other => other.to_string(),
     }
 }
 
@@ -309,11 +378,14 @@ pub fn gc_pass(maps: &mut ConntrackMaps, now_ns: u64, timeouts: &Timeouts) -> Re
             }
         }
     }
-    for (key, flow) in &flows {
-        if !gone.contains(key) {
-            *pass.live.entry(kind_name(flow.kind)).or_default() += 1;
-        }
+    let left: Vec<(&FlowKey, &Flow)> = flows
+        .iter()
+        .filter(|(key, _)| !gone.contains(*key))
+        .collect();
+    for (_, flow) in &left {
+        *pass.live.entry(kind_name(flow.kind)).or_default() += 1;
     }
+    pass.snat = snat_usage(left);
     Ok(pass)
 }
 
@@ -338,6 +410,7 @@ struct Shared {
     /// this agent (its predecessors' deletions and evictions) is not counted again.
     baseline: Option<i128>,
     evictions: u64,
+    snat: SnatUsage,
 }
 
 impl Conntrack {
@@ -349,6 +422,7 @@ impl Conntrack {
             live: BTreeMap::new(),
             baseline: None,
             evictions: 0,
+            snat: SnatUsage::default(),
         })))
     }
 
@@ -374,6 +448,7 @@ impl Conntrack {
             *s.deleted.entry(*reason).or_default() += n;
         }
         s.live = pass.live.clone();
+        s.snat = pass.snat.clone();
         let created = i128::from(created_before);
         let baseline = *s.baseline.get_or_insert(created - i128::from(pass.seen));
         let expired: u64 = s
@@ -408,6 +483,44 @@ impl Conntrack {
                 .map(|r| (r.name().to_string(), s.deleted.get(r).copied().unwrap_or(0)))
                 .collect(),
             gc_passes: s.passes,
+        }
+    }
+}
+
+impl Conntrack {
+    /// The report's SNAT part: the ports held as of the last pass, against `range`
+    /// (`outboundNat.portRange`, inclusive); `primary_ip` is listed even when it holds none;
+    /// `failures` are the programs' `snat_ports_exhausted` drops.
+    pub fn snat_report(
+        &self,
+        range: (u16, u16),
+        primary_ip: Ipv4Addr,
+        failures: u64,
+    ) -> SnatReport {
+        let s = self.lock();
+        let (first, last) = range;
+        let mut by_nat_ip = s.snat.by_nat_ip.clone();
+        by_nat_ip.entry(primary_ip.octets()).or_default();
+        SnatReport {
+            port_range: range,
+            ports_per_destination: if first == 0 || last < first {
+                0
+            } else {
+                u64::from(last - first) + 1
+            },
+            ports_in_use: s.snat.total(),
+            ports_in_use_by_nat_ip: by_nat_ip
+                .into_iter()
+                .map(|(ip, n)| (Ipv4Addr::from(ip), n))
+                .collect(),
+            busiest_destination: s.snat.busiest.map(|(d, n)| SnatDestination {
+                nat_ip: d.nat_ip.into(),
+                remote_ip: d.remote_ip.into(),
+                remote_port: d.remote_port,
+                protocol: protocol_name(d.proto),
+                ports_in_use: n,
+            }),
+            allocation_failures: failures,
         }
     }
 }
@@ -728,5 +841,167 @@ mod tests {
         assert_eq!(deleted["orphan"], 2);
         assert_eq!(deleted["tcp_established"], 20);
         assert_eq!(shared.report(vec![]).gc_passes, 3);
+    }
+
+    /// A Reply entry of a flow from `remote:rport` back to `nat:port` (the key the port
+    /// allocator makes unique), of kind `kind`.
+    fn reply_entry(
+        nat: [u8; 4],
+        port: u16,
+        remote: [u8; 4],
+        rport: u16,
+        proto: u8,
+        kind: FlowKind,
+    ) -> (FlowKey, Flow) {
+        let key = FlowKey {
+            src_ip: remote,
+            dst_ip: nat,
+            src_port: rport.to_be(),
+            dst_port: port.to_be(),
+            proto,
+            _pad: [0; 3],
+        };
+        let mut entry = flow(Direction::Reply, 0, 0);
+        entry.kind = kind as u8;
+        (key, entry)
+    }
+
+    const NODE: [u8; 4] = [10, 0, 0, 4];
+    const PUBLIC: [u8; 4] = [20, 1, 2, 3];
+    const WEB: [u8; 4] = [198, 51, 100, 10];
+
+    /// Ports are counted per destination (NAT address, remote address and port, protocol),
+    /// from the Reply entries of masqueraded flows only: pods' and the node's own.
+    #[test]
+    fn snat_ports_are_counted_per_destination_from_masqueraded_reply_entries() {
+        let mut entries = Vec::new();
+        // Five pod flows and two of the node's own to WEB:443/tcp through the node's address.
+        for port in 40000..40005 {
+            entries.push(reply_entry(
+                NODE,
+                port,
+                WEB,
+                443,
+                IPPROTO_TCP,
+                FlowKind::PodSnat,
+            ));
+        }
+        for port in 40005..40007 {
+            entries.push(reply_entry(
+                NODE,
+                port,
+                WEB,
+                443,
+                IPPROTO_TCP,
+                FlowKind::Host,
+            ));
+        }
+        // Other destinations: another port, another protocol, another NAT address.
+        for port in 40000..40003 {
+            entries.push(reply_entry(
+                NODE,
+                port,
+                WEB,
+                80,
+                IPPROTO_TCP,
+                FlowKind::PodSnat,
+            ));
+        }
+        entries.push(reply_entry(
+            NODE,
+            40000,
+            WEB,
+            443,
+            IPPROTO_UDP,
+            FlowKind::PodSnat,
+        ));
+        for port in 40000..40004 {
+            entries.push(reply_entry(
+                PUBLIC,
+                port,
+                WEB,
+                443,
+                IPPROTO_TCP,
+                FlowKind::PodSnat,
+            ));
+        }
+        // Not SNAT ports: an Original entry, flows nothing masqueraded.
+        let (key, mut original) =
+            reply_entry(NODE, 40010, WEB, 443, IPPROTO_TCP, FlowKind::PodSnat);
+        original.direction = Direction::Original as u8;
+        entries.push((key, original));
+        for kind in [FlowKind::Nsg, FlowKind::HostStack, FlowKind::PublicInbound] {
+            entries.push(reply_entry(NODE, 40020, WEB, 443, IPPROTO_TCP, kind));
+        }
+
+        let usage = snat_usage(entries.iter().map(|(k, f)| (k, f)));
+        assert_eq!(usage.by_nat_ip, BTreeMap::from([(NODE, 11), (PUBLIC, 4)]));
+        assert_eq!(usage.total(), 15);
+        assert_eq!(
+            usage.busiest,
+            Some((
+                SnatDestinationKey {
+                    nat_ip: NODE,
+                    remote_ip: WEB,
+                    remote_port: 443,
+                    proto: IPPROTO_TCP
+                },
+                7
+            ))
+        );
+        assert_eq!(snat_usage(std::iter::empty()), SnatUsage::default());
+    }
+
+    /// The report lists the node's address even when idle, the range's span as each
+    /// destination's capacity, the busiest destination by name, and the failures given.
+    #[test]
+    fn the_snat_report_sets_the_busiest_destination_against_the_range() {
+        let shared = Conntrack::new(Duration::from_secs(240));
+        let idle = shared.snat_report((40000, 40015), Ipv4Addr::from(NODE), 0);
+        assert_eq!(idle.ports_per_destination, 16);
+        assert_eq!(idle.ports_in_use, 0);
+        assert_eq!(idle.ports_in_use_by_nat_ip, [(Ipv4Addr::from(NODE), 0)]);
+        assert_eq!(idle.busiest_destination, None);
+
+        let entries: Vec<_> = (40000..40016)
+            .map(|port| reply_entry(PUBLIC, port, WEB, 53, IPPROTO_UDP, FlowKind::PodSnat))
+            .collect();
+        let pass = GcPass {
+            seen: 32,
+            snat: snat_usage(entries.iter().map(|(k, f)| (k, f))),
+            ..GcPass::default()
+        };
+        shared.record(32, &pass);
+        let full = shared.snat_report((40000, 40015), Ipv4Addr::from(NODE), 3);
+        assert_eq!(full.ports_in_use, 16);
+        assert_eq!(
+            full.ports_in_use_by_nat_ip,
+            [(Ipv4Addr::from(NODE), 0), (Ipv4Addr::from(PUBLIC), 16)]
+        );
+        assert_eq!(
+            full.busiest_destination,
+            Some(SnatDestination {
+                nat_ip: PUBLIC.into(),
+                remote_ip: WEB.into(),
+                remote_port: 53,
+                protocol: "udp".into(),
+                ports_in_use: 16,
+            })
+        );
+        assert_eq!(full.allocation_failures, 3);
+        assert_eq!(full.port_range, (40000, 40015));
+        assert_eq!(
+            shared
+                .snat_report((32768, 65535), Ipv4Addr::from(NODE), 0)
+                .ports_per_destination,
+            32768
+        );
+        assert_eq!(
+            shared
+                .snat_report((0, 0), Ipv4Addr::from(NODE), 0)
+                .ports_per_destination,
+            0,
+            "no range, no port"
+        );
     }
 }

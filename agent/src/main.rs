@@ -470,6 +470,29 @@ fn print_status(r: &StatusReport) {
             deleted.join(", ")
         }
     );
+    let snat = &r.snat;
+    println!(
+        "snat ports: {} in use, {} per destination (range {}-{}), {} allocation failures",
+        snat.ports_in_use,
+        snat.ports_per_destination,
+        snat.port_range.0,
+        snat.port_range.1,
+        snat.allocation_failures
+    );
+    for (nat_ip, n) in &snat.ports_in_use_by_nat_ip {
+        println!("  {:<16} {n:>12}", nat_ip.to_string());
+    }
+    if let Some(d) = &snat.busiest_destination {
+        println!(
+            "  busiest destination {} -> {}:{} {}: {} of {}",
+            d.nat_ip,
+            d.remote_ip,
+            d.remote_port,
+            d.protocol,
+            d.ports_in_use,
+            snat.ports_per_destination
+        );
+    }
     println!("nsg rule hits:");
     for h in &r.nsg_rule_hits {
         println!(

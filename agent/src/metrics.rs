@@ -27,7 +27,7 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
-    api::proto::{ConntrackReport, StatusReport},
+    api::proto::{ConntrackReport, SnatReport, StatusReport},
     daemon::Agent,
     health::Health,
 };
@@ -222,6 +222,7 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
         reloads,
     );
     register_conntrack(&mut registry, &r.conntrack);
+    register_snat(&mut registry, &r.snat);
     let nsg_hits = Family::<Labels, Counter>::default();
     for h in &r.nsg_rule_hits {
         nsg_hits
@@ -303,10 +304,53 @@ fn register_conntrack(registry: &mut Registry, c: &ConntrackReport) {
     );
 }
 
+fn register_snat(registry: &mut Registry, s: &SnatReport) {
+    let in_use = Family::<Labels, Gauge>::default();
+    for (nat_ip, n) in &s.ports_in_use_by_nat_ip {
+        in_use
+            .get_or_create(&vec![("nat_ip", nat_ip.to_string())])
+            .set(*n as i64);
+    }
+    registry.register(
+        "snat_ports_in_use",
+        "SNAT ports held by masqueraded flows (pods' and the node's own), by NAT address, as of \
+         the collector's last pass",
+        in_use,
+    );
+    let per_destination = Gauge::<i64>::default();
+    per_destination.set(s.ports_per_destination as i64);
+    registry.register(
+        "snat_ports_per_destination",
+        "SNAT ports one destination (NAT address, remote address, remote port, protocol) can \
+         take: the span of outboundNat.portRange",
+        per_destination,
+    );
+    let busiest = Gauge::<i64>::default();
+    busiest.set(
+        s.busiest_destination
+            .as_ref()
+            .map_or(0, |d| d.ports_in_use as i64),
+    );
+    registry.register(
+        "snat_busiest_destination_ports_in_use",
+        "SNAT ports held towards the busiest destination: it runs out when this reaches \
+         vnetd_snat_ports_per_destination",
+        busiest,
+    );
+    let failures = Counter::<u64>::default();
+    failures.inc_by(s.allocation_failures);
+    registry.register(
+        "snat_allocation_failures",
+        "New masqueraded flows refused for want of a free SNAT port (drops \
+         snat_ports_exhausted)",
+        failures,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::proto::NsgRuleHits;
+    use crate::api::proto::{NsgRuleHits, SnatDestination};
 
     #[test]
     fn nsg_rule_hits_are_exported_by_name() {
@@ -366,5 +410,45 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }
+    }
+
+    #[test]
+    fn snat_occupancy_is_exported() {
+        let report = StatusReport {
+            snat: Box::new(SnatReport {
+                port_range: (40000, 40015),
+                ports_per_destination: 16,
+                ports_in_use: 21,
+                ports_in_use_by_nat_ip: vec![
+                    ("10.0.0.4".parse().unwrap(), 17),
+                    ("20.1.2.3".parse().unwrap(), 4),
+                ],
+                busiest_destination: Some(SnatDestination {
+                    nat_ip: "10.0.0.4".parse().unwrap(),
+                    remote_ip: "198.51.100.10".parse().unwrap(),
+                    remote_port: 443,
+                    protocol: "tcp".into(),
+                    ports_in_use: 16,
+                }),
+                allocation_failures: 2,
+            }),
+            ..StatusReport::default()
+        };
+        let text = render(&report).unwrap();
+        for line in [
+            "vnetd_snat_ports_in_use{nat_ip=\"10.0.0.4\"} 17",
+            "vnetd_snat_ports_in_use{nat_ip=\"20.1.2.3\"} 4",
+            "vnetd_snat_ports_per_destination 16",
+            "vnetd_snat_busiest_destination_ports_in_use 16",
+            "vnetd_snat_allocation_failures_total 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+        let idle = render(&StatusReport::default()).unwrap();
+        assert!(
+            idle.lines()
+                .any(|l| l == "vnetd_snat_busiest_destination_ports_in_use 0"),
+            "{idle}"
+        );
     }
 }

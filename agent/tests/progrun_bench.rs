@@ -262,6 +262,119 @@ fn pod_ingress_with_nsg_rules() {
     }
 }
 
+/// What a flow-log reader that is away costs the dataplane: nothing waits for it. The first
+/// packet of a flow an NSG denies (UDP to pod B's port 53, denied by the only rule of pod A's
+/// outbound NSG) writes a record to FLOW_EVENTS on every run; measured as
+/// [`pod_ingress_pod_to_pod`] is, with the ring drained (a reader keeping up: emptied every
+/// `DRAIN_EVERY` batches, between timed runs, so the ring also passes the wake-up threshold)
+/// and with the ring full (no reader: each record is counted in FLOW_EVENTS_LOST instead), in
+/// alternating rounds.
+#[test]
+#[ignore = "a benchmark: `cargo xtask bench` runs it"]
+fn pod_ingress_denied_flow_log_ring_drained_and_full() {
+    use vnetd::{
+        compile::{ServiceTags, nsg::compile_nsgs, prefix::complement},
+        dataplane::{maps::nsg, tables::TableStore},
+        spec::{
+            Access, AddressPrefix, Direction, NetworkSecurityGroup, PortRange, Protocol,
+            SecurityRule,
+        },
+    };
+    /// Batches between two drains: 40 x 200 records of 72 bytes, about half the ring.
+    const DRAIN_EVERY: u32 = 40;
+    /// Rounds of the two states, alternating.
+    const ROUNDS: u32 = 10;
+    let runs: u32 = std::env::var("VNETD_BENCH_PROGRUN_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let calls = runs.div_ceil(BATCH).max(1);
+    let vnet = vec!["10.0.0.0/16".parse().unwrap()];
+    let tags = ServiceTags {
+        internet: complement(&vnet),
+        virtual_network: vnet,
+    };
+    let mut dp = dataplane_with_host_b(MAC_A);
+    let deny_dns = NetworkSecurityGroup {
+        name: "bench-deny".into(),
+        security_rules: vec![SecurityRule {
+            name: "deny-dns-out".into(),
+            description: None,
+            priority: 100,
+            direction: Direction::Outbound,
+            access: Access::Deny,
+            protocol: Protocol::Udp,
+            source_address_prefixes: vec![AddressPrefix::Any],
+            source_port_ranges: vec![PortRange::ANY],
+            destination_address_prefixes: vec![AddressPrefix::Prefix(
+                std::net::Ipv4Addr::from(POD_B).into(),
+            )],
+            destination_port_ranges: vec![PortRange::single(53)],
+        }],
+    };
+    let tables = compile_nsgs(&[deny_dns], &tags).unwrap();
+    TableStore::write(
+        &mut dp,
+        &[(1, &nsg::entries(tables.classifier(2).unwrap()))],
+    )
+    .unwrap();
+    let mut ep = dp.endpoints().unwrap()[&POD_A.into()];
+    ep.nsg_out_subnet = 1;
+    dp.put_endpoint(POD_A.into(), ep).unwrap();
+    let denied = frame();
+    let mut out = vec![0u8; denied.len() + 256];
+    let mut ring = dp.flow_event_ring().unwrap();
+    fn drain(ring: &mut vnetd::dataplane::maps::FlowEventRing) -> u64 {
+        std::iter::from_fn(|| ring.next_event()).count() as u64
+    }
+    drain(&mut ring);
+
+    // The two states alternate in ROUNDS rounds, so that neither has the machine's quieter
+    // moments or the caches' warm-up to itself.
+    let per_round = calls.div_ceil(ROUNDS).max(DRAIN_EVERY);
+    let done = u64::from(per_round) * u64::from(ROUNDS) * u64::from(BATCH);
+    let room = u64::from(vnetd_common::maps::FLOW_EVENTS_BYTES) / u64::from(BATCH);
+    let (mut drained_ns, mut full_ns, mut records, mut lost) = (0u64, 0u64, 0u64, 0u64);
+    for _ in 0..ROUNDS {
+        let lost_before = dp.flow_records_lost().unwrap();
+        for call in 0..per_round {
+            drained_ns += batch(&mut dp, &denied, &mut out, TC_ACT_SHOT);
+            if call % DRAIN_EVERY == DRAIN_EVERY - 1 {
+                records += drain(&mut ring);
+            }
+        }
+        records += drain(&mut ring);
+        assert_eq!(dp.flow_records_lost().unwrap(), lost_before, "none lost");
+
+        // Fill the ring (untimed): runs until one record is lost.
+        for _ in 0..room {
+            if dp.flow_records_lost().unwrap() > lost_before {
+                break;
+            }
+            batch(&mut dp, &denied, &mut out, TC_ACT_SHOT);
+        }
+        let lost_before = dp.flow_records_lost().unwrap();
+        for _ in 0..per_round {
+            full_ns += batch(&mut dp, &denied, &mut out, TC_ACT_SHOT);
+        }
+        lost += dp.flow_records_lost().unwrap() - lost_before;
+        drain(&mut ring);
+    }
+    assert_eq!(records, done, "a record every run, all taken by the reader");
+    assert_eq!(
+        lost, done,
+        "with the ring full every run's record was lost, none waited for"
+    );
+    println!(
+        "vnetd-bench program=pod_ingress_nsg_denied_ring_drained runs={done} ns_per_run={:.1}",
+        drained_ns as f64 / done as f64
+    );
+    println!(
+        "vnetd-bench program=pod_ingress_nsg_denied_ring_full runs={done} ns_per_run={:.1} lost={lost}",
+        full_ns as f64 / done as f64
+    );
+}
+
 /// `calls` batches of `frame` through `pod_ingress`, each run ending in `verdict`: the mean
 /// kernel-timed nanoseconds per run.
 fn batches(

@@ -461,6 +461,52 @@ impl Agent {
     }
 }
 
+/// The agent stopped (SIGSTOP) until this is dropped (SIGCONT), also when the test fails: its
+/// dataplane runs on without it, nobody reads the flow-log ring or answers the API.
+pub struct Paused<'a> {
+    agent: &'a Agent,
+}
+
+impl Agent {
+    /// Stops the agent's process group and waits until the kernel shows the agent stopped.
+    pub fn pause(&self) -> Result<Paused<'_>> {
+        let Some(bg) = &self.process else {
+            bail!("the agent of {} is not running", self.node.role);
+        };
+        bg.signal(nix::sys::signal::Signal::SIGSTOP)?;
+        // Made before the wait: a failed wait still continues the agent.
+        let paused = Paused { agent: self };
+        let stopped = wait_for(Duration::from_secs(5), || {
+            process_state(bg.pid()) == Some('T')
+        });
+        if !stopped {
+            bail!(
+                "the agent of {} is not stopped: state {:?}",
+                self.node.role,
+                process_state(bg.pid())
+            );
+        }
+        Ok(paused)
+    }
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        if let Some(bg) = &self.agent.process
+            && let Err(err) = bg.signal(nix::sys::signal::Signal::SIGCONT)
+        {
+            eprintln!("continuing the agent of {}: {err:#}", self.agent.node.role);
+        }
+    }
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T` for stopped, ...), from /proc.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may hold any character.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 impl Agent {
     /// The agent's Prometheus text (`/metrics` on [`crate::NODE_METRICS_ADDR`] in the node).
     pub fn metrics(&self) -> Result<String> {

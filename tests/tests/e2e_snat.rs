@@ -497,3 +497,120 @@ fn snat_streams_survive_agent_sigkill_and_restart() -> Result<()> {
     );
     Ok(())
 }
+
+/// The value of the series `series` (its name and labels as rendered) in Prometheus text.
+fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// SNAT port occupancy in `status --json` and `/metrics` (issue 10). With `portRange` of 16
+/// ports, 16 connections to one server port and 5 to another hold 21 ports; the busiest
+/// destination holds all 16 of its own, which is the range's span (each destination's
+/// capacity). A 17th connection to it is refused and counted as an allocation failure, while
+/// the other destination still takes new flows.
+#[test]
+fn snat_port_occupancy_is_reported_per_destination_against_the_range() -> Result<()> {
+    const BUSY: u16 = 7701;
+    const QUIET: u16 = 7702;
+    let _serial = serial();
+    let spec = with_outbound_nat(&lab_spec(), &["portRange: \"40000-40015\""]);
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    // The collector counts the ports: every 200 ms here, not every 5 s.
+    let agent = Agent::start_with_env(
+        &node,
+        &spec,
+        vec![("VNETD_GC_INTERVAL_MS".into(), "200".into())],
+    )?;
+    let pod = add_pod(&lab, &node, "pod-0", Some("apps"), "")?;
+    let busy = EchoServer::tcp(lab.internet(), BUSY)?;
+    let quiet = EchoServer::tcp(lab.internet(), QUIET)?;
+    let timeout = Duration::from_secs(3);
+    let mut held = Vec::new();
+    for (port, n) in [(BUSY, 16), (QUIET, 5)] {
+        for i in 0..n {
+            held.push(
+                pod.tcp_connect(internet(port), timeout)
+                    .with_context(|| format!("connection {} of {n} to port {port}", i + 1))?,
+            );
+        }
+    }
+    ensure!(busy.wait_seen(16, timeout) && quiet.wait_seen(5, timeout));
+
+    let node_ip = node.ip.to_string();
+    let snat_in_status = |min_in_use: u64, min_failures: u64| -> Result<serde_json::Value> {
+        let mut snat = serde_json::Value::Null;
+        let counted = vnetd_lab::wait_for(Duration::from_secs(10), || {
+            snat = agent
+                .status()
+                .map(|s| s["snat"].clone())
+                .unwrap_or_default();
+            snat["ports_in_use"].as_u64() >= Some(min_in_use)
+                && snat["allocation_failures"].as_u64() >= Some(min_failures)
+        });
+        ensure!(
+            counted,
+            "status never showed {min_in_use} ports in use and {min_failures} failures: {snat}"
+        );
+        Ok(snat)
+    };
+    let in_use_series = format!("vnetd_snat_ports_in_use{{nat_ip=\"{node_ip}\"}}");
+    let metrics_show = |in_use: u64, busiest: u64, failures: u64| -> Result<()> {
+        let mut text = String::new();
+        // The metrics are a snapshot refreshed every second.
+        let shown = vnetd_lab::wait_for(Duration::from_secs(10), || {
+            text = agent.metrics().unwrap_or_default();
+            metric(&text, &in_use_series) >= Some(in_use)
+                && metric(&text, "vnetd_snat_busiest_destination_ports_in_use") == Some(busiest)
+                && metric(&text, "vnetd_snat_ports_per_destination") == Some(16)
+                && metric(&text, "vnetd_snat_allocation_failures_total") >= Some(failures)
+        });
+        let snat: Vec<&str> = text.lines().filter(|l| l.contains("snat")).collect();
+        ensure!(
+            shown,
+            "/metrics never showed {in_use} ports in use, the busiest destination at {busiest} \
+             and {failures} failures:\n{}",
+            snat.join("\n")
+        );
+        Ok(())
+    };
+
+    let snat = snat_in_status(21, 0)?;
+    assert_eq!(snat["port_range"], serde_json::json!([40000, 40015]));
+    assert_eq!(snat["ports_per_destination"], 16, "{snat}");
+    let by_node = snat["ports_in_use_by_nat_ip"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r[0] == node_ip.as_str()))
+        .and_then(|r| r[1].as_u64());
+    assert!(by_node >= Some(21), "{snat}");
+    let busiest = &snat["busiest_destination"];
+    assert_eq!(busiest["nat_ip"], node_ip.as_str(), "{snat}");
+    assert_eq!(busiest["remote_ip"], INTERNET_HOST_IP.to_string(), "{snat}");
+    assert_eq!(busiest["remote_port"], BUSY, "{snat}");
+    assert_eq!(busiest["protocol"], "tcp", "{snat}");
+    assert_eq!(busiest["ports_in_use"], 16, "{snat}");
+    assert_eq!(snat["allocation_failures"], 0, "{snat}");
+    metrics_show(21, 16, 0)?;
+
+    // The busy destination has no port left; the quiet one has its own.
+    let refused = pod.tcp_connect(internet(BUSY), Duration::from_secs(2));
+    assert!(refused.is_err(), "no port left towards port {BUSY}");
+    assert_eq!(busy.seen().len(), 16, "nothing new reached the busy server");
+    held.push(
+        pod.tcp_connect(internet(QUIET), timeout)
+            .context("a sixth connection to the other destination")?,
+    );
+    let snat = snat_in_status(22, 1)?;
+    assert_eq!(snat["busiest_destination"]["ports_in_use"], 16, "{snat}");
+    assert_eq!(
+        snat["allocation_failures"].as_u64(),
+        Some(agent.drops("snat_ports_exhausted")?),
+        "the failures are the drops: {snat}"
+    );
+    metrics_show(22, 16, 1)?;
+    drop(held);
+    Ok(())
+}

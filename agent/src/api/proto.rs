@@ -257,6 +257,42 @@ pub struct StatusReport {
     /// Flow-log records the programs could not write (the ring was full).
     #[serde(default)]
     pub flow_records_lost: u64,
+    /// SNAT ports held against the range (absent from an agent before it). Boxed as
+    /// [`StatusReport::conntrack`] is.
+    #[serde(default)]
+    pub snat: Box<SnatReport>,
+}
+
+/// The SNAT ports masqueraded flows hold. A port is unique per reply tuple, i.e. per (NAT
+/// address, remote address, remote port, protocol), as Azure's SNAT ports are per destination:
+/// the range is each destination's capacity, and what runs out first is the busiest
+/// destination's ports. Counted by the conntrack collector (as of its last pass).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnatReport {
+    /// `outboundNat.portRange`: [first, last].
+    pub port_range: (u16, u16),
+    /// The range's span: how many flows one destination can take.
+    pub ports_per_destination: u64,
+    /// Ports held in all, by pods' flows and the node's own connections from the range.
+    pub ports_in_use: u64,
+    /// (NAT address, ports held); the node's primary address always listed.
+    pub ports_in_use_by_nat_ip: Vec<(Ipv4Addr, u64)>,
+    /// The destination with the most ports held; `None` when no port is.
+    pub busiest_destination: Option<SnatDestination>,
+    /// New flows refused for want of a free port (`drops` `snat_ports_exhausted`).
+    pub allocation_failures: u64,
+}
+
+/// A destination's share of the SNAT ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnatDestination {
+    pub nat_ip: Ipv4Addr,
+    pub remote_ip: Ipv4Addr,
+    /// The remote port (an ICMP echo's identifier).
+    pub remote_port: u16,
+    /// `tcp`, `udp`, `icmp` or the protocol's number.
+    pub protocol: String,
+    pub ports_in_use: u64,
 }
 
 /// One NSG rule's hits: `vnetd_nsg_rule_hits_total{nsg,rule,direction,access}`.

@@ -689,6 +689,17 @@ pub(super) fn nsg_established_key(rules: Option<u32>) -> String {
     }
 }
 
+/// Where [`progrun_bench`]'s report keeps an NSG-denied first packet's cost (a flow-log record
+/// every run) with the ring drained by a reader (`full` false) or full (no reader: the record
+/// is counted lost).
+pub(super) fn flow_log_ring_key(full: bool) -> &'static str {
+    if full {
+        "pod_ingress_nsg_denied_ring_full"
+    } else {
+        "pod_ingress_nsg_denied_ring_drained"
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::parse_progrun;
@@ -741,6 +752,23 @@ vnetd-bench program=pod_ingress_nsg nsg_rules=100 classified=true runs=1000000 n
         }
         assert_eq!(v["nsg_first_packet_ratio_1000_over_1"], 1.3);
         assert!(v.get("nsg_established_ns_per_run").is_none());
+    }
+
+    /// The flow-log ring's two lines are figures of their own.
+    #[test]
+    fn progrun_reads_the_flow_log_ring_costs() {
+        let stdout = format!(
+            "{STDOUT}vnetd-bench program=pod_ingress_nsg_denied_ring_drained runs=1000 ns_per_run=120.5\n\
+             vnetd-bench program=pod_ingress_nsg_denied_ring_full runs=1000 ns_per_run=101.5 lost=1000\n"
+        );
+        let v = parse_progrun(&stdout).unwrap();
+        assert_eq!(
+            v[super::flow_log_ring_key(false)]["ns_per_run"],
+            120.5,
+            "{v:#}"
+        );
+        assert_eq!(v[super::flow_log_ring_key(true)]["ns_per_run"], 101.5);
+        assert_eq!(v[super::flow_log_ring_key(true)]["lost"], 1000.0);
     }
 
     /// The established-flow line, when the benchmark prints it, is read too.

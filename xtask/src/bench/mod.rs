@@ -57,8 +57,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use cni::{CNI_DIR, ref_plugins_conf};
 use measure::{
-    NSG_RULE_COUNTS, forward_to_cni_packets, masquerade_packets, measure, nsg_established_key,
-    nsg_first_packet_key, progrun_bench,
+    NSG_RULE_COUNTS, flow_log_ring_key, forward_to_cni_packets, masquerade_packets, measure,
+    nsg_established_key, nsg_first_packet_key, progrun_bench,
 };
 use report::{
     environment, first_line, fmt_num, markdown, notes, package_version, print_table, summary_json,
@@ -1478,6 +1478,15 @@ fn print_progrun(rep: u32, v: &Value) {
                 .map_or("-".into(), |r| format!("{r:.2}")),
         );
     }
+    let ring = |full| v[flow_log_ring_key(full)]["ns_per_run"].as_f64();
+    if let (Some(drained), Some(full)) = (ring(false), ring(true)) {
+        println!(
+            "   rep {rep}: NSG-denied first packet (a flow-log record every run): ring drained {} \
+             ns per run, ring full (no reader, counted lost) {} ns",
+            fmt_num(drained),
+            fmt_num(full),
+        );
+    }
 }
 
 /// A vnetd-only figure of the BPF_PROG_RUN benchmark, over the repetitions: a row of the
@@ -1542,6 +1551,28 @@ impl ProgrunFigure {
                     samples: found,
                 });
             }
+        }
+        // Issue 10: a reader that is away never slows the dataplane.
+        for (full, key, state) in [
+            (
+                false,
+                "flow_log_ring_drained_ns",
+                "ring drained by a reader",
+            ),
+            (
+                true,
+                "flow_log_ring_full_ns",
+                "ring full (no reader: the record is counted lost)",
+            ),
+        ] {
+            figures.push(ProgrunFigure {
+                key: key.into(),
+                label: format!(
+                    "BPF_PROG_RUN `pod_ingress`, NSG-denied first packet (a flow-log record per \
+                     run), {state}, ns per run"
+                ),
+                samples: samples(&|v| v[flow_log_ring_key(full)]["ns_per_run"].as_f64()),
+            });
         }
         figures.retain(|f| !f.samples.is_empty());
         figures
@@ -1703,5 +1734,30 @@ mod tests {
         assert_eq!(figures[4].samples, [130.0, 130.0]);
         assert_eq!(figures[6].samples, [95.5]);
         assert!(ProgrunFigure::all(&[]).is_empty());
+    }
+
+    /// The flow-log ring's rows follow the NSG rows when the benchmark prints them.
+    #[test]
+    fn progrun_figures_of_the_flow_log_ring() {
+        let v = measure::parse_progrun(&format!(
+            "{}vnetd-bench program=pod_ingress_nsg_denied_ring_drained runs=1000 ns_per_run=120.5\n\
+             vnetd-bench program=pod_ingress_nsg_denied_ring_full runs=1000 ns_per_run=101.5 \
+             lost=1000\n",
+            measure::tests::STDOUT
+        ))
+        .unwrap();
+        let figures = ProgrunFigure::all(&[v]);
+        let ring: Vec<(&str, &[f64])> = figures
+            .iter()
+            .filter(|f| f.key.starts_with("flow_log_ring"))
+            .map(|f| (f.key.as_str(), &f.samples[..]))
+            .collect();
+        assert_eq!(
+            ring,
+            [
+                ("flow_log_ring_drained_ns", &[120.5][..]),
+                ("flow_log_ring_full_ns", &[101.5][..])
+            ]
+        );
     }
 }
