@@ -34,8 +34,10 @@ use crate::{daemon::Agent, plan::NodePlan, spec};
 const SETTLE: Duration = Duration::from_millis(200);
 
 /// The shortest time from one apply's start to the next: a burst of complete writes is applied
-/// at once, then coalesced into at most one apply per interval.
-const MIN_INTERVAL: Duration = Duration::from_millis(20);
+/// at once, then coalesced into at most one apply per interval. Shorter than the apply of a
+/// one-rule change to a large spec, so that a change right after another waits for nothing
+/// but that apply.
+const MIN_INTERVAL: Duration = Duration::from_millis(5);
 
 /// What a directory event says about the spec.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -192,7 +194,7 @@ async fn apply(spec_path: &Path, node: &str, agent: &Mutex<Agent>) {
     let loaded = spec::load_file(spec_path);
     let parsed = started.elapsed();
     let plan = match loaded {
-        Ok(spec) => NodePlan::from_spec(&spec, node),
+        Ok(spec) => NodePlan::from_valid_spec(&spec, node),
         Err(problems) => {
             for p in &problems {
                 warn!("{p}");
