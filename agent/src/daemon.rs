@@ -110,6 +110,9 @@ impl Agent {
             })
             .collect();
         nsg_tables.drop_serving_standbys(&serving);
+        // A classifier is written into while no endpoint points at it; a record that lags
+        // behind must not make the agent rewrite one in use.
+        nsg_tables.check_fingerprints(&dataplane.nsg_fingerprints()?);
         let mut tables = Tables {
             routes: &mut route_tables,
             nsgs: &mut nsg_tables,

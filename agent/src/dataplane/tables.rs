@@ -187,6 +187,9 @@ fn next_id(id: u32) -> Result<u32> {
     }
 }
 
+/// The fingerprint of a table whose content is not known: it matches no table's.
+const UNKNOWN_FINGERPRINT: u64 = 0;
+
 /// One kind of table and its ids, recorded under `<state-dir>/tables.json`.
 #[derive(Debug)]
 pub struct VersionedTables {
@@ -228,6 +231,20 @@ impl VersionedTables {
             if let Some(standby) = slot.standby.filter(|id| serving.contains(id)) {
                 warn!(kind = %self.kind, table = %name, standby, "a standby id is in use; the table takes a fresh id at its next change");
                 slot.standby = None;
+            }
+        }
+    }
+
+    /// Forgets the recorded fingerprint of every table whose id does not hold what the record
+    /// says (`held`: the fingerprint of what the store holds under each id): such a table
+    /// counts as changed at the next switch and is written under another id, never rewritten
+    /// in place. The record may lag behind the store: an agent that stopped before its last
+    /// records reached the disk, standbys written into since.
+    pub fn check_fingerprints(&mut self, held: &BTreeMap<u32, u64>) {
+        for (name, slot) in &mut self.ids.tables {
+            if held.get(&slot.id) != Some(&slot.fingerprint) {
+                warn!(kind = %self.kind, table = %name, id = slot.id, "the table's id does not hold what was recorded; it is written anew at the next switch");
+                slot.fingerprint = UNKNOWN_FINGERPRINT;
             }
         }
     }
@@ -447,11 +464,12 @@ fn write_record(path: &Path, kinds: &[(&str, &TableIds)]) -> Result<()> {
     let write = || -> std::io::Result<()> {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(text.as_bytes())?;
+        // The content is on disk before it replaces the record: the record is never torn. The
+        // rename itself may be lost in a crash (the directory is not synced: a reload would
+        // wait for a second flush): a record that lags behind is safe, a restarted agent
+        // checks it against what the maps hold (`check_fingerprints`, `drop_serving_standbys`).
         file.sync_all()?;
         fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
         Ok(())
     };
     write().with_context(|| format!("recording table ids in {}", path.display()))

@@ -198,6 +198,23 @@ impl Present {
         self.hits.retain(|k| !ids.contains(&k.classifier));
     }
 
+    /// What classifier `id` holds.
+    fn classifier(&self, id: u32) -> ClassifierEntries {
+        ClassifierEntries {
+            src_addr: self.src_addr.get(&id).cloned().unwrap_or_default(),
+            dst_addr: self.dst_addr.get(&id).cloned().unwrap_or_default(),
+            src_port: self.src_port.get(&id).cloned().unwrap_or_default(),
+            dst_port: self.dst_port.get(&id).cloned().unwrap_or_default(),
+            proto: self.proto.get(&id).cloned().unwrap_or_default(),
+            portless: self.portless.get(&id).copied().unwrap_or_default(),
+            rules: self
+                .rules
+                .get(&id)
+                .map(|rules| rules.values().copied().collect())
+                .unwrap_or_default(),
+        }
+    }
+
     fn ids(&self) -> BTreeSet<u32> {
         let mut ids = BTreeSet::new();
         for lpm in [
@@ -398,15 +415,27 @@ impl Dataplane {
         Ok(hits)
     }
 
+    /// The fingerprint ([`fingerprint`]) of what the NSG maps hold under each classifier id.
+    pub fn nsg_fingerprints(&mut self) -> Result<BTreeMap<u32, u64>> {
+        let present = self.take_nsgs()?;
+        let fingerprints = present
+            .ids()
+            .into_iter()
+            .map(|id| (id, fingerprint(&present.classifier(id))))
+            .collect();
+        self.mirror.nsgs = Some(present);
+        Ok(fingerprints)
+    }
+
     /// The classifier ids that have entries in any NSG map, read from the kernel.
     pub fn nsg_classifier_ids(&self) -> Result<BTreeSet<u32>> {
         Ok(self.nsg_present()?.ids())
     }
 
     /// Creates a zero counter (on every CPU) in NSG_HITS for each rule of the classifiers
-    /// `live` that has none (a classifier's counters are created with it, before any endpoint
-    /// points at it: this only repairs). `BPF_NOEXIST`: a counter the program created on a
-    /// rule's first hit keeps its count.
+    /// `live` that has none: after a switch, off its path (a classifier's first generation;
+    /// standbys keep theirs). `BPF_NOEXIST`: a counter the program created on a rule's first
+    /// hit keeps its count.
     pub fn create_nsg_counters(&mut self, live: &BTreeSet<u32>) -> Result<()> {
         let mut present = self.take_nsgs()?;
         let missing: Vec<NsgRuleKey> = present
@@ -475,10 +504,11 @@ impl Dataplane {
     }
 
     /// Makes classifier `id` hold exactly `table`, writing only what differs from what it
-    /// holds (`present`): new and changed entries first, then the stale ones. A classifier
-    /// whose content changes gets a zero counter for every rule that has none: nothing points
-    /// at it yet (a classifier in use is only rewritten to restore what it should hold).
-    /// Returns whether anything was written.
+    /// holds (`present`): new and changed entries first, then the stale ones, the counters of
+    /// rules that are gone included. Its counters are not created here: a per-CPU counter
+    /// costs tens of microseconds to create, so a fresh classifier's are created after the
+    /// switch ([`Dataplane::create_nsg_counters`]); a standby keeps its own, reset when it
+    /// retired. Returns whether anything was written.
     fn write_classifier(
         &mut self,
         id: u32,
@@ -633,13 +663,6 @@ impl Dataplane {
         let map = self.map(maps::NSG_HITS)?;
         batch::delete(map, &stale_hits)
             .map_err(|s| anyhow::Error::from(s.error).context("removing an entry of NSG_HITS"))?;
-        if changed {
-            let missing: Vec<NsgRuleKey> = (0..count)
-                .map(rule_key)
-                .filter(|key| !present.hits.contains(key))
-                .collect();
-            self.zero_nsg_counters(&missing, present)?;
-        }
         Ok(changed)
     }
 
