@@ -158,7 +158,7 @@ fn a_changed_table_alternates_between_its_two_slots() {
             );
         }
         assert_eq!(g.ids["db"], db);
-        assert!(g.record.standbys().get("db").is_none());
+        assert!(!g.record.standbys().contains_key("db"));
         assert_eq!(
             g.record.held(),
             [a, b, db].into(),
