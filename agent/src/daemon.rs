@@ -27,7 +27,7 @@ use crate::{
             nsg::{self, EndpointNsgs},
             routes::{self, RouteEntries},
         },
-        tables::{self, VersionedTables},
+        tables::{self, Slots, VersionedTables},
     },
     endpoints::{self, Endpoint, EndpointStore},
     flowlog::{FlowLog, FlowsReport},
@@ -83,19 +83,36 @@ impl Agent {
         let ipam = Ipam::open(state_dir)?;
         let store = EndpointStore::open(state_dir)?;
         let mut route_tables = VersionedTables::open(state_dir, ROUTE_TABLES)?;
-        let mut nsg_tables = VersionedTables::open(state_dir, NSG_TABLES)?;
+        let mut nsg_tables = VersionedTables::open_with(state_dir, NSG_TABLES, Slots::Standby)?;
         let recorded: Vec<Endpoint> = store.load_all()?.into_values().collect();
         // Endpoints a previous agent wrote follow their tables, by name, to their ids now; the
         // restore below rewrites them from their records anyway.
         let by_id = |t: &VersionedTables| -> BTreeMap<u32, String> {
-            t.ids()
-                .ids()
+            let ids = t.ids();
+            ids.standbys()
                 .into_iter()
+                .chain(ids.ids())
                 .map(|(name, id)| (id, name))
                 .collect()
         };
         let (route_names, nsg_names) = (by_id(&route_tables), by_id(&nsg_tables));
         let before = dataplane.endpoints()?;
+        // A standby is written into at the next change: never one an endpoint points at.
+        let serving: BTreeSet<u32> = before
+            .values()
+            .flat_map(|ep| {
+                [
+                    ep.nsg_in_subnet,
+                    ep.nsg_in_group,
+                    ep.nsg_out_subnet,
+                    ep.nsg_out_group,
+                ]
+            })
+            .collect();
+        nsg_tables.drop_serving_standbys(&serving);
+        // A classifier is written into while no endpoint points at it; a record that lags
+        // behind must not make the agent rewrite one in use.
+        nsg_tables.check_fingerprints(&dataplane.nsg_fingerprints()?);
         let mut tables = Tables {
             routes: &mut route_tables,
             nsgs: &mut nsg_tables,
@@ -904,12 +921,15 @@ struct Tables<'a> {
 
 impl Tables<'_> {
     /// Writes the route tables and NSG classifiers `plan` needs (for its subnets and those of
-    /// `endpoints`), new and changed ones under fresh ids; `repoint` points ENDPOINTS at them;
-    /// the ids are recorded; only then are the old ones deleted, so a packet sees the old
-    /// tables or the new ones, never a mix. If anything up to the record fails, ENDPOINTS is
-    /// put back as it was, what was written is deleted and the error returned: the running
-    /// configuration stays. Returns the NSG hit counters as they were just before the old
-    /// classifiers were deleted (what they counted is carried by name).
+    /// `endpoints`), new and changed ones under ids no endpoint points at (fresh ids for route
+    /// tables; a classifier's standby id, which only needs the difference written);
+    /// `repoint` points ENDPOINTS at them; the ids are recorded; only then are the old ones
+    /// let go (deleted, or kept as the classifiers' standbys with their counters reset), so a
+    /// packet sees the old tables or the new ones, never a mix. If anything up to the record
+    /// fails, ENDPOINTS is put back as it was, the fresh ids are deleted and the error
+    /// returned: the running configuration stays. Returns the NSG hit counters of the
+    /// classifiers that stopped serving, as they were just before they were let go (what they
+    /// counted is carried by name).
     fn switch(
         &mut self,
         dp: &mut Dataplane,
@@ -948,10 +968,12 @@ impl Tables<'_> {
         };
         let applied = repoint(dp, &ids).and_then(|()| {
             lap("endpoints switched");
-            tables::record(&[
+            let recorded = tables::record(&[
                 (&*self.routes, routes.recording()),
                 (&*self.nsgs, nsgs.recording()),
-            ])
+            ]);
+            lap("recorded");
+            recorded
         });
         if let Err(err) = applied {
             if let Err(undo) = dp.sync_endpoints(&before) {
@@ -961,21 +983,21 @@ impl Tables<'_> {
             self.routes.unstage(dp, routes);
             return Err(err);
         }
-        if let Err(err) = dp.create_nsg_counters() {
+        let retiring = self.nsgs.retiring(&nsgs);
+        let hits = dp.nsg_hits_of(&retiring).unwrap_or_else(|err| {
+            warn!("reading NSG_HITS before retiring old classifiers: {err:#}");
+            BTreeMap::new()
+        });
+        lap("hits read");
+        self.routes.finish(dp, routes);
+        self.nsgs.finish(dp, nsgs);
+        let live: BTreeSet<u32> = self.nsgs.ids().ids().into_values().collect();
+        if let Err(err) = dp.create_nsg_counters(&live) {
             warn!(
                 "creating the new rules' hit counters (the programs create them on a hit): {err:#}"
             );
         }
-        lap("counters created");
-        let live: BTreeSet<u32> = nsgs.ids().values().copied().collect();
-        let hits = dp.nsg_hits_except(&live).unwrap_or_else(|err| {
-            warn!("reading NSG_HITS before deleting old classifiers: {err:#}");
-            BTreeMap::new()
-        });
-        lap("recorded, hits read");
-        self.routes.finish(dp, routes);
-        self.nsgs.finish(dp, nsgs);
-        lap("old tables deleted");
+        lap("old tables retired or deleted");
         Ok(hits)
     }
 }

@@ -1,8 +1,9 @@
 //! NSG rule hits by rule name. The kernel counts per (classifier id, rule index) in NSG_HITS;
-//! users know rules by NSG and name. A reload that changes an NSG writes its classifier under a
-//! new id and deletes the old one with its counters, so the agent carries what the deleted
-//! generations counted, by name, in memory: a rule's count does not go back at a reload. (A
-//! restarted agent starts from what the pinned NSG_HITS holds: the classifiers it keeps.)
+//! users know rules by NSG and name. A reload that changes an NSG moves its endpoints to the
+//! classifier's other id and resets the counters of the one that served (or deletes it, with
+//! the NSG), so the agent carries what the retired generations counted, by name, in memory: a
+//! rule's count does not go back at a reload. (A restarted agent starts from what the pinned
+//! NSG_HITS holds: the classifiers it keeps.)
 use std::collections::BTreeMap;
 
 use vnetd_common::NsgRuleKey;

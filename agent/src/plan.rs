@@ -257,6 +257,12 @@ impl NodePlan {
     pub fn from_spec(spec: &crate::spec::Spec, node: &str) -> Result<Self> {
         Self::from_compiled(crate::compile::compile(spec, node)?)
     }
+
+    /// [`Self::from_spec`] for a spec already validated (`spec::load_file` and
+    /// `spec::check_str` return only valid ones): the validation is not done twice.
+    pub fn from_valid_spec(spec: &crate::spec::Spec, node: &str) -> Result<Self> {
+        Self::from_compiled(crate::compile::compile_valid(spec, node)?)
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The agent writes the NSG classifiers and container groups' exposed ports into a real, pinned
 //! dataplane and points every endpoint at them: at start, at CNI ADD, across a reload that
-//! changes a rule (new ids, the old classifier deleted), a reload whose NSG write fails (refused,
-//! nothing changed) and a restart (ids kept). Needs root (CAP_BPF, CAP_NET_ADMIN) and a bpffs
-//! on /sys/fs/bpf.
+//! changes a rule (the classifier's other id, the old one kept as its standby), one-rule
+//! changes back and forth (the two ids alternate, the standby never serves, counts carried), a
+//! reload whose NSG write fails (refused, nothing changed) and a restart (ids and standby
+//! kept). Needs root (CAP_BPF, CAP_NET_ADMIN) and a bpffs on /sys/fs/bpf.
 //!
 //! The agent runs on a thread that unshares a network namespace of its own as its "node" (its
 //! uplink is a veth there; the namespace goes with the thread). The pods' namespaces are
@@ -15,17 +16,17 @@ use std::{
     process::Command,
 };
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuHashMap};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuHashMap, PerCpuValues};
 use vnetd::{
     api::proto::{AddRequest, Attachment, Request, Response},
     daemon::Agent,
-    dataplane::{self, PinLayout},
+    dataplane::{self, PinLayout, maps::nsg},
     plan::NodePlan,
-    spec::parse_str,
+    spec::{Direction, parse_str},
 };
 use vnetd_common::{
-    ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, GroupPortKey, NsgAddrKey, NsgRule, NsgRuleKey,
-    RuleBitmap, maps, programs,
+    ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, GroupPortKey, NsgAddrKey, NsgPortKey, NsgProtoKey,
+    NsgRule, NsgRuleKey, RuleBitmap, maps, programs,
 };
 
 const SPEC: &str = r#"
@@ -94,6 +95,18 @@ fn plan(web_port: u16, group_ports: &str) -> NodePlan {
     let text = SPEC
         .replace("WEB_PORT", &web_port.to_string())
         .replace("GROUP_PORTS", group_ports);
+    let spec = parse_str(&text).expect("the test spec parses");
+    NodePlan::from_spec(&spec, "node-1").expect("the test spec is valid")
+}
+
+/// The spec of [`plan`] (web port 8080, TCP only) without its inbound rule allow-web.
+fn plan_without_web() -> NodePlan {
+    let text = SPEC
+        .replace("WEB_PORT", "8080")
+        .replace("GROUP_PORTS", TCP_ONLY);
+    let rule = text.find("      - name: allow-web").unwrap();
+    let next = text.find("      - name: deny-smtp-out").unwrap();
+    let text = format!("{}{}", &text[..rule], &text[next..]);
     let spec = parse_str(&text).expect("the test spec parses");
     NodePlan::from_spec(&spec, "node-1").expect("the test spec is valid")
 }
@@ -193,6 +206,113 @@ fn classifier_ids(bpffs: &Path) -> [BTreeSet<u32>; 4] {
             .collect(),
         hits.keys().map(|k| k.unwrap().classifier).collect(),
     ]
+}
+
+/// A rule's counter as the programs leave it: `n` more hits on CPU 0.
+fn count_hits(bpffs: &Path, classifier: u32, rule: u32, n: u64) {
+    let mut hits: PerCpuHashMap<_, NsgRuleKey, u64> =
+        PerCpuHashMap::try_from(pinned_map(bpffs, maps::NSG_HITS)).unwrap();
+    let key = NsgRuleKey { classifier, rule };
+    let mut values: Vec<u64> = hits.get(&key, 0).unwrap().iter().copied().collect();
+    values[0] += n;
+    hits.insert(key, PerCpuValues::try_from(values).unwrap(), 0)
+        .unwrap();
+}
+
+/// Every counter of `classifier`, summed over CPUs, by rule index.
+fn counters(bpffs: &Path, classifier: u32) -> BTreeMap<u32, u64> {
+    let hits: PerCpuHashMap<_, NsgRuleKey, u64> =
+        PerCpuHashMap::try_from(pinned_map(bpffs, maps::NSG_HITS)).unwrap();
+    hits.iter()
+        .map(Result::unwrap)
+        .filter(|(k, _)| k.classifier == classifier)
+        .map(|(k, v)| (k.rule, v.iter().sum()))
+        .collect()
+}
+
+/// What the pinned NSG maps hold under `id`, read from the kernel.
+fn classifier_in_kernel(bpffs: &Path, id: u32) -> nsg::ClassifierEntries {
+    let mut out = nsg::ClassifierEntries::default();
+    for (name, lpm) in [
+        (maps::NSG_SRC_ADDR, &mut out.src_addr),
+        (maps::NSG_DST_ADDR, &mut out.dst_addr),
+    ] {
+        let map: LpmTrie<_, NsgAddrKey, RuleBitmap> =
+            LpmTrie::try_from(pinned_map(bpffs, name)).unwrap();
+        for entry in map.iter() {
+            let (key, rules) = entry.unwrap();
+            let data = key.data();
+            if u32::from_be_bytes(data.classifier) == id {
+                let len = (key.prefix_len() - NsgAddrKey::CLASSIFIER_BITS) as u8;
+                lpm.insert((len, u32::from_be_bytes(data.addr)), rules);
+            }
+        }
+    }
+    for (name, lpm) in [
+        (maps::NSG_SRC_PORT, &mut out.src_port),
+        (maps::NSG_DST_PORT, &mut out.dst_port),
+    ] {
+        let map: LpmTrie<_, NsgPortKey, RuleBitmap> =
+            LpmTrie::try_from(pinned_map(bpffs, name)).unwrap();
+        for entry in map.iter() {
+            let (key, rules) = entry.unwrap();
+            let data = key.data();
+            if u32::from_be_bytes(data.classifier) == id {
+                let len = (key.prefix_len() - NsgAddrKey::CLASSIFIER_BITS) as u8;
+                lpm.insert((len, u32::from(u16::from_be_bytes(data.port))), rules);
+            }
+        }
+    }
+    let proto: HashMap<_, NsgProtoKey, RuleBitmap> =
+        HashMap::try_from(pinned_map(bpffs, maps::NSG_PROTO)).unwrap();
+    for entry in proto.iter() {
+        let (key, rules) = entry.unwrap();
+        if key.classifier == id {
+            out.proto.insert(key.proto, rules);
+        }
+    }
+    let portless: HashMap<_, u32, RuleBitmap> =
+        HashMap::try_from(pinned_map(bpffs, maps::NSG_PORTLESS)).unwrap();
+    out.portless = portless.get(&id, 0).unwrap();
+    let rules: HashMap<_, NsgRuleKey, NsgRule> =
+        HashMap::try_from(pinned_map(bpffs, maps::NSG_RULES)).unwrap();
+    let by_index: BTreeMap<u32, NsgRule> = rules
+        .iter()
+        .map(Result::unwrap)
+        .filter(|(k, _)| k.classifier == id)
+        .map(|(k, rule)| (k.rule, rule))
+        .collect();
+    assert!(
+        by_index.keys().copied().eq(0..by_index.len() as u32),
+        "classifier {id}'s rules are 0..n: {:?}",
+        by_index.keys()
+    );
+    out.rules = by_index.into_values().collect();
+    out
+}
+
+/// The entries of apps-nsg's inbound classifier under `plan`, as the kernel must hold them.
+fn apps_inbound(plan: &NodePlan) -> nsg::ClassifierEntries {
+    let classifier = plan
+        .compiled()
+        .nsgs
+        .classifiers
+        .iter()
+        .find(|c| c.nsg_name == "apps-nsg" && c.direction == Direction::Inbound)
+        .unwrap();
+    nsg::entries(classifier)
+}
+
+/// `apps-nsg`'s `rule`'s hits as the agent reports them.
+fn reported_hits(agent: &Agent, rule: &str) -> u64 {
+    agent
+        .status_report()
+        .unwrap()
+        .nsg_rule_hits
+        .iter()
+        .find(|h| h.nsg == "apps-nsg" && h.rule == rule)
+        .unwrap_or_else(|| panic!("no hits of apps-nsg/{rule}"))
+        .hits
 }
 
 fn add(scratch: &Scratch, netns: usize, id: &str, group: Option<&str>) -> Request {
@@ -352,7 +472,9 @@ async fn scenario(scratch: &Scratch) {
     }
 
     // The same reload with room: apps-nsg's inbound rules changed, so the pod's inbound
-    // classifier has a new id and the old one's entries are gone; the rest keep their ids.
+    // classifier has a new id; the old one is kept as its standby (no endpoint points at it,
+    // its counters reset); the rest keep their ids.
+    count_hits(bpffs, pod.nsg_in_subnet, 0, 7);
     agent
         .reload(plan(8080, TCP_ONLY))
         .await
@@ -366,28 +488,183 @@ async fn scenario(scratch: &Scratch) {
         "outbound unchanged"
     );
     assert_eq!(ids(&group2), ids(&group), "aci-nsg unchanged");
+    let with_standby: BTreeSet<u32> = installed
+        .iter()
+        .copied()
+        .chain([pod2.nsg_in_subnet])
+        .collect();
     for present in classifier_ids(bpffs) {
-        assert!(
-            !present.contains(&pod.nsg_in_subnet),
-            "the old classifier {} is deleted: {present:?}",
-            pod.nsg_in_subnet
-        );
-        assert!(present.contains(&pod2.nsg_in_subnet));
-        assert_eq!(present.len(), 4, "{present:?}");
+        assert_eq!(present, with_standby, "four serving, one standby");
     }
+    assert!(
+        counters(bpffs, pod.nsg_in_subnet).values().all(|n| *n == 0),
+        "the standby's counters are reset: {:?}",
+        counters(bpffs, pod.nsg_in_subnet)
+    );
+    assert_eq!(
+        reported_hits(&agent, "allow-web"),
+        7,
+        "the count is carried"
+    );
     assert_eq!(
         group_ports(bpffs),
         BTreeSet::from([(GROUP_IP, TCP, 8080)]),
         "the port the reload closed is gone"
     );
 
-    // A restart adopts the pins: the same ids, the same entries.
+    // One-rule changes, back and forth and to a port never used: the pod alternates between
+    // the classifier's two ids, each change written into the one that does not serve; no
+    // endpoint ever points at the standby; the serving id holds exactly the latest rules; the
+    // counts are carried by name through every change.
+    let (mut serving, mut standby) = (pod2.nsg_in_subnet, pod.nsg_in_subnet);
+    let mut counted = 7;
+    for (i, port) in [80, 8080, 80, 81, 81, 8080].into_iter().enumerate() {
+        count_hits(bpffs, serving, 0, 3);
+        counted += 3;
+        let next = plan(port, TCP_ONLY);
+        let want = apps_inbound(&next);
+        let unchanged = classifier_in_kernel(bpffs, serving) == want;
+        agent
+            .reload(next)
+            .await
+            .expect("the one-rule change applies");
+        let now = endpoints(bpffs);
+        let in_id = now[&POD_IP].nsg_in_subnet;
+        if unchanged {
+            assert_eq!(in_id, serving, "change {i}: the same rules keep their id");
+        } else {
+            assert_eq!(
+                in_id, standby,
+                "change {i}: the pod moves to the standby id"
+            );
+            (serving, standby) = (standby, serving);
+            assert!(
+                counters(bpffs, standby).values().all(|n| *n == 0),
+                "change {i}: the standby's counters are reset"
+            );
+        }
+        for ep in now.values() {
+            let used = [
+                ep.nsg_in_subnet,
+                ep.nsg_in_group,
+                ep.nsg_out_subnet,
+                ep.nsg_out_group,
+            ];
+            assert!(
+                !used.contains(&standby),
+                "change {i}: {ep:?} uses the standby"
+            );
+        }
+        assert_eq!(
+            classifier_in_kernel(bpffs, serving),
+            want,
+            "change {i}: the serving classifier holds port {port}'s rules"
+        );
+        for present in classifier_ids(bpffs) {
+            assert_eq!(present, with_standby, "change {i}: the same five ids");
+        }
+        assert_eq!(
+            reported_hits(&agent, "allow-web"),
+            counted,
+            "change {i}: the count is carried"
+        );
+    }
+    // A change of the rule count (allow-web dropped, then back): the standby written into
+    // holds exactly the new rules, none of the old indices beyond them.
+    for next in [plan_without_web(), plan(8080, TCP_ONLY)] {
+        let want = apps_inbound(&next);
+        agent.reload(next).await.expect("the rule count changes");
+        let in_id = endpoints(bpffs)[&POD_IP].nsg_in_subnet;
+        assert_eq!(in_id, standby, "the pod moves to the standby id");
+        (serving, standby) = (standby, serving);
+        assert_eq!(classifier_in_kernel(bpffs, serving), want);
+        assert!(
+            counters(bpffs, serving)
+                .keys()
+                .all(|rule| (*rule as usize) < want.rules.len()),
+            "no counter beyond the rules: {:?}",
+            counters(bpffs, serving)
+        );
+    }
+    let last = endpoints(bpffs);
+
+    // A restart adopts the pins: the same ids, the same entries, the standby kept (the next
+    // change is written into it).
     drop(agent);
     let mut agent = Agent::start(plan(8080, TCP_ONLY), bpffs, &scratch.state)
         .await
         .expect("the agent restarts");
-    assert_eq!(endpoints(bpffs), second, "a restart keeps the ids");
+    assert_eq!(endpoints(bpffs), last, "a restart keeps the ids");
     assert_eq!(group_ports(bpffs), BTreeSet::from([(GROUP_IP, TCP, 8080)]));
+    for present in classifier_ids(bpffs) {
+        assert_eq!(present, with_standby, "the standby is kept");
+    }
+    agent
+        .reload(plan(443, TCP_ONLY))
+        .await
+        .expect("a change after the restart applies");
+    assert_eq!(endpoints(bpffs)[&POD_IP].nsg_in_subnet, standby);
+    assert_eq!(
+        classifier_in_kernel(bpffs, standby),
+        apps_inbound(&plan(443, TCP_ONLY))
+    );
+    let (serving, standby) = (standby, serving);
+
+    // Standbys are a cache: a change that does not fit beside them (NSG_DST_PORT full) deletes
+    // them and writes the classifier whole under a fresh id.
+    let mut filler = Vec::new();
+    {
+        let mut ports: LpmTrie<_, NsgPortKey, RuleBitmap> =
+            LpmTrie::try_from(pinned_map(bpffs, maps::NSG_DST_PORT)).unwrap();
+        for i in 0u32.. {
+            let key = aya::maps::lpm_trie::Key::new(
+                NsgAddrKey::CLASSIFIER_BITS + 16,
+                NsgPortKey {
+                    classifier: (2_000_000 + i / 65_536).to_be_bytes(),
+                    port: ((i % 65_536) as u16).to_be_bytes(),
+                },
+            );
+            if ports.insert(&key, RuleBitmap::default(), 0).is_err() {
+                break;
+            }
+            filler.push(key);
+        }
+    }
+    agent
+        .reload(plan(8443, TCP_ONLY))
+        .await
+        .expect("a change that does not fit beside the standby applies without it");
+    let fresh = endpoints(bpffs)[&POD_IP].nsg_in_subnet;
+    assert!(
+        ![serving, standby, 0].contains(&fresh),
+        "a fresh id, not {serving} or {standby}: {fresh}"
+    );
+    assert_eq!(
+        classifier_in_kernel(bpffs, fresh),
+        apps_inbound(&plan(8443, TCP_ONLY))
+    );
+    let now: BTreeSet<u32> = with_standby
+        .iter()
+        .copied()
+        .filter(|id| ![serving, standby].contains(id))
+        .chain([fresh, serving])
+        .collect();
+    let [rules, portless, src, hits] = classifier_ids(bpffs);
+    for present in [rules, src, hits] {
+        assert_eq!(
+            present, now,
+            "the standby is gone, the old serving id waits"
+        );
+    }
+    assert!(portless.contains(&fresh) && !portless.contains(&standby));
+    {
+        let mut ports: LpmTrie<_, NsgPortKey, RuleBitmap> =
+            LpmTrie::try_from(pinned_map(bpffs, maps::NSG_DST_PORT)).unwrap();
+        // The agent deleted them already (entries of ids it does not hold are stale to it).
+        for key in &filler {
+            let _ = ports.remove(key);
+        }
+    }
 
     // DEL of the group: its entry and exposed ports go.
     let del = Request::Del(Attachment {

@@ -43,7 +43,7 @@
 //! `prefixlen = 32`. The protocol table and `portless` are exact-match (classifier, class) and
 //! (classifier) maps, and [`Classifier::rules`] indexes the per-rule hit counters.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -526,11 +526,13 @@ pub fn compile_classifier(
 /// The closed address table: every prefix gets the rules of all the prefixes containing it.
 fn close_addresses(mut direct: HashMap<Ipv4Net, RuleBitmap>) -> Vec<AddrEntry> {
     direct.entry(Ipv4Net::default()).or_default();
+    // Only the lengths some prefix has can hold an ancestor (a rule set of 1000 /32s has two).
+    let lengths: BTreeSet<u8> = direct.keys().map(Ipv4Net::prefix_len).collect();
     let mut entries: Vec<AddrEntry> = direct
         .keys()
         .map(|net| {
             let mut rules = RuleBitmap::EMPTY;
-            for len in 0..=net.prefix_len() {
+            for &len in lengths.range(..=net.prefix_len()) {
                 if let Some(ancestor_rules) = direct.get(&ancestor(net, len)) {
                     rules.union_with(ancestor_rules);
                 }
@@ -548,11 +550,12 @@ fn close_addresses(mut direct: HashMap<Ipv4Net, RuleBitmap>) -> Vec<AddrEntry> {
 /// The closed port table, as [`close_addresses`].
 fn close_ports(mut direct: HashMap<PortPrefix, RuleBitmap>) -> Vec<PortEntry> {
     direct.entry(PortPrefix::ANY).or_default();
+    let lengths: BTreeSet<u8> = direct.keys().map(|block| block.len).collect();
     let mut entries: Vec<PortEntry> = direct
         .keys()
         .map(|block| {
             let mut rules = RuleBitmap::EMPTY;
-            for len in 0..=block.len {
+            for &len in lengths.range(..=block.len) {
                 if let Some(ancestor_rules) = direct.get(&PortPrefix::truncated(block.port, len)) {
                     rules.union_with(ancestor_rules);
                 }

@@ -41,6 +41,7 @@
 //!   `dnsServiceIP` needs it and lies inside it, neither its network, broadcast nor first
 //!   address (Kubernetes gives that one to the API server's Service).
 
+mod fast_yaml;
 mod model;
 mod parse;
 mod suggest;
@@ -49,6 +50,8 @@ mod value;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod timing;
 
 use std::fmt;
 use std::path::Path;

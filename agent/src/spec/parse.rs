@@ -265,8 +265,28 @@ fn index(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
 }
 
-/// A leaf reader: the value at a path, or `None` after recording why not.
-type Read<T> = fn(&mut Walker, &Value, &str) -> Option<T>;
+/// Where a value is: a path, or its parent's path and its key or index. Spelled out
+/// ([`join`], [`index`]) only for a problem, so that reading a valid spec formats no paths
+/// (a spec of 1000 NSG rules has 10,000 of them).
+#[derive(Clone, Copy)]
+enum Loc<'a> {
+    At(&'a str),
+    Field(&'a str, &'a str),
+    Item(&'a str, usize),
+}
+
+impl Loc<'_> {
+    fn path(self) -> String {
+        match self {
+            Loc::At(path) => path.to_string(),
+            Loc::Field(path, key) => join(path, key),
+            Loc::Item(path, i) => index(path, i),
+        }
+    }
+}
+
+/// A leaf reader: the value at a location, or `None` after recording why not.
+type Read<T> = fn(&mut Walker, &Value, Loc) -> Option<T>;
 
 struct Walker {
     problems: Vec<Problem>,
@@ -281,25 +301,30 @@ impl Walker {
         self.problems.push(Problem::new(path, message));
     }
 
+    fn report_at(&mut self, at: Loc, message: impl Into<String>) {
+        self.report(&at.path(), message);
+    }
+
     /// Checks that `value` is a mapping whose field names `schema` knows, reporting each
     /// unknown or repeated field.
-    fn fields<'v>(&mut self, value: &'v Value, path: &str, schema: &Schema) -> Option<Fields<'v>> {
+    fn fields<'v>(&mut self, value: &'v Value, at: Loc, schema: &Schema) -> Option<Fields<'v>> {
+        let path = at.path();
         let Value::Map(entries) = value else {
             self.report(
-                path,
+                &path,
                 format!("expected a mapping, found {}", value.describe()),
             );
             return None;
         };
-        let mut seen = HashSet::new();
-        for (key, _) in entries {
+        for (i, (key, _)) in entries.iter().enumerate() {
             let known =
                 schema.fields.contains(&key.as_str()) || schema.ignored.contains(&key.as_str());
             if !known && schema.ignore_unknown {
                 continue;
             }
-            if !seen.insert(key.as_str()) {
-                self.report(&join(path, key), "given more than once");
+            // A handful of fields: a scan is cheaper than a set.
+            if entries[..i].iter().any(|(earlier, _)| earlier == key) {
+                self.report(&join(&path, key), "given more than once");
                 continue;
             }
             if known {
@@ -311,24 +336,21 @@ impl Walker {
                     let candidates = schema.fields.iter().chain(schema.ignored).copied();
                     match closest(key, candidates) {
                         Some(field) => {
-                            self.suggested.insert(join(path, field));
+                            self.suggested.insert(join(&path, field));
                             format!("unknown field, did you mean {field}?")
                         }
                         None => format!("unknown field (known: {})", schema.fields.join(", ")),
                     }
                 }
             };
-            self.report(&join(path, key), message);
+            self.report(&join(&path, key), message);
         }
-        Some(Fields {
-            path: path.to_string(),
-            entries,
-        })
+        Some(Fields { path, entries })
     }
 
     fn required<T>(&mut self, fields: &Fields, key: &str, read: Read<T>) -> Option<T> {
         match fields.get(key) {
-            Some(value) => read(self, value, &fields.path(key)),
+            Some(value) => read(self, value, Loc::Field(&fields.path, key)),
             None => {
                 let path = fields.path(key);
                 if !self.suggested.contains(&path) {
@@ -342,7 +364,7 @@ impl Walker {
     /// `Some(None)`: absent; `None`: present but wrong (recorded).
     fn optional<T>(&mut self, fields: &Fields, key: &str, read: Read<T>) -> Option<Option<T>> {
         match fields.get(key) {
-            Some(value) => read(self, value, &fields.path(key)).map(Some),
+            Some(value) => read(self, value, Loc::Field(&fields.path, key)).map(Some),
             None => Some(None),
         }
     }
@@ -350,20 +372,21 @@ impl Walker {
     /// A list field; absent means empty.
     fn list<T>(&mut self, fields: &Fields, key: &str, read: Read<T>) -> Option<Vec<T>> {
         match fields.get(key) {
-            Some(value) => self.items(value, &fields.path(key), read),
+            Some(value) => self.items(value, Loc::Field(&fields.path, key), read),
             None => Some(Vec::new()),
         }
     }
 
-    fn items<T>(&mut self, value: &Value, path: &str, read: Read<T>) -> Option<Vec<T>> {
+    fn items<T>(&mut self, value: &Value, at: Loc, read: Read<T>) -> Option<Vec<T>> {
         let Value::Seq(items) = value else {
-            self.report(path, format!("expected a list, found {}", value.describe()));
+            self.report_at(at, format!("expected a list, found {}", value.describe()));
             return None;
         };
+        let path = at.path();
         let read: Vec<Option<T>> = items
             .iter()
             .enumerate()
-            .map(|(i, item)| read(self, item, &index(path, i)))
+            .map(|(i, item)| read(self, item, Loc::Item(&path, i)))
             .collect();
         read.into_iter().collect()
     }
@@ -392,8 +415,10 @@ impl Walker {
                 );
                 None
             }
-            (Some(one), None) => read(self, one, &fields.path(singular)).map(|one| vec![one]),
-            (None, Some(many)) => self.items(many, &fields.path(plural), read),
+            (Some(one), None) => {
+                read(self, one, Loc::Field(&fields.path, singular)).map(|one| vec![one])
+            }
+            (None, Some(many)) => self.items(many, Loc::Field(&fields.path, plural), read),
             (None, None) => Some(Vec::new()),
         }
     }
@@ -403,7 +428,7 @@ impl Walker {
             self.report("", "the document is empty");
             return None;
         }
-        let fields = self.fields(root, "", &ROOT)?;
+        let fields = self.fields(root, Loc::At(""), &ROOT)?;
         let api_version = self.required(&fields, "apiVersion", string);
         let virtual_network = self.required(&fields, "virtualNetwork", virtual_network_from);
         let network_security_groups = self.list(
@@ -429,7 +454,7 @@ impl Walker {
     }
 }
 
-fn virtual_network_from(w: &mut Walker, value: &Value, path: &str) -> Option<VirtualNetwork> {
+fn virtual_network_from(w: &mut Walker, value: &Value, path: Loc) -> Option<VirtualNetwork> {
     let fields = w.fields(value, path, &VIRTUAL_NETWORK)?;
     let name = w.required(&fields, "name", string);
     let address_space = w.list(&fields, "addressSpace", prefix);
@@ -443,7 +468,7 @@ fn virtual_network_from(w: &mut Walker, value: &Value, path: &str) -> Option<Vir
     })
 }
 
-fn subnet_from(w: &mut Walker, value: &Value, path: &str) -> Option<Subnet> {
+fn subnet_from(w: &mut Walker, value: &Value, path: Loc) -> Option<Subnet> {
     let fields = w.fields(value, path, &SUBNET)?;
     let name = w.required(&fields, "name", string);
     let address_prefix = w.required(&fields, "addressPrefix", prefix);
@@ -464,7 +489,7 @@ fn subnet_from(w: &mut Walker, value: &Value, path: &str) -> Option<Subnet> {
 fn network_security_group_from(
     w: &mut Walker,
     value: &Value,
-    path: &str,
+    path: Loc,
 ) -> Option<NetworkSecurityGroup> {
     let fields = w.fields(value, path, &NETWORK_SECURITY_GROUP)?;
     let name = w.required(&fields, "name", string);
@@ -475,14 +500,14 @@ fn network_security_group_from(
     })
 }
 
-fn security_rule_from(w: &mut Walker, value: &Value, path: &str) -> Option<SecurityRule> {
+fn security_rule_from(w: &mut Walker, value: &Value, path: Loc) -> Option<SecurityRule> {
     let fields = w.fields(value, path, &SECURITY_RULE)?;
     let name = w.required(&fields, "name", string);
     let description = w.optional(&fields, "description", string);
     let priority = w.required(&fields, "priority", |w, v, p| {
         let n = integer(w, v, p)?;
         u32::try_from(n).ok().or_else(|| {
-            w.report(p, format!("{n} is outside 100..=4096"));
+            w.report_at(p, format!("{n} is outside 100..=4096"));
             None
         })
     });
@@ -548,7 +573,7 @@ fn security_rule_from(w: &mut Walker, value: &Value, path: &str) -> Option<Secur
     })
 }
 
-fn route_table_from(w: &mut Walker, value: &Value, path: &str) -> Option<RouteTable> {
+fn route_table_from(w: &mut Walker, value: &Value, path: Loc) -> Option<RouteTable> {
     let fields = w.fields(value, path, &ROUTE_TABLE)?;
     let name = w.required(&fields, "name", string);
     let routes = w.list(&fields, "routes", route_from);
@@ -558,7 +583,7 @@ fn route_table_from(w: &mut Walker, value: &Value, path: &str) -> Option<RouteTa
     })
 }
 
-fn route_from(w: &mut Walker, value: &Value, path: &str) -> Option<Route> {
+fn route_from(w: &mut Walker, value: &Value, path: Loc) -> Option<Route> {
     let fields = w.fields(value, path, &ROUTE)?;
     let name = w.required(&fields, "name", string);
     let address_prefix = w.required(&fields, "addressPrefix", prefix);
@@ -574,7 +599,7 @@ fn route_from(w: &mut Walker, value: &Value, path: &str) -> Option<Route> {
     })
 }
 
-fn node_from(w: &mut Walker, value: &Value, path: &str) -> Option<Node> {
+fn node_from(w: &mut Walker, value: &Value, path: Loc) -> Option<Node> {
     let fields = w.fields(value, path, &NODE)?;
     let name = w.required(&fields, "name", string);
     let interface = w.required(&fields, "interface", string);
@@ -590,7 +615,7 @@ fn node_from(w: &mut Walker, value: &Value, path: &str) -> Option<Node> {
     })
 }
 
-fn network_profile_from(w: &mut Walker, value: &Value, path: &str) -> Option<NetworkProfile> {
+fn network_profile_from(w: &mut Walker, value: &Value, path: Loc) -> Option<NetworkProfile> {
     let fields = w.fields(value, path, &NETWORK_PROFILE)?;
     let service_cidr = w.optional(&fields, "serviceCidr", prefix);
     let dns_service_ip = w.optional(&fields, "dnsServiceIP", address);
@@ -600,7 +625,7 @@ fn network_profile_from(w: &mut Walker, value: &Value, path: &str) -> Option<Net
     })
 }
 
-fn outbound_nat_from(w: &mut Walker, value: &Value, path: &str) -> Option<OutboundNat> {
+fn outbound_nat_from(w: &mut Walker, value: &Value, path: Loc) -> Option<OutboundNat> {
     let fields = w.fields(value, path, &OUTBOUND_NAT)?;
     let non_masquerade_cidrs = w.list(&fields, "nonMasqueradeCidrs", prefix);
     let port_range = w.optional(&fields, "portRange", port_range);
@@ -614,7 +639,7 @@ fn outbound_nat_from(w: &mut Walker, value: &Value, path: &str) -> Option<Outbou
     })
 }
 
-fn container_group_from(w: &mut Walker, value: &Value, path: &str) -> Option<ContainerGroup> {
+fn container_group_from(w: &mut Walker, value: &Value, path: Loc) -> Option<ContainerGroup> {
     let fields = w.fields(value, path, &CONTAINER_GROUP)?;
     let name = w.required(&fields, "name", string);
     let location = w.optional(&fields, "location", string);
@@ -629,7 +654,7 @@ fn container_group_from(w: &mut Walker, value: &Value, path: &str) -> Option<Con
 fn container_group_properties_from(
     w: &mut Walker,
     value: &Value,
-    path: &str,
+    path: Loc,
 ) -> Option<ContainerGroupProperties> {
     let fields = w.fields(value, path, &CONTAINER_GROUP_PROPERTIES)?;
     let os_type = w.optional(&fields, "osType", |w, v, p| {
@@ -650,7 +675,7 @@ fn container_group_properties_from(
     })
 }
 
-fn ip_address_from(w: &mut Walker, value: &Value, path: &str) -> Option<IpAddress> {
+fn ip_address_from(w: &mut Walker, value: &Value, path: Loc) -> Option<IpAddress> {
     let fields = w.fields(value, path, &IP_ADDRESS)?;
     let kind = w.required(&fields, "type", |w, v, p| {
         keyword_in(w, v, p, IpAddressType::NAMES)
@@ -666,7 +691,7 @@ fn ip_address_from(w: &mut Walker, value: &Value, path: &str) -> Option<IpAddres
     })
 }
 
-fn port_from(w: &mut Walker, value: &Value, path: &str) -> Option<Port> {
+fn port_from(w: &mut Walker, value: &Value, path: Loc) -> Option<Port> {
     let fields = w.fields(value, path, &PORT)?;
     // ACI's default protocol is TCP.
     let protocol = w.optional(&fields, "protocol", |w, v, p| {
@@ -675,7 +700,7 @@ fn port_from(w: &mut Walker, value: &Value, path: &str) -> Option<Port> {
     let port = w.required(&fields, "port", |w, v, p| {
         let n = integer(w, v, p)?;
         u16::try_from(n).ok().or_else(|| {
-            w.report(p, format!("{n} is outside 1..=65535"));
+            w.report_at(p, format!("{n} is outside 1..=65535"));
             None
         })
     });
@@ -685,7 +710,7 @@ fn port_from(w: &mut Walker, value: &Value, path: &str) -> Option<Port> {
     })
 }
 
-fn container_from(w: &mut Walker, value: &Value, path: &str) -> Option<Container> {
+fn container_from(w: &mut Walker, value: &Value, path: Loc) -> Option<Container> {
     let fields = w.fields(value, path, &CONTAINER)?;
     let name = w.required(&fields, "name", string);
     let properties = w.optional(&fields, "properties", |w, v, p| {
@@ -701,18 +726,18 @@ fn container_from(w: &mut Walker, value: &Value, path: &str) -> Option<Container
 
 // Leaf readers.
 
-fn string(w: &mut Walker, value: &Value, path: &str) -> Option<String> {
+fn string(w: &mut Walker, value: &Value, path: Loc) -> Option<String> {
     match value {
         Value::Str(text) => Some(text.clone()),
         Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
-            w.report(
+            w.report_at(
                 path,
                 format!("expected a string, found {} (quote it)", value.describe()),
             );
             None
         }
         _ => {
-            w.report(
+            w.report_at(
                 path,
                 format!("expected a string, found {}", value.describe()),
             );
@@ -721,11 +746,11 @@ fn string(w: &mut Walker, value: &Value, path: &str) -> Option<String> {
     }
 }
 
-fn integer(w: &mut Walker, value: &Value, path: &str) -> Option<i128> {
+fn integer(w: &mut Walker, value: &Value, path: Loc) -> Option<i128> {
     match value {
         Value::Int(n) => Some(*n),
         _ => {
-            w.report(
+            w.report_at(
                 path,
                 format!("expected an integer, found {}", value.describe()),
             );
@@ -736,50 +761,50 @@ fn integer(w: &mut Walker, value: &Value, path: &str) -> Option<i128> {
 
 /// A count whose allowed range is checked by validation; a value that does not even fit the
 /// type gets the same message here.
-fn count(w: &mut Walker, value: &Value, path: &str, range: &str) -> Option<u32> {
+fn count(w: &mut Walker, value: &Value, path: Loc, range: &str) -> Option<u32> {
     let n = integer(w, value, path)?;
     u32::try_from(n).ok().or_else(|| {
-        w.report(path, format!("{n} is outside {range}"));
+        w.report_at(path, format!("{n} is outside {range}"));
         None
     })
 }
 
-fn parsed<T: FromStr<Err = InvalidValue>>(w: &mut Walker, value: &Value, path: &str) -> Option<T> {
+fn parsed<T: FromStr<Err = InvalidValue>>(w: &mut Walker, value: &Value, path: Loc) -> Option<T> {
     let text = string(w, value, path)?;
     text.parse()
-        .map_err(|InvalidValue(message)| w.report(path, message))
+        .map_err(|InvalidValue(message)| w.report_at(path, message))
         .ok()
 }
 
-fn prefix(w: &mut Walker, value: &Value, path: &str) -> Option<Ipv4Net> {
+fn prefix(w: &mut Walker, value: &Value, path: Loc) -> Option<Ipv4Net> {
     let text = string(w, value, path)?;
     parse_prefix(&text)
-        .map_err(|InvalidValue(message)| w.report(path, message))
+        .map_err(|InvalidValue(message)| w.report_at(path, message))
         .ok()
 }
 
-fn address(w: &mut Walker, value: &Value, path: &str) -> Option<Ipv4Addr> {
+fn address(w: &mut Walker, value: &Value, path: Loc) -> Option<Ipv4Addr> {
     let text = string(w, value, path)?;
     match text.parse() {
         Ok(addr) => Some(addr),
         Err(_) => {
-            w.report(path, format!("{text:?} is not an IPv4 address"));
+            w.report_at(path, format!("{text:?} is not an IPv4 address"));
             None
         }
     }
 }
 
-fn address_prefix(w: &mut Walker, value: &Value, path: &str) -> Option<AddressPrefix> {
+fn address_prefix(w: &mut Walker, value: &Value, path: Loc) -> Option<AddressPrefix> {
     parsed(w, value, path)
 }
 
 /// A port range; a bare YAML integer (`destinationPortRange: 80`) is accepted as `"80"`.
-fn port_range(w: &mut Walker, value: &Value, path: &str) -> Option<PortRange> {
+fn port_range(w: &mut Walker, value: &Value, path: Loc) -> Option<PortRange> {
     match value {
         Value::Int(n) => match u16::try_from(*n) {
             Ok(port) => Some(PortRange::single(port)),
             Err(_) => {
-                w.report(path, format!("port {n} is outside 0..=65535"));
+                w.report_at(path, format!("port {n} is outside 0..=65535"));
                 None
             }
         },
@@ -790,7 +815,7 @@ fn port_range(w: &mut Walker, value: &Value, path: &str) -> Option<PortRange> {
 fn keyword_in<T: Copy>(
     w: &mut Walker,
     value: &Value,
-    path: &str,
+    path: Loc,
     names: &[(&'static str, T)],
 ) -> Option<T> {
     let text = string(w, value, path)?;
@@ -799,7 +824,7 @@ fn keyword_in<T: Copy>(
     }
     let suggestion = did_you_mean(&text, names.iter().map(|(name, _)| *name));
     let expected = super::model::names(names);
-    w.report(
+    w.report_at(
         path,
         format!("{text:?} is not one of {expected}{suggestion}"),
     );

@@ -147,6 +147,16 @@ pub(crate) fn parse_document(text: &str) -> Result<Value, Problem> {
             )
         });
     }
+    // The fast reader takes the plain YAML specs are written in, and leaves the rest (and
+    // every syntax error, to be located) to serde-saphyr.
+    if let Some(value) = super::fast_yaml::parse(text) {
+        return Ok(value);
+    }
+    saphyr_document(text)
+}
+
+/// A YAML document read by serde-saphyr (what [`super::fast_yaml`] must agree with).
+pub(crate) fn saphyr_document(text: &str) -> Result<Value, Problem> {
     let mut options = serde_saphyr::Options::default();
     // Reported by the schema walk, with the path, instead of as a bare syntax error.
     options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;

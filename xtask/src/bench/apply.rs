@@ -9,8 +9,8 @@
 //!   and kubelet do) by one that adds the 1000-rule NSG, until every pod's `ENDPOINTS` entry
 //!   in the kernel points at the new classifier;
 //! - **one-rule change**: one rule's port changed, until every pod's entry points at the new
-//!   classifier generation (a reload writes the new classifier whole under a new id, then
-//!   switches the endpoints to it: the switch is when the new rules are live).
+//!   classifier generation (a reload writes the new classifier into the classifier's other id,
+//!   then switches the endpoints to it: the switch is when the new rules are live).
 //!
 //! Both reloads are timed from the rename to the last endpoint switched, read by polling the
 //! pinned `ENDPOINTS` map (one lookup per pod per pass, 0.2 ms apart), so they

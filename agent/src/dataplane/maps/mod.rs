@@ -1,6 +1,7 @@
 //! The dataplane's maps, one module per table: each converts what the agent holds to the ABI
 //! types of `vnetd-common` and writes it, syncing by difference (new entries first, then the
 //! stale ones) so that a lookup never misses an entry that exists before and after.
+mod batch;
 mod conntrack;
 mod counters;
 mod endpoints;

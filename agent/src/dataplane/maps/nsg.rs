@@ -1,9 +1,11 @@
 //! The NSG classifier maps (`NSG_SRC_ADDR`, `NSG_DST_ADDR`, `NSG_SRC_PORT`, `NSG_DST_PORT`,
 //! `NSG_PROTO`, `NSG_PORTLESS`, `NSG_RULES`, and the counters `NSG_HITS`): a compiled
 //! [`Classifier`] becomes one [`ClassifierEntries`] here. Which id a classifier is written under
-//! is the business of [`crate::dataplane::tables`]: a changed classifier is written whole under
-//! a fresh id, the endpoints are switched to it, then the old id's entries are deleted, so a
-//! packet is classified by the old rules or the new ones, never a mix.
+//! is the business of [`crate::dataplane::tables`]: the agent keeps two ids per classifier
+//! ([`Slots::Standby`](crate::dataplane::tables::Slots::Standby)); a changed classifier is written into the one no endpoint points at
+//! (only its difference to what that id holds), the endpoints are switched to it, and the
+//! other id waits for the next change, its hit counters reset. A packet is classified by the
+//! old rules or the new ones, never a mix. Entries are written in batches ([`batch`]).
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
@@ -12,6 +14,7 @@ use vnetd_common::{
     NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, RuleBitmap, maps,
 };
 
+use super::batch;
 use crate::{
     compile::{self, Classifier, NsgTables},
     dataplane::{
@@ -146,7 +149,8 @@ pub struct Present {
 }
 
 impl Present {
-    /// Notes that classifier `id` now holds `table` (written over what it held).
+    /// Notes that classifier `id` now holds exactly `table` (its counters beyond its rules
+    /// deleted).
     fn wrote(&mut self, id: u32, table: &ClassifierEntries) {
         for field in [
             Field::SrcAddr,
@@ -162,19 +166,20 @@ impl Present {
                 out.insert(id, entries.clone());
             }
         }
-        // Protocol classes and rules are written over, not pruned: an id is only rewritten with
-        // the content it had, so the kernel keeps what it held beside the new entries.
-        if !table.proto.is_empty() {
-            self.proto.entry(id).or_default().extend(&table.proto);
+        if table.proto.is_empty() {
+            self.proto.remove(&id);
+        } else {
+            self.proto.insert(id, table.proto.clone());
         }
         self.portless.insert(id, table.portless);
-        let rules = self.rules.entry(id).or_default();
-        for (index, rule) in table.rules.iter().enumerate() {
-            rules.insert(index as u32, *rule);
-        }
-        if rules.is_empty() {
+        if table.rules.is_empty() {
             self.rules.remove(&id);
+        } else {
+            let rules = (0..).zip(table.rules.iter().copied()).collect();
+            self.rules.insert(id, rules);
         }
+        let count = table.rules.len() as u32;
+        self.hits.retain(|k| k.classifier != id || k.rule < count);
     }
 
     /// Notes that the classifiers `ids` hold nothing any more.
@@ -191,6 +196,23 @@ impl Present {
         self.portless.retain(|id, _| !ids.contains(id));
         self.rules.retain(|id, _| !ids.contains(id));
         self.hits.retain(|k| !ids.contains(&k.classifier));
+    }
+
+    /// What classifier `id` holds.
+    fn classifier(&self, id: u32) -> ClassifierEntries {
+        ClassifierEntries {
+            src_addr: self.src_addr.get(&id).cloned().unwrap_or_default(),
+            dst_addr: self.dst_addr.get(&id).cloned().unwrap_or_default(),
+            src_port: self.src_port.get(&id).cloned().unwrap_or_default(),
+            dst_port: self.dst_port.get(&id).cloned().unwrap_or_default(),
+            proto: self.proto.get(&id).cloned().unwrap_or_default(),
+            portless: self.portless.get(&id).copied().unwrap_or_default(),
+            rules: self
+                .rules
+                .get(&id)
+                .map(|rules| rules.values().copied().collect())
+                .unwrap_or_default(),
+        }
     }
 
     fn ids(&self) -> BTreeSet<u32> {
@@ -277,19 +299,6 @@ fn port_key(id: u32, (len, value): (u8, u32)) -> Key<NsgPortKey> {
             port: (value as u16).to_be_bytes(),
         },
     )
-}
-
-/// A delete of an entry that is not there succeeds: the agent deletes what it believes is
-/// there (its mirror, a classifier's rule indices), and the kernel answers ENOENT for what is
-/// not.
-fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
-    match result {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            Ok(())
-        }
-        other => other,
-    }
 }
 
 impl Dataplane {
@@ -380,43 +389,42 @@ impl Dataplane {
         Ok(present)
     }
 
-    /// Packets each rule decided, summed over CPUs: (classifier id, rule index) -> count.
+    /// Packets each rule decided, summed over CPUs: (classifier id, rule index) -> count
+    /// (read in batches: the agent keeps a counter per rule of every classifier and standby).
     pub fn nsg_hits(&self) -> Result<BTreeMap<NsgRuleKey, u64>> {
-        let hits: PerCpuHashMap<_, NsgRuleKey, u64> =
-            PerCpuHashMap::try_from(self.map(maps::NSG_HITS)?)?;
-        hits.iter()
-            .map(|entry| {
-                let (key, per_cpu) = entry.context("reading NSG_HITS")?;
-                Ok((key, per_cpu.iter().sum()))
-            })
-            .collect()
+        let map = self.map(maps::NSG_HITS)?;
+        // The types checked against the map's sizes, as aya does.
+        PerCpuHashMap::<_, NsgRuleKey, u64>::try_from(map)?;
+        let all: Vec<(NsgRuleKey, Vec<u64>)> =
+            batch::lookup_all(map, possible_cpus()?).context("reading NSG_HITS")?;
+        Ok(all
+            .into_iter()
+            .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
+            .collect())
     }
 
-    /// Packets each rule of the classifiers other than `live` decided, summed over CPUs: what
-    /// a switch carries by name before it deletes those classifiers (a lookup per counter the
-    /// agent created, rather than reading every counter back).
-    pub fn nsg_hits_except(&mut self, live: &BTreeSet<u32>) -> Result<BTreeMap<NsgRuleKey, u64>> {
+    /// Packets each rule of the classifiers `ids` decided, summed over CPUs: what a switch
+    /// carries by name before it resets or deletes those classifiers' counters (NSG_HITS read
+    /// in batches).
+    pub fn nsg_hits_of(&self, ids: &BTreeSet<u32>) -> Result<BTreeMap<NsgRuleKey, u64>> {
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut hits = self.nsg_hits()?;
+        hits.retain(|key, _| ids.contains(&key.classifier));
+        Ok(hits)
+    }
+
+    /// The fingerprint ([`fingerprint`]) of what the NSG maps hold under each classifier id.
+    pub fn nsg_fingerprints(&mut self) -> Result<BTreeMap<u32, u64>> {
         let present = self.take_nsgs()?;
-        let keys: Vec<NsgRuleKey> = present
-            .hits
-            .iter()
-            .filter(|k| !live.contains(&k.classifier))
-            .copied()
+        let fingerprints = present
+            .ids()
+            .into_iter()
+            .map(|id| (id, fingerprint(&present.classifier(id))))
             .collect();
         self.mirror.nsgs = Some(present);
-        let hits: PerCpuHashMap<_, NsgRuleKey, u64> =
-            PerCpuHashMap::try_from(self.map(maps::NSG_HITS)?)?;
-        let mut out = BTreeMap::new();
-        for key in keys {
-            match hits.get(&key, 0) {
-                Ok(per_cpu) => {
-                    out.insert(key, per_cpu.iter().sum());
-                }
-                Err(MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("reading NSG_HITS"),
-            }
-        }
-        Ok(out)
+        Ok(fingerprints)
     }
 
     /// The classifier ids that have entries in any NSG map, read from the kernel.
@@ -424,16 +432,16 @@ impl Dataplane {
         Ok(self.nsg_present()?.ids())
     }
 
-    /// Creates a zero counter (on every CPU) in NSG_HITS for each installed rule that has
-    /// none. `BPF_NOEXIST`: a counter the program created on a rule's first hit keeps its count.
-    pub fn create_nsg_counters(&mut self) -> Result<()> {
+    /// Creates a zero counter (on every CPU) in NSG_HITS for each rule of the classifiers
+    /// `live` that has none: after a switch, off its path (a classifier's first generation;
+    /// standbys keep theirs). `BPF_NOEXIST`: a counter the program created on a rule's first
+    /// hit keeps its count.
+    pub fn create_nsg_counters(&mut self, live: &BTreeSet<u32>) -> Result<()> {
         let mut present = self.take_nsgs()?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, err)| {
-            anyhow::Error::from(err).context(format!("counting CPUs ({what})"))
-        })?;
         let missing: Vec<NsgRuleKey> = present
             .rules
             .iter()
+            .filter(|(id, _)| live.contains(id))
             .flat_map(|(id, rules)| {
                 rules.keys().map(|rule| NsgRuleKey {
                     classifier: *id,
@@ -442,6 +450,11 @@ impl Dataplane {
             })
             .filter(|key| !present.hits.contains(key))
             .collect();
+        if missing.is_empty() {
+            self.mirror.nsgs = Some(present);
+            return Ok(());
+        }
+        let cpus = possible_cpus()?;
         let mut hits: PerCpuHashMap<_, NsgRuleKey, u64> =
             PerCpuHashMap::try_from(self.map_mut(maps::NSG_HITS)?)?;
         for key in missing {
@@ -467,16 +480,57 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Sets the counters `keys` to zero on every CPU (creating those that are missing), in
+    /// batches: for classifiers no endpoint points at (so no program creates them meanwhile).
+    fn zero_nsg_counters(&self, keys: &[NsgRuleKey], present: &mut Present) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let cpus = possible_cpus()?;
+        let map = self.map(maps::NSG_HITS)?;
+        PerCpuHashMap::<_, NsgRuleKey, u64>::try_from(map)?;
+        let zeros = vec![0u64; keys.len() * cpus];
+        batch::update(map, keys, &zeros).map_err(|stopped| {
+            let key = at(keys, stopped.index);
+            anyhow::Error::from(stopped.error).context(format!(
+                "writing NSG_HITS[classifier {}, rule {}] (capacity {})",
+                key.classifier,
+                key.rule,
+                maps::NSG_RULES_MAX
+            ))
+        })?;
+        present.hits.extend(keys.iter().copied());
+        Ok(())
+    }
+
+    /// Makes classifier `id` hold exactly `table`, writing only what differs from what it
+    /// holds (`present`): new and changed entries first, then the stale ones, the counters of
+    /// rules that are gone included. Its counters are not created here: a per-CPU counter
+    /// costs tens of microseconds to create, so a fresh classifier's are created after the
+    /// switch ([`Dataplane::create_nsg_counters`]); a standby keeps its own, reset when it
+    /// retired. Returns whether anything was written.
     fn write_classifier(
         &mut self,
         id: u32,
         table: &ClassifierEntries,
-        present: &Present,
-    ) -> Result<()> {
+        present: &mut Present,
+    ) -> Result<bool> {
         let none = LpmEntries::new();
+        let mut changed = false;
         for (name, field, width) in LPM_TABLES {
             let old = field.present(present).get(&id).unwrap_or(&none);
             let new = field.of(table);
+            let writes: Vec<((u8, u32), RuleBitmap)> = new
+                .iter()
+                .filter(|(k, r)| old.get(k) != Some(r))
+                .map(|(k, r)| (*k, *r))
+                .collect();
+            let stale: Vec<(u8, u32)> = old
+                .keys()
+                .filter(|k| !new.contains_key(k))
+                .copied()
+                .collect();
+            changed |= !writes.is_empty() || !stale.is_empty();
             let context = |k: &(u8, u32)| {
                 let value = if width == 32 {
                     std::net::Ipv4Addr::from(k.1).to_string()
@@ -493,50 +547,70 @@ impl Dataplane {
                     }
                 )
             };
-            if width == 32 {
-                let mut map: LpmTrie<_, NsgAddrKey, RuleBitmap> =
-                    LpmTrie::try_from(self.map_mut(name)?)?;
-                for (k, rules) in new.iter().filter(|(k, r)| old.get(k) != Some(r)) {
-                    map.insert(&addr_key(id, *k), rules, 0)
-                        .with_context(|| context(k))?;
-                }
-                for k in old.keys().filter(|k| !new.contains_key(k)) {
-                    ignore_missing(map.remove(&addr_key(id, *k)))
-                        .with_context(|| format!("removing an entry of {name}"))?;
-                }
+            let values: Vec<RuleBitmap> = writes.iter().map(|(_, r)| *r).collect();
+            let map = self.map(name)?;
+            let (written, removed) = if width == 32 {
+                LpmTrie::<_, NsgAddrKey, RuleBitmap>::try_from(map)?;
+                let keys: Vec<Key<NsgAddrKey>> =
+                    writes.iter().map(|(k, _)| addr_key(id, *k)).collect();
+                let stale: Vec<Key<NsgAddrKey>> = stale.iter().map(|k| addr_key(id, *k)).collect();
+                (
+                    batch::update(map, &keys, &values),
+                    batch::delete(map, &stale),
+                )
             } else {
-                let mut map: LpmTrie<_, NsgPortKey, RuleBitmap> =
-                    LpmTrie::try_from(self.map_mut(name)?)?;
-                for (k, rules) in new.iter().filter(|(k, r)| old.get(k) != Some(r)) {
-                    map.insert(&port_key(id, *k), rules, 0)
-                        .with_context(|| context(k))?;
-                }
-                for k in old.keys().filter(|k| !new.contains_key(k)) {
-                    ignore_missing(map.remove(&port_key(id, *k)))
-                        .with_context(|| format!("removing an entry of {name}"))?;
-                }
-            }
+                LpmTrie::<_, NsgPortKey, RuleBitmap>::try_from(map)?;
+                let keys: Vec<Key<NsgPortKey>> =
+                    writes.iter().map(|(k, _)| port_key(id, *k)).collect();
+                let stale: Vec<Key<NsgPortKey>> = stale.iter().map(|k| port_key(id, *k)).collect();
+                (
+                    batch::update(map, &keys, &values),
+                    batch::delete(map, &stale),
+                )
+            };
+            written.map_err(|s| {
+                anyhow::Error::from(s.error).context(context(&at(&writes, s.index).0))
+            })?;
+            removed.map_err(|s| {
+                anyhow::Error::from(s.error).context(format!("removing an entry of {name}"))
+            })?;
         }
 
         let old_proto = present.proto.get(&id);
-        let mut proto: HashMap<_, NsgProtoKey, RuleBitmap> =
-            HashMap::try_from(self.map_mut(maps::NSG_PROTO)?)?;
-        for (class, rules) in &table.proto {
-            if old_proto.and_then(|p| p.get(class)) != Some(rules) {
-                let key = NsgProtoKey {
-                    classifier: id,
-                    proto: *class,
-                    _pad: [0; 3],
-                };
-                proto.insert(key, rules, 0).with_context(|| {
-                    format!(
-                        "writing NSG_PROTO[classifier {id}, protocol {class}] (capacity {})",
-                        maps::NSG_PROTO_MAX
-                    )
-                })?;
-            }
-        }
+        let proto_key = |class: u8| NsgProtoKey {
+            classifier: id,
+            proto: class,
+            _pad: [0; 3],
+        };
+        let writes: Vec<(u8, RuleBitmap)> = table
+            .proto
+            .iter()
+            .filter(|(class, rules)| old_proto.and_then(|p| p.get(class)) != Some(rules))
+            .map(|(class, rules)| (*class, *rules))
+            .collect();
+        let stale: Vec<NsgProtoKey> = old_proto
+            .into_iter()
+            .flat_map(|p| p.keys())
+            .filter(|class| !table.proto.contains_key(class))
+            .map(|class| proto_key(*class))
+            .collect();
+        changed |= !writes.is_empty() || !stale.is_empty();
+        let map = self.map(maps::NSG_PROTO)?;
+        HashMap::<_, NsgProtoKey, RuleBitmap>::try_from(map)?;
+        let keys: Vec<NsgProtoKey> = writes.iter().map(|(class, _)| proto_key(*class)).collect();
+        let values: Vec<RuleBitmap> = writes.iter().map(|(_, rules)| *rules).collect();
+        batch::update(map, &keys, &values).map_err(|s| {
+            anyhow::Error::from(s.error).context(format!(
+                "writing NSG_PROTO[classifier {id}, protocol {}] (capacity {})",
+                at(&writes, s.index).0,
+                maps::NSG_PROTO_MAX
+            ))
+        })?;
+        batch::delete(map, &stale)
+            .map_err(|s| anyhow::Error::from(s.error).context("removing an entry of NSG_PROTO"))?;
+
         if present.portless.get(&id) != Some(&table.portless) {
+            changed = true;
             let mut portless: HashMap<_, u32, RuleBitmap> =
                 HashMap::try_from(self.map_mut(maps::NSG_PORTLESS)?)?;
             portless.insert(id, table.portless, 0).with_context(|| {
@@ -547,88 +621,101 @@ impl Dataplane {
             })?;
         }
 
-        // The hit counters are not written here: the program creates a rule's counter on its
-        // first hit, and the agent creates the others after the switch
-        // ([`Dataplane::create_nsg_counters`]), off the path of a reload.
         let old_rules = present.rules.get(&id);
-        let mut rules: HashMap<_, NsgRuleKey, NsgRule> =
-            HashMap::try_from(self.map_mut(maps::NSG_RULES)?)?;
-        for (index, rule) in table.rules.iter().enumerate() {
-            let index = index as u32;
-            if old_rules.and_then(|r| r.get(&index)) != Some(rule) {
-                let key = NsgRuleKey {
-                    classifier: id,
-                    rule: index,
-                };
-                rules.insert(key, rule, 0).with_context(|| {
-                    format!(
-                        "writing NSG_RULES[classifier {id}, rule {index}] (capacity {})",
-                        maps::NSG_RULES_MAX
-                    )
-                })?;
-            }
-        }
-        Ok(())
+        let rule_key = |rule: u32| NsgRuleKey {
+            classifier: id,
+            rule,
+        };
+        let writes: Vec<(u32, NsgRule)> = (0..)
+            .zip(table.rules.iter().copied())
+            .filter(|(index, rule)| old_rules.and_then(|r| r.get(index)) != Some(rule))
+            .collect();
+        let count = table.rules.len() as u32;
+        let stale: Vec<NsgRuleKey> = old_rules
+            .into_iter()
+            .flat_map(|r| r.keys())
+            .filter(|index| **index >= count)
+            .map(|index| rule_key(*index))
+            .collect();
+        changed |= !writes.is_empty() || !stale.is_empty();
+        let map = self.map(maps::NSG_RULES)?;
+        HashMap::<_, NsgRuleKey, NsgRule>::try_from(map)?;
+        let keys: Vec<NsgRuleKey> = writes.iter().map(|(index, _)| rule_key(*index)).collect();
+        let values: Vec<NsgRule> = writes.iter().map(|(_, rule)| *rule).collect();
+        batch::update(map, &keys, &values).map_err(|s| {
+            anyhow::Error::from(s.error).context(format!(
+                "writing NSG_RULES[classifier {id}, rule {}] (capacity {})",
+                at(&writes, s.index).0,
+                maps::NSG_RULES_MAX
+            ))
+        })?;
+        batch::delete(map, &stale)
+            .map_err(|s| anyhow::Error::from(s.error).context("removing an entry of NSG_RULES"))?;
+
+        // The counters of the rules that are gone, and a zero one for each rule without.
+        let stale_hits: Vec<NsgRuleKey> = present
+            .hits
+            .iter()
+            .filter(|k| k.classifier == id && k.rule >= count)
+            .copied()
+            .collect();
+        changed |= !stale_hits.is_empty();
+        let map = self.map(maps::NSG_HITS)?;
+        batch::delete(map, &stale_hits)
+            .map_err(|s| anyhow::Error::from(s.error).context("removing an entry of NSG_HITS"))?;
+        Ok(changed)
     }
 
     /// Removes every NSG map entry of the classifiers `ids` (their hit counters included).
     fn remove_classifiers(&mut self, ids: &BTreeSet<u32>, present: &Present) -> Result<()> {
+        let removing = |what: &'static str| {
+            move |s: batch::Stopped| {
+                anyhow::Error::from(s.error)
+                    .context(format!("removing classifiers {ids:?} from {what}"))
+            }
+        };
         for (name, field, width) in LPM_TABLES {
-            for (id, entries) in field
+            let entries = field
                 .present(present)
-                .range(..)
+                .iter()
                 .filter(|(id, _)| ids.contains(id))
-            {
-                if width == 32 {
-                    let mut map: LpmTrie<_, NsgAddrKey, RuleBitmap> =
-                        LpmTrie::try_from(self.map_mut(name)?)?;
-                    for k in entries.keys() {
-                        ignore_missing(map.remove(&addr_key(*id, *k)))
-                            .with_context(|| format!("removing classifier {id} from {name}"))?;
-                    }
-                } else {
-                    let mut map: LpmTrie<_, NsgPortKey, RuleBitmap> =
-                        LpmTrie::try_from(self.map_mut(name)?)?;
-                    for k in entries.keys() {
-                        ignore_missing(map.remove(&port_key(*id, *k)))
-                            .with_context(|| format!("removing classifier {id} from {name}"))?;
-                    }
-                }
+                .flat_map(|(id, entries)| entries.keys().map(move |k| (*id, *k)));
+            let map = self.map(name)?;
+            if width == 32 {
+                LpmTrie::<_, NsgAddrKey, RuleBitmap>::try_from(map)?;
+                let keys: Vec<Key<NsgAddrKey>> = entries.map(|(id, k)| addr_key(id, k)).collect();
+                batch::delete(map, &keys).map_err(removing(name))?;
+            } else {
+                LpmTrie::<_, NsgPortKey, RuleBitmap>::try_from(map)?;
+                let keys: Vec<Key<NsgPortKey>> = entries.map(|(id, k)| port_key(id, k)).collect();
+                batch::delete(map, &keys).map_err(removing(name))?;
             }
         }
-        let mut proto: HashMap<_, NsgProtoKey, RuleBitmap> =
-            HashMap::try_from(self.map_mut(maps::NSG_PROTO)?)?;
-        for (id, classes) in present.proto.iter().filter(|(id, _)| ids.contains(id)) {
-            for class in classes.keys() {
-                let key = NsgProtoKey {
+        let keys: Vec<NsgProtoKey> = present
+            .proto
+            .iter()
+            .filter(|(id, _)| ids.contains(id))
+            .flat_map(|(id, classes)| {
+                classes.keys().map(|class| NsgProtoKey {
                     classifier: *id,
                     proto: *class,
                     _pad: [0; 3],
-                };
-                ignore_missing(proto.remove(&key))
-                    .with_context(|| format!("removing classifier {id} from NSG_PROTO"))?;
-            }
-        }
-        let mut portless: HashMap<_, u32, RuleBitmap> =
-            HashMap::try_from(self.map_mut(maps::NSG_PORTLESS)?)?;
-        for id in present.portless.keys().filter(|id| ids.contains(id)) {
-            ignore_missing(portless.remove(id))
-                .with_context(|| format!("removing classifier {id} from NSG_PORTLESS"))?;
-        }
-        let mut rules: HashMap<_, NsgRuleKey, NsgRule> =
-            HashMap::try_from(self.map_mut(maps::NSG_RULES)?)?;
-        for (id, indices) in present.rules.iter().filter(|(id, _)| ids.contains(id)) {
-            for rule in indices.keys() {
-                let key = NsgRuleKey {
-                    classifier: *id,
-                    rule: *rule,
-                };
-                ignore_missing(rules.remove(&key))
-                    .with_context(|| format!("removing classifier {id} from NSG_RULES"))?;
-            }
-        }
-        // By rule index too: a program may have created a counter in the race with a switch.
-        let by_rule = present
+                })
+            })
+            .collect();
+        let map = self.map(maps::NSG_PROTO)?;
+        HashMap::<_, NsgProtoKey, RuleBitmap>::try_from(map)?;
+        batch::delete(map, &keys).map_err(removing("NSG_PROTO"))?;
+        let keys: Vec<u32> = present
+            .portless
+            .keys()
+            .filter(|id| ids.contains(id))
+            .copied()
+            .collect();
+        let map = self.map(maps::NSG_PORTLESS)?;
+        HashMap::<_, u32, RuleBitmap>::try_from(map)?;
+        batch::delete(map, &keys).map_err(removing("NSG_PORTLESS"))?;
+        let rules: Vec<NsgRuleKey> = present
             .rules
             .iter()
             .filter(|(id, _)| ids.contains(id))
@@ -637,22 +724,37 @@ impl Dataplane {
                     classifier: *id,
                     rule: *rule,
                 })
-            });
-        let counters: BTreeSet<NsgRuleKey> = present
+            })
+            .collect();
+        let map = self.map(maps::NSG_RULES)?;
+        HashMap::<_, NsgRuleKey, NsgRule>::try_from(map)?;
+        batch::delete(map, &rules).map_err(removing("NSG_RULES"))?;
+        // By rule index too: a program may have created a counter in the race with a switch.
+        let counters: Vec<NsgRuleKey> = present
             .hits
             .iter()
             .filter(|k| ids.contains(&k.classifier))
             .copied()
-            .chain(by_rule)
+            .chain(rules)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
-        let mut hits: PerCpuHashMap<_, NsgRuleKey, u64> =
-            PerCpuHashMap::try_from(self.map_mut(maps::NSG_HITS)?)?;
-        for key in &counters {
-            ignore_missing(hits.remove(key))
-                .with_context(|| format!("removing classifier {} from NSG_HITS", key.classifier))?;
-        }
+        let map = self.map(maps::NSG_HITS)?;
+        PerCpuHashMap::<_, NsgRuleKey, u64>::try_from(map)?;
+        batch::delete(map, &counters).map_err(removing("NSG_HITS"))?;
         Ok(())
     }
+}
+
+/// The entry a batch stopped at (the last one if the kernel's count ran past it).
+fn at<T>(entries: &[T], index: usize) -> &T {
+    &entries[index.min(entries.len().saturating_sub(1))]
+}
+
+/// The CPUs a per-CPU map has a value for.
+fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus()
+        .map_err(|(what, err)| anyhow::Error::from(err).context(format!("counting CPUs ({what})")))
 }
 
 /// NSG classifiers under generation-numbered ids (see [`crate::dataplane::tables`]).
@@ -671,9 +773,34 @@ impl TableStore<ClassifierEntries> for Dataplane {
     fn write(&mut self, tables: &[(u32, &ClassifierEntries)]) -> Result<()> {
         let mut present = self.take_nsgs()?;
         for (id, table) in tables {
-            self.write_classifier(*id, table, &present)?;
-            present.wrote(*id, table);
+            if self.write_classifier(*id, table, &mut present)? {
+                present.wrote(*id, table);
+            }
         }
+        self.mirror.nsgs = Some(present);
+        Ok(())
+    }
+
+    /// The counters of the classifiers that stopped serving start again from zero: when a
+    /// classifier serves again (a later generation written into it), its rules count from
+    /// nothing. What they counted was read before ([`Dataplane::nsg_hits_of`]).
+    fn retire(&mut self, ids: &BTreeSet<u32>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut present = self.take_nsgs()?;
+        let keys: Vec<NsgRuleKey> = present
+            .rules
+            .iter()
+            .filter(|(id, _)| ids.contains(id))
+            .flat_map(|(id, rules)| {
+                rules.keys().map(|rule| NsgRuleKey {
+                    classifier: *id,
+                    rule: *rule,
+                })
+            })
+            .collect();
+        self.zero_nsg_counters(&keys, &mut present)?;
         self.mirror.nsgs = Some(present);
         Ok(())
     }
@@ -731,9 +858,9 @@ pub fn kernel_id(nsgs: &NsgTables, ids: &BTreeMap<String, u32>, compiled: u32) -
 /// Makes the NSG maps hold the classifiers of `nsgs`, each under its generation-numbered id
 /// (unchanged classifiers keep theirs), then calls `repoint` with the kernel id of every
 /// compiled classifier id (the compiled ids are positions in this spec, the kernel's are
-/// stable by NSG name and direction); stale classifiers are deleted after it. On failure
-/// `undo` runs, the fresh ids are deleted and nothing else changed (see
-/// [`VersionedTables::switch`]).
+/// stable by NSG name and direction); the ids that stopped serving are retired or deleted
+/// after it. On failure `undo` runs, the fresh ids are deleted and the classifiers in use are
+/// unchanged (see [`VersionedTables::switch`]).
 pub fn switch_nsgs(
     versions: &mut VersionedTables,
     dp: &mut Dataplane,
@@ -763,7 +890,8 @@ pub fn switch_nsgs(
         },
         undo,
     )?;
-    if let Err(err) = dp.create_nsg_counters() {
+    let live = versions.ids().ids().into_values().collect();
+    if let Err(err) = dp.create_nsg_counters(&live) {
         tracing::warn!(
             "creating the new rules' hit counters (the programs create them on a hit): {err:#}"
         );

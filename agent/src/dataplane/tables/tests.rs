@@ -6,7 +6,7 @@ fn wanted(tables: &[(&str, u64)]) -> BTreeMap<String, u64> {
 
 fn first(tables: &[(&str, u64)]) -> TableIds {
     TableIds::default()
-        .next_generation(&wanted(tables), &BTreeSet::new())
+        .next_generation(&wanted(tables), &BTreeSet::new(), Slots::Fresh)
         .unwrap()
         .record
 }
@@ -14,7 +14,11 @@ fn first(tables: &[(&str, u64)]) -> TableIds {
 #[test]
 fn ids_start_at_one_and_every_new_table_is_fresh() {
     let g = TableIds::default()
-        .next_generation(&wanted(&[("(system)", 1), ("apps", 2)]), &BTreeSet::new())
+        .next_generation(
+            &wanted(&[("(system)", 1), ("apps", 2)]),
+            &BTreeSet::new(),
+            Slots::Fresh,
+        )
         .unwrap();
     assert_eq!(
         g.ids.values().copied().collect::<BTreeSet<_>>(),
@@ -30,6 +34,7 @@ fn inserting_a_table_in_front_keeps_the_other_ids() {
         .next_generation(
             &wanted(&[("aaa-first", 5), ("apps", 10), ("db", 20)]),
             &BTreeSet::new(),
+            Slots::Fresh,
         )
         .unwrap();
     assert_eq!(g.ids["apps"], before.id("apps").unwrap());
@@ -43,7 +48,7 @@ fn a_changed_table_gets_a_new_id_never_one_in_use_or_taken() {
     let before = first(&[("apps", 10), ("db", 20)]);
     let taken: BTreeSet<u32> = [3, 4].into();
     let g = before
-        .next_generation(&wanted(&[("apps", 11), ("db", 20)]), &taken)
+        .next_generation(&wanted(&[("apps", 11), ("db", 20)]), &taken, Slots::Fresh)
         .unwrap();
     let new = g.ids["apps"];
     assert_ne!(new, before.id("apps").unwrap());
@@ -53,7 +58,11 @@ fn a_changed_table_gets_a_new_id_never_one_in_use_or_taken() {
     // Changed back: again a new id (the old one may still be being deleted).
     let back = g
         .record
-        .next_generation(&wanted(&[("apps", 10), ("db", 20)]), &BTreeSet::new())
+        .next_generation(
+            &wanted(&[("apps", 10), ("db", 20)]),
+            &BTreeSet::new(),
+            Slots::Fresh,
+        )
         .unwrap();
     assert!(![before.id("apps").unwrap(), new].contains(&back.ids["apps"]));
 }
@@ -67,7 +76,11 @@ fn ids_are_stable_across_restarts_through_the_state_dir() {
     assert_eq!(routes.ids, TableIds::default(), "nothing recorded yet");
     let g = routes
         .ids
-        .next_generation(&wanted(&[("apps", 10), ("db", 20)]), &BTreeSet::new())
+        .next_generation(
+            &wanted(&[("apps", 10), ("db", 20)]),
+            &BTreeSet::new(),
+            Slots::Fresh,
+        )
         .unwrap();
     routes.save(&g.record).unwrap();
     // Another kind in the same file is kept beside it.
@@ -78,7 +91,11 @@ fn ids_are_stable_across_restarts_through_the_state_dir() {
     assert_eq!(reopened.ids, g.record);
     let again = reopened
         .ids
-        .next_generation(&wanted(&[("apps", 10), ("db", 20)]), &BTreeSet::new())
+        .next_generation(
+            &wanted(&[("apps", 10), ("db", 20)]),
+            &BTreeSet::new(),
+            Slots::Fresh,
+        )
         .unwrap();
     assert_eq!(again.ids, g.ids);
     assert!(again.fresh.is_empty(), "an unchanged spec writes nothing");
@@ -93,6 +110,98 @@ fn ids_are_stable_across_restarts_through_the_state_dir() {
         format!("{err:#}").contains("tables.json is not a table id record"),
         "{err:#}"
     );
+    drop(cleanup);
+}
+
+/// Two slots per table: a table's first change takes a fresh id, every later one its standby,
+/// which is the id it served from before; a change and its reversal alternate between the two
+/// ids, and the unchanged tables keep theirs (and their standbys).
+#[test]
+fn a_changed_table_alternates_between_its_two_slots() {
+    let next = |ids: &TableIds, tables: &[(&str, u64)]| {
+        ids.next_generation(&wanted(tables), &BTreeSet::new(), Slots::Standby)
+            .unwrap()
+    };
+    let start = next(&TableIds::default(), &[("apps", 10), ("db", 20)]);
+    assert!(start.record.standbys().is_empty());
+    let (a, db) = (start.ids["apps"], start.ids["db"]);
+
+    let first = next(&start.record, &[("apps", 11), ("db", 20)]);
+    let b = first.ids["apps"];
+    assert!(![a, db, 0].contains(&b));
+    assert_eq!(
+        (first.fresh.clone(), first.written.clone()),
+        ([b].into(), [b].into())
+    );
+    assert_eq!(
+        first.record.standbys(),
+        BTreeMap::from([("apps".into(), a)])
+    );
+    assert_eq!(first.ids["db"], db);
+
+    let mut record = first.record;
+    for (i, fingerprint) in [10, 11, 12, 12, 13].into_iter().enumerate() {
+        let g = next(&record, &[("apps", fingerprint), ("db", 20)]);
+        let (live, standby) = (record.id("apps").unwrap(), record.standbys()["apps"]);
+        if fingerprint == record.tables["apps"].fingerprint {
+            assert_eq!(g.ids["apps"], live, "change {i}: unchanged, same id");
+            assert!(g.written.is_empty());
+            assert_eq!(g.record.standbys()["apps"], standby);
+        } else {
+            assert_eq!(g.ids["apps"], standby, "change {i}: into the standby");
+            assert_eq!(g.written, [standby].into());
+            assert!(g.fresh.is_empty(), "change {i}: no fresh id");
+            assert_eq!(
+                g.record.standbys()["apps"],
+                live,
+                "change {i}: the old id waits"
+            );
+        }
+        assert_eq!(g.ids["db"], db);
+        assert!(!g.record.standbys().contains_key("db"));
+        assert_eq!(
+            g.record.held(),
+            [a, b, db].into(),
+            "change {i}: two ids for apps, one for db"
+        );
+        record = g.record;
+    }
+
+    // A table that goes away takes both its ids with it.
+    let gone = next(&record, &[("db", 20)]);
+    assert_eq!(gone.record.held(), [db].into());
+}
+
+/// A standby an endpoint points at (an agent stopped between a switch and its record) is
+/// forgotten, never written into: the table's next change takes a fresh id.
+#[test]
+fn a_standby_in_use_is_never_written_into() {
+    let dir = std::env::temp_dir().join(format!("vnetd-tables-ab-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let cleanup = Cleanup(dir.clone());
+    let tables = VersionedTables::open_with(&dir, "nsgs", Slots::Standby).unwrap();
+    let next = |ids: &TableIds, f: u64| {
+        ids.next_generation(&wanted(&[("web", f)]), &BTreeSet::new(), Slots::Standby)
+            .unwrap()
+    };
+    let one = next(&tables.ids, 1);
+    let two = next(&one.record, 2);
+    let (a, b) = (one.ids["web"], two.ids["web"]);
+    tables.save(&two.record).unwrap();
+    let mut reopened = VersionedTables::open_with(&dir, "nsgs", Slots::Standby).unwrap();
+    assert_eq!(reopened.ids, two.record, "the standby is recorded");
+    reopened.drop_serving_standbys(&[b].into());
+    assert_eq!(reopened.ids, two.record, "the standby serves nothing: kept");
+    reopened.drop_serving_standbys(&[a, b].into());
+    assert!(reopened.ids.standbys().is_empty());
+    let three = next(&reopened.ids, 3);
+    assert!(![a, b].contains(&three.ids["web"]), "a fresh id");
+    assert_eq!(three.fresh, [three.ids["web"]].into());
+
+    // An agent that keeps no standbys forgets them (they are deleted as stale).
+    let fresh = VersionedTables::open(&dir, "nsgs").unwrap();
+    assert!(fresh.ids.standbys().is_empty());
+    assert_eq!(fresh.id("web"), Some(b));
     drop(cleanup);
 }
 
