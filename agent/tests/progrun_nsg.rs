@@ -289,10 +289,10 @@ proptest! {
     ) {
         let mut guard = STANDBY_FIXTURE.lock().unwrap_or_else(|e| e.into_inner());
         let fx = guard.get_or_insert_with(|| {
-            let state = StateDir::new("standby");
+            let state = StateDir::new("progrun-nsg-standby");
             Fixture {
                 dp: oracle_dataplane(),
-                versions: VersionedTables::open_with(&state.0, "nsg", Slots::Standby).unwrap(),
+                versions: VersionedTables::open_with(state.path(), "nsg", Slots::Standby).unwrap(),
                 _state: state,
             }
         });
