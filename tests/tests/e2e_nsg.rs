@@ -562,6 +562,27 @@ fn hit_counters_move_by_one_per_decision_for_the_deciding_rule() -> Result<()> {
     let node2 = expect_hits(&m.agent2, "apps-nsg", &on_node2, &before2);
     node1?;
     node2?;
+    // The NSG tables' occupancy against their capacity, in the status.
+    let status = m.agent1.status()?;
+    let table = |name: &str| {
+        status["maps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t[0] == name)
+            .map(|t| (t[1].as_u64().unwrap_or(0), t[2].as_u64().unwrap_or(0)))
+    };
+    let (rules, capacity) = table("nsg_rules").context("no nsg_rules in the status' maps")?;
+    assert!(
+        rules >= on_node1.len() as u64 && capacity == u64::from(vnetd_common::maps::NSG_RULES_MAX),
+        "nsg_rules: {rules} of {capacity} for the {} rules of both directions",
+        on_node1.len()
+    );
+    assert!(
+        table("nsg_src_addr").is_some_and(|(n, _)| n > 0),
+        "{}",
+        status["maps"]
+    );
     Ok(())
 }
 

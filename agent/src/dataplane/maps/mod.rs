@@ -37,6 +37,12 @@ impl Dataplane {
         let public_ports: HashMap<_, PublicPortKey, u32> =
             HashMap::try_from(self.map(PUBLIC_PORTS)?)?;
         let group_ports: HashMap<_, GroupPortKey, u32> = HashMap::try_from(self.map(GROUP_PORTS)?)?;
+        // The NSG maps are large and the agent knows what it wrote there: counted from that.
+        let nsg = self.mirror.nsgs.as_ref().map(nsg::Present::occupancy);
+        let nsg = nsg
+            .into_iter()
+            .flatten()
+            .map(|(map, n, cap)| (map.to_lowercase(), n, cap));
         Ok(vec![
             (
                 ENDPOINTS.to_lowercase(),
@@ -68,7 +74,10 @@ impl Dataplane {
                 group_ports.keys().count() as u64,
                 u64::from(GROUP_PORTS_MAX),
             ),
-        ])
+        ]
+        .into_iter()
+        .chain(nsg)
+        .collect())
     }
 
     fn map(&self, name: &str) -> Result<&Map> {

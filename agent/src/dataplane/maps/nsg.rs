@@ -149,6 +149,47 @@ pub struct Present {
 }
 
 impl Present {
+    /// Entries in each NSG map, with its capacity: (map, entries, capacity).
+    pub fn occupancy(&self) -> [(&'static str, u64, u64); 8] {
+        let lpm = |m: &BTreeMap<u32, LpmEntries>| m.values().map(|e| e.len() as u64).sum::<u64>();
+        let nested = self.proto.values().map(|p| p.len() as u64).sum();
+        let rules = self.rules.values().map(|r| r.len() as u64).sum();
+        [
+            (
+                maps::NSG_SRC_ADDR,
+                lpm(&self.src_addr),
+                maps::NSG_ADDR_MAX.into(),
+            ),
+            (
+                maps::NSG_DST_ADDR,
+                lpm(&self.dst_addr),
+                maps::NSG_ADDR_MAX.into(),
+            ),
+            (
+                maps::NSG_SRC_PORT,
+                lpm(&self.src_port),
+                maps::NSG_PORT_MAX.into(),
+            ),
+            (
+                maps::NSG_DST_PORT,
+                lpm(&self.dst_port),
+                maps::NSG_PORT_MAX.into(),
+            ),
+            (maps::NSG_PROTO, nested, maps::NSG_PROTO_MAX.into()),
+            (
+                maps::NSG_PORTLESS,
+                self.portless.len() as u64,
+                maps::NSG_CLASSIFIERS_MAX.into(),
+            ),
+            (maps::NSG_RULES, rules, maps::NSG_RULES_MAX.into()),
+            (
+                maps::NSG_HITS,
+                self.hits.len() as u64,
+                maps::NSG_RULES_MAX.into(),
+            ),
+        ]
+    }
+
     /// Notes that classifier `id` now holds exactly `table` (its counters beyond its rules
     /// deleted).
     fn wrote(&mut self, id: u32, table: &ClassifierEntries) {
