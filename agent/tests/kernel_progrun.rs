@@ -160,16 +160,8 @@ fn a_pod_whose_table_is_missing_has_no_route() {
     dp.put_endpoint(
         std::net::Ipv4Addr::from(POD_A),
         vnetd_common::Endpoint {
-            host_ifindex: TEST_IFINDEX,
             route_table: 7,
-            pod_mac: MAC_A,
-            host_mac: HOST_A,
-            public_ip: [0; 4],
-            nsg_in_subnet: 0,
-            nsg_in_group: 0,
-            nsg_out_subnet: 0,
-            nsg_out_group: 0,
-            flags: 0,
+            ..pod_a_endpoint()
         },
     )
     .unwrap();
@@ -251,16 +243,8 @@ fn a_table_routing_the_vnet_locally_delivers_to_local_pods_without_a_lookup() {
     )]);
     dp.sync_routes(&only_none).unwrap();
     let pod_a = |flags| vnetd_common::Endpoint {
-        host_ifindex: TEST_IFINDEX,
-        route_table: 1,
-        pod_mac: MAC_A,
-        host_mac: HOST_A,
-        public_ip: [0; 4],
-        nsg_in_subnet: 0,
-        nsg_in_group: 0,
-        nsg_out_subnet: 0,
-        nsg_out_group: 0,
         flags,
+        ..pod_a_endpoint()
     };
     let to = |dp: &mut Dataplane, dst: [u8; 4]| {
         run(dp, programs::POD_TC_INGRESS, &udp(MAC_A, POD_A, dst))

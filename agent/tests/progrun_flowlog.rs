@@ -63,16 +63,8 @@ fn pod_a_with_outbound_nsg(dp: &mut Dataplane, state: &StateDir) -> u32 {
     dp.put_endpoint(
         Ipv4Addr::from(POD_A),
         Endpoint {
-            host_ifindex: TEST_IFINDEX,
-            route_table: 1,
-            pod_mac: MAC_A,
-            host_mac: HOST_A,
-            public_ip: [0; 4],
-            nsg_in_subnet: 0,
-            nsg_in_group: 0,
             nsg_out_subnet: out,
-            nsg_out_group: 0,
-            flags: 0,
+            ..pod_a_endpoint()
         },
     )
     .unwrap();

@@ -111,6 +111,28 @@ pub fn dataplane_with_host_b(host_b: [u8; 6]) -> Dataplane {
     dataplane_on(TEST_IFINDEX, TEST_IFINDEX, host_b)
 }
 
+/// A pod's ENDPOINTS entry as the fixture writes it: route table 1, no NSG, no flags. Tests
+/// change a field with struct update syntax.
+pub fn pod_endpoint(host_ifindex: u32, pod_mac: [u8; 6], host_mac: [u8; 6]) -> Endpoint {
+    Endpoint {
+        host_ifindex,
+        route_table: 1,
+        pod_mac,
+        host_mac,
+        public_ip: [0; 4],
+        nsg_in_subnet: 0,
+        nsg_in_group: 0,
+        nsg_out_subnet: 0,
+        nsg_out_group: 0,
+        flags: 0,
+    }
+}
+
+/// Pod A's entry in the fixture (on the test veth).
+pub fn pod_a_endpoint() -> Endpoint {
+    pod_endpoint(TEST_IFINDEX, MAC_A, HOST_A)
+}
+
 /// node-1's settings in the fixture: its uplink on the test veth, SNAT ports 32768-65535, no
 /// Services. Tests change a field with struct update syntax.
 pub fn node_config() -> NodeConfig {
@@ -137,18 +159,7 @@ pub fn dataplane_on(ifindex_a: u32, ifindex_b: u32, host_b: [u8; 6]) -> Dataplan
     ] {
         dp.put_endpoint(
             Ipv4Addr::from(ip),
-            Endpoint {
-                host_ifindex,
-                route_table: 1,
-                pod_mac,
-                host_mac,
-                public_ip: [0; 4],
-                nsg_in_subnet: 0,
-                nsg_in_group: 0,
-                nsg_out_subnet: 0,
-                nsg_out_group: 0,
-                flags: 0,
-            },
+            pod_endpoint(host_ifindex, pod_mac, host_mac),
         )
         .unwrap();
     }
