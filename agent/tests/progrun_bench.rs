@@ -25,6 +25,33 @@ use vnetd_common::{Path, programs};
 /// Runs per BPF_PROG_RUN call: fewer than the 254 a TTL-255 frame can be forwarded.
 const BATCH: u32 = 200;
 
+/// Batches between two drains of the flow-log ring: 40 x 200 records of 72 bytes, about half
+/// the ring.
+const DRAIN_EVERY: u32 = 40;
+
+/// Runs per benchmark: `VNETD_BENCH_PROGRUN_RUNS` (the bench's `--quick` lowers it), else
+/// 1,000,000.
+fn runs() -> u32 {
+    std::env::var("VNETD_BENCH_PROGRUN_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// The service tags of the fixture's VNet, 10.0.0.0/16.
+fn fixture_tags() -> vnetd::compile::ServiceTags {
+    let vnet = vec!["10.0.0.0/16".parse().unwrap()];
+    vnetd::compile::ServiceTags {
+        internet: vnetd::compile::prefix::complement(&vnet),
+        virtual_network: vnet,
+    }
+}
+
+/// Reads what the flow-log ring holds: the records taken.
+fn drain(ring: &mut vnetd::dataplane::maps::FlowEventRing) -> u64 {
+    std::iter::from_fn(|| ring.next_event()).count() as u64
+}
+
 /// A 64-byte frame from pod A to pod B: Ethernet, IPv4 (TTL 255, valid checksum), UDP.
 fn frame() -> Vec<u8> {
     let mut f = udp(MAC_A, POD_A, POD_B);
@@ -36,10 +63,7 @@ fn frame() -> Vec<u8> {
 #[test]
 #[ignore = "a benchmark: `cargo xtask bench` runs it"]
 fn pod_ingress_pod_to_pod() {
-    let runs: u32 = std::env::var("VNETD_BENCH_PROGRUN_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
+    let runs = runs();
     let calls = runs.div_ceil(BATCH).max(1);
     // Pod B's host-veth MAC is pod A's MAC: see the module's comment.
     let mut dp = dataplane_with_host_b(MAC_A);
@@ -92,11 +116,7 @@ fn forwarded(dp: &vnetd::dataplane::Dataplane) -> u64 {
 #[test]
 #[ignore = "a benchmark: `cargo xtask bench` runs it"]
 fn pod_ingress_snat_established() {
-    let runs: u32 = std::env::var("VNETD_BENCH_PROGRUN_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000)
-        .clamp(1000, 200_000);
+    let runs = runs().clamp(1000, 200_000);
     let mut dp = dataplane_with_host_b(MAC_A);
     route_the_vnet_directly(&mut dp, &[POD_A]);
     let mut internet = udp(MAC_A, POD_A, [198, 51, 100, 10]);
@@ -164,23 +184,16 @@ fn pod_ingress_snat_established() {
 #[ignore = "a benchmark: `cargo xtask bench` runs it"]
 fn pod_ingress_with_nsg_rules() {
     use vnetd::{
-        compile::{ServiceTags, nsg::compile_nsgs, prefix::complement},
+        compile::nsg::compile_nsgs,
         dataplane::{Dataplane, maps::nsg, tables::TableStore},
         spec::{
             Access, AddressPrefix, Direction, NetworkSecurityGroup, PortRange, Protocol,
             SecurityRule,
         },
     };
-    let runs: u32 = std::env::var("VNETD_BENCH_PROGRUN_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
+    let runs = runs();
     let calls = runs.div_ceil(BATCH).max(1);
-    let vnet = vec!["10.0.0.0/16".parse().unwrap()];
-    let tags = ServiceTags {
-        internet: complement(&vnet),
-        virtual_network: vnet,
-    };
+    let tags = fixture_tags();
     let mut dp = dataplane_with_host_b(MAC_A);
     route_the_vnet_directly(&mut dp, &[POD_A]);
     let mut ring = dp.flow_event_ring().unwrap();
@@ -231,11 +244,11 @@ fn pod_ingress_with_nsg_rules() {
         let mut first_ns = 0u64;
         for call in 0..calls {
             first_ns += batch(&mut dp, &denied, &mut out, TC_ACT_SHOT);
-            if call % 40 == 39 {
-                std::iter::from_fn(|| ring.next_event()).count();
+            if call % DRAIN_EVERY == DRAIN_EVERY - 1 {
+                drain(&mut ring);
             }
         }
-        std::iter::from_fn(|| ring.next_event()).count();
+        drain(&mut ring);
         let first = first_ns as f64 / (f64::from(calls) * f64::from(BATCH));
         let done = u64::from(calls) * u64::from(BATCH);
         assert_eq!(
@@ -279,27 +292,18 @@ fn pod_ingress_with_nsg_rules() {
 #[ignore = "a benchmark: `cargo xtask bench` runs it"]
 fn pod_ingress_denied_flow_log_ring_drained_and_full() {
     use vnetd::{
-        compile::{ServiceTags, nsg::compile_nsgs, prefix::complement},
+        compile::nsg::compile_nsgs,
         dataplane::{maps::nsg, tables::TableStore},
         spec::{
             Access, AddressPrefix, Direction, NetworkSecurityGroup, PortRange, Protocol,
             SecurityRule,
         },
     };
-    /// Batches between two drains: 40 x 200 records of 72 bytes, about half the ring.
-    const DRAIN_EVERY: u32 = 40;
     /// Rounds of the two states, alternating.
     const ROUNDS: u32 = 10;
-    let runs: u32 = std::env::var("VNETD_BENCH_PROGRUN_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
+    let runs = runs();
     let calls = runs.div_ceil(BATCH).max(1);
-    let vnet = vec!["10.0.0.0/16".parse().unwrap()];
-    let tags = ServiceTags {
-        internet: complement(&vnet),
-        virtual_network: vnet,
-    };
+    let tags = fixture_tags();
     let mut dp = dataplane_with_host_b(MAC_A);
     let deny_dns = NetworkSecurityGroup {
         name: "bench-deny".into(),
@@ -330,9 +334,6 @@ fn pod_ingress_denied_flow_log_ring_drained_and_full() {
     let denied = frame();
     let mut out = vec![0u8; denied.len() + 256];
     let mut ring = dp.flow_event_ring().unwrap();
-    fn drain(ring: &mut vnetd::dataplane::maps::FlowEventRing) -> u64 {
-        std::iter::from_fn(|| ring.next_event()).count() as u64
-    }
     drain(&mut ring);
 
     // The two states alternate in ROUNDS rounds, so that neither has the machine's quieter
