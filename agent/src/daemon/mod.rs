@@ -2,10 +2,10 @@
 //! the API. Requests are handled one at a time (a pod ADD is a few netlink calls and map
 //! writes; serialising them keeps IPAM and the maps trivially consistent).
 //!
-//! This file holds the agent's life: start, reload, restore, the link watch's reconcile.
-//! The API's requests are in [`requests`], the status report in [`status`], the pure
-//! plan -> kernel entry functions in [`entries`], and the reload's table switch in
-//! [`table_switch`].
+//! This file holds the agent's life: start, reload, restore, the link watch's reconcile, and
+//! an endpoint's programming and forgetting (shared with ADD and DEL). The API's requests are in
+//! `requests.rs`, the status report in `status.rs`, the pure plan -> kernel entry functions in
+//! `entries.rs`, and the reload's table switch in `table_switch.rs`.
 mod entries;
 mod requests;
 mod status;
