@@ -63,8 +63,8 @@ enum Task {
         /// Only the control plane's CNI ADD/DEL latency (report: target/bench/control-plane.json).
         #[arg(long)]
         control_plane_only: bool,
-        /// Only this scenario (repeatable): progrun, pod_to_pod, pod_to_internet, nsg,
-        /// packet_rate, retrans, control_plane.
+        /// Only this scenario (repeatable): progrun, pod_to_pod, cross_node, pod_to_internet,
+        /// nsg, packet_rate, flow_setup, retrans, control_plane.
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
         /// Pods the control plane's CNI ADD/DEL latency is measured on (default 100; 25 with

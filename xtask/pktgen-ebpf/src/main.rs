@@ -3,9 +3,11 @@
 //!
 //! - `pktgen` (XDP, run with BPF_PROG_RUN in live-frames mode on the sending pod's `eth0`):
 //!   writes the frame's headers from [`TEMPLATE`] on every run (live-frames pages are recycled
-//!   carrying whatever the dataplane rewrote: MACs, TTL, addresses), gives it the next source
-//!   port of the template's range, and transmits it (XDP_TX: out of `eth0`, into the pod's
-//!   host-side veth and the dataplane under test).
+//!   carrying whatever the dataplane rewrote: MACs, TTL, addresses), gives it the next ports of
+//!   the template's ranges (source ports in turn; the destination port moves on after each
+//!   round of them), and transmits it (XDP_TX: out of `eth0`, into the pod's host-side veth
+//!   and the dataplane under test). UDP frames go without a checksum; TCP SYNs (new flows,
+//!   one per frame) get theirs, so a stateful firewall takes them as valid.
 //! - `count_drop` (TC ingress on the receiving pod's `eth0`): counts and drops, so the
 //!   receiver's socket stack is not what is measured.
 //! - `bare_forward` (TC ingress on the sending pod's host-side veth): only
@@ -21,12 +23,17 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-/// Ethernet, IPv4 without options, UDP: what `pktgen` rewrites.
-const HEADERS: usize = 42;
-/// The UDP source port's offset in the frame.
+/// Ethernet, IPv4 without options, TCP without options (UDP's 8 bytes and 12 of zeros):
+/// what `pktgen` rewrites.
+const HEADERS: usize = 54;
+/// The layer-4 source and destination ports' offsets in the frame.
 const SPORT: usize = 34;
+const DPORT: usize = 36;
+/// The TCP checksum's offset.
+const TCP_CSUM: usize = 50;
 
-/// The generated frame's headers and its source ports, written by userspace before a run.
+/// The generated frame's headers and its ports, written by userspace before a run (the
+/// userspace side has the same layout: `vnetd-pktgen`'s `template`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Template {
@@ -34,6 +41,13 @@ pub struct Template {
     /// Source ports `sport_first .. sport_first + sport_count` in turn (host order).
     pub sport_first: u16,
     pub sport_count: u16,
+    /// Destination ports `dport_first .. dport_first + dport_count`, the next after each round
+    /// of source ports.
+    pub dport_first: u16,
+    pub dport_count: u16,
+    /// TCP: the one's-complement sum of the pseudo-header and the TCP header with both ports
+    /// and the checksum zero (the ports are added per frame). 0 for UDP (no checksum).
+    pub tcp_sum: u32,
 }
 
 #[map]
@@ -66,11 +80,25 @@ pub fn pktgen(ctx: XdpContext) -> u32 {
         *frame = t.headers;
         let n = *seq;
         *seq = n.wrapping_add(1);
-        let count = u32::from(t.sport_count).max(1);
-        let port = t.sport_first.wrapping_add((n % count) as u16);
-        frame[SPORT..SPORT + 2].copy_from_slice(&port.to_be_bytes());
+        let sports = u32::from(t.sport_count).max(1);
+        let dports = u32::from(t.dport_count).max(1);
+        let sport = t.sport_first.wrapping_add((n % sports) as u16);
+        let dport = t.dport_first.wrapping_add((n / sports % dports) as u16);
+        frame[SPORT..SPORT + 2].copy_from_slice(&sport.to_be_bytes());
+        frame[DPORT..DPORT + 2].copy_from_slice(&dport.to_be_bytes());
+        if t.tcp_sum != 0 {
+            let csum = !fold(t.tcp_sum + u32::from(sport) + u32::from(dport));
+            frame[TCP_CSUM..TCP_CSUM + 2].copy_from_slice(&csum.to_be_bytes());
+        }
     }
     xdp_action::XDP_TX
+}
+
+/// A one's-complement sum folded to 16 bits.
+#[inline(always)]
+fn fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ((sum & 0xffff) + (sum >> 16)) as u16
 }
 
 #[classifier]

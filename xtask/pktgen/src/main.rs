@@ -52,9 +52,19 @@ struct Args {
     dst_ip: Ipv4Addr,
     #[arg(long, default_value_t = 9)]
     dst_port: u16,
-    /// Source ports 10000 .. 10000 + this, in turn.
+    /// The first source port.
+    #[arg(long, default_value_t = 10000)]
+    sport_first: u16,
+    /// Source ports `--sport-first` .. + this, in turn.
     #[arg(long, default_value_t = 1024)]
     sports: u16,
+    /// Destination ports `--dst-port` .. + this: the next one after each round of source ports
+    /// (with `--tcp-syn`, every frame a new flow for as many frames as sports times dports).
+    #[arg(long, default_value_t = 1)]
+    dports: u16,
+    /// TCP SYNs (with their checksum) instead of UDP.
+    #[arg(long)]
+    tcp_syn: bool,
     /// The whole frame, Ethernet header included, without FCS.
     #[arg(long, default_value_t = 64)]
     frame_len: usize,
@@ -124,13 +134,9 @@ fn main() -> Result<()> {
         .with_context(|| format!("no interface {} in {}", args.dev, args.tx_netns.display()))?;
     let frame = frame(&args)?;
     {
-        let mut template: Array<_, [u8; 46]> =
+        let mut template: Array<_, Template> =
             Array::try_from(ebpf.map_mut("TEMPLATE").context("no TEMPLATE")?)?;
-        let mut t = [0u8; 46];
-        t[..42].copy_from_slice(&frame[..42]);
-        t[42..44].copy_from_slice(&10000u16.to_ne_bytes());
-        t[44..46].copy_from_slice(&args.sports.to_ne_bytes());
-        template.set(0, t, 0)?;
+        template.set(0, Template::of(&args, &frame), 0)?;
     }
     // program_mut borrows the whole object: the counter's map first.
     let counter_map: PerCpuArray<_, u64> =
@@ -197,6 +203,8 @@ fn main() -> Result<()> {
             "cpu": args.cpu,
             "frame_len": frame.len(),
             "source_ports": args.sports,
+            "destination_ports": args.dports,
+            "protocol": if args.tcp_syn { "tcp_syn" } else { "udp" },
         })
     );
     Ok(())
@@ -218,7 +226,66 @@ fn mac(s: &str) -> Result<[u8; 6]> {
         .map_err(|_| anyhow::anyhow!("not a MAC address: {s}"))
 }
 
-/// The frame: Ethernet, IPv4 (TTL 64, checksum), UDP (checksum 0: none), zero payload.
+/// `TEMPLATE`'s value: the same layout as the generator program's `Template`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Template {
+    headers: [u8; HEADERS],
+    sport_first: u16,
+    sport_count: u16,
+    dport_first: u16,
+    dport_count: u16,
+    tcp_sum: u32,
+}
+
+// SAFETY: plain integers and bytes; the padding after `dport_count` is zeroed by `of`.
+unsafe impl aya::Pod for Template {}
+
+/// Ethernet, IPv4, TCP: the headers the generator rewrites on every frame.
+const HEADERS: usize = 54;
+impl Template {
+    fn of(a: &Args, frame: &[u8]) -> Template {
+        // SAFETY: all-zero bytes are a valid Template, padding included.
+        let mut t: Template = unsafe { std::mem::zeroed() };
+        t.headers.copy_from_slice(&frame[..HEADERS]);
+        t.sport_first = a.sport_first;
+        t.sport_count = a.sports;
+        t.dport_first = a.dst_port;
+        t.dport_count = a.dports;
+        t.tcp_sum = if a.tcp_syn { tcp_sum(frame) } else { 0 };
+        t
+    }
+}
+
+/// The one's-complement sum (folded) of the TCP pseudo-header and the TCP header of `frame`
+/// with both ports and the checksum taken as zero: the generator adds each frame's ports.
+fn tcp_sum(frame: &[u8]) -> u32 {
+    let ip = &frame[14..34];
+    let tcp_len = u16::from_be_bytes([ip[2], ip[3]]) - 20;
+    let mut words: Vec<u16> = ip[12..20]
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    words.push(6);
+    words.push(tcp_len);
+    let tcp = &frame[34..34 + usize::from(tcp_len)];
+    for (i, c) in tcp.chunks(2).enumerate() {
+        // Ports (words 0 and 1) and the checksum (word 8) are zero here.
+        if !matches!(i, 0 | 1 | 8) {
+            words.push(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    }
+    fold(words.iter().map(|&w| u32::from(w)).sum())
+}
+
+fn fold(sum: u32) -> u32 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    (sum & 0xffff) + (sum >> 16)
+}
+
+/// The frame: Ethernet, IPv4 (TTL 64, checksum), then UDP (checksum 0: none, zero payload)
+/// or, with `--tcp-syn`, a TCP SYN without options (its checksum is the generator's, per
+/// frame) and Ethernet padding.
 fn frame(a: &Args) -> Result<Vec<u8>> {
     ensure!(
         (60..=1500).contains(&a.frame_len),
@@ -229,12 +296,16 @@ fn frame(a: &Args) -> Result<Vec<u8>> {
     f[0..6].copy_from_slice(&mac(&a.dst_mac)?);
     f[6..12].copy_from_slice(&mac(&a.src_mac)?);
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (a.frame_len - 14) as u16;
+    let ip_len = if a.tcp_syn {
+        40
+    } else {
+        (a.frame_len - 14) as u16
+    };
     let ip = &mut f[14..34];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
     ip[8] = 64;
-    ip[9] = 17;
+    ip[9] = if a.tcp_syn { 6 } else { 17 };
     ip[12..16].copy_from_slice(&a.src_ip.octets());
     ip[16..20].copy_from_slice(&a.dst_ip.octets());
     let sum = ip
@@ -244,9 +315,17 @@ fn frame(a: &Args) -> Result<Vec<u8>> {
     let sum = (sum & 0xffff) + (sum >> 16);
     let sum = (sum & 0xffff) + (sum >> 16);
     ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f[34..36].copy_from_slice(&10000u16.to_be_bytes());
+    f[34..36].copy_from_slice(&a.sport_first.to_be_bytes());
     f[36..38].copy_from_slice(&a.dst_port.to_be_bytes());
-    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    if a.tcp_syn {
+        let tcp = &mut f[34..54];
+        tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x02;
+        tcp[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+    } else {
+        f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    }
     Ok(f)
 }
 
@@ -292,5 +371,43 @@ mod tests {
         ]);
         assert!(frame(&short).is_err());
         assert!(mac("02:00").is_err());
+    }
+
+    /// A TCP SYN with the ports and checksum the generator writes (as its program does: the
+    /// template's sum plus the frame's ports) has a valid TCP checksum for any ports.
+    #[test]
+    fn tcp_syn_checksum_is_valid_for_every_port_pair() {
+        let args = Args::parse_from([
+            "vnetd-pktgen",
+            "--tx-netns=/a",
+            "--rx-netns=/b",
+            "--src-mac=02:00:0a:00:02:0a",
+            "--dst-mac=ee:ee:ee:ee:ee:ee",
+            "--src-ip=10.0.2.10",
+            "--dst-ip=10.0.2.11",
+            "--tcp-syn",
+        ]);
+        let mut f = frame(&args).unwrap();
+        assert_eq!(f.len(), 64);
+        assert_eq!(f[23], 6, "TCP");
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]), 40, "IPv4 total length");
+        assert_eq!(f[47], 0x02, "SYN only");
+        let t = Template::of(&args, &f);
+        for (sport, dport) in [(10000u16, 9u16), (65535, 65535), (10001, 1), (0, 0)] {
+            f[34..36].copy_from_slice(&sport.to_be_bytes());
+            f[36..38].copy_from_slice(&dport.to_be_bytes());
+            let csum = !(fold(t.tcp_sum + u32::from(sport) + u32::from(dport)) as u16);
+            f[50..52].copy_from_slice(&csum.to_be_bytes());
+            let mut sum: u32 = f[26..34]
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum();
+            sum += 6 + 20;
+            sum += f[34..54]
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum::<u32>();
+            assert_eq!(fold(sum), 0xffff, "TCP checksum, ports {sport} {dport}");
+        }
     }
 }

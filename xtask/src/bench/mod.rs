@@ -39,6 +39,7 @@
 
 mod apply;
 mod cni;
+mod flowsetup;
 mod internet;
 mod measure;
 mod nsg;
@@ -135,7 +136,7 @@ fn control_plane_markdown(report: &Value) -> String {
 }
 
 /// The scenarios `--scenario NAME` selects, with what each measures.
-pub const SCENARIOS: [(&str, &str); 8] = [
+pub const SCENARIOS: [(&str, &str); 9] = [
     (
         "progrun",
         "BPF_PROG_RUN: pod_ingress, SNAT, NSG first packet by rule count",
@@ -161,6 +162,11 @@ pub const SCENARIOS: [(&str, &str); 8] = [
         "packet_rate",
         "64 B packet rate pod to pod, XDP live-frames generator: vnetd, reference, bare forwarder; \
          vnetd and reference again with an NSG of 1000 rules in the path",
+    ),
+    (
+        "flow_setup",
+        "new flows/s at the dataplane pod to pod, XDP live-frames generator sending TCP SYNs of \
+         new tuples: vnetd and reference with an NSG of 1 and of 1000 rules",
     ),
     (
         "retrans",
@@ -224,6 +230,7 @@ impl Selection {
             "pod_to_internet",
             "nsg",
             "packet_rate",
+            "flow_setup",
             "retrans",
         ]
         .iter()
@@ -1011,7 +1018,8 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let mut rate_samples: pktrate::Samples = Default::default();
     let mut rate_runs = Vec::new();
     let mut bare_pods = Vec::new();
-    if sel.has("packet_rate") {
+    let mut flow_setup = None;
+    if sel.has("packet_rate") || sel.has("flow_setup") {
         let secs = if opts.quick { 2.0 } else { 5.0 };
         let ba = lab.add_veth_pod(&rnode, "bare-a", Ipv4Addr::new(10, 0, 3, 200))?;
         let bb = lab.add_veth_pod(&rnode, "bare-b", Ipv4Addr::new(10, 0, 3, 201))?;
@@ -1050,15 +1058,20 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                 bare_to: Some(bb.host_ifname.clone()),
             },
         ];
-        step(&format!(
-            "packet rate: {} B UDP frames, {} source ports, XDP live-frames generator pinned \
-             to CPU {} on the sending pod's eth0, counted and dropped at the receiving pod's \
-             eth0 (TC); {reps} repetition(s) of {secs} s per dataplane, the order rotating",
-            pktrate::FRAME_LEN,
-            pktrate::SOURCE_PORTS,
-            pktrate::CPU,
-        ));
-        for (nsg_rules, series) in pktrate::Series::PHASES {
+        let phases = if sel.has("packet_rate") {
+            step(&format!(
+                "packet rate: {} B UDP frames, {} source ports, XDP live-frames generator pinned \
+                 to CPU {} on the sending pod's eth0, counted and dropped at the receiving pod's \
+                 eth0 (TC); {reps} repetition(s) of {secs} s per dataplane, the order rotating",
+                pktrate::FRAME_LEN,
+                pktrate::SOURCE_PORTS,
+                pktrate::CPU,
+            ));
+            &pktrate::Series::PHASES[..]
+        } else {
+            &[]
+        };
+        for &(nsg_rules, series) in phases {
             if nsg_rules.is_some() {
                 let t = Instant::now();
                 nsg::apply(&agent, &base_spec, &rnode, nsg_rules).context("adding the NSG")?;
@@ -1083,7 +1096,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                     let before = evidence()?;
                     // A generator that cannot run here (a kernel without live frames, say)
                     // leaves this scenario out of the report, not the others.
-                    let mut run = match pktrate::run(path, secs) {
+                    let mut run = match pktrate::run(path, secs, &pktrate::UDP_FLOWS) {
                         Ok(run) => run,
                         Err(e) => {
                             let why = format!("{e:#}");
@@ -1126,6 +1139,44 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             if nsg_rules.is_some() {
                 nsg::apply(&agent, &base_spec, &rnode, None).context("removing the NSG")?;
             }
+        }
+        if sel.has("flow_setup") {
+            step(&format!(
+                "new flows per second: TCP SYNs of new tuples, the packet-rate generator on CPU \
+                 {}, vnetd and the reference with an NSG of {:?} rules; {reps} repetition(s) of \
+                 {secs} s per dataplane",
+                pktrate::CPU,
+                flowsetup::RULES
+            ));
+            // The same pods' SYNs to the internet host, through SNAT (the reference:
+            // MASQUERADE).
+            let internet = |p: &pktrate::Path| -> Result<pktrate::Path> {
+                Ok(pktrate::Path {
+                    plane: p.plane,
+                    tx: p.tx.clone(),
+                    rx: lab.internet().clone(),
+                    node: p.node.clone(),
+                    src_ip: p.src_ip,
+                    dst_ip: INTERNET_HOST_IP,
+                    dst_mac: pktrate::gateway_mac(&p.tx, INTERNET_HOST_IP)?,
+                    tx_host_veth: p.tx_host_veth.clone(),
+                    bare_to: None,
+                })
+            };
+            let to_internet = [internet(&paths[0])?, internet(&paths[1])?];
+            let (samples, runs) = flowsetup::measure(
+                &paths[..2],
+                &to_internet,
+                &agent,
+                &base_spec,
+                &rnode,
+                reps,
+                secs,
+                &mut results.invalid,
+            )
+            .context("measuring new flows per second")?;
+            flow_setup = Some(samples.summary(runs));
+            println!("{}", samples.markdown());
         }
         bare_pods.push(ba);
         bare_pods.push(bb);
@@ -1220,6 +1271,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             .map(|f| (f.key.clone(), report::summary_of(&f.samples)))
             .collect::<serde_json::Map<_, _>>(),
         "packet_rate": packet_rate,
+        "flow_setup": flow_setup,
         "retransmissions": (!retrans_runs.is_empty()).then(|| json!({
             "what": "TCP bulk pod to pod (iperf3, one stream) with the sender (client) and \
                      receiver (server) unpinned, on CPUs 0 and 1, and both on CPU 0; counter \

@@ -119,6 +119,16 @@ pub(super) fn neighbour_mac(pod: &Ns, ip: Ipv4Addr, ping: Ipv4Addr) -> Result<St
         .with_context(|| format!("{} has no neighbour entry for {ip}: {n}", pod.name))
 }
 
+/// The MAC of `pod`'s default gateway, resolved by a ping of `ping` (beyond the gateway).
+pub(super) fn gateway_mac(pod: &Ns, ping: Ipv4Addr) -> Result<String> {
+    let routes = pod.ip_json(["route", "show", "default"])?;
+    let gateway: Ipv4Addr = routes[0]["gateway"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .with_context(|| format!("{} has no default gateway: {routes}", pod.name))?;
+    neighbour_mac(pod, gateway, ping)
+}
+
 /// Whether GRO is on for `dev` in `node`.
 pub(super) fn gro(node: &Ns, dev: &str) -> Result<bool> {
     let k = node.run_ok(["ethtool", "-k", dev])?;
@@ -134,8 +144,29 @@ pub(super) fn set_gro(node: &Ns, dev: &str, on: bool) -> Result<()> {
         .with_context(|| format!("turning GRO {} on {dev} in {}", on, node.name))
 }
 
+/// What the generator sends.
+pub(super) struct Traffic {
+    /// TCP SYNs (else UDP).
+    pub(super) tcp_syn: bool,
+    /// The first source port, and how many in turn.
+    pub(super) sport: u16,
+    pub(super) sports: u16,
+    /// The first destination port, and how many: the next after each round of source ports.
+    pub(super) dport: u16,
+    pub(super) dports: u16,
+}
+
+/// This scenario's: UDP, [`SOURCE_PORTS`] flows in turn, to the discard port.
+pub(super) const UDP_FLOWS: Traffic = Traffic {
+    tcp_syn: false,
+    sport: 10_000,
+    sports: SOURCE_PORTS,
+    dport: 9,
+    dports: 1,
+};
+
 /// One run of `secs` seconds on `path`: the generator's JSON line.
-pub(super) fn run(path: &Path, secs: f64) -> Result<Value> {
+pub(super) fn run(path: &Path, secs: f64, traffic: &Traffic) -> Result<Value> {
     let was = gro(&path.node, &path.tx_host_veth)?;
     if !was {
         set_gro(&path.node, &path.tx_host_veth, true)?;
@@ -149,10 +180,16 @@ pub(super) fn run(path: &Path, secs: f64) -> Result<Value> {
         .args(["--dst-mac", &path.dst_mac])
         .args(["--src-ip", &path.src_ip.to_string()])
         .args(["--dst-ip", &path.dst_ip.to_string()])
-        .args(["--sports", &SOURCE_PORTS.to_string()])
+        .args(["--sport-first", &traffic.sport.to_string()])
+        .args(["--sports", &traffic.sports.to_string()])
+        .args(["--dst-port", &traffic.dport.to_string()])
+        .args(["--dports", &traffic.dports.to_string()])
         .args(["--frame-len", &FRAME_LEN.to_string()])
         .args(["--seconds", &secs.to_string()])
         .args(["--cpu", &CPU.to_string()]);
+    if traffic.tcp_syn {
+        cmd.arg("--tcp-syn");
+    }
     if let Some(to) = &path.bare_to {
         cmd.arg("--forward-netns")
             .arg(&path.node.path)
