@@ -122,31 +122,48 @@ pub fn insert_original(
     original: &Flow,
     reply_key: &FlowKey,
 ) -> Result<&'static mut Flow, DropReason> {
+    let _ = insert_original_only(key, original, reply_key);
+    lookup(key).ok_or(DropReason::FlowInsertFailed)
+}
+
+/// [`insert_original`] without the lookup of the entry after: `Ok` if `original` is in,
+/// `Err` if it is not (another CPU's flow won the key: look it up, or the kernel refused).
+#[inline(always)]
+fn insert_original_only(
+    key: &FlowKey,
+    original: &Flow,
+    reply_key: &FlowKey,
+) -> Result<(), CreateError> {
     match insert_new(key, original) {
         Ok(()) => {
             count(ConntrackStat::EntriesCreated, 2);
-            lookup(key).ok_or(DropReason::FlowInsertFailed)
+            Ok(())
         }
         Err(err) => {
             remove(reply_key);
             if let CreateError::Exists = err {
                 count(ConntrackStat::InsertRaces, 1);
             }
-            lookup(key).ok_or(DropReason::FlowInsertFailed)
+            Err(err)
         }
     }
 }
 
-/// A new flow nothing is rewritten in (`FlowKind::Nsg`, `FlowKind::HostStack`): both entries,
-/// the reply's first; `original` and `reply` are what each end's NSGs decided. Returns the
-/// original entry.
+/// A new flow nothing is rewritten in (`FlowKind::Nsg`, `FlowKind::HostStack`), its first
+/// packet (`tcp_flags`, `len` bytes) already counted: both entries, the reply's first;
+/// `original` and `reply` are what each end's NSGs decided.
+///
+/// The new entries are written whole and not looked up after: a flow's first packet costs
+/// two inserts, and an entry nothing has looked up yet stays unreferenced for the LRU, which
+/// evicts such entries (flows that never got a second packet) first when the table is full.
 #[inline(always)]
 pub fn create_untranslated(
     key: &FlowKey,
     kind: FlowKind,
-    original: Mark,
-    reply: Mark,
-) -> Result<&'static mut Flow, DropReason> {
+    (original, reply): (Mark, Mark),
+    tcp_flags: u8,
+    len: usize,
+) -> Result<(), DropReason> {
     let reply_key = reversed(key);
     let mut entry = new_flow(
         *key,
@@ -157,12 +174,17 @@ pub fn create_untranslated(
         Direction::Reply as u8,
     );
     stamp(&mut entry, reply);
+    let race = |key: &FlowKey| {
+        let flow = lookup(key).ok_or(DropReason::FlowInsertFailed)?;
+        seen(flow, tcp_flags, len);
+        Ok(())
+    };
     match insert_new(&reply_key, &entry) {
         Ok(()) => {}
         // Another CPU is creating this flow (or the tuple's reverse is a flow of its own).
         Err(CreateError::Exists) => {
             count(ConntrackStat::InsertRaces, 1);
-            return lookup(key).ok_or(DropReason::FlowInsertFailed);
+            return race(key);
         }
         Err(CreateError::Failed) => return Err(DropReason::FlowInsertFailed),
     }
@@ -175,7 +197,14 @@ pub fn create_untranslated(
         Direction::Original as u8,
     );
     stamp(&mut entry, original);
-    insert_original(key, &entry, &reply_key)
+    entry.packets = 1;
+    entry.bytes = len as u64;
+    entry.tcp_flags_seen = tcp_flags;
+    match insert_original_only(key, &entry, &reply_key) {
+        Ok(()) => Ok(()),
+        Err(CreateError::Exists) => race(key),
+        Err(CreateError::Failed) => Err(DropReason::FlowInsertFailed),
+    }
 }
 
 /// Records what the NSGs decided on the flow's first packet.

@@ -110,8 +110,7 @@ pub fn pod_sent(
         return Ok(Verdict::Internet);
     }
     if track {
-        let flow = conntrack::create_untranslated(&key, FlowKind::Nsg, out, into)?;
-        conntrack::seen(flow, ip.tcp_flags, len);
+        conntrack::create_untranslated(&key, FlowKind::Nsg, (out, into), ip.tcp_flags, len)?;
         let ends = Ends {
             outbound: Some(&out),
             inbound: Some(&into),
@@ -147,8 +146,8 @@ pub fn from_uplink(
     }
     let into = receive(ip, ep, &Tuple::of(ip))?;
     if track {
-        let flow = conntrack::create_untranslated(&key, FlowKind::Nsg, into, Mark::NONE)?;
-        conntrack::seen(flow, ip.tcp_flags, len);
+        let marks = (into, Mark::NONE);
+        conntrack::create_untranslated(&key, FlowKind::Nsg, marks, ip.tcp_flags, len)?;
         let ends = Ends {
             outbound: None,
             inbound: Some(&into),
@@ -204,8 +203,7 @@ pub fn from_stack(
     } else {
         FlowKind::Nsg
     };
-    let flow = conntrack::create_untranslated(&key, kind, out, into)?;
-    conntrack::seen(flow, ip.tcp_flags, len);
+    conntrack::create_untranslated(&key, kind, (out, into), ip.tcp_flags, len)?;
     let ends = Ends {
         outbound: client.map(|_| &out),
         inbound: Some(&into),
@@ -224,20 +222,18 @@ pub fn stack_forwarded(ip: &Ipv4, client: &Endpoint, len: usize) -> Result<(), D
         return stateless(ip, Some(client), None);
     }
     let key = conntrack::key_of(ip);
-    let flow = match conntrack::lookup(&key) {
-        Some(flow) => flow,
-        None => {
-            let out = nsg::outbound(client, &Tuple::of(ip))?;
-            let flow = conntrack::create_untranslated(&key, FlowKind::HostStack, out, Mark::NONE)?;
-            let ends = Ends {
-                outbound: Some(&out),
-                inbound: None,
-            };
-            flowlog::allowed(&key, FlowKind::HostStack, ends);
-            flow
-        }
+    if let Some(flow) = conntrack::lookup(&key) {
+        conntrack::seen(flow, ip.tcp_flags, len);
+        return Ok(());
+    }
+    let out = nsg::outbound(client, &Tuple::of(ip))?;
+    let marks = (out, Mark::NONE);
+    conntrack::create_untranslated(&key, FlowKind::HostStack, marks, ip.tcp_flags, len)?;
+    let ends = Ends {
+        outbound: Some(&out),
+        inbound: None,
     };
-    conntrack::seen(flow, ip.tcp_flags, len);
+    flowlog::allowed(&key, FlowKind::HostStack, ends);
     Ok(())
 }
 
