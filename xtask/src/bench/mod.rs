@@ -1019,6 +1019,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let mut rate_runs = Vec::new();
     let mut bare_pods = Vec::new();
     let mut flow_setup = None;
+    let mut flow_setup_md = None;
     if sel.has("packet_rate") || sel.has("flow_setup") {
         let secs = if opts.quick { 2.0 } else { 5.0 };
         let ba = lab.add_veth_pod(&rnode, "bare-a", Ipv4Addr::new(10, 0, 3, 200))?;
@@ -1177,6 +1178,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             .context("measuring new flows per second")?;
             flow_setup = Some(samples.summary(runs));
             println!("{}", samples.markdown());
+            flow_setup_md = Some(samples.markdown());
         }
         bare_pods.push(ba);
         bare_pods.push(bb);
@@ -1311,6 +1313,11 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         ),
     )
     .with_context(|| format!("writing {}", md_path.display()))?;
+    if let Some(table) = &flow_setup_md {
+        let mut md = std::fs::read_to_string(&md_path)?;
+        md += table;
+        std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    }
     if !valid_retrans.is_empty() {
         let mut md = std::fs::read_to_string(&md_path)?;
         md += &retrans::markdown(&valid_retrans);
