@@ -1184,6 +1184,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         bare_pods.push(bb);
     }
     let packet_rate = (!rate_runs.is_empty()).then(|| pktrate::summary(&rate_samples, &rate_runs));
+    let rate_paired = pktrate::paired(&rate_runs);
     let measuring = started.elapsed();
 
     let vnetd_packets = evidence(Scenario::PodToPod, Dp::Vnetd)?[0];
@@ -1210,7 +1211,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let notes = notes(&env, &results);
     print_table(&results, &env, &nf_call, reps, &notes);
     if packet_rate.is_some() {
-        report::print_packet_rate(&rate_samples);
+        report::print_packet_rate(&rate_samples, &rate_paired);
     }
     report::print_progrun_table(&progrun_figures);
     let progrun_ns = progrun.as_ref().ok().and_then(|v| v["ns_per_run"].as_f64());
@@ -1308,7 +1309,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
                 snat: progrun_snat.as_ref(),
                 figures: &progrun_figures,
             },
-            packet_rate.as_ref().map(|_| &rate_samples),
+            packet_rate.as_ref().map(|_| (&rate_samples, &rate_paired)),
             &out_path,
         ),
     )

@@ -217,8 +217,39 @@ pub(super) fn run(path: &Path, secs: f64, traffic: &Traffic) -> Result<Value> {
     serde_json::from_str(line).with_context(|| format!("vnetd-pktgen's line {line:?}"))
 }
 
+/// vnetd's rate over the bare forwarder's per repetition, each against the bare run of the
+/// same phase and repetition (the runs next to each other in time): without the NSG, with it.
+/// The host's noise moves both runs of a pair alike more often than runs minutes apart.
+pub(super) type Paired = [Vec<f64>; 2];
+
+/// [`Paired`] from the runs' JSON (valid runs only).
+pub(super) fn paired(runs: &[Value]) -> Paired {
+    let rate = |series: Series, rep: &Value, nsg: &Value| {
+        runs.iter()
+            .find(|r| {
+                r["series"] == series.key()
+                    && r["rep"] == *rep
+                    && r["nsg_rules"] == *nsg
+                    && r["valid"] == true
+            })
+            .and_then(|r| r["received_mpps"].as_f64())
+    };
+    let mut out: Paired = Default::default();
+    for (i, series) in [Series::Vnetd, Series::VnetdNsg].into_iter().enumerate() {
+        for run in runs.iter().filter(|r| r["series"] == series.key()) {
+            if let (Some(v), Some(bare)) = (
+                rate(series, &run["rep"], &run["nsg_rules"]),
+                rate(Series::Bare, &run["rep"], &run["nsg_rules"]),
+            ) {
+                out[i].push(v / bare);
+            }
+        }
+    }
+    out
+}
+
 /// The summary of the runs: per series the received rate's median and spread (Mpps), the
-/// ratios of the medians.
+/// ratios of the medians, and vnetd's share of the bare forwarder per repetition.
 pub(super) fn summary(samples: &Samples, runs: &[Value]) -> Value {
     use super::report::{median, summary_of};
     let m = |s: Series| median(&samples[s as usize]);
@@ -232,6 +263,8 @@ pub(super) fn summary(samples: &Samples, runs: &[Value]) -> Value {
         "ratio_vnetd_over_bare": m(Series::Vnetd) / m(Series::Bare),
         "ratio_vnetd_nsg_over_reference_nsg": m(Series::VnetdNsg) / m(Series::ReferenceNsg),
         "ratio_vnetd_nsg_over_bare": m(Series::VnetdNsg) / m(Series::Bare),
+        "paired_vnetd_over_bare": summary_of(&paired(runs)[0]),
+        "paired_vnetd_nsg_over_bare": summary_of(&paired(runs)[1]),
         "runs": runs,
     });
     for series in Series::PHASES.iter().flat_map(|(_, s)| s.iter()) {

@@ -394,7 +394,7 @@ pub(super) fn markdown(
     reps: u32,
     quick: bool,
     progrun: ProgrunRows<'_>,
-    packet_rate: Option<&super::pktrate::Samples>,
+    packet_rate: Option<(&super::pktrate::Samples, &super::pktrate::Paired)>,
     report: &Path,
 ) -> String {
     let mut md = format!(
@@ -439,7 +439,11 @@ pub(super) fn markdown(
     for f in progrun.figures {
         md.push_str(&format!("| {} | {} | | |\n", f.label, cell(&f.samples)));
     }
-    for row in packet_rate.map(packet_rate_rows).into_iter().flatten() {
+    for row in packet_rate
+        .map(|(rate, paired)| packet_rate_rows(rate, paired))
+        .into_iter()
+        .flatten()
+    {
         md.push_str(&format!(
             "| {} | {} | {} | {} |\n",
             row.label, row.vnetd, row.reference, row.ratios
@@ -458,10 +462,20 @@ struct PacketRateRow {
 
 /// The packet-rate rows: vnetd against the reference; the bare forwarder with vnetd's share of
 /// it; the same with the NSG in the path.
-fn packet_rate_rows(rate: &super::pktrate::Samples) -> [PacketRateRow; 3] {
+fn packet_rate_rows(
+    rate: &super::pktrate::Samples,
+    paired: &super::pktrate::Paired,
+) -> [PacketRateRow; 3] {
     use super::pktrate::{CPU, FRAME_LEN, NSG_RULES};
     let r = |s: Series| &rate[s as usize];
     let ratio = |a, b| ratio_of(r(a), r(b));
+    let per_rep = |v: &[f64]| match v.len() {
+        0 => String::new(),
+        _ => format!(
+            "; per repetition against the bare run beside it: {}",
+            cell(v)
+        ),
+    };
     [
         PacketRateRow {
             label: format!(
@@ -476,7 +490,11 @@ fn packet_rate_rows(rate: &super::pktrate::Samples) -> [PacketRateRow; 3] {
             label: "the same through a bare `bpf_redirect_peer` forwarder, Mpps (the limit)".into(),
             vnetd: cell(r(Series::Bare)),
             reference: String::new(),
-            ratios: format!("vnetd / bare: {}", ratio(Series::Vnetd, Series::Bare)),
+            ratios: format!(
+                "vnetd / bare: {}{}",
+                ratio(Series::Vnetd, Series::Bare),
+                per_rep(&paired[0])
+            ),
         },
         PacketRateRow {
             label: format!(
@@ -487,9 +505,10 @@ fn packet_rate_rows(rate: &super::pktrate::Samples) -> [PacketRateRow; 3] {
             vnetd: cell(r(Series::VnetdNsg)),
             reference: cell(r(Series::ReferenceNsg)),
             ratios: format!(
-                "{} (vnetd / bare: {})",
+                "{} (vnetd / bare: {}{})",
                 ratio(Series::VnetdNsg, Series::ReferenceNsg),
-                ratio(Series::VnetdNsg, Series::Bare)
+                ratio(Series::VnetdNsg, Series::Bare),
+                per_rep(&paired[1])
             ),
         },
     ]
@@ -506,8 +525,8 @@ fn ratio_of(a: &[f64], b: &[f64]) -> String {
 }
 
 /// The packet-rate rows, after the main table.
-pub(super) fn print_packet_rate(rate: &super::pktrate::Samples) {
-    for row in packet_rate_rows(rate) {
+pub(super) fn print_packet_rate(rate: &super::pktrate::Samples, paired: &super::pktrate::Paired) {
+    for row in packet_rate_rows(rate, paired) {
         let reference = match row.reference.as_str() {
             "" => String::new(),
             cell => format!(" | bridge+iptables {cell}"),
