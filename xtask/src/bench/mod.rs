@@ -566,8 +566,6 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         return finish_without_lab(&out_path, &opts, &sel, &progrun);
     }
 
-    vnetd_lab::ensure_bpffs()?;
-    vnetd_lab::cleanup_on_signal()?;
     let mut results = Results::default();
     let tb = Testbed::set_up(sel, reps, durations, opts.quick, &mut results)?;
 

@@ -26,7 +26,6 @@ pub(super) struct Testbed {
     pub(super) durations: Durations,
     /// Short runs (`--quick`).
     pub(super) quick: bool,
-    pub(super) lab: Lab,
     /// vnetd's node (`node-1`), its agent and its two pods.
     pub(super) node: Node,
     pub(super) agent: Agent,
@@ -52,6 +51,9 @@ pub(super) struct Testbed {
     pub(super) nsg_pods: Vec<Pod>,
     /// The address the internet server sees per dataplane, or why it could not be checked.
     pub(super) internet_sources: serde_json::Map<String, serde_json::Value>,
+    /// Last: fields drop in order, and on an early return the agents and pods above go before
+    /// the lab that holds their namespaces (as they did when they were `run`'s locals).
+    pub(super) lab: Lab,
 }
 
 impl Testbed {
@@ -223,7 +225,6 @@ impl Testbed {
             reps,
             durations,
             quick,
-            lab,
             node,
             agent,
             va,
@@ -243,6 +244,7 @@ impl Testbed {
             nsg_pairs,
             nsg_pods,
             internet_sources,
+            lab,
         })
     }
 
