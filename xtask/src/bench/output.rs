@@ -12,10 +12,11 @@ use serde_json::{Value, json};
 use vnetd_lab::INTERNET_HOST_IP;
 
 use super::{
-    DATAPLANES, Dp, METRICS, Metric, Progrun, ProgrunFigure, Quantity, Results, Scenario,
-    SnatProgrun,
+    DATAPLANES, Dp, METRICS, Metric, Quantity, Results, Scenario,
     cni::ref_plugins_conf,
-    nsg, pktrate, plots, report,
+    nsg, pktrate, plots,
+    progrun::{Progrun, ProgrunFigure, SnatProgrun},
+    report,
     report::{
         environment, first_line, fmt_num, markdown, notes, package_version, print_table,
         summary_json,

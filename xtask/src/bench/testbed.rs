@@ -12,10 +12,9 @@ use vnetd_lab::{
 };
 
 use super::{
-    DATAPLANES, Dp, Durations, FarPods, Pair, Results, Scenario, Selection, cross_node_pods,
-    internet,
+    DATAPLANES, Dp, Durations, Pair, Results, Scenario, Selection, cni, internet,
     measure::{forward_to_cni_packets, masquerade_packets},
-    nsg, ref_pod, step,
+    nsg, step,
 };
 
 /// What the scenarios share: the selection and its repetitions, the lab, its nodes, the agent,
@@ -284,4 +283,66 @@ impl Testbed {
             (Scenario::NsgPodToPod(_), Dp::Reference) => vec![nsg::allow_packets(&self.rnode)?],
         })
     }
+}
+
+/// The far ends of the cross-node scenario, kept alive for the run.
+struct FarPods {
+    _node: Node,
+    _agent: Agent,
+    vnetd: vnetd_lab::vnetd::Pod,
+    _reference_node: Node,
+    reference: Ns,
+    reference_ip: Ipv4Addr,
+}
+
+/// vnetd's node-2 (its agent, a pod in `apps`) and the reference's node `ref-2` (a bridge pod
+/// in [`cni::REF_SUBNET_2`]), each node with a static route to the other reference node's pod
+/// subnet and no masquerade inside the reference's pod range (kubenet's layout).
+fn cross_node_pods(lab: &Lab, rnode: &Node) -> Result<FarPods> {
+    let node = lab.add_node("node-2", "10.0.0.5/24".parse()?)?;
+    let agent = Agent::start(&node, &lab_spec()).context("starting the vnetd agent on node-2")?;
+    let vnetd = add_pod(lab, &node, "pod-far", Some("apps"), "")?;
+    let rnode2 = lab.add_node("ref-2", "10.0.0.10/24".parse()?)?;
+    let (reference, reference_ip) = ref_pod(lab, &rnode2, "ref-far")?;
+    for (node, to, via) in [
+        (&rnode.ns, cni::REF_SUBNET_2, rnode2.ip),
+        (&rnode2.ns, cni::REF_SUBNET, rnode.ip),
+    ] {
+        node.run_ok(["ip", "route", "replace", to, "via", &via.to_string()])?;
+        node.run_ok([
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-I",
+            "POSTROUTING",
+            "-s",
+            cni::REF_CLUSTER_RANGE,
+            "-d",
+            cni::REF_CLUSTER_RANGE,
+            "-j",
+            "RETURN",
+        ])?;
+    }
+    Ok(FarPods {
+        _node: node,
+        _agent: agent,
+        vnetd,
+        _reference_node: rnode2,
+        reference,
+        reference_ip,
+    })
+}
+
+/// A pod namespace on the reference node, attached by running the conflist's chain as a
+/// runtime does. Returns the namespace and the pod's address.
+fn ref_pod(lab: &Lab, node: &Node, name: &str) -> Result<(Ns, Ipv4Addr)> {
+    let pod = lab.add_pod_netns(name)?;
+    let result = cni::ref_chain(node, &pod, name, "ADD", None)?;
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("no address in the reference CNI result {result}"))?;
+    Ok((pod.ns, ip))
 }
