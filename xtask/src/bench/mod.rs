@@ -31,14 +31,19 @@
 //! ([`retrans`]). `--scenario NAME` runs one ([`SCENARIOS`]); SVG plots go beside the report
 //! ([`plots`]).
 //!
-//! This module runs the bench; [`measure`] takes the measurements (iperf3, TCP_RR, new
-//! connections per second, the counters that prove the path, BPF_PROG_RUN), [`internet`] sets
-//! up and checks the pod-to-internet path, [`report`] turns them into the table, the JSON and
-//! the README's markdown, and [`cni`] and [`apply`] are the control plane's share (CNI ADD/DEL
-//! latency; the agent's start, reload and one-rule change with 250 pods and 1000 rules).
+//! This module holds the scenarios, the selection, the schedule's types and [`run`], the
+//! pipeline: [`progrun`] first, then the lab every scenario shares ([`testbed`]), the paired
+//! runs of the schedule ([`schedule`]), [`retrans`], [`pktrate`] with [`flowsetup`] on its
+//! paths, the report ([`output`]), the teardown, and the control plane ([`control_plane`]).
+//! [`measure`] takes the measurements (iperf3, TCP_RR, new connections per second, the
+//! counters that prove the path, BPF_PROG_RUN), [`internet`] sets up and checks the
+//! pod-to-internet path, [`report`] turns them into the table, the JSON and the README's
+//! markdown, and [`cni`] and [`apply`] are the control plane's share (CNI ADD/DEL latency; the
+//! agent's start, reload and one-rule change with 250 pods and 1000 rules).
 
 mod apply;
 mod cni;
+mod control_plane;
 mod flowsetup;
 mod internet;
 mod measure;
@@ -60,6 +65,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use cni::CNI_DIR;
+use control_plane::{control_plane, control_plane_markdown};
 use progrun::Progrun;
 use report::environment;
 use serde_json::{Value, json};
@@ -92,43 +98,6 @@ impl Options {
     fn cni_pods(&self) -> usize {
         self.cni_pods.unwrap_or(if self.quick { 25 } else { 100 })
     }
-}
-
-/// Pods on the node of the spec-apply benchmark (the issue's 250, a node's most).
-const SPEC_APPLY_PODS: usize = cni::MAX_PODS;
-
-/// The control plane: CNI ADD/DEL latency of `opts.cni_pods()` pods on both dataplanes, then
-/// vnetd's spec apply (start, reload, one-rule change) with [`SPEC_APPLY_PODS`] pods and an
-/// NSG of [`apply::RULES`] rules, under `spec_apply`.
-fn control_plane(opts: &Options) -> Result<Value> {
-    let pods = opts.cni_pods();
-    step(&format!(
-        "control plane: CNI ADD then DEL of {pods} pods, vnetd-cni against bridge + firewall"
-    ));
-    let mut report = cni::run(pods)?;
-    let changes = if opts.quick { 5 } else { 20 };
-    step(&format!(
-        "control plane: vnetd applying a spec with {SPEC_APPLY_PODS} pods and an NSG of {} \
-         rules (start to ready, a reload adding it, {changes} one-rule changes)",
-        apply::RULES
-    ));
-    report["spec_apply"] = match apply::run(SPEC_APPLY_PODS, changes) {
-        Ok(v) => v,
-        Err(e) => {
-            println!("   failed: {e:#}");
-            json!({ "error": format!("{e:#}") })
-        }
-    };
-    Ok(report)
-}
-
-/// The control plane's tables for `report.md`.
-fn control_plane_markdown(report: &Value) -> String {
-    let mut md = cni::markdown(report);
-    if report["spec_apply"]["pods"].is_number() {
-        md += &apply::markdown(&report["spec_apply"]);
-    }
-    md
 }
 
 /// The scenarios `--scenario NAME` selects, with what each measures.
