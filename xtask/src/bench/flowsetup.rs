@@ -16,15 +16,17 @@
 //! connection-rate scenarios (`nsg`, `pod_to_internet`) measure whole connections through both
 //! pods' socket stacks, which bound them on this machine.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
-use vnetd_lab::{Node, vnetd::Agent};
+use vnetd_lab::{INTERNET_HOST_IP, Node, vnetd::Agent};
 
 use super::{
     measure::{forward_to_cni_packets, masquerade_packets},
     nsg,
     pktrate::{self, Traffic},
     report::{cell, median, summary_of},
+    step,
+    testbed::Testbed,
 };
 
 /// The NSG sizes measured.
@@ -273,4 +275,54 @@ impl Samples {
         );
         md
     }
+}
+
+/// New flows per second in the bench's lab, from the packet-rate scenario's paths of vnetd
+/// (`paths[0]`) and the reference (`paths[1]`), pod to pod and to the internet host. Returns
+/// the report's summary and its markdown table; invalid runs are counted in `invalid`.
+pub(super) fn measure_in_lab(
+    tb: &Testbed,
+    paths: &[pktrate::Path],
+    secs: f64,
+    invalid: &mut u32,
+) -> Result<(Value, String)> {
+    let (lab, agent, base_spec, rnode, reps) =
+        (&tb.lab, &tb.agent, &tb.base_spec, &tb.rnode, tb.reps);
+    step(&format!(
+        "new flows per second: TCP SYNs of new tuples, the packet-rate generator on CPU \
+         {}, vnetd and the reference with an NSG of {:?} rules; {reps} repetition(s) of \
+         {secs} s per dataplane",
+        pktrate::CPU,
+        RULES
+    ));
+    // The same pods' SYNs to the internet host, through SNAT (the reference:
+    // MASQUERADE).
+    let internet = |p: &pktrate::Path| -> Result<pktrate::Path> {
+        Ok(pktrate::Path {
+            plane: p.plane,
+            tx: p.tx.clone(),
+            rx: lab.internet().clone(),
+            node: p.node.clone(),
+            src_ip: p.src_ip,
+            dst_ip: INTERNET_HOST_IP,
+            dst_mac: pktrate::gateway_mac(&p.tx, INTERNET_HOST_IP)?,
+            tx_host_veth: p.tx_host_veth.clone(),
+            bare_to: None,
+        })
+    };
+    let to_internet = [internet(&paths[0])?, internet(&paths[1])?];
+    let (samples, runs) = measure(
+        &paths[..2],
+        &to_internet,
+        agent,
+        base_spec,
+        rnode,
+        reps,
+        secs,
+        invalid,
+    )
+    .context("measuring new flows per second")?;
+    let summary = samples.summary(runs);
+    println!("{}", samples.markdown());
+    Ok((summary, samples.markdown()))
 }

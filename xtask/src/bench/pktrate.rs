@@ -10,11 +10,16 @@
 //! (vnetd: every packet through conntrack, each new flow classified; the reference: the same
 //! rules in FORWARD), the bench's NSG scenario's rules ([`super::nsg`]).
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, Result, anyhow, ensure};
 use serde_json::{Value, json};
-use vnetd_lab::{Ns, vnetd::bin};
+use vnetd_lab::{Ns, POD_GATEWAY, VethPod, vnetd::bin};
+
+use super::{
+    Results, flowsetup::measure_in_lab, measure::forward_to_cni_packets, nsg, step,
+    testbed::Testbed,
+};
 
 /// The CPU the generator is pinned to (its frames are forwarded in that CPU's softirq).
 pub(super) const CPU: usize = 0;
@@ -271,4 +276,154 @@ pub(super) fn summary(samples: &Samples, runs: &[Value]) -> Value {
         out[series.key()] = summary_of(&samples[*series as usize]);
     }
     out
+}
+
+/// What the packet-rate scenario measured, and the pods it added.
+#[derive(Default)]
+pub(super) struct Measured {
+    pub(super) samples: Samples,
+    pub(super) runs: Vec<Value>,
+    /// The bare forwarder's pods, kept until the lab is torn down.
+    pub(super) bare_pods: Vec<VethPod>,
+    /// The flow-setup scenario's summary and its markdown table, when it ran.
+    pub(super) flow_setup: Option<(Value, String)>,
+}
+
+/// The packet rate of vnetd, the reference and the bare forwarder, each series in
+/// [`Series::PHASES`] (when `packet_rate` is selected), then new flows per second on the same
+/// paths (when `flow_setup` is). Invalid runs are counted in `results.invalid`.
+pub(super) fn measure(tb: &Testbed, results: &mut Results) -> Result<Measured> {
+    let (sel, reps, lab) = (&tb.sel, tb.reps, &tb.lab);
+    let (node, agent, base_spec, rnode) = (&tb.node, &tb.agent, &tb.base_spec, &tb.rnode);
+    let (va, vb, ra, ra_ip, rb, rb_ip) = (&tb.va, &tb.vb, &tb.ra, tb.ra_ip, &tb.rb, tb.rb_ip);
+    let mut rate_samples: Samples = Default::default();
+    let mut rate_runs = Vec::new();
+    let mut flow_setup = None;
+    let secs = if tb.quick { 2.0 } else { 5.0 };
+    let ba = lab.add_veth_pod(rnode, "bare-a", Ipv4Addr::new(10, 0, 3, 200))?;
+    let bb = lab.add_veth_pod(rnode, "bare-b", Ipv4Addr::new(10, 0, 3, 201))?;
+    let paths = [
+        Path {
+            plane: "vnetd",
+            tx: va.ns.ns.clone(),
+            rx: vb.ns.ns.clone(),
+            node: node.ns.clone(),
+            src_ip: va.ip,
+            dst_ip: vb.ip,
+            dst_mac: neighbour_mac(va, POD_GATEWAY, vb.ip)?,
+            tx_host_veth: host_veth(node, va)?,
+            bare_to: None,
+        },
+        Path {
+            plane: "reference",
+            tx: ra.clone(),
+            rx: rb.clone(),
+            node: rnode.ns.clone(),
+            src_ip: ra_ip,
+            dst_ip: rb_ip,
+            dst_mac: neighbour_mac(ra, rb_ip, rb_ip)?,
+            tx_host_veth: host_veth(rnode, ra)?,
+            bare_to: None,
+        },
+        Path {
+            plane: "bare",
+            tx: ba.pod.ns.clone(),
+            rx: bb.pod.ns.clone(),
+            node: rnode.ns.clone(),
+            src_ip: ba.ip,
+            dst_ip: bb.ip,
+            dst_mac: bb.pod_mac.clone(),
+            tx_host_veth: ba.host_ifname.clone(),
+            bare_to: Some(bb.host_ifname.clone()),
+        },
+    ];
+    let phases = if sel.has("packet_rate") {
+        step(&format!(
+            "packet rate: {} B UDP frames, {} source ports, XDP live-frames generator pinned \
+             to CPU {} on the sending pod's eth0, counted and dropped at the receiving pod's \
+             eth0 (TC); {reps} repetition(s) of {secs} s per dataplane, the order rotating",
+            FRAME_LEN, SOURCE_PORTS, CPU,
+        ));
+        &Series::PHASES[..]
+    } else {
+        &[]
+    };
+    for &(nsg_rules, series) in phases {
+        if nsg_rules.is_some() {
+            let t = Instant::now();
+            nsg::apply(agent, base_spec, rnode, nsg_rules).context("adding the NSG")?;
+            println!(
+                "   NSG of {} rules on the receiving pod's subnet, both dataplanes (applied in \
+                 {:.2} s)",
+                NSG_RULES,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        for rep in 0..reps as usize {
+            for k in 0..series.len() {
+                let s = series[(rep + k) % series.len()];
+                let path = &paths[s.path()];
+                let evidence = || -> Result<u64> {
+                    match s.path() {
+                        0 => agent.traffic("pod_to_pod"),
+                        1 => forward_to_cni_packets(rnode),
+                        _ => Ok(0),
+                    }
+                };
+                let before = evidence()?;
+                // A generator that cannot run here (a kernel without live frames, say)
+                // leaves this scenario out of the report, not the others.
+                let mut run = match run(path, secs, &UDP_FLOWS) {
+                    Ok(run) => run,
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        println!("   rep {} {:<13} NOT MEASURED: {why}", rep + 1, s.key());
+                        rate_runs.push(json!({
+                            "rep": rep + 1, "dataplane": path.plane, "series": s.key(),
+                            "error": why,
+                        }));
+                        continue;
+                    }
+                };
+                let after = evidence()?;
+                let mpps = run["received_mpps"].as_f64().unwrap_or(f64::NAN);
+                // The bare forwarder has no counter of its own: the drop counter is its
+                // proof.
+                let valid = s == Series::Bare || after > before;
+                print!(
+                    "   rep {} {:<13} {:.3} Mpps received ({:.3} Mpps sent)",
+                    rep + 1,
+                    s.key(),
+                    mpps,
+                    run["sent_mpps"].as_f64().unwrap_or(f64::NAN)
+                );
+                if valid {
+                    rate_samples[s as usize].push(mpps);
+                } else {
+                    results.invalid += 1;
+                    print!("  INVALID: the dataplane's counter did not move");
+                }
+                println!();
+                run["rep"] = json!(rep + 1);
+                run["dataplane"] = json!(path.plane);
+                run["series"] = json!(s.key());
+                run["nsg_rules"] = json!(nsg_rules);
+                run["evidence"] = json!({ "before": before, "after": after });
+                run["valid"] = json!(valid);
+                rate_runs.push(run);
+            }
+        }
+        if nsg_rules.is_some() {
+            nsg::apply(agent, base_spec, rnode, None).context("removing the NSG")?;
+        }
+    }
+    if sel.has("flow_setup") {
+        flow_setup = Some(measure_in_lab(tb, &paths, secs, &mut results.invalid)?);
+    }
+    Ok(Measured {
+        samples: rate_samples,
+        runs: rate_runs,
+        bare_pods: vec![ba, bb],
+        flow_setup,
+    })
 }

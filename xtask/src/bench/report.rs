@@ -4,7 +4,10 @@
 use std::{path::Path, process::Command};
 
 use super::{
-    Dp, METRICS, Metric, ProgrunFigure, Results, Scenario, SnatProgrun, pktrate::Series, step,
+    Dp, METRICS, Metric, Results, Scenario,
+    pktrate::Series,
+    progrun::{ProgrunFigure, SnatProgrun},
+    step,
 };
 use serde_json::{Value, json};
 

@@ -30,9 +30,10 @@ use serde_json::{Value, json};
 use vnetd_lab::Ns;
 
 use super::{
-    Pair,
+    DATAPLANES, Pair, Results, Scenario,
     measure::{iperf3_on, tcp_stats},
-    pktrate,
+    pktrate, step,
+    testbed::Testbed,
 };
 
 /// Where the sender and the receiver run.
@@ -322,4 +323,121 @@ pub(super) fn markdown(runs: &[Value]) -> String {
         sum("reference", None, &timeouts),
     );
     md
+}
+
+/// The retransmission runs: every placement on both dataplanes, pod to pod, as many
+/// repetitions as asked for; prints the valid runs' table. A run whose path's counter did not
+/// move counts in `results.invalid`.
+pub(super) fn measure(tb: &Testbed, results: &mut Results) -> Result<Vec<Value>> {
+    let (sel, reps, durations) = (&tb.sel, tb.reps, tb.durations);
+    let (node, rnode) = (&tb.node, &tb.rnode);
+    let (va, vb, ra, rb) = (&tb.va, &tb.vb, &tb.ra, &tb.rb);
+    let pod_to_pod = &tb.pod_to_pod;
+    let mut retrans_runs = Vec::new();
+    // A diagnosis more than a figure: one repetition in a run of every scenario, all of them
+    // when it is asked for by name.
+    let retrans_reps = if sel.0.is_empty() { 1 } else { reps };
+    step(&format!(
+        "retransmissions: TCP bulk pod to pod, {} s per run, the iperf3 client (sender) and \
+         server placed {}; {retrans_reps} repetition(s)",
+        durations.bulk,
+        PLACEMENTS
+            .iter()
+            .map(|p| format!(
+                "{} ({})",
+                p.key,
+                match (p.client_cpu, p.server_cpu) {
+                    (Some(c), Some(s)) => format!(
+                        "CPU {c} -> CPU {s}{}{}",
+                        if p.host_gro {
+                            ", GRO on the host-side veths"
+                        } else {
+                            ""
+                        },
+                        if p.rps {
+                            ", RPS on the pods' veths"
+                        } else {
+                            ""
+                        }
+                    ),
+                    _ => "by the scheduler".into(),
+                }
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let hosts = [
+        HostSide {
+            node: node.ns.clone(),
+            veths: [pktrate::host_veth(node, va)?, pktrate::host_veth(node, vb)?],
+        },
+        HostSide {
+            node: rnode.ns.clone(),
+            veths: [
+                pktrate::host_veth(rnode, ra)?,
+                pktrate::host_veth(rnode, rb)?,
+            ],
+        },
+    ];
+    for rep in 0..retrans_reps {
+        for placement in PLACEMENTS {
+            for dp in DATAPLANES {
+                let before = tb.evidence(Scenario::PodToPod, dp)?;
+                let mut run = run(
+                    &pod_to_pod[dp as usize],
+                    &hosts[dp as usize],
+                    placement,
+                    durations.bulk,
+                )
+                .with_context(|| {
+                    format!("retrans {} run {} for {}", placement.key, rep + 1, dp.key())
+                })?;
+                let valid = tb
+                    .evidence(Scenario::PodToPod, dp)?
+                    .iter()
+                    .zip(&before)
+                    .all(|(a, b)| a > b);
+                println!(
+                    "   rep {} {:<9} {:<8} {:>6.2} Gbit/s  retransmitted {} (DSACK {}, \
+                     per 1M segments {:.0})  receiver out-of-order {}  softnet per CPU {}{}",
+                    rep + 1,
+                    dp.key(),
+                    placement.key,
+                    run["gbps"].as_f64().unwrap_or(f64::NAN),
+                    run["sender"]["RetransSegs"],
+                    run["sender"]["TCPDSACKRecvSegs"],
+                    run["retransmitted_per_million_segments"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN),
+                    run["receiver"]["TCPOFOQueue"],
+                    run["softnet_processed_per_cpu"],
+                    if valid {
+                        ""
+                    } else {
+                        "  INVALID: the path's counter did not move"
+                    },
+                );
+                run["rep"] = json!(rep + 1);
+                run["dataplane"] = json!(dp.key());
+                run["valid"] = json!(valid);
+                if !valid {
+                    results.invalid += 1;
+                }
+                retrans_runs.push(run);
+            }
+        }
+    }
+    let valid_retrans = valid(&retrans_runs);
+    if !valid_retrans.is_empty() {
+        println!("{}", markdown(&valid_retrans));
+    }
+    Ok(retrans_runs)
+}
+
+/// The runs whose path's counter moved.
+pub(super) fn valid(runs: &[Value]) -> Vec<Value> {
+    runs.iter()
+        .filter(|r| r["valid"] == true)
+        .cloned()
+        .collect()
 }
