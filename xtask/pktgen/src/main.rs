@@ -333,11 +333,9 @@ fn frame(a: &Args) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    /// The frame is what the receiving stack would accept: lengths, protocol and an IPv4
-    /// header checksum that sums to 0xffff.
-    #[test]
-    fn frame_is_valid_udp() {
-        let args = Args::parse_from([
+    /// A run's arguments between two pods of the lab's addresses, and `extra`.
+    fn args(extra: &[&str]) -> Args {
+        let base = [
             "vnetd-pktgen",
             "--tx-netns=/a",
             "--rx-netns=/b",
@@ -345,8 +343,16 @@ mod tests {
             "--dst-mac=ee:ee:ee:ee:ee:ee",
             "--src-ip=10.0.2.10",
             "--dst-ip=10.0.2.11",
-        ]);
-        let f = frame(&args).unwrap();
+        ];
+        Args::parse_from(base.iter().chain(extra))
+    }
+
+    /// The frame is what the receiving stack would accept: lengths, protocol and an IPv4
+    /// header checksum that sums to 0xffff.
+    #[test]
+    fn frame_is_valid_udp() {
+        let a = args(&[]);
+        let f = frame(&a).unwrap();
         assert_eq!(f.len(), 64);
         assert_eq!(&f[0..6], &[0xee; 6]);
         assert_eq!(&f[6..12], &[2, 0, 10, 0, 2, 10]);
@@ -359,16 +365,7 @@ mod tests {
             .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
             .sum();
         assert_eq!((sum & 0xffff) + (sum >> 16), 0xffff, "IPv4 header checksum");
-        let short = Args::parse_from([
-            "vnetd-pktgen",
-            "--tx-netns=/a",
-            "--rx-netns=/b",
-            "--src-mac=02:00:0a:00:02:0a",
-            "--dst-mac=ee:ee:ee:ee:ee:ee",
-            "--src-ip=10.0.2.10",
-            "--dst-ip=10.0.2.11",
-            "--frame-len=20",
-        ]);
+        let short = args(&["--frame-len=20"]);
         assert!(frame(&short).is_err());
         assert!(mac("02:00").is_err());
     }
@@ -377,22 +374,13 @@ mod tests {
     /// template's sum plus the frame's ports) has a valid TCP checksum for any ports.
     #[test]
     fn tcp_syn_checksum_is_valid_for_every_port_pair() {
-        let args = Args::parse_from([
-            "vnetd-pktgen",
-            "--tx-netns=/a",
-            "--rx-netns=/b",
-            "--src-mac=02:00:0a:00:02:0a",
-            "--dst-mac=ee:ee:ee:ee:ee:ee",
-            "--src-ip=10.0.2.10",
-            "--dst-ip=10.0.2.11",
-            "--tcp-syn",
-        ]);
-        let mut f = frame(&args).unwrap();
+        let syn = args(&["--tcp-syn"]);
+        let mut f = frame(&syn).unwrap();
         assert_eq!(f.len(), 64);
         assert_eq!(f[23], 6, "TCP");
         assert_eq!(u16::from_be_bytes([f[16], f[17]]), 40, "IPv4 total length");
         assert_eq!(f[47], 0x02, "SYN only");
-        let t = Template::of(&args, &f);
+        let t = Template::of(&syn, &f);
         for (sport, dport) in [(10000u16, 9u16), (65535, 65535), (10001, 1), (0, 0)] {
             f[34..36].copy_from_slice(&sport.to_be_bytes());
             f[36..38].copy_from_slice(&dport.to_be_bytes());

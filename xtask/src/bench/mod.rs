@@ -598,22 +598,15 @@ fn finish_without_lab(
     sel: &Selection,
     progrun: &Progrun,
 ) -> Result<()> {
-    let (progrun, progrun_reps, progrun_figures) =
-        (&progrun.first, &progrun.reps, &progrun.figures);
-    report::print_progrun_table(progrun_figures);
+    report::print_progrun_table(&progrun.figures);
     let mut report = json!({
         "environment": environment(),
         "quick": opts.quick,
         "scenarios": sel.0,
-        "progrun": match progrun {
-            Ok(v) => v.clone(),
-            Err(e) => json!({ "error": format!("{e:#}") }),
-        },
-        "progrun_repetitions": progrun_reps,
-        "progrun_figures": progrun_figures.iter()
-            .map(|f| (f.key.clone(), report::summary_of(&f.samples)))
-            .collect::<serde_json::Map<_, _>>(),
     });
+    if let Some(fields) = report.as_object_mut() {
+        fields.extend(progrun.report_fields());
+    }
     if sel.has("control_plane") {
         vnetd_lab::ensure_bpffs()?;
         vnetd_lab::cleanup_on_signal()?;

@@ -55,8 +55,8 @@ pub(super) fn write(
         retrans_runs,
         rates,
     } = m;
-    let (progrun, progrun_reps, progrun_figures) =
-        (&progrun.first, &progrun.reps, &progrun.figures);
+    let (progrun_fields, progrun, progrun_figures) =
+        (progrun.report_fields(), &progrun.first, &progrun.figures);
     let packet_rate =
         (!rates.runs.is_empty()).then(|| pktrate::summary(&rates.samples, &rates.runs));
     let rate_paired = pktrate::paired(&rates.runs);
@@ -140,14 +140,6 @@ pub(super) fn write(
         },
         "metrics": METRICS.iter().map(|&m| summary_json(results, m)).collect::<Vec<_>>(),
         "runs": results.runs,
-        "progrun": match &progrun {
-            Ok(v) => v.clone(),
-            Err(e) => json!({ "error": format!("{e:#}") }),
-        },
-        "progrun_repetitions": progrun_reps,
-        "progrun_figures": progrun_figures.iter()
-            .map(|f| (f.key.clone(), report::summary_of(&f.samples)))
-            .collect::<serde_json::Map<_, _>>(),
         "packet_rate": packet_rate,
         "flow_setup": rates.flow_setup.as_ref().map(|(summary, _)| summary),
         "retransmissions": (!retrans_runs.is_empty()).then(|| json!({
@@ -159,6 +151,9 @@ pub(super) fn write(
         "invalid_runs": results.invalid,
         "notes": notes,
     });
+    if let Some(fields) = report.as_object_mut() {
+        fields.extend(progrun_fields);
+    }
     if let Some(dir) = out_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -25,6 +25,29 @@ pub(super) struct Progrun {
 }
 
 impl Progrun {
+    /// Its fields of the report's JSON: `progrun`, `progrun_repetitions`, `progrun_figures`.
+    pub(super) fn report_fields(&self) -> serde_json::Map<String, Value> {
+        let figures = self
+            .figures
+            .iter()
+            .map(|f| (f.key.clone(), super::report::summary_of(&f.samples)))
+            .collect::<serde_json::Map<_, _>>();
+        serde_json::Map::from_iter([
+            (
+                "progrun".to_string(),
+                match &self.first {
+                    Ok(v) => v.clone(),
+                    Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+                },
+            ),
+            (
+                "progrun_repetitions".to_string(),
+                Value::from(self.reps.clone()),
+            ),
+            ("progrun_figures".to_string(), Value::Object(figures)),
+        ])
+    }
+
     /// Runs it `reps` times if `progrun` is selected, printing each repetition.
     pub(super) fn measure(sel: &Selection, reps: u32, quick: bool) -> Progrun {
         let runs = if quick { 100_000 } else { 1_000_000 };
