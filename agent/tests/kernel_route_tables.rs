@@ -7,7 +7,7 @@ mod support;
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
-use support::StateDir;
+use support::{StateDir, pod_endpoint};
 use vnetd::dataplane::{Dataplane, maps::routes::RouteEntries, tables::VersionedTables};
 use vnetd_common::{Endpoint, NextHop, Route, maps::ROUTES_MAX};
 
@@ -44,16 +44,8 @@ fn system() -> RouteEntries {
 
 fn endpoint(route_table: u32) -> Endpoint {
     Endpoint {
-        host_ifindex: 7,
         route_table,
-        pod_mac: [2, 0xaa, 0, 0, 0, 10],
-        host_mac: [2, 0xbb, 0, 0, 0, 10],
-        public_ip: [0; 4],
-        nsg_in_subnet: 0,
-        nsg_in_group: 0,
-        nsg_out_subnet: 0,
-        nsg_out_group: 0,
-        flags: 0,
+        ..pod_endpoint(7, [2, 0xaa, 0, 0, 0, 10], [2, 0xbb, 0, 0, 0, 10])
     }
 }
 
