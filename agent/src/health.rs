@@ -2,7 +2,8 @@
 //!
 //! - `/healthz` answers 200 as long as the event loop answers, from the start (while the
 //!   dataplane is still being loaded) to the exit. Once the agent serves, it also fails (503)
-//!   when the agent's state has not been refreshed for [`STUCK_AFTER`]: the refresh takes the
+//!   when the agent's state has not been refreshed for `--stuck-after` (default
+//!   [`DEFAULT_STUCK_AFTER`]): the refresh takes the
 //!   agent's lock every second, so a lock held that long means a request is stuck, and a
 //!   restart (which leaves the dataplane running) is the way out.
 //! - `/readyz` answers 200 only while the agent serves: the dataplane is attached to the
@@ -19,8 +20,9 @@ use std::{
 
 use crate::metrics::StatusFeed;
 
-/// How long the agent's state may go without a refresh before `/healthz` fails.
-pub const STUCK_AFTER: Duration = Duration::from_secs(30);
+/// How long the agent's state may go without a refresh before `/healthz` fails, unless
+/// `--stuck-after` says otherwise.
+pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(30);
 
 const STARTING: u8 = 0;
 const SERVING: u8 = 1;
@@ -34,6 +36,7 @@ pub struct Health(Arc<Inner>);
 struct Inner {
     phase: AtomicU8,
     api_socket: PathBuf,
+    stuck_after: Duration,
 }
 
 /// A probe's answer: the HTTP status and a line saying why.
@@ -59,11 +62,13 @@ impl Answer {
 }
 
 impl Health {
-    /// Starting: alive, not ready. Readiness also checks that `api_socket` is still there.
-    pub fn new(api_socket: PathBuf) -> Self {
+    /// Starting: alive, not ready. Readiness also checks that `api_socket` is still there;
+    /// liveness fails once the state is older than `stuck_after`.
+    pub fn new(api_socket: PathBuf, stuck_after: Duration) -> Self {
         Self(Arc::new(Inner {
             phase: AtomicU8::new(STARTING),
             api_socket,
+            stuck_after,
         }))
     }
 
@@ -84,7 +89,7 @@ impl Health {
             STOPPING => Answer::ok("ok: stopping\n"),
             _ => {
                 let age = feed.age();
-                if age > STUCK_AFTER {
+                if age > self.0.stuck_after {
                     Answer::unavailable(format!(
                         "stuck: the agent's state was last refreshed {}s ago (its lock has been \
                          held since)\n",

@@ -52,6 +52,11 @@ enum Command {
         metrics_addr: std::net::SocketAddr,
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Seconds a request may hold the agent before `/healthz` fails (and kubelet restarts
+        /// the agent; the dataplane keeps forwarding).
+        #[arg(long, value_name = "SECONDS", default_value_t = health::DEFAULT_STUCK_AFTER.as_secs(),
+              value_parser = clap::value_parser!(u64).range(1..))]
+        stuck_after: u64,
     },
     /// Check a spec: exit 0 if valid, else 1 and one line per problem.
     Validate { file: PathBuf },
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
             bpffs,
             metrics_addr,
             log_format,
+            stuck_after,
         } => {
             init_logging(log_format);
             // The agent, if it was drained on SIGTERM, is dropped only here, after the
@@ -116,6 +122,7 @@ fn main() -> ExitCode {
                 },
                 node,
                 metrics_addr,
+                Duration::from_secs(stuck_after),
             );
             result
         }
@@ -175,9 +182,10 @@ async fn run(
     paths: daemon::Paths,
     node: String,
     metrics_addr: std::net::SocketAddr,
+    stuck_after: Duration,
 ) -> (Result<()>, Drained) {
     let mut drained = None;
-    let result = run_agent(paths, node, metrics_addr, &mut drained).await;
+    let result = run_agent(paths, node, metrics_addr, stuck_after, &mut drained).await;
     (result, drained)
 }
 
@@ -185,6 +193,7 @@ async fn run_agent(
     paths: daemon::Paths,
     node: String,
     metrics_addr: std::net::SocketAddr,
+    stuck_after: Duration,
     drained: &mut Drained,
 ) -> Result<()> {
     // The text the agent starts from: the spec watch compares what it reads later with it.
@@ -213,7 +222,7 @@ async fn run_agent(
     let _lock = lock_state_dir(&paths.state_dir)?;
     server::remove_stale(&paths.api_socket)?;
     // The probes answer from here on: alive while the dataplane loads, ready once it serves.
-    let health = health::Health::new(paths.api_socket.clone());
+    let health = health::Health::new(paths.api_socket.clone(), stuck_after);
     let feed = metrics::StatusFeed::starting();
     let http = tokio::spawn(metrics::serve(
         metrics::bind(metrics_addr).await?,

@@ -224,22 +224,30 @@ fn sigterm_finishes_the_add_in_progress_removes_the_socket_and_leaves_the_datapl
 }
 
 /// Item 1, liveness: a request that holds the agent (an ADD held at the pause point after
-/// IPAM) longer than the agent's 30 s limit makes `/healthz` fail, naming why; once it lets
-/// go, `/healthz` is 200 again. (This test waits those 30 s.)
+/// IPAM) longer than the agent's limit (`--stuck-after`, here 5 s) makes `/healthz` fail,
+/// naming why; once it lets go, the ADD completes and `/healthz` is 200 again.
 #[test]
 fn healthz_fails_while_a_request_holds_the_agent_too_long() -> Result<()> {
     let _serial = serial();
     let lab = Lab::new()?;
     let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
     let paused = node.dir.join("add-paused-after-ipam");
-    let _agent = Agent::start_with_env(
+    // A threshold well under the CNI plugin's 30 s wait for the agent: at the default (also
+    // 30 s) the ADD could give up before /healthz turns, and the test raced with it.
+    let spec = node.dir.join("spec.yaml");
+    std::fs::write(&spec, lab_spec())?;
+    let mut args = node.agent_args(&spec);
+    args.extend(["--stuck-after".into(), "5".into()]);
+    let mut agent = Agent::with_args(
         &node,
-        &lab_spec(),
+        spec,
+        args,
         vec![(
             "VNETD_TEST_PAUSE_AFTER_IPAM".into(),
             paused.display().to_string(),
         )],
-    )?;
+    );
+    agent.spawn(LogMode::Files)?;
     let pod = lab.add_pod_netns("pod-a")?;
     let stuck = std::thread::scope(|s| {
         let add = s.spawn(|| node.cni(&cni_call("ADD", &node, &pod, Some("apps"), "")));
