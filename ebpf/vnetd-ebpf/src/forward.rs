@@ -42,8 +42,11 @@ pub fn to_local_pod(
     path: Path,
     len: usize,
 ) -> Result<i32, DropReason> {
-    eth.src_addr = ep.host_mac;
-    eth.dst_addr = ep.pod_mac;
+    // Copied through locals: straight from the map value into the packet, the compiler cannot
+    // rule out an overlap and calls a byte-by-byte memmove.
+    let (host_mac, pod_mac) = (ep.host_mac, ep.pod_mac);
+    eth.src_addr = host_mac;
+    eth.dst_addr = pod_mac;
     // SAFETY: a plain helper call.
     let rc = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) };
     redirected(rc, path, len)
