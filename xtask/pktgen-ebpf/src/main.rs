@@ -26,6 +26,8 @@ use aya_ebpf::{
 /// Ethernet, IPv4 without options, TCP without options (UDP's 8 bytes and 12 of zeros):
 /// what `pktgen` rewrites.
 const HEADERS: usize = 54;
+// `copy_headers` writes 4-byte words and then the last two bytes.
+const _: () = assert!(HEADERS % 4 == 2);
 /// The layer-4 source and destination ports' offsets in the frame.
 const SPORT: usize = 34;
 const DPORT: usize = 36;
@@ -76,8 +78,8 @@ pub fn pktgen(ctx: XdpContext) -> u32 {
     };
     // SAFETY: `start + HEADERS <= end` was checked; the map values are valid for their types.
     unsafe {
+        copy_headers(start as *mut u8, &t.headers);
         let frame = &mut *(start as *mut [u8; HEADERS]);
-        *frame = t.headers;
         let n = *seq;
         *seq = n.wrapping_add(1);
         let sports = u32::from(t.sport_count).max(1);
@@ -92,6 +94,31 @@ pub fn pktgen(ctx: XdpContext) -> u32 {
         }
     }
     xdp_action::XDP_TX
+}
+
+/// Writes the template's headers into the frame at `dst` in 4-byte words. (`*frame = headers`
+/// compiles to a call of compiler-builtins' byte-by-byte `memmove`, which took 6.6% of the
+/// generator's CPU in a `perf` profile of the bare forwarder's runs.)
+///
+/// # Safety
+/// `dst` must be valid for `HEADERS` bytes and 4-byte aligned: live-frames data starts after
+/// the page's 256 bytes of headroom.
+#[inline(always)]
+unsafe fn copy_headers(dst: *mut u8, headers: &[u8; HEADERS]) {
+    // The template's field is at offset 0 of a 4-aligned `#[repr(C)]` value.
+    let (src, dst) = (headers.as_ptr() as *const u32, dst as *mut u32);
+    for i in 0..HEADERS / 4 {
+        // SAFETY: within both buffers, both aligned (see above).
+        unsafe { dst.add(i).write(src.add(i).read()) };
+    }
+    let tail = HEADERS / 4 * 4;
+    // SAFETY: the last two bytes, 2-aligned.
+    unsafe {
+        (dst as *mut u8)
+            .add(tail)
+            .cast::<u16>()
+            .write((headers.as_ptr().add(tail)).cast::<u16>().read())
+    };
 }
 
 /// A one's-complement sum folded to 16 bits.

@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use vnetd_common::{ConntrackStat, Flow, FlowKey, maps};
 
+use super::removed;
 use crate::dataplane::Dataplane;
 
 /// A handle of its own on FLOWS and CONNTRACK_STATS (other fds on the same maps): the garbage
@@ -44,16 +45,7 @@ impl ConntrackMaps {
 
     /// Deletes `key`; false if it was not there (evicted, or deleted by the programs).
     pub fn remove(&mut self, key: &FlowKey) -> Result<bool> {
-        match self.flows.remove(key) {
-            Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(MapError::SyscallError(err))
-                if err.io_error.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(err).with_context(|| format!("deleting FLOWS[{key:?}]")),
-        }
+        removed(self.flows.remove(key)).with_context(|| format!("deleting FLOWS[{key:?}]"))
     }
 
     /// Writes an entry (the programs create flows; tests make them here).

@@ -6,12 +6,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{HashMap, MapData};
 use vnetd_common::{
     ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT, Endpoint, GroupPortKey, maps,
 };
 
-use super::nsg::EndpointNsgs;
+use super::{nsg::EndpointNsgs, removed};
 use crate::{dataplane::Dataplane, endpoints};
 
 /// The route table an endpoint's packets are routed by: its kernel id, and whether it routes
@@ -80,8 +80,8 @@ impl Dataplane {
     }
 
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
-        match self.endpoints_map()?.remove(&ip.octets()) {
-            Ok(()) | Err(MapError::KeyNotFound) => {
+        match removed(self.endpoints_map()?.remove(&ip.octets())) {
+            Ok(_) => {
                 if let Some(mirror) = self.mirror.endpoints.as_mut() {
                     mirror.remove(&ip);
                 }
@@ -154,12 +154,8 @@ impl Dataplane {
         self.put_group_ports(&wanted.difference(&present).copied().collect())?;
         let mut map = self.group_ports_map()?;
         for entry in present.difference(wanted) {
-            match map.remove(&group_port_key(entry)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(err) => {
-                    return Err(err).with_context(|| format!("removing GROUP_PORTS[{entry:?}]"));
-                }
-            }
+            removed(map.remove(&group_port_key(entry)))
+                .with_context(|| format!("removing GROUP_PORTS[{entry:?}]"))?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ pub mod nsg;
 pub mod routes;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, LpmTrie, Map};
+use aya::maps::{HashMap, LpmTrie, Map, MapError};
 use vnetd_common::{
     Endpoint, GroupPortKey, NoMasqueradeKey, PublicAddress, PublicPortKey, Route, RouteKey,
 };
@@ -98,5 +98,20 @@ impl Dataplane {
         self.ebpf
             .map_mut(name)
             .with_context(|| format!("no map {name}"))
+    }
+}
+
+/// Whether a delete removed an entry: `Ok(false)` if the key was not there. The kernel answers
+/// the delete of a missing key with ENOENT, which aya reports as a system call error (its
+/// `KeyNotFound` comes from lookups); the agent deletes what its records say, and an entry
+/// already gone is not a failure.
+pub(super) fn removed(result: Result<(), MapError>) -> Result<bool, MapError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
+        Err(err) => Err(err),
     }
 }

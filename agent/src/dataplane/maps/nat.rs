@@ -12,6 +12,7 @@ use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use vnetd_common::{NoMasqueradeKey, PublicAddress, PublicPortKey, maps};
 
+use super::removed;
 use crate::{compile::nat::PublicMapping, dataplane::Dataplane};
 
 /// PUBLIC_IPS and PUBLIC_PORTS as the kernel holds them.
@@ -63,7 +64,7 @@ impl Dataplane {
             })?;
         }
         for net in present.difference(&wanted) {
-            map.remove(&lpm_key(net))
+            removed(map.remove(&lpm_key(net)))
                 .with_context(|| format!("removing NO_MASQUERADE[{net}]"))?;
         }
         Ok(())
@@ -114,8 +115,7 @@ impl Dataplane {
             })?;
         }
         for entry in present.ports.difference(&wanted.ports) {
-            ports
-                .remove(&port_key(entry))
+            removed(ports.remove(&port_key(entry)))
                 .with_context(|| format!("removing PUBLIC_PORTS[{entry:?}]"))?;
         }
         let mut ips = self.public_ips_map()?;
@@ -124,7 +124,7 @@ impl Dataplane {
             .keys()
             .filter(|ip| !wanted.addresses.contains_key(ip))
         {
-            ips.remove(&public_ip.octets())
+            removed(ips.remove(&public_ip.octets()))
                 .with_context(|| format!("removing PUBLIC_IPS[{public_ip}]"))?;
         }
         Ok(())

@@ -11,6 +11,7 @@ use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use vnetd_common::{NextHop, Route, RouteKey, maps};
 
+use super::removed;
 use crate::{
     compile::{CompiledRouteTable, RouteEntry},
     dataplane::{Dataplane, tables::TableStore},
@@ -207,12 +208,7 @@ impl TableStore<RouteEntries> for Dataplane {
 /// A delete of a route that is not there succeeds: the agent deletes what its mirror holds, and
 /// what was removed behind its back is gone already.
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
-    match result {
-        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            Ok(())
-        }
-        other => other,
-    }
+    removed(result).map(drop)
 }
 
 fn route_key((table, net): &(u32, Ipv4Net)) -> Key<RouteKey> {
