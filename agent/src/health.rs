@@ -3,9 +3,9 @@
 //! - `/healthz` answers 200 as long as the event loop answers, from the start (while the
 //!   dataplane is still being loaded) to the exit. Once the agent serves, it also fails (503)
 //!   when the agent's state has not been refreshed for `--stuck-after` (default
-//!   [`DEFAULT_STUCK_AFTER`]): the refresh takes the
-//!   agent's lock every second, so a lock held that long means a request is stuck, and a
-//!   restart (which leaves the dataplane running) is the way out.
+//!   [`DEFAULT_STUCK_AFTER`]): the refresh takes the agent's lock every second, so a lock held
+//!   that long means a request is stuck, and a restart (which leaves the dataplane running) is
+//!   the way out.
 //! - `/readyz` answers 200 only while the agent serves: the dataplane is attached to the
 //!   uplink and the API socket the CNI plugin calls is bound and served; 503 (with the reason)
 //!   while it starts, when the socket file is gone, and from SIGTERM on.

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
+use aya::maps::{LpmTrie, MapData, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use vnetd_common::{NextHop, Route, RouteKey, maps};
 
@@ -98,8 +98,7 @@ impl Dataplane {
             .collect();
         let mut map = self.routes_map()?;
         for k in stale {
-            ignore_missing(map.remove(&route_key(&k)))
-                .with_context(|| format!("removing route {k:?}"))?;
+            removed(map.remove(&route_key(&k))).with_context(|| format!("removing route {k:?}"))?;
             present.remove(&k);
         }
         self.mirror.routes = Some(present);
@@ -176,7 +175,7 @@ impl TableStore<RouteEntries> for Dataplane {
             .copied()
             .collect();
         for k @ (id, net) in stale {
-            ignore_missing(map.remove(&route_key(&k)))
+            removed(map.remove(&route_key(&k)))
                 .with_context(|| format!("removing route {net} of route table {id}"))?;
             present.remove(&k);
         }
@@ -196,19 +195,13 @@ impl TableStore<RouteEntries> for Dataplane {
             .collect();
         let mut map = self.routes_map()?;
         for k @ (id, net) in stale {
-            ignore_missing(map.remove(&route_key(&k)))
+            removed(map.remove(&route_key(&k)))
                 .with_context(|| format!("removing route {net} of route table {id}"))?;
             present.remove(&k);
         }
         self.mirror.routes = Some(present);
         Ok(())
     }
-}
-
-/// A delete of a route that is not there succeeds: the agent deletes what its mirror holds, and
-/// what was removed behind its back is gone already.
-fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
-    removed(result).map(drop)
 }
 
 fn route_key((table, net): &(u32, Ipv4Net)) -> Key<RouteKey> {
