@@ -42,9 +42,16 @@ pub fn to_local_pod(
     path: Path,
     len: usize,
 ) -> Result<i32, DropReason> {
-    // Copied through locals: straight from the map value into the packet, the compiler cannot
-    // rule out an overlap and calls a byte-by-byte memmove.
-    let (host_mac, pod_mac) = (ep.host_mac, ep.pod_mac);
+    // Read into locals the compiler cannot fold away: copied straight from the map value into
+    // the packet, or through plain locals, the compiler cannot rule out an overlap and calls
+    // a byte-by-byte memmove (a BPF-to-BPF call per MAC).
+    // SAFETY: reads of two fields of a map value.
+    let (host_mac, pod_mac) = unsafe {
+        (
+            core::ptr::read_volatile(&ep.host_mac),
+            core::ptr::read_volatile(&ep.pod_mac),
+        )
+    };
     eth.src_addr = host_mac;
     eth.dst_addr = pod_mac;
     // SAFETY: a plain helper call.
