@@ -213,3 +213,73 @@ fn services_traffic_goes_to_the_nodes_stack_and_so_do_its_replies() {
     let direct = from_pod_b(POD_A, UDP, udp_segment(6000, 7000, false));
     assert_eq!(pod_sends(&mut dp, &direct).verdict, TC_ACT_REDIRECT);
 }
+
+/// The flow's entry for the direction `f` travels, if there is one.
+fn entry(dp: &Dataplane, f: &[u8]) -> Option<vnetd_common::Flow> {
+    let key = vnetd_common::FlowKey {
+        src_ip: ip_src(f),
+        dst_ip: ip_dst(f),
+        src_port: sport(f).to_be(),
+        dst_port: dport(f).to_be(),
+        proto: f[23],
+        _pad: [0; 3],
+    };
+    dp.conntrack_maps().unwrap().get(&key).unwrap()
+}
+
+/// A full table degrades new flows, never old ones: a flood of new flows, half again as many
+/// as FLOWS holds, evicts flood flows, while flows that kept sending through it keep both their
+/// entries (the same ones: their counts run on) and every packet of them passes. Two such
+/// flows: a connection that talks both ways, and a one-way stream whose receiver stays silent,
+/// whose reply entry nothing looks up unless the dataplane does (the LRU evicts first what
+/// nothing looked up).
+#[test]
+fn a_flood_of_new_flows_evicts_new_flows_and_keeps_the_flows_in_use() {
+    let mut dp = dataplane();
+    b_with_web_only_nsg(&mut dp);
+    let request = from_pod_a(POD_B, TCP, tcp(40000, 80, ACK));
+    let answer = from_pod_b(POD_A, TCP, tcp(80, 40000, ACK));
+    let stream = from_pod_a(POD_B, TCP, tcp(40001, 80, ACK));
+    let stream_reply = from_pod_b(POD_A, TCP, tcp(80, 40001, ACK));
+    for old in [&request, &stream] {
+        let mut syn = old.clone();
+        syn[47] = SYN;
+        assert_eq!(pod_sends(&mut dp, &syn).verdict, TC_ACT_REDIRECT);
+    }
+
+    // B's outbound rules are the defaults, and A has no NSG: each (source port, destination
+    // port) pair from B is a new flow with two entries.
+    let mut flood = from_pod_b(POD_A, UDP, udp_segment(1, 1, true));
+    let flood_flows = 3 * maps::FLOWS_MAX / 4;
+    let mut sent = 1u64;
+    for i in 0..flood_flows {
+        let (sport, dport) = (1024 + (i % 60_000) as u16, 10_000 + (i / 60_000) as u16);
+        flood[34..36].copy_from_slice(&sport.to_be_bytes());
+        flood[36..38].copy_from_slice(&dport.to_be_bytes());
+        assert_eq!(pod_sends(&mut dp, &flood).verdict, TC_ACT_REDIRECT);
+        if i % 512 == 0 {
+            for f in [&request, &answer, &stream] {
+                assert_eq!(
+                    pod_sends(&mut dp, f).verdict,
+                    TC_ACT_REDIRECT,
+                    "flood flow {i}"
+                );
+            }
+            sent += 1;
+        }
+    }
+    let entry_of = |f: &[u8], what: &str| entry(&dp, f).unwrap_or_else(|| panic!("{what}"));
+    assert_eq!(entry_of(&request, "connection, original").packets, sent);
+    assert_eq!(entry_of(&answer, "connection, reply").packets, sent - 1);
+    assert_eq!(entry_of(&stream, "stream, original").packets, sent);
+    assert_eq!(entry_of(&stream_reply, "stream, reply").packets, 0);
+    assert!(
+        entry(&dp, &flood).is_some(),
+        "the newest flow got its entries"
+    );
+    flood[34..38].copy_from_slice(&[4, 0, 0x27, 0x10]); // the first flood flow: 1024 -> 10000
+    assert!(
+        entry(&dp, &flood).is_none(),
+        "the table was full: the oldest flood flow made room"
+    );
+}

@@ -24,6 +24,11 @@ static CONNTRACK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Conntra
 /// counted in minutes, rarely enough that a busy flow does not write its entry per packet.
 const REFRESH_NS: u64 = 1_000_000_000;
 
+/// How many packets of one direction between two looks at the other direction's entry (also
+/// looked at with every refresh): often enough that a busy one-way flow keeps its reply entry
+/// through a flood, rarely enough to cost nothing per packet.
+const SIBLING_TOUCH_EVERY: u64 = 64;
+
 // Flow times are CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`): a tick's precision is
 // plenty for timeouts of seconds and minutes, and it costs a fraction of reading the clock
 // source on every packet (measured: about 35 ns per packet on the established path).
@@ -68,7 +73,8 @@ pub fn lookup(key: &FlowKey) -> Option<&'static mut Flow> {
 pub fn seen(flow: &mut Flow, tcp_flags: u8, len: usize) {
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if now.wrapping_sub(flow.last_seen_ns) > REFRESH_NS {
+    let refresh = now.wrapping_sub(flow.last_seen_ns) > REFRESH_NS;
+    if refresh {
         flow.last_seen_ns = now;
     }
     if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.tcp_flags_seen & (TCP_FIN | TCP_RST) != 0
@@ -87,6 +93,12 @@ pub fn seen(flow: &mut Flow, tcp_flags: u8, len: usize) {
     // on every packet.
     flow.packets += 1;
     flow.bytes += len as u64;
+    if refresh || flow.packets.is_multiple_of(SIBLING_TOUCH_EVERY) {
+        // Only looked-up entries count as used for the LRU: a direction that stays silent
+        // (a one-way stream, the quiet end of a transfer) would lose its entry to a flood of
+        // new flows while its flow is in use. A look now and then keeps it.
+        let _ = lookup(&flow.sibling);
+    }
 }
 
 /// Why a flow could not be created.
