@@ -122,12 +122,13 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new() -> Self {
-        let pid = std::process::id();
+    /// `test`: a tag of the test's own, so tests running side by side never share a name.
+    fn new(test: &str) -> Self {
+        let prefix = format!("vnkn{}{test}", std::process::id());
         let scratch = Scratch {
-            bpffs: PathBuf::from(format!("/sys/fs/bpf/vnkn{pid}")),
-            state: PathBuf::from(format!("/tmp/vnkn{pid}")),
-            pod_netns: ["pod", "grp"].map(|tag| format!("vnkn{pid}-{tag}")).into(),
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
+            state: PathBuf::from(format!("/tmp/{prefix}")),
+            pod_netns: ["pod", "grp"].map(|tag| format!("{prefix}-{tag}")).into(),
         };
         for dir in [&scratch.bpffs, &scratch.state] {
             let _ = std::fs::remove_dir_all(dir);
@@ -339,9 +340,9 @@ async fn added(agent: &mut Agent, request: Request) -> Ipv4Addr {
     }
 }
 
-#[test]
-fn endpoints_follow_their_nsgs_and_groups_their_exposed_ports() {
-    let scratch = Scratch::new();
+/// Runs `scenario` on a thread in a network namespace of its own, the node, with its uplink
+/// `up0` (a veth).
+fn on_a_node<F: std::future::Future<Output = ()>>(scenario: impl FnOnce() -> F + Send) {
     let result = std::thread::scope(|threads| {
         threads
             .spawn(|| {
@@ -356,13 +357,86 @@ fn endpoints_follow_their_nsgs_and_groups_their_exposed_ports() {
                     .enable_all()
                     .build()
                     .unwrap()
-                    .block_on(scenario(&scratch));
+                    .block_on(scenario());
             })
             .join()
     });
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+#[test]
+fn endpoints_follow_their_nsgs_and_groups_their_exposed_ports() {
+    let scratch = Scratch::new("nsg");
+    on_a_node(|| scenario(&scratch));
+}
+
+/// A reload whose NAT tables do not fit (GROUP_PORTS full) is refused, and nothing of it takes
+/// effect: not its new NSG rules either, though their tables fit. Then, with room again, the
+/// same reload applies.
+#[test]
+fn a_reload_whose_nat_tables_do_not_fit_changes_nothing() {
+    let scratch = Scratch::new("nat");
+    on_a_node(|| async {
+        let bpffs = &scratch.bpffs;
+        let mut agent = Agent::start(plan(80, TCP_ONLY), bpffs, &scratch.state)
+            .await
+            .expect("the agent starts");
+        added(&mut agent, add(&scratch, 0, "pod1", None)).await;
+        added(&mut agent, add(&scratch, 1, "grp1", Some("api"))).await;
+        let before = endpoints(bpffs);
+        let tables_before = std::fs::read_to_string(scratch.state.join("tables.json")).unwrap();
+        let ours = BTreeSet::from([(GROUP_IP, TCP, 8080)]);
+        assert_eq!(group_ports(bpffs), ours);
+
+        let filler: Vec<GroupPortKey> = (1..maps::GROUP_PORTS_MAX)
+            .map(|i| GroupPortKey {
+                ip: [192, 0, 2, 1],
+                port: (i as u16).to_be(),
+                proto: TCP,
+                _pad: 0,
+            })
+            .collect();
+        let mut map: HashMap<_, GroupPortKey, u32> =
+            HashMap::try_from(pinned_map(bpffs, maps::GROUP_PORTS)).unwrap();
+        for key in &filler {
+            map.insert(key, 1, 0).unwrap();
+        }
+        // New inbound rules for the pod (web port 8080) and a new exposed port for the group.
+        let err = agent
+            .reload(plan(8080, BOTH_PORTS))
+            .await
+            .expect_err("a reload whose exposed ports do not fit is refused");
+        assert!(format!("{err:#}").contains("GROUP_PORTS"), "{err:#}");
+        assert_eq!(
+            endpoints(bpffs),
+            before,
+            "the endpoints stay on the old tables"
+        );
+        // The table follows the running plan again: exactly its entries (the filler was
+        // nobody's).
+        assert_eq!(group_ports(bpffs), ours);
+        assert_eq!(
+            std::fs::read_to_string(scratch.state.join("tables.json")).unwrap(),
+            tables_before,
+            "the recorded ids stay"
+        );
+
+        agent
+            .reload(plan(8080, BOTH_PORTS))
+            .await
+            .expect("with room, the reload applies");
+        let after = endpoints(bpffs);
+        assert_ne!(
+            after[&POD_IP].nsg_in_subnet, before[&POD_IP].nsg_in_subnet,
+            "the pod's new inbound rules"
+        );
+        assert_eq!(
+            group_ports(bpffs),
+            BTreeSet::from([(GROUP_IP, TCP, 8080), (GROUP_IP, UDP, 53)])
+        );
+    });
 }
 
 async fn scenario(scratch: &Scratch) {

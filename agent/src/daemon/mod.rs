@@ -169,15 +169,51 @@ impl Agent {
     /// Applies a new plan (a changed spec). A new uplink gets the programs before the old one
     /// loses them. A changed route table is written whole under a new id, the endpoints are
     /// switched to it, then the old one is deleted: a packet sees the old or the new table,
-    /// never a mix. On any error before the switch completes, what was written is deleted and
-    /// the endpoints stay on the old tables: the running configuration really stays.
+    /// never a mix. The NAT tables (exposed ports, NO_MASQUERADE, public addresses) are written
+    /// before the switch, as they are what may not fit. On any error, what was written is
+    /// undone: the NAT tables follow the running plan again, the endpoints stay on the old
+    /// tables, and the uplink and node settings go back: the running configuration really
+    /// stays.
     pub async fn reload(&mut self, plan: NodePlan) -> Result<()> {
         self.check_subnets_in_use(&plan)?;
-        if plan.uplink != self.plan.uplink || plan.primary_ip != self.plan.primary_ip {
-            self.move_uplink(&plan).await?;
-        } else if node_settings(&plan) != node_settings(&self.plan) {
+        let moves = plan.uplink != self.plan.uplink || plan.primary_ip != self.plan.primary_ip;
+        let resets = !moves && node_settings(&plan) != node_settings(&self.plan);
+        if moves {
+            self.move_uplink(&self.plan.uplink.clone(), &plan).await?;
+        } else if resets {
             let link = uplink_link(&plan).await?;
             self.dataplane.set_node(node_config(&plan, &link))?;
+        }
+        if let Err(err) = self.switch_to(&plan) {
+            let running = self.plan.clone();
+            let undone = if moves {
+                self.move_uplink(&plan.uplink, &running).await
+            } else if resets {
+                match uplink_link(&running).await {
+                    Ok(link) => self.dataplane.set_node(node_config(&running, &link)),
+                    Err(e) => Err(e),
+                }
+            } else {
+                Ok(())
+            };
+            if let Err(undo) = undone {
+                warn!("undoing a refused reload: the node's settings stay the new ones: {undo:#}");
+            }
+            return Err(err);
+        }
+        self.plan = plan;
+        self.conntrack
+            .set_idle_timeout(self.plan.compiled().idle_timeout);
+        self.check_host_stack();
+        Ok(())
+    }
+
+    /// The NAT tables and the endpoints' tables made to follow `plan`; on an error the NAT
+    /// tables follow the running plan again (the table switch undoes itself).
+    fn switch_to(&mut self, plan: &NodePlan) -> Result<()> {
+        if let Err(err) = sync_nat(&mut self.dataplane, plan, &self.endpoints) {
+            self.undo_nat();
+            return Err(err);
         }
         let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
         let before = self.dataplane.endpoints_written()?;
@@ -185,24 +221,33 @@ impl Agent {
             routes: &mut self.route_tables,
             nsgs: &mut self.nsg_tables,
         };
-        let hits = tables.switch(&mut self.dataplane, &plan, &endpoints, |dp, ids| {
+        let switched = tables.switch(&mut self.dataplane, plan, &endpoints, |dp, ids| {
             for ep in &endpoints {
-                let entry = entry_for(&plan, ids, ep)?;
+                let entry = entry_for(plan, ids, ep)?;
                 if before.get(&ep.ip) != Some(&entry) {
                     dp.put_endpoint(ep.ip, entry)?;
                 }
             }
             Ok(())
-        })?;
+        });
+        let hits = match switched {
+            Ok(hits) => hits,
+            Err(err) => {
+                self.undo_nat();
+                return Err(err);
+            }
+        };
         self.nsg_hits
-            .switched(live_rules(&plan, &endpoints, &self.nsg_tables), &hits);
+            .switched(live_rules(plan, &endpoints, &self.nsg_tables), &hits);
         self.flow_log.set_rules(self.nsg_hits.live().clone());
-        self.plan = plan;
-        self.conntrack
-            .set_idle_timeout(self.plan.compiled().idle_timeout);
-        self.sync_nat()?;
-        self.check_host_stack();
         Ok(())
+    }
+
+    /// After a refused reload: the NAT tables as the running plan has them.
+    fn undo_nat(&mut self) {
+        if let Err(undo) = self.sync_nat() {
+            warn!("undoing a refused reload's NAT tables failed: {undo:#}");
+        }
     }
 
     /// With a service range, warns when the node's stack does not forward on the uplink or the
@@ -249,23 +294,7 @@ impl Agent {
     /// Makes NO_MASQUERADE, PUBLIC_IPS, PUBLIC_PORTS and GROUP_PORTS follow the plan and the
     /// attached groups (a Public group is served by the node it is attached on).
     fn sync_nat(&mut self) -> Result<()> {
-        let exposed = group_ports(&self.plan, self.endpoints.values());
-        self.dataplane
-            .sync_group_ports(&exposed)
-            .context("writing the container groups' exposed ports")?;
-        let compiled = self.plan.compiled();
-        self.dataplane
-            .sync_no_masquerade(&compiled.no_masquerade)
-            .context("writing NO_MASQUERADE")?;
-        let mappings = nat::public_mappings(&compiled.container_groups, |group| {
-            self.endpoints
-                .values()
-                .find(|ep| ep.container_group.as_deref() == Some(group))
-                .map(|ep| ep.ip)
-        });
-        self.dataplane
-            .sync_public(&PublicTables::of(&mappings))
-            .context("writing the public addresses")
+        sync_nat(&mut self.dataplane, &self.plan, &self.endpoints)
     }
 
     /// Refuses a plan without a subnet that endpoints still use: as in Azure, where a subnet in
@@ -294,22 +323,22 @@ impl Agent {
         )
     }
 
-    /// Points the dataplane at `plan`'s uplink and primary IP. The new uplink gets the programs
-    /// before the old one loses them, so the node is never without; a new uplink that cannot
-    /// be attached leaves the old one as it was.
-    async fn move_uplink(&mut self, plan: &NodePlan) -> Result<()> {
+    /// Points the dataplane at `plan`'s uplink and primary IP, from the uplink `from`. The new
+    /// uplink gets the programs before the old one loses them, so the node is never without; a
+    /// new uplink that cannot be attached leaves the old one as it was.
+    async fn move_uplink(&mut self, from: &str, plan: &NodePlan) -> Result<()> {
         let link = uplink_link(plan).await?;
         if let Err(err) = self.dataplane.attach_uplink(&link.name, link.veth) {
-            if plan.uplink != self.plan.uplink {
+            if plan.uplink != from {
                 let _ = self.dataplane.detach_uplink(&link.name);
             }
             return Err(err);
         }
         self.dataplane.set_node(node_config(plan, &link))?;
         self.uplink_ifindex = Some(link.ifindex);
-        if plan.uplink != self.plan.uplink {
-            self.dataplane.detach_uplink(&self.plan.uplink)?;
-            info!(from = %self.plan.uplink, to = %plan.uplink, "uplink moved");
+        if plan.uplink != from {
+            self.dataplane.detach_uplink(from)?;
+            info!(%from, to = %plan.uplink, "uplink moved");
         }
         Ok(())
     }
@@ -482,4 +511,30 @@ pub fn recorded_node(state_dir: &Path) -> Result<Option<String>> {
 
 pub fn ensure_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))
+}
+
+/// Makes NO_MASQUERADE, PUBLIC_IPS, PUBLIC_PORTS and GROUP_PORTS follow `plan` and the attached
+/// groups (a Public group is served by the node it is attached on).
+fn sync_nat(
+    dataplane: &mut Dataplane,
+    plan: &NodePlan,
+    endpoints: &BTreeMap<Attachment, Endpoint>,
+) -> Result<()> {
+    let exposed = group_ports(plan, endpoints.values());
+    dataplane
+        .sync_group_ports(&exposed)
+        .context("writing the container groups' exposed ports")?;
+    let compiled = plan.compiled();
+    dataplane
+        .sync_no_masquerade(&compiled.no_masquerade)
+        .context("writing NO_MASQUERADE")?;
+    let mappings = nat::public_mappings(&compiled.container_groups, |group| {
+        endpoints
+            .values()
+            .find(|ep| ep.container_group.as_deref() == Some(group))
+            .map(|ep| ep.ip)
+    });
+    dataplane
+        .sync_public(&PublicTables::of(&mappings))
+        .context("writing the public addresses")
 }
