@@ -403,9 +403,29 @@ fn a_reload_whose_nat_tables_do_not_fit_changes_nothing() {
         for key in &filler {
             map.insert(key, 1, 0).unwrap();
         }
-        // New inbound rules for the pod (web port 8080) and a new exposed port for the group.
+        // New inbound rules for the pod (web port 8080), a new exposed port for the group, and
+        // another uplink.
+        let status = Command::new("ip")
+            .args(["link", "add", "up2", "type", "veth", "peer", "name", "up3"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip link add up2");
+        let uplinks = |agent: &Agent| -> BTreeSet<String> {
+            let links = agent.status_report().unwrap().links;
+            links
+                .into_iter()
+                .filter(|(program, _)| program == programs::UPLINK_XDP)
+                .map(|(_, link)| link)
+                .collect()
+        };
+        assert_eq!(uplinks(&agent), BTreeSet::from(["up0".to_string()]));
+        let elsewhere = {
+            let mut p = plan(8080, BOTH_PORTS);
+            p.uplink = "up2".into();
+            p
+        };
         let err = agent
-            .reload(plan(8080, BOTH_PORTS))
+            .reload(elsewhere)
             .await
             .expect_err("a reload whose exposed ports do not fit is refused");
         assert!(format!("{err:#}").contains("GROUP_PORTS"), "{err:#}");
@@ -413,6 +433,11 @@ fn a_reload_whose_nat_tables_do_not_fit_changes_nothing() {
             endpoints(bpffs),
             before,
             "the endpoints stay on the old tables"
+        );
+        assert_eq!(
+            uplinks(&agent),
+            BTreeSet::from(["up0".to_string()]),
+            "the programs stay on the old uplink"
         );
         // The table follows the running plan again: exactly its entries (the filler was
         // nobody's).
