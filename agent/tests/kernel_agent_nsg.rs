@@ -461,6 +461,30 @@ fn a_reload_whose_nat_tables_do_not_fit_changes_nothing() {
             group_ports(bpffs),
             BTreeSet::from([(GROUP_IP, TCP, 8080), (GROUP_IP, UDP, 53)])
         );
+
+        // A reload without the attached group (renamed: its address is another group's now)
+        // is refused naming it, as one without a subnet in use is: its endpoint would stay
+        // attached to nothing.
+        let text = SPEC
+            .replace("WEB_PORT", "8080")
+            .replace("GROUP_PORTS", BOTH_PORTS)
+            .replace("  - name: api\n", "  - name: api2\n");
+        let spec = parse_str(&text).expect("the test spec parses");
+        let without = NodePlan::from_spec(&spec, "node-1").expect("the test spec is valid");
+        let applied = endpoints(bpffs);
+        let err = agent
+            .reload(without)
+            .await
+            .expect_err("a reload without an attached group is refused");
+        assert!(
+            format!("{err:#}").contains("container group \"api\" is attached as 10.0.1.10"),
+            "{err:#}"
+        );
+        assert_eq!(endpoints(bpffs), applied);
+        assert_eq!(
+            group_ports(bpffs),
+            BTreeSet::from([(GROUP_IP, TCP, 8080), (GROUP_IP, UDP, 53)])
+        );
     });
 }
 

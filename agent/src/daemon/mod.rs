@@ -175,7 +175,7 @@ impl Agent {
     /// tables, and the uplink and node settings go back: the running configuration really
     /// stays.
     pub async fn reload(&mut self, plan: NodePlan) -> Result<()> {
-        self.check_subnets_in_use(&plan)?;
+        self.check_in_use(&plan)?;
         let moves = plan.uplink != self.plan.uplink || plan.primary_ip != self.plan.primary_ip;
         let resets = !moves && node_settings(&plan) != node_settings(&self.plan);
         if moves {
@@ -299,28 +299,54 @@ impl Agent {
 
     /// Refuses a plan without a subnet that endpoints still use: as in Azure, where a subnet in
     /// use cannot be deleted (InUseSubnetCannotBeDeleted), its pods would be left without a
-    /// route table.
-    fn check_subnets_in_use(&self, plan: &NodePlan) -> Result<()> {
-        let mut orphans: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    /// route table. So too a plan without an attached container group, or with one placed
+    /// elsewhere (another subnet, another address): its endpoint would stay attached to nothing
+    /// (flagged as a group's, with no exposed port).
+    fn check_in_use(&self, plan: &NodePlan) -> Result<()> {
+        let mut subnets: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut groups = Vec::new();
         for ep in self.endpoints.values() {
             if plan.subnet(&ep.subnet).is_none() {
-                orphans
+                subnets
                     .entry(&ep.subnet)
                     .or_default()
                     .push(ep.ip.to_string());
             }
+            let Some(name) = ep.container_group.as_deref() else {
+                continue;
+            };
+            let placed = plan.group(name).is_some_and(|group| {
+                group.subnet == ep.subnet && group.ip.is_none_or(|ip| ip == ep.ip)
+            });
+            if !placed {
+                groups.push(format!(
+                    "container group {name:?} is attached as {} in subnet {:?}",
+                    ep.ip, ep.subnet
+                ));
+            }
         }
-        if orphans.is_empty() {
+        let mut problems = Vec::new();
+        if !subnets.is_empty() {
+            let list: Vec<String> = subnets
+                .iter()
+                .map(|(subnet, ips)| format!("subnet {subnet:?} is in use by {}", ips.join(", ")))
+                .collect();
+            problems.push(format!(
+                "{}: delete those endpoints (CNI DEL) before removing the subnet",
+                list.join("; ")
+            ));
+        }
+        if !groups.is_empty() {
+            problems.push(format!(
+                "{}: delete its endpoint (CNI DEL) before removing the group or changing its \
+                 subnet or address",
+                groups.join("; ")
+            ));
+        }
+        if problems.is_empty() {
             return Ok(());
         }
-        let list: Vec<String> = orphans
-            .iter()
-            .map(|(subnet, ips)| format!("subnet {subnet:?} is in use by {}", ips.join(", ")))
-            .collect();
-        anyhow::bail!(
-            "{}: delete those endpoints (CNI DEL) before removing the subnet",
-            list.join("; ")
-        )
+        anyhow::bail!("{}", problems.join("; "))
     }
 
     /// Points the dataplane at `plan`'s uplink and primary IP, from the uplink `from`. The new
