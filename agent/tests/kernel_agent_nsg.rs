@@ -5,99 +5,26 @@
 //! reload whose NSG write fails (refused, nothing changed) and a restart (ids and standby
 //! kept). Needs root (CAP_BPF, CAP_NET_ADMIN) and a bpffs on /sys/fs/bpf.
 //!
-//! The agent runs on a thread that unshares a network namespace of its own as its "node" (its
-//! uplink is a veth there; the namespace goes with the thread). The pods' namespaces are
-//! `ip netns add vnkn<pid>-<tag>`, the pins `/sys/fs/bpf/vnkn<pid>`, the state
-//! `/tmp/vnkn<pid>`: all removed by guards, also on failure.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::Command,
-};
+//! The node, its spec and its scratch (pins, state, pods' namespaces, removed on failure too)
+//! are `support::agent_node`'s.
+mod support;
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuHashMap, PerCpuValues};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use aya::maps::{HashMap, LpmTrie, PerCpuHashMap, PerCpuValues};
+use support::agent_node::*;
 use vnetd::{
-    api::proto::{AddRequest, Attachment, Request, Response},
+    api::proto::{Attachment, Request, Response},
     daemon::Agent,
-    dataplane::{self, PinLayout, maps::nsg},
+    dataplane::maps::nsg,
     plan::NodePlan,
     spec::{Direction, parse_str},
 };
 use vnetd_common::{
-    ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, GroupPortKey, NsgAddrKey, NsgPortKey, NsgProtoKey,
-    NsgRule, NsgRuleKey, RuleBitmap, maps, programs,
+    ENDPOINT_EXPOSED_PORTS_ONLY, Endpoint, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule,
+    NsgRuleKey, RuleBitmap, maps, programs,
 };
-
-const SPEC: &str = r#"
-apiVersion: vnetd/v1
-virtualNetwork:
-  name: vnet
-  addressSpace: [10.0.0.0/16]
-  subnets:
-    - name: nodes
-      addressPrefix: 10.0.0.0/24
-    - name: aci
-      addressPrefix: 10.0.1.0/24
-      delegation: Microsoft.ContainerInstance/containerGroups
-      networkSecurityGroup: aci-nsg
-    - name: apps
-      addressPrefix: 10.0.2.0/24
-      networkSecurityGroup: apps-nsg
-networkSecurityGroups:
-  - name: apps-nsg
-    securityRules:
-      - name: allow-web
-        priority: 100
-        direction: Inbound
-        access: Allow
-        protocol: Tcp
-        sourceAddressPrefix: "*"
-        sourcePortRange: "*"
-        destinationAddressPrefix: "*"
-        destinationPortRange: "WEB_PORT"
-      - name: deny-smtp-out
-        priority: 200
-        direction: Outbound
-        access: Deny
-        protocol: Tcp
-        sourceAddressPrefix: "*"
-        sourcePortRange: "*"
-        destinationAddressPrefix: "*"
-        destinationPortRange: "25"
-  - name: aci-nsg
-    securityRules: []
-nodes:
-  - name: node-1
-    interface: up0
-    primaryIpAddress: 10.0.0.4
-    secondaryIpAddresses: ["10.0.1.10-10.0.1.20", "10.0.2.10-10.0.2.20"]
-containerGroups:
-  - name: api
-    properties:
-      osType: Linux
-      subnetIds: [{ id: aci }]
-      ipAddress:
-        type: Private
-        ip: 10.0.1.10
-        ports: GROUP_PORTS
-      containers:
-        - name: api
-          properties: { image: api, ports: [{ port: 8080 }, { port: 53, protocol: UDP }] }
-"#;
-
-const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 10);
-const GROUP_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-
-fn plan(web_port: u16, group_ports: &str) -> NodePlan {
-    let text = SPEC
-        .replace("WEB_PORT", &web_port.to_string())
-        .replace("GROUP_PORTS", group_ports);
-    let spec = parse_str(&text).expect("the test spec parses");
-    NodePlan::from_spec(&spec, "node-1").expect("the test spec is valid")
-}
 
 /// The spec of [`plan`] (web port 8080, TCP only) without its inbound rule allow-web.
 fn plan_without_web() -> NodePlan {
@@ -109,83 +36,6 @@ fn plan_without_web() -> NodePlan {
     let text = format!("{}{}", &text[..rule], &text[next..]);
     let spec = parse_str(&text).expect("the test spec parses");
     NodePlan::from_spec(&spec, "node-1").expect("the test spec is valid")
-}
-
-const BOTH_PORTS: &str = "[{ protocol: TCP, port: 8080 }, { protocol: UDP, port: 53 }]";
-const TCP_ONLY: &str = "[{ protocol: TCP, port: 8080 }]";
-
-/// Everything the test creates outside its own namespace: removed on drop, also on panic.
-struct Scratch {
-    bpffs: PathBuf,
-    state: PathBuf,
-    pod_netns: Vec<String>,
-}
-
-impl Scratch {
-    /// `test`: a tag of the test's own, so tests running side by side never share a name.
-    fn new(test: &str) -> Self {
-        let prefix = format!("vnkn{}{test}", std::process::id());
-        let scratch = Scratch {
-            bpffs: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
-            state: PathBuf::from(format!("/tmp/{prefix}")),
-            pod_netns: ["pod", "grp"].map(|tag| format!("{prefix}-{tag}")).into(),
-        };
-        for dir in [&scratch.bpffs, &scratch.state] {
-            let _ = std::fs::remove_dir_all(dir);
-            std::fs::create_dir_all(dir).unwrap();
-        }
-        for name in &scratch.pod_netns {
-            let _ = Command::new("ip")
-                .args(["netns", "del", name])
-                .stderr(std::process::Stdio::null())
-                .status();
-            let status = Command::new("ip")
-                .args(["netns", "add", name])
-                .status()
-                .unwrap();
-            assert!(status.success(), "ip netns add {name}");
-        }
-        scratch
-    }
-
-    fn netns(&self, index: usize) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.pod_netns[index]))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = dataplane::teardown(&self.bpffs);
-        let _ = std::fs::remove_dir_all(&self.bpffs);
-        let _ = std::fs::remove_dir_all(&self.state);
-        for name in &self.pod_netns {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-fn pinned_map(bpffs: &Path, name: &str) -> Map {
-    let data = MapData::from_pin(PinLayout::new(bpffs).map(name))
-        .unwrap_or_else(|e| panic!("opening pinned {name}: {e}"));
-    Map::from_map_data(data).unwrap()
-}
-
-fn endpoints(bpffs: &Path) -> BTreeMap<Ipv4Addr, Endpoint> {
-    let map: HashMap<_, [u8; 4], Endpoint> =
-        HashMap::try_from(pinned_map(bpffs, maps::ENDPOINTS)).unwrap();
-    map.iter()
-        .map(|e| e.map(|(ip, ep)| (Ipv4Addr::from(ip), ep)))
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn group_ports(bpffs: &Path) -> BTreeSet<(Ipv4Addr, u8, u16)> {
-    let map: HashMap<_, GroupPortKey, u32> =
-        HashMap::try_from(pinned_map(bpffs, maps::GROUP_PORTS)).unwrap();
-    map.keys()
-        .map(|k| k.map(|k| (Ipv4Addr::from(k.ip), k.proto, u16::from_be(k.port))))
-        .collect::<Result<_, _>>()
-        .unwrap()
 }
 
 /// The classifier ids with entries in NSG_RULES, NSG_PORTLESS, NSG_SRC_ADDR and NSG_HITS,
@@ -316,176 +166,10 @@ fn reported_hits(agent: &Agent, rule: &str) -> u64 {
         .hits
 }
 
-fn add(scratch: &Scratch, netns: usize, id: &str, group: Option<&str>) -> Request {
-    Request::Add(AddRequest {
-        attachment: Attachment {
-            network: "vnetd".into(),
-            container_id: id.into(),
-            ifname: "eth0".into(),
-        },
-        netns: scratch.netns(netns),
-        subnet: group.is_none().then(|| "apps".into()),
-        container_group: group.map(Into::into),
-        k8s_namespace: None,
-        k8s_pod: None,
-        mtu: None,
-        routes: None,
-    })
-}
-
-async fn added(agent: &mut Agent, request: Request) -> Ipv4Addr {
-    match agent.handle(request).await {
-        Response::Added(result) => result.ip,
-        other => panic!("ADD answered {other:?}"),
-    }
-}
-
-/// Runs `scenario` on a thread in a network namespace of its own, the node, with its uplink
-/// `up0` (a veth).
-fn on_a_node<F: std::future::Future<Output = ()>>(scenario: impl FnOnce() -> F + Send) {
-    let result = std::thread::scope(|threads| {
-        threads
-            .spawn(|| {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("unshare(CLONE_NEWNET)");
-                let status = Command::new("ip")
-                    .args(["link", "add", "up0", "type", "veth", "peer", "name", "up1"])
-                    .status()
-                    .unwrap();
-                assert!(status.success(), "ip link add up0");
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(scenario());
-            })
-            .join()
-    });
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-}
-
 #[test]
 fn endpoints_follow_their_nsgs_and_groups_their_exposed_ports() {
     let scratch = Scratch::new("nsg");
     on_a_node(|| scenario(&scratch));
-}
-
-/// A reload whose NAT tables do not fit (GROUP_PORTS full) is refused, and nothing of it takes
-/// effect: not its new NSG rules either, though their tables fit. Then, with room again, the
-/// same reload applies.
-#[test]
-fn a_reload_whose_nat_tables_do_not_fit_changes_nothing() {
-    let scratch = Scratch::new("nat");
-    on_a_node(|| async {
-        let bpffs = &scratch.bpffs;
-        let mut agent = Agent::start(plan(80, TCP_ONLY), bpffs, &scratch.state)
-            .await
-            .expect("the agent starts");
-        added(&mut agent, add(&scratch, 0, "pod1", None)).await;
-        added(&mut agent, add(&scratch, 1, "grp1", Some("api"))).await;
-        let before = endpoints(bpffs);
-        let tables_before = std::fs::read_to_string(scratch.state.join("tables.json")).unwrap();
-        let ours = BTreeSet::from([(GROUP_IP, TCP, 8080)]);
-        assert_eq!(group_ports(bpffs), ours);
-
-        let filler: Vec<GroupPortKey> = (1..maps::GROUP_PORTS_MAX)
-            .map(|i| GroupPortKey {
-                ip: [192, 0, 2, 1],
-                port: (i as u16).to_be(),
-                proto: TCP,
-                _pad: 0,
-            })
-            .collect();
-        let mut map: HashMap<_, GroupPortKey, u32> =
-            HashMap::try_from(pinned_map(bpffs, maps::GROUP_PORTS)).unwrap();
-        for key in &filler {
-            map.insert(key, 1, 0).unwrap();
-        }
-        // New inbound rules for the pod (web port 8080), a new exposed port for the group, and
-        // another uplink.
-        let status = Command::new("ip")
-            .args(["link", "add", "up2", "type", "veth", "peer", "name", "up3"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "ip link add up2");
-        let uplinks = |agent: &Agent| -> BTreeSet<String> {
-            let links = agent.status_report().unwrap().links;
-            links
-                .into_iter()
-                .filter(|(program, _)| program == programs::UPLINK_XDP)
-                .map(|(_, link)| link)
-                .collect()
-        };
-        assert_eq!(uplinks(&agent), BTreeSet::from(["up0".to_string()]));
-        let elsewhere = {
-            let mut p = plan(8080, BOTH_PORTS);
-            p.uplink = "up2".into();
-            p
-        };
-        let err = agent
-            .reload(elsewhere)
-            .await
-            .expect_err("a reload whose exposed ports do not fit is refused");
-        assert!(format!("{err:#}").contains("GROUP_PORTS"), "{err:#}");
-        assert_eq!(
-            endpoints(bpffs),
-            before,
-            "the endpoints stay on the old tables"
-        );
-        assert_eq!(
-            uplinks(&agent),
-            BTreeSet::from(["up0".to_string()]),
-            "the programs stay on the old uplink"
-        );
-        // The table follows the running plan again: exactly its entries (the filler was
-        // nobody's).
-        assert_eq!(group_ports(bpffs), ours);
-        assert_eq!(
-            std::fs::read_to_string(scratch.state.join("tables.json")).unwrap(),
-            tables_before,
-            "the recorded ids stay"
-        );
-
-        agent
-            .reload(plan(8080, BOTH_PORTS))
-            .await
-            .expect("with room, the reload applies");
-        let after = endpoints(bpffs);
-        assert_ne!(
-            after[&POD_IP].nsg_in_subnet, before[&POD_IP].nsg_in_subnet,
-            "the pod's new inbound rules"
-        );
-        assert_eq!(
-            group_ports(bpffs),
-            BTreeSet::from([(GROUP_IP, TCP, 8080), (GROUP_IP, UDP, 53)])
-        );
-
-        // A reload without the attached group (renamed: its address is another group's now)
-        // is refused naming it, as one without a subnet in use is: its endpoint would stay
-        // attached to nothing.
-        let text = SPEC
-            .replace("WEB_PORT", "8080")
-            .replace("GROUP_PORTS", BOTH_PORTS)
-            .replace("  - name: api\n", "  - name: api2\n");
-        let spec = parse_str(&text).expect("the test spec parses");
-        let without = NodePlan::from_spec(&spec, "node-1").expect("the test spec is valid");
-        let applied = endpoints(bpffs);
-        let err = agent
-            .reload(without)
-            .await
-            .expect_err("a reload without an attached group is refused");
-        assert!(
-            format!("{err:#}").contains("container group \"api\" is attached as 10.0.1.10"),
-            "{err:#}"
-        );
-        assert_eq!(endpoints(bpffs), applied);
-        assert_eq!(
-            group_ports(bpffs),
-            BTreeSet::from([(GROUP_IP, TCP, 8080), (GROUP_IP, UDP, 53)])
-        );
-    });
 }
 
 async fn scenario(scratch: &Scratch) {

@@ -89,7 +89,8 @@ fn stack_sends(dp: &mut Dataplane, f: &[u8], forwarded: bool) -> Run {
     run_with_ctx(dp, programs::POD_TC_EGRESS, f, Some(&ctx))
 }
 
-fn flow_kind(dp: &Dataplane, f: &[u8]) -> Option<u8> {
+/// The flow's entry for the direction `f` travels, if there is one.
+fn entry(dp: &Dataplane, f: &[u8]) -> Option<vnetd_common::Flow> {
     let key = vnetd_common::FlowKey {
         src_ip: ip_src(f),
         dst_ip: ip_dst(f),
@@ -98,11 +99,11 @@ fn flow_kind(dp: &Dataplane, f: &[u8]) -> Option<u8> {
         proto: f[23],
         _pad: [0; 3],
     };
-    dp.conntrack_maps()
-        .unwrap()
-        .get(&key)
-        .unwrap()
-        .map(|flow| flow.kind)
+    dp.conntrack_maps().unwrap().get(&key).unwrap()
+}
+
+fn flow_kind(dp: &Dataplane, f: &[u8]) -> Option<u8> {
+    entry(dp, f).map(|flow| flow.kind)
 }
 
 #[test]
@@ -212,19 +213,6 @@ fn services_traffic_goes_to_the_nodes_stack_and_so_do_its_replies() {
     // Pod-to-pod traffic that is no Service's is still delivered straight.
     let direct = from_pod_b(POD_A, UDP, udp_segment(6000, 7000, false));
     assert_eq!(pod_sends(&mut dp, &direct).verdict, TC_ACT_REDIRECT);
-}
-
-/// The flow's entry for the direction `f` travels, if there is one.
-fn entry(dp: &Dataplane, f: &[u8]) -> Option<vnetd_common::Flow> {
-    let key = vnetd_common::FlowKey {
-        src_ip: ip_src(f),
-        dst_ip: ip_dst(f),
-        src_port: sport(f).to_be(),
-        dst_port: dport(f).to_be(),
-        proto: f[23],
-        _pad: [0; 3],
-    };
-    dp.conntrack_maps().unwrap().get(&key).unwrap()
 }
 
 /// A full table degrades new flows, never old ones: a flood of new flows, half again as many

@@ -2,6 +2,7 @@
 //! veth", node-1's settings, route tables, and crafted frames.
 #![allow(dead_code, reason = "each test file uses its own part of the fixture")]
 
+pub mod agent_node;
 pub mod packets;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
