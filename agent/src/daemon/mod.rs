@@ -181,18 +181,14 @@ impl Agent {
         if moves {
             self.move_uplink(&self.plan.uplink.clone(), &plan).await?;
         } else if resets {
-            let link = uplink_link(&plan).await?;
-            self.dataplane.set_node(node_config(&plan, &link))?;
+            self.write_node_settings(&plan).await?;
         }
         if let Err(err) = self.switch_to(&plan) {
             let running = self.plan.clone();
             let undone = if moves {
                 self.move_uplink(&plan.uplink, &running).await
             } else if resets {
-                match uplink_link(&running).await {
-                    Ok(link) => self.dataplane.set_node(node_config(&running, &link)),
-                    Err(e) => Err(e),
-                }
+                self.write_node_settings(&running).await
             } else {
                 Ok(())
             };
@@ -211,12 +207,12 @@ impl Agent {
     /// The NAT tables and the endpoints' tables made to follow `plan`; on an error the NAT
     /// tables follow the running plan again (the table switch undoes itself).
     fn switch_to(&mut self, plan: &NodePlan) -> Result<()> {
+        let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
+        let before = self.dataplane.endpoints_written()?;
         if let Err(err) = sync_nat(&mut self.dataplane, plan, &self.endpoints) {
             self.undo_nat();
             return Err(err);
         }
-        let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
-        let before = self.dataplane.endpoints_written()?;
         let mut tables = Tables {
             routes: &mut self.route_tables,
             nsgs: &mut self.nsg_tables,
@@ -291,8 +287,7 @@ impl Agent {
         self.flow_log.clone()
     }
 
-    /// Makes NO_MASQUERADE, PUBLIC_IPS, PUBLIC_PORTS and GROUP_PORTS follow the plan and the
-    /// attached groups (a Public group is served by the node it is attached on).
+    /// [`sync_nat`] for the running plan.
     fn sync_nat(&mut self) -> Result<()> {
         sync_nat(&mut self.dataplane, &self.plan, &self.endpoints)
     }
@@ -347,6 +342,12 @@ impl Agent {
             return Ok(());
         }
         anyhow::bail!("{}", problems.join("; "))
+    }
+
+    /// Writes `plan`'s node settings (the uplink unchanged).
+    async fn write_node_settings(&mut self, plan: &NodePlan) -> Result<()> {
+        let link = uplink_link(plan).await?;
+        self.dataplane.set_node(node_config(plan, &link))
     }
 
     /// Points the dataplane at `plan`'s uplink and primary IP, from the uplink `from`. The new
