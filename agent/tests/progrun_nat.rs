@@ -245,16 +245,137 @@ fn traffic_to_no_masquerade_destinations_keeps_the_pod_address() {
     assert!(flows(&mut dp).is_empty(), "nothing to track");
 }
 
-#[test]
-fn fragments_on_the_translated_path_are_dropped_and_counted() {
-    let mut dp = nat_dataplane(32768, 65535);
-    let mut f = from_pod_a(INTERNET, UDP, udp_segment(40000, 53, false));
-    f[20] = 0x20; // more fragments
+/// A UDP datagram with `payload` bytes of data (its checksum computed by [`frame`]).
+fn udp_datagram(sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    u.extend_from_slice(&[0xff, 0xff]);
+    u.extend((0..payload).map(|i| i as u8));
+    u
+}
+
+/// The IPv4 datagram in `f` as two fragments with id `id`, as a sender's stack cuts it: the
+/// first with the L4 header and `split` bytes of L4 (a multiple of 8), the second the rest.
+fn fragmented(f: &[u8], id: u16, split: usize) -> [Vec<u8>; 2] {
+    let part = |l4: &[u8], flags_and_offset: u16| {
+        let mut p = f[..34].to_vec();
+        p[16..18].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        p[18..20].copy_from_slice(&id.to_be_bytes());
+        p[20..22].copy_from_slice(&flags_and_offset.to_be_bytes());
+        set_ip_checksum(&mut p);
+        p.extend_from_slice(l4);
+        p
+    };
+    const MORE_FRAGMENTS: u16 = 0x2000;
+    [
+        part(&f[34..34 + split], MORE_FRAGMENTS),
+        part(&f[34 + split..], (split / 8) as u16),
+    ]
+}
+
+/// The datagram the receiver reassembles from two fragments: the first's headers, both
+/// payloads.
+fn reassembled(first: &[u8], later: &[u8]) -> Vec<u8> {
+    let mut f = first.to_vec();
+    f.extend_from_slice(&later[34..]);
+    let total = (f.len() - 14) as u16;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f[20..22].copy_from_slice(&[0, 0]);
+    set_ip_checksum(&mut f);
+    f
+}
+
+fn set_ip_checksum(f: &mut [u8]) {
     f[24..26].copy_from_slice(&[0, 0]);
     let c = !ones_complement_sum(&f[14..34]);
     f[24..26].copy_from_slice(&c.to_be_bytes());
-    assert_eq!(to_pod_a(&mut dp, &f).verdict, TC_ACT_SHOT);
+}
+
+/// A fragmented datagram through the NAT, both ways: the first fragment (with the ports) is
+/// translated as its flow says and leads the later ones (no ports, the same IP id) to the
+/// same flow, so they get the same address. The receiver's reassembly sees a datagram whose
+/// checksum verifies.
+#[test]
+fn a_fragmented_datagram_is_translated_both_ways() {
+    let mut dp = nat_dataplane(32768, 65535);
+    let datagram = from_pod_a(INTERNET, UDP, udp_datagram(40000, 53, 64));
+    let [first, later] = fragmented(&datagram, 0x1234, 32);
+    let out_first = to_pod_a(&mut dp, &first);
+    assert_eq!(out_first.verdict, TC_ACT_REDIRECT, "the first fragment");
+    assert_eq!(
+        (ip_src(&out_first.out), sport(&out_first.out)),
+        (NODE_IP, 40000)
+    );
+    let out_later = to_pod_a(&mut dp, &later);
+    assert_eq!(out_later.verdict, TC_ACT_REDIRECT, "the later fragment");
+    assert_eq!(ip_src(&out_later.out), NODE_IP, "translated as its first");
+    assert_eq!(ip_dst(&out_later.out), INTERNET);
+    assert_eq!(&out_later.out[18..22], &later[18..22], "id and offset kept");
+    assert_eq!(out_later.out[22], 63, "one routed hop");
+    assert_eq!(&out_later.out[34..], &later[34..], "payload untouched");
+    assert_eq!(
+        ones_complement_sum(&out_later.out[14..34]),
+        0xffff,
+        "IP checksum"
+    );
+    assert_checksums(&reassembled(&out_first.out, &out_later.out));
+    assert_eq!(traffic(&dp, Path::PodToInternet), 2);
+
+    let reply = from_fabric(INTERNET, NODE_IP, UDP, udp_datagram(53, 40000, 64));
+    let [first, later] = fragmented(&reply, 0x4321, 40);
+    let back_first = at_uplink(&mut dp, &first);
+    assert_eq!(
+        back_first.verdict, TC_ACT_REDIRECT,
+        "the reply's first fragment"
+    );
+    assert_eq!(
+        (ip_dst(&back_first.out), dport(&back_first.out)),
+        (POD_A, 40000)
+    );
+    let back_later = at_uplink(&mut dp, &later);
+    assert_eq!(
+        back_later.verdict, TC_ACT_REDIRECT,
+        "the reply's later fragment"
+    );
+    assert_eq!(ip_dst(&back_later.out), POD_A);
+    assert_eq!(
+        &back_later.out[0..12],
+        &[MAC_A, HOST_A].concat()[..],
+        "pod's MACs"
+    );
+    assert_eq!(
+        &back_later.out[18..22],
+        &later[18..22],
+        "id and offset kept"
+    );
+    assert_eq!(back_later.out[22], 63);
+    assert_eq!(
+        ones_complement_sum(&back_later.out[14..34]),
+        0xffff,
+        "IP checksum"
+    );
+    assert_checksums(&reassembled(&back_first.out, &back_later.out));
+    assert_eq!(traffic(&dp, Path::InternetToPod), 2);
+    assert_eq!(drops(&dp, DropReason::NatFragment), 0);
+}
+
+/// A later fragment whose first fragment was not seen (lost, or overtaken) has no flow to
+/// follow: from a pod to the internet it is dropped and counted; to the node's address it is
+/// the node's stack's (its reassembly decides).
+#[test]
+fn a_later_fragment_without_its_first_is_dropped_and_counted() {
+    let mut dp = nat_dataplane(32768, 65535);
+    let datagram = from_pod_a(INTERNET, UDP, udp_datagram(40000, 53, 64));
+    let [_, later] = fragmented(&datagram, 0x1234, 32);
+    assert_eq!(to_pod_a(&mut dp, &later).verdict, TC_ACT_SHOT);
     assert_eq!(drops(&dp, DropReason::NatFragment), 1);
+    assert!(flows(&mut dp).is_empty());
+
+    let reply = from_fabric(INTERNET, NODE_IP, UDP, udp_datagram(53, 40000, 64));
+    let [_, later] = fragmented(&reply, 0x4321, 40);
+    assert_eq!(at_uplink(&mut dp, &later).verdict, TC_PASS_ON);
 }
 
 #[test]

@@ -79,6 +79,7 @@ pub use sweep::{SweepReport, cleanup_on_signal, sweep_all, sweep_current_process
 pub use traffic::{
     DEFAULT_TIMEOUT, EchoReport, EchoServer, EchoStream, Seen, SinkReceipt, http_get,
     sink_transfer, tcp_echo, tcp_echo_ok, tcp_roundtrip, udp_echo, udp_ok, udp_roundtrip,
+    udp_roundtrip_sized,
 };
 
 use std::net::Ipv4Addr;

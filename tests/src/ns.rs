@@ -282,6 +282,12 @@ impl Ns {
     /// Pings `ip` `count` times (200 ms apart, 1 s to answer) and returns how many answered;
     /// 0 also when ping cannot even send (no route).
     pub fn ping_count(&self, ip: Ipv4Addr, count: u32) -> Result<u32> {
+        self.ping_count_sized(ip, count, 56)
+    }
+
+    /// [`Ns::ping_count`] with `size` bytes of ICMP data (ping's `-s`): above the MTU, each
+    /// request and reply travels in fragments.
+    pub fn ping_count_sized(&self, ip: Ipv4Addr, count: u32, size: u32) -> Result<u32> {
         let count = count.max(1);
         let deadline = (count as u64 * 200).div_ceil(1000) + 2;
         let out = self.run(&[
@@ -294,6 +300,8 @@ impl Ns {
             "0.2".into(),
             "-W".into(),
             "1".into(),
+            "-s".into(),
+            size.to_string(),
             "-w".into(),
             deadline.to_string(),
             ip.to_string(),

@@ -562,8 +562,21 @@ pub fn udp_roundtrip(
     dst: SocketAddr,
     timeout: Duration,
 ) -> Result<(SocketAddrV4, SocketAddrV4, Duration)> {
+    udp_roundtrip_sized(client, dst, 0, timeout)
+}
+
+/// [`udp_roundtrip`] with a datagram of at least `size` bytes (padded): larger than the path's
+/// MTU, it leaves the client in fragments, and so does its echo.
+pub fn udp_roundtrip_sized(
+    client: &Ns,
+    dst: SocketAddr,
+    size: usize,
+    timeout: Duration,
+) -> Result<(SocketAddrV4, SocketAddrV4, Duration)> {
     let sock = client.udp_bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
-    let msg = payload("udp", dst);
+    let mut msg = payload("udp", dst);
+    let pad = size.saturating_sub(msg.len());
+    msg.extend((0..pad).map(|i| b'a' + (i % 26) as u8));
     let per_try = (timeout / 3).max(Duration::from_millis(50));
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; 65536];

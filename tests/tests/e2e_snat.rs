@@ -109,6 +109,46 @@ fn pods_reach_the_internet_with_the_node_address() -> Result<()> {
     Ok(())
 }
 
+/// Datagrams larger than the MTU through the NAT: a 4000-byte UDP echo and 3000-byte pings
+/// travel in fragments both ways; the later fragments (no ports) follow their first to the
+/// flow, so they leave with the node's address and come back to the pod, which reassembles
+/// them. The internet host sees the node, never the pod.
+#[test]
+fn datagrams_larger_than_the_mtu_pass_the_nat_in_fragments() -> Result<()> {
+    let _serial = serial();
+    let (lab, node, agent, pods) = node_with_pods(&lab_spec(), 1)?;
+    let pod = &pods[0];
+    let server = EchoServer::udp(lab.internet(), 7121)?;
+    let capture = lab.internet().capture("eth0", "ip[6:2] & 0x1fff != 0")?;
+    vnetd_lab::udp_roundtrip_sized(pod, internet(7121), 4000, Duration::from_secs(5))
+        .context("a 4000-byte UDP echo from a pod to the internet host")?;
+    assert_eq!(
+        *server.seen()[0].peer.ip(),
+        node.ip,
+        "the server saw the node"
+    );
+    assert_eq!(
+        pod.ping_count_sized(INTERNET_HOST_IP, 3, 3000)?,
+        3,
+        "3000-byte pings through the NAT"
+    );
+    assert!(
+        capture.wait_for(&format!("{} >", node.ip), Duration::from_secs(2)),
+        "later fragments reached the internet from the node's address: {:?}",
+        capture.lines()
+    );
+    assert!(
+        !capture
+            .lines()
+            .iter()
+            .any(|l| l.contains(&pod.ip.to_string())),
+        "the pod's own address never reached the internet: {:?}",
+        capture.lines()
+    );
+    assert_eq!(agent.drops("nat_fragment")?, 0);
+    Ok(())
+}
+
 /// `nonMasqueradeCidrs` keeps the pod's own address: the internet host sees the pod (and,
 /// the edge having no route back to pods, cannot answer).
 #[test]

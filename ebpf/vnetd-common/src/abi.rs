@@ -16,9 +16,9 @@ use core::mem::{align_of, offset_of, size_of};
 use crate::{
     ConntrackStat, Direction, DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT,
     Endpoint, FLOW_INBOUND, FLOW_OUTBOUND, Flow, FlowDecision, FlowEvent, FlowEventVerdict,
-    FlowKey, FlowKind, GroupPortKey, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey,
-    NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey,
-    RULE_WORDS, Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
+    FlowKey, FlowKind, FragmentKey, FragmentedDatagram, GroupPortKey, NO_RULE, NextHop, NodeConfig,
+    NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path,
+    PublicAddress, PublicPortKey, RULE_WORDS, Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
 };
 
 /// Every layout the ABI has had, oldest first: (ABI version, fingerprint).
@@ -35,6 +35,7 @@ pub const RECORDED: &[(u32, u64)] = &[
     (5, 0x9116_8028_4a52_b3af),
     (6, 0x6399_1f6e_dfbc_c587),
     (7, 0xed37_a564_d45d_244d),
+    (8, 0x97ce_30a2_a444_647d),
 ];
 
 /// Part of every pin path (`<bpffs>/abi-v<N>/...`).
@@ -162,6 +163,15 @@ const fn fingerprint() -> u64 {
     let h = field!(h, Flow, nsg_rule_subnet);
     let h = field!(h, Flow, nsg_rule_group);
 
+    let h = h.layout::<FragmentKey>("FragmentKey");
+    let h = field!(h, FragmentKey, src_ip);
+    let h = field!(h, FragmentKey, dst_ip);
+    let h = field!(h, FragmentKey, id);
+    let h = field!(h, FragmentKey, proto);
+    let h = h.layout::<FragmentedDatagram>("FragmentedDatagram");
+    let h = field!(h, FragmentedDatagram, flow);
+    let h = field!(h, FragmentedDatagram, first_seen_ns);
+
     let h = h.layout::<FlowDecision>("FlowDecision");
     let h = field!(h, FlowDecision, classifier_subnet);
     let h = field!(h, FlowDecision, classifier_group);
@@ -230,6 +240,7 @@ const fn fingerprint() -> u64 {
         .word(maps::ENDPOINTS_MAX as usize)
         .word(maps::ROUTES_MAX as usize)
         .word(maps::FLOWS_MAX as usize)
+        .word(maps::FRAGMENTS_MAX as usize)
         .word(maps::NO_MASQUERADE_MAX as usize)
         .word(maps::PUBLIC_IPS_MAX as usize)
         .word(maps::PUBLIC_PORTS_MAX as usize)

@@ -53,6 +53,29 @@ pub struct Flow {
     pub nsg_rule_group: u16,
 }
 
+/// A fragmented datagram as each of its fragments names it: addresses, protocol and IP id (as
+/// on the wire). The key of `FRAGMENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub src_ip: [u8; 4],
+    pub dst_ip: [u8; 4],
+    pub id: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `FRAGMENTS[key]`: the flow whose entry translated the datagram's first fragment (the one
+/// with the ports), so its later fragments, which carry no ports, follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentedDatagram {
+    /// The key the first fragment was looked up by in `FLOWS`.
+    pub flow: FlowKey,
+    /// `bpf_ktime_get_coarse_ns` when the first fragment passed.
+    pub first_seen_ns: u64,
+}
+
 /// Which address and port of a packet a flow entry rewrites.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +195,8 @@ mod user {
     // SAFETY: plain-old-data, repr(C), no implicit padding.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::FragmentKey {}
+    unsafe impl aya::Pod for super::FragmentedDatagram {}
 }
 
 #[cfg(test)]

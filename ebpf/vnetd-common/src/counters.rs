@@ -123,8 +123,8 @@ pub enum DropReason {
     ArpProbe = 9,
     /// A new flow out of the VNet found no free SNAT port (established flows are untouched).
     SnatPortsExhausted = 10,
-    /// A fragment on a translated path: vnetd does not reassemble, and a later fragment has
-    /// no ports to find its flow by.
+    /// A later fragment on a translated path whose first fragment (the one with the ports)
+    /// was not seen: it has no flow to follow (vnetd does not reassemble).
     NatFragment = 11,
     /// Inbound to a public address on a port (or protocol) the group does not expose.
     PublicPortClosed = 12,

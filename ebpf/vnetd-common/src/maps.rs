@@ -9,6 +9,8 @@ pub const ROUTES: &str = "ROUTES";
 /// Connection tracking: both directions of every translated flow (LRU hash).
 pub const FLOWS: &str = "FLOWS";
 pub const CONNTRACK_STATS: &str = "CONNTRACK_STATS";
+/// Fragmented datagrams on translated paths: the flow of each one's first fragment (LRU hash).
+pub const FRAGMENTS: &str = "FRAGMENTS";
 pub const NO_MASQUERADE: &str = "NO_MASQUERADE";
 pub const PUBLIC_IPS: &str = "PUBLIC_IPS";
 pub const PUBLIC_PORTS: &str = "PUBLIC_PORTS";
@@ -36,6 +38,9 @@ pub const ENDPOINTS_MAX: u32 = 512;
 pub const ROUTES_MAX: u32 = 16384;
 /// Flow entries (two per flow): 131072 flows, 64 MiB at most with the kernel's overhead.
 pub const FLOWS_MAX: u32 = 262_144;
+/// Fragmented datagrams in flight through the NAT (an entry is needed only until the
+/// datagram's last fragment has passed).
+pub const FRAGMENTS_MAX: u32 = 8192;
 /// Prefixes never masqueraded: the address space, connected spaces, `nonMasqueradeCidrs`.
 pub const NO_MASQUERADE_MAX: u32 = 1024;
 /// Public groups on one node, and their exposed (protocol, port) pairs.
@@ -68,6 +73,7 @@ pub const ALL: &[&str] = &[
     ROUTES,
     FLOWS,
     CONNTRACK_STATS,
+    FRAGMENTS,
     NO_MASQUERADE,
     PUBLIC_IPS,
     PUBLIC_PORTS,

@@ -73,21 +73,20 @@ pub fn rewrite(
     Ok(())
 }
 
-/// Rewrites the outer destination address of an ICMP error (its checksum has no
-/// pseudo-header: only the IP header's changes).
+/// Rewrites one end's address where the L4 checksum does not cover it: the outer
+/// destination of an ICMP error (its checksum has no pseudo-header), a later fragment (its
+/// datagram's L4 checksum was updated in the first fragment). Only the IP header's checksum
+/// changes.
 #[inline(always)]
-pub fn rewrite_ip_destination(
-    ctx: &TcContext,
-    from: [u8; 4],
-    to: [u8; 4],
-) -> Result<(), DropReason> {
+pub fn rewrite_ip(ctx: &TcContext, end: End, from: [u8; 4], to: [u8; 4]) -> Result<(), DropReason> {
     let (old, new) = (
         u32::from_ne_bytes(from) as u64,
         u32::from_ne_bytes(to) as u64,
     );
     ctx.l3_csum_replace(IP_CSUM, old, new, 4)
         .map_err(|_| DropReason::Malformed)?;
-    ctx.store(IP_DST, &to, 0).map_err(|_| DropReason::Malformed)
+    let at = if end == End::Source { IP_SRC } else { IP_DST };
+    ctx.store(at, &to, 0).map_err(|_| DropReason::Malformed)
 }
 
 /// Inside an ICMP error's quote (whose checksum, at `icmp_csum`, covers it): replaces the

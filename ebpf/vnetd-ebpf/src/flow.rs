@@ -65,6 +65,10 @@ pub fn pod_sent(
         None
     };
     if !has_flow_key(ip) {
+        if internet && ip.fragment == Fragment::Later && !nat::keeps_pod_address(&ip.hdr.dst_addr) {
+            nat::later_fragment_outbound(ctx, ip.hdr, len)?;
+            return Ok(Verdict::Internet);
+        }
         stateless(ip, Some(src), dst)?;
         return match untranslatable {
             Some(reason) if !nat::keeps_pod_address(&ip.hdr.dst_addr) => Err(reason),

@@ -17,6 +17,7 @@ mod endpoint;
 mod flow;
 mod flowlog;
 mod forward;
+mod fragment;
 mod icmp;
 mod l3;
 mod nat;

@@ -19,7 +19,7 @@ use vnetd_common::{
 use crate::{
     conntrack::{self, CreateError},
     csum::{self, End},
-    endpoint, flowlog, nsg,
+    endpoint, flowlog, fragment, nsg,
     parse::{
         Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4,
         Packet,
@@ -53,10 +53,11 @@ pub fn is_public(ip: &[u8; 4]) -> bool {
     unsafe { PUBLIC_IPS.get(ip) }.is_some()
 }
 
-/// What a flow key can be made of: TCP, UDP and ICMP echo, whole datagrams only.
+/// What a flow key can be made of: TCP, UDP and ICMP echo, whole datagrams or their first
+/// fragment (the later ones follow it: [`later_fragment_flow`]).
 #[inline(always)]
 pub fn trackable(ip: &Ipv4, echo_type: u8) -> Result<(), DropReason> {
-    if ip.fragment != Fragment::None {
+    if ip.fragment == Fragment::Later {
         return Err(DropReason::NatFragment);
     }
     match ip.hdr.proto {
@@ -104,6 +105,9 @@ pub fn inbound(
 ) -> Result<Inbound, DropReason> {
     if ip.is_icmp_error() {
         return icmp_error_inbound(ctx, pkt, ip, to_node, before_rewrite);
+    }
+    if ip.fragment == Fragment::Later {
+        return later_fragment_inbound(ctx, pkt, ip, to_node, before_rewrite);
     }
     match (to_node, trackable(ip, ICMP_ECHO_REPLY)) {
         (_, Ok(())) => {}
@@ -162,7 +166,8 @@ fn kind_of(flow: &Flow) -> FlowKind {
     }
 }
 
-/// Rewrites the packet (`key` is its tuple) as its flow entry says.
+/// Rewrites the packet (`key` is its tuple) as its flow entry says. A first fragment also
+/// leaves its flow for the later fragments of its datagram.
 #[inline(always)]
 pub fn apply(ctx: &TcContext, ip: &Ipv4, key: &FlowKey, flow: &Flow) -> Result<(), DropReason> {
     let (end, addr, port) = if flow.rewrite == Rewrite::Source as u8 {
@@ -179,7 +184,69 @@ pub fn apply(ctx: &TcContext, ip: &Ipv4, key: &FlowKey, flow: &Flow) -> Result<(
         end,
         (addr, flow.nat_ip),
         (port, flow.nat_port),
-    )
+    )?;
+    fragment::remember(ctx, key);
+    Ok(())
+}
+
+/// The flow of a later fragment (`hdr`): the one its datagram's first fragment was
+/// translated by, if that passed lately (see [`fragment`]). Counted on the flow.
+#[inline(always)]
+fn later_fragment_flow(hdr: &Ipv4Hdr, len: usize) -> Option<&'static mut Flow> {
+    let flow = conntrack::lookup(&fragment::flow_of(hdr)?)?;
+    conntrack::seen(flow, 0, len);
+    Some(flow)
+}
+
+/// Rewrites a later fragment (`hdr`) as its flow's entry says: the address only (the ports,
+/// and the datagram's L4 checksum, are in the first fragment).
+#[inline(always)]
+fn apply_to_later_fragment(ctx: &TcContext, hdr: &Ipv4Hdr, flow: &Flow) -> Result<(), DropReason> {
+    let (end, from) = if flow.rewrite == Rewrite::Source as u8 {
+        (End::Source, hdr.src_addr)
+    } else if flow.rewrite == Rewrite::Destination as u8 {
+        (End::Destination, hdr.dst_addr)
+    } else {
+        return Ok(());
+    };
+    if from == flow.nat_ip {
+        return Ok(());
+    }
+    csum::rewrite_ip(ctx, end, from, flow.nat_ip)
+}
+
+/// A pod's later fragment to the internet: translated as its datagram's first fragment was
+/// (whose flow the NSGs decided). Out of line: rare, and inlined it would grow `pod_ingress`'s
+/// stack frame past what the verifier allows with the functions it calls.
+#[inline(never)]
+pub fn later_fragment_outbound(
+    ctx: &TcContext,
+    hdr: &Ipv4Hdr,
+    len: usize,
+) -> Result<(), DropReason> {
+    let flow = later_fragment_flow(hdr, len).ok_or(DropReason::NatFragment)?;
+    apply_to_later_fragment(ctx, hdr, flow)
+}
+
+/// A later fragment from the uplink to the node's or a public address: translated as its
+/// first fragment was. Without a flow to follow it is the node's (its stack reassembles what
+/// is its own), or dropped at a public address.
+#[inline(always)]
+fn later_fragment_inbound(
+    ctx: &TcContext,
+    pkt: &Packet,
+    ip: &mut Ipv4,
+    to_node: bool,
+    before_rewrite: impl FnOnce(&mut Ipv4Hdr) -> Result<(), DropReason>,
+) -> Result<Inbound, DropReason> {
+    let flow = match later_fragment_flow(ip.hdr, pkt.len()) {
+        Some(flow) if flow.kind != FlowKind::Host as u8 => flow,
+        _ if to_node => return Ok(Inbound::ToNode),
+        _ => return Err(DropReason::NatFragment),
+    };
+    before_rewrite(&mut *ip.hdr)?;
+    apply_to_later_fragment(ctx, ip.hdr, flow)?;
+    Ok(Inbound::ToPod(flow.nat_ip, kind_of(flow)))
 }
 
 /// A new masqueraded flow (a pod's, or the node's own): a source port in the range (the
@@ -362,7 +429,7 @@ fn icmp_error_inbound(
     let outer_dst = ip.hdr.dst_addr;
     quote.translate_source(ctx, ip.l4_offset, nat_ip, nat_port)?;
     if outer_dst != nat_ip {
-        csum::rewrite_ip_destination(ctx, outer_dst, nat_ip)?;
+        csum::rewrite_ip(ctx, End::Destination, outer_dst, nat_ip)?;
     }
     Ok(target)
 }
