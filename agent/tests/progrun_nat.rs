@@ -361,6 +361,44 @@ fn a_fragmented_datagram_is_translated_both_ways() {
     assert_eq!(drops(&dp, DropReason::NatFragment), 0);
 }
 
+/// A Public group's flow in fragments (TCP whose sender allows fragmentation): the client's
+/// later fragment reaches the group's private address, the group's leaves with the public one.
+#[test]
+fn a_public_groups_fragments_follow_their_flow_both_ways() {
+    let mut dp = nat_dataplane(32768, 65535);
+    let syn = from_fabric(INTERNET, PUBLIC_B, TCP, tcp(5555, 80, SYN));
+    assert_eq!(at_uplink(&mut dp, &syn).verdict, TC_ACT_REDIRECT);
+    let mut segment = tcp(5555, 80, ACK);
+    segment.extend(0..64u8);
+    let [first, later] = fragmented(&from_fabric(INTERNET, PUBLIC_B, TCP, segment), 7, 24);
+    let in_first = at_uplink(&mut dp, &first);
+    assert_eq!(in_first.verdict, TC_ACT_REDIRECT);
+    assert_eq!((ip_dst(&in_first.out), dport(&in_first.out)), (POD_B, 80));
+    let in_later = at_uplink(&mut dp, &later);
+    assert_eq!(
+        in_later.verdict, TC_ACT_REDIRECT,
+        "the client's later fragment"
+    );
+    assert_eq!(ip_dst(&in_later.out), POD_B);
+    assert_eq!(&in_later.out[0..6], &MAC_B);
+    assert_checksums(&reassembled(&in_first.out, &in_later.out));
+    assert_eq!(traffic(&dp, Path::PublicToPod), 3);
+
+    let mut segment = tcp(80, 5555, ACK);
+    segment.extend(0..64u8);
+    let reply = frame((HOST_B, MAC_B), POD_B, INTERNET, TCP, segment);
+    let [first, later] = fragmented(&reply, 9, 24);
+    let out_first = run_on(&mut dp, programs::POD_TC_INGRESS, &first, TEST_IFINDEX);
+    let out_later = run_on(&mut dp, programs::POD_TC_INGRESS, &later, TEST_IFINDEX);
+    assert_eq!(
+        out_later.verdict, TC_ACT_REDIRECT,
+        "the group's later fragment"
+    );
+    assert_eq!(ip_src(&out_later.out), PUBLIC_B);
+    assert_checksums(&reassembled(&out_first.out, &out_later.out));
+    assert_eq!(drops(&dp, DropReason::NatFragment), 0);
+}
+
 /// A later fragment whose first fragment was not seen (lost, or overtaken) has no flow to
 /// follow: from a pod to the internet it is dropped and counted; to the node's address it is
 /// the node's stack's (its reassembly decides).
