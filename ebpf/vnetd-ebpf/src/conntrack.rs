@@ -128,14 +128,16 @@ pub fn insert_new(key: &FlowKey, flow: &Flow) -> Result<(), CreateError> {
 
 /// Inserts a new flow's original entry after its reply entry (`reply_key`), undoing the reply
 /// if the original cannot be inserted. Another CPU that created the same flow first wins.
+/// Returns the flow's entry, and whether this call created it (the creator logs the flow).
 #[inline(always)]
 pub fn insert_original(
     key: &FlowKey,
     original: &Flow,
     reply_key: &FlowKey,
-) -> Result<&'static mut Flow, DropReason> {
-    let _ = insert_original_only(key, original, reply_key);
-    lookup(key).ok_or(DropReason::FlowInsertFailed)
+) -> Result<(&'static mut Flow, bool), DropReason> {
+    let created = insert_original_only(key, original, reply_key).is_ok();
+    let flow = lookup(key).ok_or(DropReason::FlowInsertFailed)?;
+    Ok((flow, created))
 }
 
 /// [`insert_original`] without the lookup of the entry after: `Ok` if `original` is in,
@@ -163,7 +165,8 @@ fn insert_original_only(
 
 /// A new flow nothing is rewritten in (`FlowKind::Nsg`, `FlowKind::HostStack`), its first
 /// packet (`tcp_flags`, `len` bytes) already counted: both entries, the reply's first;
-/// `original` and `reply` are what each end's NSGs decided.
+/// `original` and `reply` are what each end's NSGs decided. True if this call created the
+/// flow; false if another CPU's packet of the same flow did (and logs it).
 ///
 /// The new entries are written whole and not looked up after: a flow's first packet costs
 /// two inserts, and an entry nothing has looked up yet stays unreferenced for the LRU, which
@@ -175,7 +178,7 @@ pub fn create_untranslated(
     (original, reply): (Mark, Mark),
     tcp_flags: u8,
     len: usize,
-) -> Result<(), DropReason> {
+) -> Result<bool, DropReason> {
     let reply_key = reversed(key);
     let mut entry = new_flow(
         *key,
@@ -189,7 +192,7 @@ pub fn create_untranslated(
     let race = |key: &FlowKey| {
         let flow = lookup(key).ok_or(DropReason::FlowInsertFailed)?;
         seen(flow, tcp_flags, len);
-        Ok(())
+        Ok(false)
     };
     match insert_new(&reply_key, &entry) {
         Ok(()) => {}
@@ -213,7 +216,7 @@ pub fn create_untranslated(
     entry.bytes = len as u64;
     entry.tcp_flags_seen = tcp_flags;
     match insert_original_only(key, &entry, &reply_key) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(CreateError::Exists) => race(key),
         Err(CreateError::Failed) => Err(DropReason::FlowInsertFailed),
     }

@@ -102,19 +102,21 @@ pub fn pod_sent(
         if let Some(reason) = untranslatable {
             return Err(reason);
         }
-        let flow = nat::create_pod_snat(&key, src, node)?;
+        let (flow, created) = nat::create_pod_snat(&key, src, node)?;
         conntrack::stamp(flow, out);
-        let ends = Ends {
-            outbound: Some(&out),
-            inbound: Some(&into),
-        };
-        flowlog::allowed(&key, FlowKind::PodSnat, ends);
+        if created {
+            let ends = Ends {
+                outbound: Some(&out),
+                inbound: Some(&into),
+            };
+            flowlog::allowed(&key, FlowKind::PodSnat, ends);
+        }
         conntrack::seen(flow, ip.tcp_flags, len);
         nat::apply(ctx, ip, &key, flow)?;
         return Ok(Verdict::Internet);
     }
-    if track {
-        conntrack::create_untranslated(&key, FlowKind::Nsg, (out, into), ip.tcp_flags, len)?;
+    if track && conntrack::create_untranslated(&key, FlowKind::Nsg, (out, into), ip.tcp_flags, len)?
+    {
         let ends = Ends {
             outbound: Some(&out),
             inbound: Some(&into),
@@ -149,9 +151,8 @@ pub fn from_uplink(
         return Ok(Verdict::Forward);
     }
     let into = receive(ip, ep, &Tuple::of(ip))?;
-    if track {
-        let marks = (into, Mark::NONE);
-        conntrack::create_untranslated(&key, FlowKind::Nsg, marks, ip.tcp_flags, len)?;
+    let marks = (into, Mark::NONE);
+    if track && conntrack::create_untranslated(&key, FlowKind::Nsg, marks, ip.tcp_flags, len)? {
         let ends = Ends {
             outbound: None,
             inbound: Some(&into),
@@ -207,12 +208,13 @@ pub fn from_stack(
     } else {
         FlowKind::Nsg
     };
-    conntrack::create_untranslated(&key, kind, (out, into), ip.tcp_flags, len)?;
-    let ends = Ends {
-        outbound: client.map(|_| &out),
-        inbound: Some(&into),
-    };
-    flowlog::allowed(&key, kind, ends);
+    if conntrack::create_untranslated(&key, kind, (out, into), ip.tcp_flags, len)? {
+        let ends = Ends {
+            outbound: client.map(|_| &out),
+            inbound: Some(&into),
+        };
+        flowlog::allowed(&key, kind, ends);
+    }
     Ok(())
 }
 
@@ -232,12 +234,13 @@ pub fn stack_forwarded(ip: &Ipv4, client: &Endpoint, len: usize) -> Result<(), D
     }
     let out = nsg::outbound(client, &Tuple::of(ip))?;
     let marks = (out, Mark::NONE);
-    conntrack::create_untranslated(&key, FlowKind::HostStack, marks, ip.tcp_flags, len)?;
-    let ends = Ends {
-        outbound: Some(&out),
-        inbound: None,
-    };
-    flowlog::allowed(&key, FlowKind::HostStack, ends);
+    if conntrack::create_untranslated(&key, FlowKind::HostStack, marks, ip.tcp_flags, len)? {
+        let ends = Ends {
+            outbound: Some(&out),
+            inbound: None,
+        };
+        flowlog::allowed(&key, FlowKind::HostStack, ends);
+    }
     Ok(())
 }
 

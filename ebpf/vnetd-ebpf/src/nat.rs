@@ -68,13 +68,14 @@ pub fn trackable(ip: &Ipv4, echo_type: u8) -> Result<(), DropReason> {
 }
 
 /// A pod's new flow to the internet (`ep` sent its first packet, `key`): masqueraded to its
-/// Public group's address, or the node's.
+/// Public group's address, or the node's. Returns its entry, and whether this call created it
+/// (not another CPU's packet of the same flow).
 #[inline(always)]
 pub fn create_pod_snat(
     key: &FlowKey,
     ep: &Endpoint,
     node: &NodeConfig,
-) -> Result<&'static mut Flow, DropReason> {
+) -> Result<(&'static mut Flow, bool), DropReason> {
     let nat_ip = if ep.public_ip != [0; 4] {
         ep.public_ip
     } else {
@@ -149,7 +150,7 @@ pub fn host_outbound(ctx: &TcContext, ip: &Ipv4, node: &NodeConfig, len: usize) 
     let flow = match conntrack::lookup(&key) {
         Some(flow) => flow,
         None => match create_snat(&key, node.primary_ip, node, FlowKind::Host) {
-            Ok(flow) => flow,
+            Ok((flow, _)) => flow,
             Err(_) => return false,
         },
     };
@@ -251,14 +252,15 @@ fn later_fragment_inbound(
 
 /// A new masqueraded flow (a pod's, or the node's own): a source port in the range (the
 /// flow's own if it is free), the reply entry inserted first so a port is only taken by one
-/// flow, then the original; both or neither.
+/// flow, then the original; both or neither. Returns the entry, and whether this call created
+/// it.
 #[inline(always)]
 fn create_snat(
     key: &FlowKey,
     nat_ip: [u8; 4],
     node: &NodeConfig,
     kind: FlowKind,
-) -> Result<&'static mut Flow, DropReason> {
+) -> Result<(&'static mut Flow, bool), DropReason> {
     let reply = conntrack::new_flow(
         *key,
         key.src_ip,
@@ -376,7 +378,11 @@ fn create_public_inbound(key: &FlowKey, ip: &Ipv4) -> Result<&'static mut Flow, 
         Direction::Original as u8,
     );
     conntrack::stamp(&mut original, mark);
-    let flow = conntrack::insert_original(key, &original, &reply_key)?;
+    let (flow, created) = conntrack::insert_original(key, &original, &reply_key)?;
+    if !created {
+        // Another CPU's packet of this flow created it, and logs it.
+        return Ok(flow);
+    }
     // Logged as the client sent it (to the public address): the flow's key, which the agent
     // follows for its later records.
     let ends = flowlog::Ends {
