@@ -189,9 +189,12 @@ pub fn create_untranslated(
         Direction::Reply as u8,
     );
     stamp(&mut entry, reply);
+    // The packet that lost the race was decided like the winner's: it passes, counted on the
+    // flow if the winner's entries are in (its original may still be on its way).
     let race = |key: &FlowKey| {
-        let flow = lookup(key).ok_or(DropReason::FlowInsertFailed)?;
-        seen(flow, tcp_flags, len);
+        if let Some(flow) = lookup(key) {
+            seen(flow, tcp_flags, len);
+        }
         Ok(false)
     };
     match insert_new(&reply_key, &entry) {
