@@ -433,6 +433,43 @@ fn an_expired_pod_packet_is_answered_with_time_exceeded_from_the_gateway() {
     assert_eq!(traffic(&dp, Path::IcmpError), 1);
 }
 
+/// Time-exceeded answers are rate limited as the kernel limits its own ICMP errors
+/// (`icmp_msgs_per_sec` 1000, `icmp_msgs_burst` 50), per CPU: a pod that floods expired
+/// packets gets a burst of answers, then one a millisecond; the rest are dropped unanswered,
+/// and counted apart.
+#[test]
+fn time_exceeded_answers_are_rate_limited() {
+    pin_to_cpu(0);
+    let mut dp = dataplane();
+    let mut sent = udp(MAC_A, POD_A, [10, 0, 2, 50]);
+    set_ttl(&mut sent, 1);
+    const SENT: u64 = 400;
+    let start = std::time::Instant::now();
+    let answered = (0..SENT)
+        .filter(|_| run(&mut dp, programs::POD_TC_INGRESS, &sent).verdict == TC_ACT_REDIRECT)
+        .count() as u64;
+    let elapsed_ms = start.elapsed().as_millis() as u64;
+    // The budget's clock is the coarse one: allow a few ticks (4 ms at HZ=250) of refill more.
+    assert!(
+        (50..=50 + elapsed_ms + 12).contains(&answered),
+        "{answered} of {SENT} expired packets answered in {elapsed_ms} ms: a burst of 50, \
+         then one a millisecond"
+    );
+    assert!(answered < SENT, "the flood is not answered whole");
+    assert_eq!(traffic(&dp, Path::IcmpError), answered);
+    assert_eq!(drops(&dp, DropReason::TtlExceeded), answered);
+    assert_eq!(
+        drops(&dp, DropReason::TimeExceededRateLimited),
+        SENT - answered
+    );
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    assert_eq!(
+        run(&mut dp, programs::POD_TC_INGRESS, &sent).verdict,
+        TC_ACT_REDIRECT,
+        "answered again after a pause"
+    );
+}
+
 #[test]
 fn the_uplink_passes_what_is_not_vnetds_untouched() {
     let mut dp = dataplane();

@@ -262,12 +262,6 @@ fn test_run_raw(prog_fd: i32, data: &[u8]) -> u32 {
     attr.retval
 }
 
-fn pin_to_cpu(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).unwrap();
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
-}
-
 /// Two CPUs on the same new flow's first packet at once: the flow is created once, and logged
 /// once, by the CPU whose entries went in (the other uses them). Each of 3000 flows is sent
 /// by both CPUs in the same instant; the test needs some of them to have raced (counted in

@@ -1,7 +1,7 @@
 //! End to end: the pod's gateway as a router (an expired packet is answered with ICMP time
-//! exceeded, so traceroute shows the hop) and the frames a pod may not send (802.1Q-tagged:
+//! exceeded, so traceroute shows the hop, at a limited rate) and the frames a pod may not send (802.1Q-tagged:
 //! the tag would ride in skb metadata past the address checks). Needs root.
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use vnetd_lab::{
@@ -40,6 +40,70 @@ fn an_expired_packet_gets_time_exceeded_from_the_pod_gateway() -> Result<()> {
         "the expired packet went nowhere"
     );
     assert_eq!(a.ping_count(b.ip, 1)?, 1, "with TTL to spare it passes");
+    Ok(())
+}
+
+/// A pod that floods expired packets gets a burst of answers, not one per packet: the
+/// gateway's answers are rate limited per CPU (bursts of 50, then one a millisecond), as the
+/// kernel's own ICMP errors are; the rest are dropped and counted apart. After a pause,
+/// traceroute's probe is answered again.
+#[test]
+fn a_flood_of_expired_packets_is_answered_at_a_limited_rate() -> Result<()> {
+    let _serial = serial();
+    let (_lab, agent, a, b) = node_with_two_pods()?;
+    // Few enough that no queue on the way drops any before the dataplane sees it.
+    const SENT: u64 = 300;
+    let sender = a.udp_bind((a.ip, 0).into())?;
+    sender.set_ttl(1)?;
+    let start = Instant::now();
+    for _ in 0..SENT {
+        sender.send_to(b"expired", (b.ip, 7000))?;
+    }
+    // Until every datagram is counted: that is the window the budget refilled in.
+    let counted = || -> Result<(u64, u64)> {
+        Ok((
+            agent.traffic("icmp_error")?,
+            agent.drops("time_exceeded_rate_limited")?,
+        ))
+    };
+    let (answered, limited) = loop {
+        let (answered, limited) = counted()?;
+        if answered + limited >= SENT || start.elapsed() > Duration::from_secs(5) {
+            break (answered, limited);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let elapsed_ms = start.elapsed().as_millis() as u64;
+    assert_eq!(
+        answered + limited,
+        SENT,
+        "each expired datagram answered or counted as over the limit"
+    );
+    assert_eq!(agent.drops("ttl_exceeded")?, answered);
+    let cpus = std::thread::available_parallelism()?.get() as u64;
+    assert!(
+        (50..=cpus * (50 + elapsed_ms + 8)).contains(&answered) && limited > 0,
+        "{answered} of {SENT} answered within {elapsed_ms} ms on {cpus} CPUs: a burst of 50 \
+         a CPU, then one a millisecond"
+    );
+
+    std::thread::sleep(Duration::from_millis(100));
+    let out = a.run([
+        "ping",
+        "-n",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-t",
+        "1",
+        &b.ip.to_string(),
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Time to live exceeded"),
+        "answered again after the flood: {stdout}"
+    );
     Ok(())
 }
 

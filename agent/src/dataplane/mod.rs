@@ -380,6 +380,7 @@ const REPLACED_ON_MISMATCH: &[&str] = &[
     maps::NSG_HITS,
     maps::FLOW_EVENTS,
     maps::FLOW_EVENTS_LOST,
+    maps::ICMP_ERROR_BUDGET,
 ];
 
 /// A map as the object defines it: what the kernel reports for a map created from it.

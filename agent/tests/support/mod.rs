@@ -252,6 +252,14 @@ pub struct Run {
     pub out: Vec<u8>,
 }
 
+/// Runs the calling thread on `cpu` only (BPF_PROG_RUN runs the program on the caller's CPU:
+/// per-CPU state is then one CPU's).
+pub fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
 pub fn run(dp: &mut Dataplane, program: &str, data: &[u8]) -> Run {
     run_with_ctx(dp, program, data, None)
 }

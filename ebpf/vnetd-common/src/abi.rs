@@ -16,9 +16,10 @@ use core::mem::{align_of, offset_of, size_of};
 use crate::{
     ConntrackStat, Direction, DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT,
     Endpoint, FLOW_INBOUND, FLOW_OUTBOUND, Flow, FlowDecision, FlowEvent, FlowEventVerdict,
-    FlowKey, FlowKind, FragmentKey, FragmentedDatagram, GroupPortKey, NO_RULE, NextHop, NodeConfig,
-    NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path,
-    PublicAddress, PublicPortKey, RULE_WORDS, Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
+    FlowKey, FlowKind, FragmentKey, FragmentedDatagram, GroupPortKey, ICMP_ERROR_BURST,
+    ICMP_ERRORS_PER_SEC, IcmpErrorBudget, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey,
+    NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey,
+    RULE_WORDS, Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
 };
 
 /// Every layout the ABI has had, oldest first: (ABI version, fingerprint).
@@ -36,6 +37,7 @@ pub const RECORDED: &[(u32, u64)] = &[
     (6, 0x6399_1f6e_dfbc_c587),
     (7, 0xed37_a564_d45d_244d),
     (8, 0x97ce_30a2_a444_647d),
+    (9, 0x633a_24b6_43db_34b6),
 ];
 
 /// Part of every pin path (`<bpffs>/abi-v<N>/...`).
@@ -226,6 +228,13 @@ const fn fingerprint() -> u64 {
     let h = h.layout::<Route>("Route");
     let h = field!(h, Route, next_hop);
     let h = field!(h, Route, next_hop_ip);
+
+    let h = h.layout::<IcmpErrorBudget>("IcmpErrorBudget");
+    let h = field!(h, IcmpErrorBudget, tokens);
+    let h = field!(h, IcmpErrorBudget, refilled_ns);
+    let h = h
+        .word(ICMP_ERRORS_PER_SEC as usize)
+        .word(ICMP_ERROR_BURST as usize);
 
     // ENDPOINTS is keyed by the IPv4 address.
     let mut h = h.layout::<[u8; 4]>("endpoint key");

@@ -111,7 +111,8 @@ pub enum DropReason {
     /// the next hop, the target interface gone) are the kernel's: they show in the interfaces'
     /// drop counters, not here.
     RedirectFailed = 5,
-    /// A routed packet whose TTL ran out (answered with ICMP time exceeded).
+    /// A routed packet whose TTL ran out (answered with ICMP time exceeded, unless it was an
+    /// error itself, a later fragment or had IP options).
     TtlExceeded = 6,
     /// A pod sent a frame with an 802.1Q tag (in the frame or in the skb's metadata).
     VlanTagged = 7,
@@ -136,10 +137,14 @@ pub enum DropReason {
     NsgDenied = 15,
     /// TCP or UDP to a container group's port that `ipAddress.ports` does not expose.
     PortNotExposed = 16,
+    /// A routed packet whose TTL ran out while the time-exceeded answers were over their rate
+    /// (per CPU, 1000 a second in bursts of 50: the kernel's own ICMP limits): dropped
+    /// unanswered.
+    TimeExceededRateLimited = 17,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::Spoofed,
@@ -158,6 +163,7 @@ impl DropReason {
         DropReason::IcmpNoFlow,
         DropReason::NsgDenied,
         DropReason::PortNotExposed,
+        DropReason::TimeExceededRateLimited,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -179,6 +185,7 @@ impl DropReason {
             DropReason::IcmpNoFlow => "icmp_no_flow",
             DropReason::NsgDenied => "nsg_denied",
             DropReason::PortNotExposed => "port_not_exposed",
+            DropReason::TimeExceededRateLimited => "time_exceeded_rate_limited",
         }
     }
 }

@@ -9,6 +9,7 @@ mod conntrack;
 mod counters;
 mod endpoint;
 mod flowlog;
+mod icmp;
 pub mod maps;
 mod nat;
 mod node;
@@ -24,6 +25,7 @@ pub use conntrack::{
 pub use counters::{DropReason, Path, Traffic};
 pub use endpoint::{ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT, Endpoint, GroupPortKey};
 pub use flowlog::{FLOW_INBOUND, FLOW_OUTBOUND, FlowDecision, FlowEvent, FlowEventVerdict};
+pub use icmp::{ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, IcmpErrorBudget};
 pub use nat::{NoMasqueradeKey, PublicAddress, PublicPortKey};
 pub use node::{NodeConfig, POD_GATEWAY};
 pub use nsg::{

@@ -32,6 +32,8 @@ pub const NSG_HITS: &str = "NSG_HITS";
 /// Flow-log events (a ring buffer of `FlowEvent`s) and the records it had no room for (per CPU).
 pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 pub const FLOW_EVENTS_LOST: &str = "FLOW_EVENTS_LOST";
+/// The ICMP errors each CPU may still send (a token bucket per CPU).
+pub const ICMP_ERROR_BUDGET: &str = "ICMP_ERROR_BUDGET";
 
 /// Capacities: 250 pods per node (plus headroom), 400 routes per table.
 pub const ENDPOINTS_MAX: u32 = 512;
@@ -88,4 +90,5 @@ pub const ALL: &[&str] = &[
     NSG_HITS,
     FLOW_EVENTS,
     FLOW_EVENTS_LOST,
+    ICMP_ERROR_BUDGET,
 ];

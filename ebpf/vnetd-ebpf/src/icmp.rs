@@ -2,18 +2,24 @@
 //! ran out at the pod's gateway, so traceroute from a pod shows the hop (169.254.1.1).
 //!
 //! The packet is rewritten in place into the error (its own IP header and first 8 payload
-//! bytes quoted, as RFC 792 asks) and sent back to the pod that sent it.
+//! bytes quoted, as RFC 792 asks) and sent back to the pod that sent it. Errors are rate
+//! limited per CPU as the kernel limits its own (see [`IcmpErrorBudget`]).
 use aya_ebpf::{
-    helpers::generated::{bpf_csum_diff, bpf_skb_change_tail},
+    helpers::generated::{bpf_csum_diff, bpf_ktime_get_coarse_ns, bpf_skb_change_tail},
+    macros::map,
+    maps::PerCpuArray,
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-use vnetd_common::{DropReason, Path};
+use vnetd_common::{DropReason, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, IcmpErrorBudget, Path};
 
 use crate::{
     drop, forward,
     parse::{Fragment, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, Ipv4},
 };
+
+#[map(name = "ICMP_ERROR_BUDGET")]
+static ICMP_ERROR_BUDGET: PerCpuArray<IcmpErrorBudget> = PerCpuArray::with_max_entries(1, 0);
 
 /// The quote: the offending packet's IP header (without options) and 8 bytes of its payload.
 const QUOTE_LEN: usize = Ipv4Hdr::LEN + 8;
@@ -30,7 +36,8 @@ struct IcmpError {
 
 /// Answers the packet in `ctx` (from the pod behind `ifindex`, whose TTL ran out here) with a
 /// time exceeded from `gateway`, and drops it (counted). Errors about errors, later fragments
-/// and packets with IP options get no answer, only the count.
+/// and packets with IP options get no answer, only the count; nor do packets over this CPU's
+/// error budget (counted apart).
 #[inline(always)]
 pub fn time_exceeded_to_pod(
     ctx: &TcContext,
@@ -55,6 +62,9 @@ pub fn time_exceeded_to_pod(
         .map_err(|_| DropReason::TtlExceeded)?;
     if ip.hdr.proto == IPPROTO_ICMP && is_icmp_error(err.quote[Ipv4Hdr::LEN]) {
         return Err(DropReason::TtlExceeded);
+    }
+    if !take_from_budget() {
+        return Err(DropReason::TimeExceededRateLimited);
     }
     let total = (ERROR_LEN as u16).to_be_bytes();
     err.ip = [
@@ -115,6 +125,36 @@ pub fn time_exceeded_to_pod(
         .map_err(|_| DropReason::TtlExceeded)?;
     drop::count(DropReason::TtlExceeded);
     forward::bounce(ifindex, Path::IcmpError, EthHdr::LEN + ERROR_LEN)
+}
+
+/// Takes one error from this CPU's budget (a token bucket: [`ICMP_ERRORS_PER_SEC`] tokens a
+/// second, at most [`ICMP_ERROR_BURST`] kept): false if it is spent. Per CPU, so two CPUs never
+/// write one bucket. Out of line: its few registers stay out of the caller's stack frame.
+#[inline(never)]
+fn take_from_budget() -> bool {
+    const NS_PER_TOKEN: u64 = 1_000_000_000 / ICMP_ERRORS_PER_SEC;
+    let Some(budget) = ICMP_ERROR_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; nothing else on this CPU runs the program meanwhile.
+    let budget = unsafe { &mut *budget };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // The first call (`refilled_ns` 0) earns a full burst.
+    let earned = now.wrapping_sub(budget.refilled_ns) / NS_PER_TOKEN;
+    if budget.tokens + earned >= ICMP_ERROR_BURST {
+        budget.tokens = ICMP_ERROR_BURST;
+        budget.refilled_ns = now;
+    } else {
+        budget.tokens += earned;
+        // The fraction of a token already earned is kept for the next call.
+        budget.refilled_ns += earned * NS_PER_TOKEN;
+    }
+    if budget.tokens == 0 {
+        return false;
+    }
+    budget.tokens -= 1;
+    true
 }
 
 /// ICMP types that report errors (never answered with another error, RFC 1122).
