@@ -50,6 +50,14 @@ pub struct Stopped {
     pub error: io::Error,
 }
 
+impl Stopped {
+    /// The entry of `entries` (the batch's) it stopped at: the last one if the kernel's count
+    /// ran past it.
+    pub fn entry<'a, T>(&self, entries: &'a [T]) -> &'a T {
+        &entries[self.index.min(entries.len().saturating_sub(1))]
+    }
+}
+
 fn map_fd(map: &Map) -> io::Result<u32> {
     match map {
         Map::HashMap(data) | Map::LpmTrie(data) | Map::PerCpuHashMap(data) => {
