@@ -167,43 +167,34 @@ pub(super) fn write(
     std::fs::write(out_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", out_path.display()))?;
     let md_path = out_path.with_extension("md");
-    std::fs::write(
-        &md_path,
-        markdown(
-            results,
-            &env,
-            reps,
-            tb.quick,
-            report::ProgrunRows {
-                ns: progrun_ns,
-                snat: progrun_snat.as_ref(),
-                figures: progrun_figures,
-            },
-            packet_rate.as_ref().map(|_| (&rates.samples, &rate_paired)),
-            out_path,
-        ),
-    )
-    .with_context(|| format!("writing {}", md_path.display()))?;
+    let mut md = markdown(
+        results,
+        &env,
+        reps,
+        tb.quick,
+        report::ProgrunRows {
+            ns: progrun_ns,
+            snat: progrun_snat.as_ref(),
+            figures: progrun_figures,
+        },
+        packet_rate.as_ref().map(|_| (&rates.samples, &rate_paired)),
+        out_path,
+    );
     if let Some((_, table)) = &rates.flow_setup {
-        let mut md = std::fs::read_to_string(&md_path)?;
         md += table;
-        std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
     }
     if !valid_retrans.is_empty() {
-        let mut md = std::fs::read_to_string(&md_path)?;
         md += &retrans::markdown(&valid_retrans);
-        std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
     }
     if !plots.is_empty() {
-        let mut md = std::fs::read_to_string(&md_path)?;
         md.push('\n');
         for (p, what) in &plots {
             if let Some(f) = p.file_name() {
                 md += &format!("![{what}]({})\n", f.to_string_lossy());
             }
         }
-        std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
     }
+    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
     println!(
         "\n   report: {} (table for the README: {}){}",
         out_path.display(),
