@@ -321,6 +321,23 @@ impl Ns {
         Ok(0)
     }
 
+    /// One ping of `ip` sent with TTL `ttl` (waiting 2 s for an answer): ping's output, where
+    /// a hop that found the TTL run out shows as `From <hop> ... Time to live exceeded`.
+    pub fn ping_with_ttl(&self, ip: Ipv4Addr, ttl: u8) -> Result<String> {
+        let out = self.run([
+            "ping",
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-t",
+            &ttl.to_string(),
+            &ip.to_string(),
+        ])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// True if at least one of `count` pings to `ip` is answered ("reachable"). Use
     /// [`Ns::ping_count`] to require every answer.
     pub fn ping(&self, ip: Ipv4Addr, count: u32) -> bool {

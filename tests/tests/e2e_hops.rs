@@ -16,18 +16,7 @@ fn an_expired_packet_gets_time_exceeded_from_the_pod_gateway() -> Result<()> {
     let _serial = serial();
     let (_lab, agent, a, b) = node_with_two_pods()?;
 
-    let out = a.run([
-        "ping",
-        "-n",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-t",
-        "1",
-        &b.ip.to_string(),
-    ])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = a.ping_with_ttl(b.ip, 1)?;
     assert!(
         stdout.contains("From 169.254.1.1") && stdout.contains("Time to live exceeded"),
         "traceroute's first hop is the pod gateway: {stdout}"
@@ -88,18 +77,7 @@ fn a_flood_of_expired_packets_is_answered_at_a_limited_rate() -> Result<()> {
     );
 
     std::thread::sleep(Duration::from_millis(100));
-    let out = a.run([
-        "ping",
-        "-n",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-t",
-        "1",
-        &b.ip.to_string(),
-    ])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = a.ping_with_ttl(b.ip, 1)?;
     assert!(
         stdout.contains("Time to live exceeded"),
         "answered again after the flood: {stdout}"

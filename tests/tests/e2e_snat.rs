@@ -429,18 +429,7 @@ fn fragmentation_needed_reaches_the_pod_and_its_tcp_adapts() -> Result<()> {
 fn time_exceeded_beyond_the_node_reaches_the_pod() -> Result<()> {
     let _serial = serial();
     let (_lab, _node, agent, pods) = node_with_pods(&lab_spec(), 1)?;
-    let out = pods[0].run([
-        "ping",
-        "-n",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-t",
-        "2",
-        &INTERNET_HOST_IP.to_string(),
-    ])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = pods[0].ping_with_ttl(INTERNET_HOST_IP, 2)?;
     assert!(
         stdout.contains(&format!("From {}", vnetd_lab::GATEWAY))
             && stdout.contains("Time to live exceeded"),
