@@ -77,9 +77,9 @@ pub use ns::{DEFAULT_RUN_TIMEOUT, LinkInfo, LinkStats, Ns};
 pub use process::{Bg, Capture, LogMode};
 pub use sweep::{SweepReport, cleanup_on_signal, sweep_all, sweep_current_process, sweep_stale};
 pub use traffic::{
-    DEFAULT_TIMEOUT, EchoReport, EchoServer, EchoStream, Seen, SinkReceipt, http_get,
-    sink_transfer, tcp_echo, tcp_echo_ok, tcp_roundtrip, udp_echo, udp_ok, udp_roundtrip,
-    udp_roundtrip_sized,
+    ALLOWED_WAIT, DEFAULT_TIMEOUT, DENIED_WAIT, EchoReport, EchoServer, EchoStream, Outcome, Seen,
+    SinkReceipt, allowed, attempt, http_get, refused, sink_transfer, tcp_echo, tcp_echo_ok,
+    tcp_roundtrip, timed_out, udp_echo, udp_ok, udp_roundtrip, udp_roundtrip_sized,
 };
 
 use std::net::Ipv4Addr;

@@ -668,3 +668,61 @@ pub fn http_get(ns: &Ns, addr: SocketAddr, path: &str, timeout: Duration) -> Res
         .ok_or_else(|| anyhow!("{}: no HTTP status in {:?}", what(), head))?;
     Ok((status, body.to_string()))
 }
+
+/// What a connect that must be refused is given: under TCP's initial retransmission timeout
+/// (1 s), so exactly one SYN is sent and one attempt is one decision of the dataplane.
+pub const DENIED_WAIT: Duration = Duration::from_millis(800);
+/// What a connection that must work is given (connect and one echo each).
+pub const ALLOWED_WAIT: Duration = Duration::from_secs(3);
+
+/// How a connection attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Connected and echoed.
+    Echoed,
+    /// Connected, but the echo failed.
+    ConnectedNoEcho(String),
+    /// The connect timed out: the SYN was dropped.
+    TimedOut,
+    /// The connect failed otherwise (reset, unreachable).
+    Failed(String),
+}
+
+/// A TCP connection from `client` to `dst` and one echo on it, `wait` to connect.
+pub fn attempt(client: &Ns, dst: SocketAddr, wait: Duration) -> Outcome {
+    match client.tcp_connect(dst, wait) {
+        Ok(mut stream) => {
+            match tcp_roundtrip(&mut stream, format!("to {dst}").as_bytes(), ALLOWED_WAIT) {
+                Ok(_) => Outcome::Echoed,
+                Err(e) => Outcome::ConnectedNoEcho(format!("{e:#}")),
+            }
+        }
+        Err(e) if timed_out(&e) => Outcome::TimedOut,
+        Err(e) => Outcome::Failed(format!("{e:#}")),
+    }
+}
+
+/// Whether `e` is (or was caused by) a timeout.
+pub fn timed_out(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == ErrorKind::TimedOut)
+}
+
+/// Checks that a connection from `client` to `dst` is refused as an NSG refuses it: dropped,
+/// so the connect times out (within [`DENIED_WAIT`]): how an NSG or a closed port refuses it, with no reset.
+pub fn refused(client: &Ns, dst: SocketAddr, what: &str) -> Result<()> {
+    match client.tcp_connect(dst, DENIED_WAIT) {
+        Err(e) if timed_out(&e) => Ok(()),
+        Ok(_) => anyhow::bail!("{what}: {dst} must be dropped, it connected"),
+        Err(e) => anyhow::bail!("{what}: {dst} must be dropped (a timeout), got {e:#}"),
+    }
+}
+
+/// Checks that a connection from `client` to `dst` connects and echoes.
+pub fn allowed(client: &Ns, dst: SocketAddr, what: &str) -> Result<()> {
+    match attempt(client, dst, ALLOWED_WAIT) {
+        Outcome::Echoed => Ok(()),
+        other => anyhow::bail!("{what}: {dst} must connect and echo, got {other:?}"),
+    }
+}
