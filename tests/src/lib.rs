@@ -94,6 +94,11 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const EDGE_INTERNET_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// The internet host: the `internet` namespace's address (TEST-NET-2, never routed for real).
 pub const INTERNET_HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+
+/// The lab's internet host at `port`.
+pub fn internet_host(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from((INTERNET_HOST_IP, port))
+}
 /// The pods' default gateway (as in Azure CNI's transparent mode); answered by the dataplane.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The name of every member's uplink (the veth into the fabric) and of a veth pod's interface.

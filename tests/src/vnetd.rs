@@ -1,6 +1,7 @@
 //! Driving vnetd in a lab: start a node's agent, attach pods through the CNI plugin, read the
 //! agent's status. Used by the end-to-end tests and the demo.
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
@@ -663,6 +664,90 @@ pub fn lab_with_agent() -> Result<(Lab, Node, Agent)> {
     let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
     let agent = Agent::start(&node, &lab_spec())?;
     Ok((lab, node, agent))
+}
+
+/// A lab whose node-1 (10.0.0.4) runs an agent on `spec`, with `pods` pods in `apps`
+/// (`pod-0`, ...).
+pub fn node_with_pods(spec: &str, pods: usize) -> Result<(Lab, Node, Agent, Vec<Pod>)> {
+    let lab = Lab::new()?;
+    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
+    let agent = Agent::start(&node, spec)?;
+    let pods = (0..pods)
+        .map(|i| add_pod(&lab, &node, &format!("pod-{i}"), Some("apps"), ""))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((lab, node, agent, pods))
+}
+
+/// The hits of the rules named in `rules`' keys of `nsg` on `agent`, from `/metrics` and from
+/// `vnetd status --json` (absent = 0).
+pub fn nsg_hits(
+    agent: &Agent,
+    nsg: &str,
+    rules: &BTreeMap<String, u64>,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let metrics = agent.metrics()?;
+    let status = agent.status()?;
+    Ok(rules
+        .keys()
+        .map(|r| {
+            (
+                nsg_rule_hits_in_metrics(&metrics, nsg, r).unwrap_or(0),
+                nsg_rule_hits_in_status(&status, nsg, r).unwrap_or(0),
+            )
+        })
+        .unzip())
+}
+
+/// Expected hits by rule name.
+pub fn hit_counts(rules: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    rules.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+}
+
+/// Waits (the metrics are refreshed every second) until `agent`'s hits of `nsg`'s rules have
+/// grown from `before` by exactly `expected`, in `/metrics` and in the status alike; an error
+/// shows every rule's growth in both.
+pub fn expect_nsg_hits(
+    agent: &Agent,
+    nsg: &str,
+    expected: &BTreeMap<String, u64>,
+    before: &(Vec<u64>, Vec<u64>),
+) -> Result<()> {
+    let want: Vec<u64> = expected.values().copied().collect();
+    let grown = |now: &[u64], then: &[u64]| -> Vec<u64> {
+        now.iter()
+            .zip(then)
+            .map(|(n, t)| n.saturating_sub(*t))
+            .collect()
+    };
+    let mut last = (Vec::new(), Vec::new());
+    let ok = wait_for(Duration::from_secs(5), || {
+        match nsg_hits(agent, nsg, expected) {
+            Ok(now) => {
+                last = (grown(&now.0, &before.0), grown(&now.1, &before.1));
+                last.0 == want && last.1 == want
+            }
+            Err(_) => false,
+        }
+    });
+    if !ok {
+        let rows: Vec<String> = expected
+            .iter()
+            .enumerate()
+            .map(|(i, (rule, n))| {
+                format!(
+                    "  {rule}: expected +{n}, /metrics +{}, status +{}",
+                    last.0.get(i).copied().unwrap_or_default(),
+                    last.1.get(i).copied().unwrap_or_default()
+                )
+            })
+            .collect();
+        anyhow::bail!(
+            "the hits of {nsg} on {} did not move as expected:\n{}",
+            agent.node.role,
+            rows.join("\n")
+        );
+    }
+    Ok(())
 }
 
 /// The network config the CNI plugin gets on stdin for `agent` and `subnet`.

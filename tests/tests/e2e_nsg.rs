@@ -10,21 +10,22 @@
 //! A connect that must be refused is given [`DENIED_WAIT`], less than TCP's initial
 //! retransmission timeout (1 s): exactly one SYN is sent, so one attempt is one decision and
 //! hit counts are exact.
+//!
+//! How NSGs follow flows (outbound rules before SNAT, replies, live reloads, the platform's
+//! addresses) is `e2e_nsg_flows.rs`; a container group's exposed ports, `e2e_group_ports.rs`.
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
-    time::Duration,
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result};
 use vnetd_lab::{
-    ALLOWED_WAIT, DENIED_WAIT, EchoServer, EchoStream, INTERNET_HOST_IP, Lab, Node, Ns, Outcome,
-    Seen, allowed, attempt, refused, serial, tcp_echo, tcp_roundtrip, udp_echo,
+    ALLOWED_WAIT, DENIED_WAIT, EchoServer, INTERNET_HOST_IP, Lab, Node, Ns, Outcome, Seen, attempt,
+    refused, serial,
     vnetd::{
-        Agent, NsgRule, Pod, add_pod, lab_spec, node_cidr, nsg_rule_hits_in_metrics,
-        nsg_rule_hits_in_status, with_nsg, with_public_group_ports,
+        Agent, NsgRule, Pod, add_pod, expect_nsg_hits, lab_spec, node_cidr, node_with_pods,
+        nsg_hits, with_nsg, with_public_group_ports,
     },
-    wait_for,
 };
 
 /// The Public group `web`'s address (the edge routes it to node-1).
@@ -391,74 +392,6 @@ fn inbound_rules_decide_by_port_prefix_and_service_tag_from_every_way_in() -> Re
     Ok(())
 }
 
-/// The hits of the rules named in `rules`' keys of `nsg` on `agent`, from `/metrics` and from
-/// `vnetd status --json` (absent = 0).
-fn hits(agent: &Agent, nsg: &str, rules: &BTreeMap<String, u64>) -> Result<(Vec<u64>, Vec<u64>)> {
-    let metrics = agent.metrics()?;
-    let status = agent.status()?;
-    Ok(rules
-        .keys()
-        .map(|r| {
-            (
-                nsg_rule_hits_in_metrics(&metrics, nsg, r).unwrap_or(0),
-                nsg_rule_hits_in_status(&status, nsg, r).unwrap_or(0),
-            )
-        })
-        .unzip())
-}
-
-/// Expected hits by rule name.
-fn counts(rules: &[(&str, u64)]) -> BTreeMap<String, u64> {
-    rules.iter().map(|(r, n)| (r.to_string(), *n)).collect()
-}
-
-/// Waits (the metrics are refreshed every second) until `agent`'s hits of `nsg`'s rules have
-/// grown from `before` by exactly `expected`, in `/metrics` and in the status alike; an error
-/// shows every rule's growth in both.
-fn expect_hits(
-    agent: &Agent,
-    nsg: &str,
-    expected: &BTreeMap<String, u64>,
-    before: &(Vec<u64>, Vec<u64>),
-) -> Result<()> {
-    let want: Vec<u64> = expected.values().copied().collect();
-    let grown = |now: &[u64], then: &[u64]| -> Vec<u64> {
-        now.iter()
-            .zip(then)
-            .map(|(n, t)| n.saturating_sub(*t))
-            .collect()
-    };
-    let mut last = (Vec::new(), Vec::new());
-    let ok = wait_for(Duration::from_secs(5), || {
-        match hits(agent, nsg, expected) {
-            Ok(now) => {
-                last = (grown(&now.0, &before.0), grown(&now.1, &before.1));
-                last.0 == want && last.1 == want
-            }
-            Err(_) => false,
-        }
-    });
-    if !ok {
-        let rows: Vec<String> = expected
-            .iter()
-            .enumerate()
-            .map(|(i, (rule, n))| {
-                format!(
-                    "  {rule}: expected +{n}, /metrics +{}, status +{}",
-                    last.0.get(i).copied().unwrap_or_default(),
-                    last.1.get(i).copied().unwrap_or_default()
-                )
-            })
-            .collect();
-        anyhow::bail!(
-            "the hits of {nsg} on {} did not move as expected:\n{}",
-            agent.node.role,
-            rows.join("\n")
-        );
-    }
-    Ok(())
-}
-
 /// Every decision counts one hit for the rule that made it, by name, default rules included,
 /// in `/metrics` (`vnetd_nsg_rule_hits_total{nsg,rule,direction,access}`) and in
 /// `vnetd status --json` alike, on the node that decided: the inbound matrix's attempts on
@@ -498,11 +431,11 @@ fn hit_counters_move_by_one_per_decision_for_the_deciding_rule() -> Result<()> {
     on_node1.insert("AllowVnetOutBound".into(), per_pod);
     on_node2.insert("AllowVnetOutBound".into(), per_pod);
 
-    let before1 = hits(&m.agent1, "apps-nsg", &on_node1)?;
-    let before2 = hits(&m.agent2, "apps-nsg", &on_node2)?;
+    let before1 = nsg_hits(&m.agent1, "apps-nsg", &on_node1)?;
+    let before2 = nsg_hits(&m.agent2, "apps-nsg", &on_node2)?;
     m.run()?;
-    let node1 = expect_hits(&m.agent1, "apps-nsg", &on_node1, &before1);
-    let node2 = expect_hits(&m.agent2, "apps-nsg", &on_node2, &before2);
+    let node1 = expect_nsg_hits(&m.agent1, "apps-nsg", &on_node1, &before1);
+    let node2 = expect_nsg_hits(&m.agent2, "apps-nsg", &on_node2, &before2);
     node1?;
     node2?;
     // The NSG tables' occupancy against their capacity, in the status.
@@ -529,24 +462,13 @@ fn hit_counters_move_by_one_per_decision_for_the_deciding_rule() -> Result<()> {
     Ok(())
 }
 
-/// One node running an agent on `spec`, with `pods` pods in `apps` (`pod-0`, ...).
-fn one_node(spec: &str, pods: usize) -> Result<(Lab, Node, Agent, Vec<Pod>)> {
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let agent = Agent::start(&node, spec)?;
-    let pods = (0..pods)
-        .map(|i| add_pod(&lab, &node, &format!("pod-{i}"), Some("apps"), ""))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((lab, node, agent, pods))
-}
-
 /// What the exact counts above rest on: a refused attempt (given [`DENIED_WAIT`]) sends one
 /// SYN. Checked without any NSG, through the lab's `None` route (10.99.0.0/16 in `apps`),
 /// whose drops are counted one per packet: three attempts at once, three drops.
 #[test]
 fn a_refused_attempt_is_one_syn() -> Result<()> {
     let _serial = serial();
-    let (_lab, _node, agent, pods) = one_node(&lab_spec(), 1)?;
+    let (_lab, _node, agent, pods) = node_with_pods(&lab_spec(), 1)?;
     let before = agent.drops("route_none")?;
     let blackhole = SocketAddr::from((Ipv4Addr::new(10, 99, 0, 1), 80));
     std::thread::scope(|s| {
@@ -562,284 +484,5 @@ fn a_refused_attempt_is_one_syn() -> Result<()> {
         3,
         "one SYN per attempt"
     );
-    Ok(())
-}
-
-fn internet(port: u16) -> SocketAddr {
-    SocketAddr::from((INTERNET_HOST_IP, port))
-}
-
-/// An outbound deny of TCP port 25 (before SNAT: it sees the pod) drops a pod's SMTP to the
-/// internet host, while TCP 80 and UDP 25 (the rule is TCP only) pass through SNAT as ever.
-#[test]
-fn outbound_smtp_is_denied_while_other_traffic_passes() -> Result<()> {
-    let _serial = serial();
-    let spec = with_nsg(
-        &lab_spec(),
-        "apps-nsg",
-        &["apps"],
-        &[NsgRule::deny_out("deny-smtp-out", 100).tcp().ports(["25"])],
-    );
-    let (lab, node, agent, pods) = one_node(&spec, 1)?;
-    let pod = &pods[0];
-    let smtp = EchoServer::tcp(lab.internet(), 25)?;
-    let web = EchoServer::tcp(lab.internet(), 80)?;
-    let denied_before = agent.drops("nsg_denied")?;
-    // Replies are no decisions: the inbound rules count nothing.
-    let expected = counts(&[
-        ("deny-smtp-out", 1),
-        ("AllowInternetOutBound", 2),
-        ("AllowVnetOutBound", 0),
-        ("DenyAllOutBound", 0),
-        ("AllowVnetInBound", 0),
-        ("AllowAzureLoadBalancerInBound", 0),
-        ("DenyAllInBound", 0),
-    ]);
-    let hits_before = hits(&agent, "apps-nsg", &expected)?;
-
-    let smtp_try = refused(pod, internet(25), "SMTP out");
-    let web_try = allowed(pod, internet(80), "HTTP out");
-    let udp = udp_echo(pod, lab.internet(), INTERNET_HOST_IP, 25, ALLOWED_WAIT)
-        .context("UDP to port 25: the rule is TCP only");
-    web_try?;
-    assert!(
-        web.seen().iter().all(|c| *c.peer.ip() == node.ip),
-        "HTTP left with the node's address: {:?}",
-        web.seen()
-    );
-    assert_eq!(*udp?.server_peer.ip(), node.ip);
-    smtp_try?;
-    assert!(
-        smtp.seen().is_empty(),
-        "nothing reached the SMTP server: {:?}",
-        smtp.seen()
-    );
-    assert_eq!(
-        agent.drops("nsg_denied")? - denied_before,
-        1,
-        "the one SMTP SYN was dropped as nsg_denied"
-    );
-    expect_hits(&agent, "apps-nsg", &expected, &hits_before)
-}
-
-/// With an inbound rule denying everything, a pod's own connections still work: the replies of
-/// an allowed outbound flow pass without any inbound rule (TCP and UDP through SNAT to the
-/// internet host, ICMP echo, TCP to a container group on the same node), while a new connection
-/// towards the pod, from that group or from the node, is dropped.
-#[test]
-fn replies_of_allowed_outbound_flows_pass_an_nsg_denying_all_inbound() -> Result<()> {
-    let _serial = serial();
-    let spec = with_nsg(
-        &lab_spec(),
-        "apps-nsg",
-        &["apps"],
-        &[NsgRule::deny_in("deny-all-in", 100)],
-    );
-    let (lab, node, agent, pods) = one_node(&spec, 1)?;
-    let pod = &pods[0];
-    // The lab's Private group `api` (10.0.1.10, TCP 8080) in `aci`, which has no NSG.
-    let api = add_pod(&lab, &node, "api", None, "VNETD_CONTAINER_GROUP=api")?;
-    // The two refused SYNs are the only inbound decisions: no reply is classified.
-    let expected = counts(&[
-        ("deny-all-in", 2),
-        ("AllowVnetInBound", 0),
-        ("AllowAzureLoadBalancerInBound", 0),
-        ("DenyAllInBound", 0),
-    ]);
-    let hits_before = hits(&agent, "apps-nsg", &expected)?;
-
-    let tcp = tcp_echo(pod, lab.internet(), INTERNET_HOST_IP, 80, ALLOWED_WAIT)
-        .context("TCP out to the internet host and its replies back in")?;
-    assert_eq!(*tcp.server_peer.ip(), node.ip, "{tcp:?}");
-    udp_echo(pod, lab.internet(), INTERNET_HOST_IP, 53, ALLOWED_WAIT)
-        .context("UDP out to the internet host and its replies back in")?;
-    assert_eq!(
-        pod.ping_count(INTERNET_HOST_IP, 2)?,
-        2,
-        "echo replies come back in"
-    );
-    tcp_echo(pod, &api, api.ip, 8080, ALLOWED_WAIT)
-        .context("TCP to a group on the same node and its replies back in")?;
-
-    let _server = EchoServer::tcp(pod, 9000)?;
-    let into_pod = SocketAddr::from((pod.ip, 9000));
-    refused(
-        &api,
-        into_pod,
-        "a new connection from the group into the pod",
-    )?;
-    refused(
-        &node,
-        into_pod,
-        "a new connection from the node into the pod",
-    )?;
-    expect_hits(&agent, "apps-nsg", &expected, &hits_before)
-}
-
-/// A deny rule added by a live reload applies to new connections only: streams established
-/// before it (from a pod on the same node and from one on the other node) keep echoing after
-/// the reload, while new connections to the same port, from those pods and from the node, are
-/// dropped. The hit counts carry over the reload.
-#[test]
-fn a_deny_added_live_blocks_new_connections_while_established_streams_flow() -> Result<()> {
-    const PORT: u16 = 9100;
-    let _serial = serial();
-    let allow = NsgRule::allow_in("allow-echo", 200)
-        .tcp()
-        .ports([PORT.to_string()]);
-    let spec_before = with_nsg(
-        &lab_spec(),
-        "apps-nsg",
-        &["apps"],
-        std::slice::from_ref(&allow),
-    );
-    let spec_after = with_nsg(
-        &lab_spec(),
-        "apps-nsg",
-        &["apps"],
-        &[
-            NsgRule::deny_in("deny-echo", 100)
-                .tcp()
-                .ports([PORT.to_string()]),
-            allow,
-        ],
-    );
-    let lab = Lab::new()?;
-    let node1 = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let node2 = lab.add_node("node-2", node_cidr("10.0.0.5"))?;
-    let agent1 = Agent::start(&node1, &spec_before)?;
-    let agent2 = Agent::start(&node2, &spec_before)?;
-    let server = add_pod(&lab, &node1, "server", Some("apps"), "")?;
-    let near = add_pod(&lab, &node1, "near", Some("apps"), "")?;
-    let far = add_pod(&lab, &node2, "far", Some("apps"), "")?;
-    // Decided on node-1 (the server's): the two streams before the reload, the three refused
-    // SYNs after it. The reload keeps allow-echo's count (no reset, no second decision for
-    // the streams).
-    let expected = counts(&[("allow-echo", 2), ("deny-echo", 3)]);
-    let hits_at_start = hits(&agent1, "apps-nsg", &expected)?;
-    let echo = EchoServer::tcp(&server, PORT)?;
-    let dst = SocketAddr::from((server.ip, PORT));
-    let streams = [
-        EchoStream::start(&near, dst)?,
-        EchoStream::start(&far, dst)?,
-    ];
-    for s in &streams {
-        s.advances(0, 10_000, Duration::from_secs(5))?;
-    }
-
-    agent1.write_spec(&spec_after)?;
-    agent2.write_spec(&spec_after)?;
-    for agent in [&agent1, &agent2] {
-        ensure!(
-            agent.wait_for_status("reloads_ok", 1),
-            "{} did not apply the edit: {}",
-            agent.node.role,
-            agent.log()
-        );
-    }
-    let at_reload: Vec<u64> = streams.iter().map(EchoStream::bytes).collect();
-
-    let new_ones = [
-        refused(&near, dst, "a new connection from the near pod"),
-        refused(&far, dst, "a new connection from the far pod"),
-        refused(&node1, dst, "a new connection from the node"),
-    ];
-    for (s, from) in streams.iter().zip(&at_reload) {
-        s.advances(*from, 10_000, Duration::from_secs(5))
-            .context("the established stream after the reload")?;
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    for s in &streams {
-        s.advances(s.bytes(), 10_000, Duration::from_secs(5))
-            .context("the established stream a second later")?;
-    }
-    for r in new_ones {
-        r?;
-    }
-    expect_hits(&agent1, "apps-nsg", &expected, &hits_at_start)?;
-    assert_eq!(
-        echo.seen().len(),
-        2,
-        "only the two streams ever reached the server: {:?}",
-        echo.seen()
-    );
-    for s in streams {
-        s.check()?;
-        s.stop();
-    }
-    Ok(())
-}
-
-/// Azure's platform address (wire server, health probes).
-const PLATFORM_IP: Ipv4Addr = Ipv4Addr::new(168, 63, 129, 16);
-const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
-
-/// Traffic between a pod and 168.63.129.16 or 169.254.169.254 is not subject to NSGs. The lab
-/// hosts both addresses on the internet namespace (addresses on its loopback and edge routes:
-/// nothing outside the lab's namespaces; in Azure the host answers them, here they sit beyond
-/// the node). With rules denying everything both ways, a pod still reaches both (168.63.129.16
-/// through SNAT) while the internet host stays refused, and a connection from 168.63.129.16 to a
-/// Public group's address reaches the group while one from the internet host does not.
-#[test]
-fn the_platform_address_is_exempt_from_nsgs() -> Result<()> {
-    const PORT: u16 = 8080;
-    let _serial = serial();
-    let spec = with_nsg(
-        &with_public_group_ports(&lab_spec(), "web", WEB_PUBLIC_IP, &[PORT]),
-        "apps-nsg",
-        &["apps"],
-        &[
-            NsgRule::deny_in("deny-all-in", 100),
-            NsgRule::deny_out("deny-all-out", 100),
-        ],
-    );
-    let (lab, node, _agent, pods) = one_node(&spec, 1)?;
-    let pod = &pods[0];
-    let web = add_pod(&lab, &node, "web", None, "VNETD_CONTAINER_GROUP=web")?;
-    lab.host_public_ip(&node, WEB_PUBLIC_IP)?;
-    lab.add_internet_ip(PLATFORM_IP)?;
-    let _platform = EchoServer::tcp(lab.internet(), 80)?;
-
-    let to_internet = refused(pod, internet(80), "the pod to the internet host");
-    allowed(
-        pod,
-        SocketAddr::from((PLATFORM_IP, 80)),
-        "the pod to the platform address",
-    )?;
-
-    let _group_server = EchoServer::tcp(&web, PORT)?;
-    let public = SocketAddr::from((WEB_PUBLIC_IP, PORT));
-    let from_internet = refused(
-        lab.internet(),
-        public,
-        "the internet host to the group's public address",
-    );
-    let mut probe = lab
-        .internet()
-        .tcp_connect_from(SocketAddr::from((PLATFORM_IP, 0)), public, ALLOWED_WAIT)
-        .context("from the platform address to the group's public address")?;
-    tcp_roundtrip(&mut probe, b"probe", ALLOWED_WAIT)
-        .context("an echo from the platform address through the group's public address")?;
-    // The controls last: without them the exemptions prove nothing, but they are what fails
-    // while NSGs are not enforced.
-    // The metadata address is never masqueraded: the pod's own address goes out, and the
-    // edge is given a route back to this one pod (it has none to pods otherwise).
-    lab.add_internet_ip(METADATA_IP)?;
-    lab.edge().ip([
-        "route",
-        "add",
-        &format!("{}/32", pod.ip),
-        "via",
-        &node.ip.to_string(),
-    ])?;
-    let metadata = EchoServer::tcp(lab.internet(), 81)?;
-    allowed(
-        pod,
-        SocketAddr::from((METADATA_IP, 81)),
-        "the pod to the metadata address",
-    )?;
-    assert_eq!(*metadata.seen()[0].peer.ip(), pod.ip, "not masqueraded");
-    to_internet?;
-    from_internet?;
     Ok(())
 }

@@ -10,29 +10,13 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use vnetd_lab::{
-    Capture, EchoServer, EchoStream, INTERNET_HOST_IP, Lab, LogMode, Node, raise_open_files_limit,
-    serial, sink_transfer, tcp_echo, tcp_roundtrip, udp_echo,
-    vnetd::{Agent, Pod, add_pod, lab_spec, node_cidr, with_outbound_nat},
+    Capture, EchoServer, EchoStream, INTERNET_HOST_IP, Lab, LogMode, internet_host,
+    raise_open_files_limit, serial, sink_transfer, tcp_echo, tcp_roundtrip, udp_echo,
+    vnetd::{Agent, Pod, add_pod, lab_spec, node_cidr, node_with_pods, with_outbound_nat},
 };
 
 /// The default `outboundNat.portRange`.
 const DEFAULT_SNAT_PORTS: std::ops::RangeInclusive<u16> = 32768..=65535;
-
-/// A lab whose node-1 (10.0.0.4) runs an agent on `spec`, with `pods` pods in subnet `apps`
-/// (`pod-0`, `pod-1`, ...).
-fn node_with_pods(spec: &str, pods: usize) -> Result<(Lab, Node, Agent, Vec<Pod>)> {
-    let lab = Lab::new()?;
-    let node = lab.add_node("node-1", node_cidr("10.0.0.4"))?;
-    let agent = Agent::start(&node, spec)?;
-    let pods = (0..pods)
-        .map(|i| add_pod(&lab, &node, &format!("pod-{i}"), Some("apps"), ""))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((lab, node, agent, pods))
-}
-
-fn internet(port: u16) -> SocketAddr {
-    SocketAddr::from((INTERNET_HOST_IP, port))
-}
 
 /// Nothing the internet side captured carried the pod's own address.
 fn assert_pod_address_hidden(capture: &Capture, pod: &Pod) {
@@ -125,7 +109,7 @@ fn datagrams_larger_than_the_mtu_pass_the_nat_in_fragments() -> Result<()> {
     let pod = &pods[0];
     let server = EchoServer::udp(lab.internet(), 7121)?;
     let capture = lab.internet().capture("eth0", "ip[6:2] & 0x1fff != 0")?;
-    vnetd_lab::udp_roundtrip_sized(pod, internet(7121), 4000, Duration::from_secs(5))
+    vnetd_lab::udp_roundtrip_sized(pod, internet_host(7121), 4000, Duration::from_secs(5))
         .context("a 4000-byte UDP echo from a pod to the internet host")?;
     assert_eq!(
         *server.seen()[0].peer.ip(),
@@ -156,7 +140,7 @@ fn non_masquerade_destinations_keep_the_pod_address() -> Result<()> {
     let (lab, _node, _agent, pods) = node_with_pods(&spec, 1)?;
     let pod = &pods[0];
     let server = EchoServer::udp(lab.internet(), 7111)?;
-    let sent = vnetd_lab::udp_roundtrip(pod, internet(7111), Duration::from_millis(600));
+    let sent = vnetd_lab::udp_roundtrip(pod, internet_host(7111), Duration::from_millis(600));
     assert!(sent.is_err(), "no translation, so no way back: {sent:?}");
     assert!(server.wait_seen(1, Duration::from_secs(2)));
     assert_eq!(
@@ -188,7 +172,9 @@ fn three_thousand_connections_get_distinct_ports() -> Result<()> {
         let workers: Vec<_> = pods
             .iter()
             .map(|pod| {
-                s.spawn(|| pod.tcp_connect_many(internet(7201), PER_POD, Duration::from_secs(5)))
+                s.spawn(|| {
+                    pod.tcp_connect_many(internet_host(7201), PER_POD, Duration::from_secs(5))
+                })
             })
             .collect();
         workers
@@ -250,7 +236,7 @@ fn the_seventeenth_connection_over_sixteen_ports_is_refused_and_counted() -> Res
     let held = (0..16)
         .map(|i| {
             pods[i % 2]
-                .tcp_connect(internet(7301), Duration::from_secs(3))
+                .tcp_connect(internet_host(7301), Duration::from_secs(3))
                 .with_context(|| format!("connection {} of 16", i + 1))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -265,7 +251,7 @@ fn the_seventeenth_connection_over_sixteen_ports_is_refused_and_counted() -> Res
     assert_eq!(agent.drops("snat_ports_exhausted")?, 0);
 
     for pod in &pods {
-        let refused = pod.tcp_connect(internet(7301), Duration::from_secs(2));
+        let refused = pod.tcp_connect(internet_host(7301), Duration::from_secs(2));
         assert!(refused.is_err(), "no port left for {}", pod.role);
     }
     assert!(
@@ -297,7 +283,7 @@ fn node_connections_and_pod_flows_share_the_port_range() -> Result<()> {
     let (lab, node, agent, pods) = node_with_pods(&spec, 2)?;
     node.sysctl("net.ipv4.ip_local_port_range", "40000 40063")?;
     let server = EchoServer::tcp(lab.internet(), 7401)?;
-    let dst = internet(7401);
+    let dst = internet_host(7401);
     let timeout = Duration::from_secs(3);
     let last_seen_port = |n: usize| -> Result<u16> {
         ensure!(
@@ -395,7 +381,7 @@ fn fragmentation_needed_reaches_the_pod_and_its_tcp_adapts() -> Result<()> {
     let server = EchoServer::tcp_sink(lab.internet(), 7501)?;
     let capture = pod.capture("eth0", "icmp")?;
 
-    let mut stream = pod.tcp_connect(internet(7501), Duration::from_secs(3))?;
+    let mut stream = pod.tcp_connect(internet_host(7501), Duration::from_secs(3))?;
     sink_transfer(&mut stream, 4 << 20, Duration::from_secs(30))
         .context("4 MiB from the pod to the internet host over a 1200-byte link")?;
 
@@ -465,7 +451,7 @@ fn snat_streams_survive_agent_sigkill_and_restart() -> Result<()> {
     let server = EchoServer::tcp(lab.internet(), 7601)?;
     let streams = pods
         .iter()
-        .map(|pod| EchoStream::start(pod, internet(7601)))
+        .map(|pod| EchoStream::start(pod, internet_host(7601)))
         .collect::<Result<Vec<_>>>()?;
     let all_advance = |what: &str| -> Result<()> {
         let before: Vec<u64> = streams.iter().map(EchoStream::bytes).collect();
@@ -560,7 +546,7 @@ fn snat_port_occupancy_is_reported_per_destination_against_the_range() -> Result
     for (port, n) in [(BUSY, 16), (QUIET, 5)] {
         for i in 0..n {
             held.push(
-                pod.tcp_connect(internet(port), timeout)
+                pod.tcp_connect(internet_host(port), timeout)
                     .with_context(|| format!("connection {} of {n} to port {port}", i + 1))?,
             );
         }
@@ -623,11 +609,11 @@ fn snat_port_occupancy_is_reported_per_destination_against_the_range() -> Result
     metrics_show(21, 16, 0)?;
 
     // The busy destination has no port left; the quiet one has its own.
-    let refused = pod.tcp_connect(internet(BUSY), Duration::from_secs(2));
+    let refused = pod.tcp_connect(internet_host(BUSY), Duration::from_secs(2));
     assert!(refused.is_err(), "no port left towards port {BUSY}");
     assert_eq!(busy.seen().len(), 16, "nothing new reached the busy server");
     held.push(
-        pod.tcp_connect(internet(QUIET), timeout)
+        pod.tcp_connect(internet_host(QUIET), timeout)
             .context("a sixth connection to the other destination")?,
     );
     let snat = snat_in_status(22, 1)?;
