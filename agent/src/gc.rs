@@ -211,10 +211,12 @@ pub fn monotonic_ns() -> u64 {
 pub struct GcPass {
     /// Entries deleted, by reason (an expired flow counts its two entries).
     pub deleted: BTreeMap<GcReason, u64>,
-    /// Entries in FLOWS when the pass began.
+    /// Entries in the flow tables when the pass began.
     pub seen: u64,
     /// Entries left, by kind.
     pub live: BTreeMap<&'static str, u64>,
+    /// Of the entries left, those of assured flows (in FLOWS, where nothing evicts them).
+    pub assured: u64,
     /// The flows an NSG decided, with their counts (kept or expired in this pass): the flow
     /// log's C and E records.
     pub samples: Vec<FlowSample>,
@@ -324,7 +326,7 @@ fn protocol_name(proto: u8) -> String {
     }
 }
 
-/// One pass over FLOWS at `now_ns`.
+/// One pass over the flow tables at `now_ns`.
 pub fn gc_pass(maps: &mut ConntrackMaps, now_ns: u64, timeouts: &Timeouts) -> Result<GcPass> {
     let flows = maps.flows()?;
     let mut pass = GcPass {
@@ -385,6 +387,10 @@ pub fn gc_pass(maps: &mut ConntrackMaps, now_ns: u64, timeouts: &Timeouts) -> Re
     for (_, flow) in &left {
         *pass.live.entry(kind_name(flow.kind)).or_default() += 1;
     }
+    pass.assured = left
+        .iter()
+        .filter(|(_, flow)| flow.status & vnetd_common::FLOW_ASSURED != 0)
+        .count() as u64;
     pass.snat = snat_usage(left);
     Ok(pass)
 }
@@ -406,6 +412,7 @@ struct Shared {
     passes: u64,
     deleted: BTreeMap<GcReason, u64>,
     live: BTreeMap<&'static str, u64>,
+    assured: u64,
     /// Entries created minus entries alive, when the first pass began: what happened before
     /// this agent (its predecessors' deletions and evictions) is not counted again.
     baseline: Option<i128>,
@@ -420,6 +427,7 @@ impl Conntrack {
             passes: 0,
             deleted: BTreeMap::new(),
             live: BTreeMap::new(),
+            assured: 0,
             baseline: None,
             evictions: 0,
             snat: SnatUsage::default(),
@@ -448,6 +456,7 @@ impl Conntrack {
             *s.deleted.entry(*reason).or_default() += n;
         }
         s.live = pass.live.clone();
+        s.assured = pass.assured;
         s.snat = pass.snat.clone();
         let created = i128::from(created_before);
         let baseline = *s.baseline.get_or_insert(created - i128::from(pass.seen));
@@ -472,7 +481,9 @@ impl Conntrack {
                 .map(|kind| kind_name(*kind as u8))
                 .map(|kind| (kind.to_string(), s.live.get(kind).copied().unwrap_or(0)))
                 .collect(),
+            assured: s.assured,
             capacity: u64::from(vnetd_common::maps::FLOWS_MAX),
+            new_capacity: u64::from(vnetd_common::maps::NEW_FLOWS_MAX),
             evictions: s.evictions,
             events: stats
                 .into_iter()

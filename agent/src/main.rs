@@ -456,8 +456,14 @@ fn print_status(r: &StatusReport) {
     let c = &r.conntrack;
     let live: u64 = c.entries.iter().map(|(_, n)| n).sum();
     println!(
-        "conntrack: {live} of {} entries, {} evicted, {} collector passes",
-        c.capacity, c.evictions, c.gc_passes
+        "conntrack: {live} entries: {} of new flows (of {}), {} of assured flows (of {}); {} \
+         evicted (new flows), {} collector passes",
+        live.saturating_sub(c.assured),
+        c.new_capacity,
+        c.assured,
+        c.capacity,
+        c.evictions,
+        c.gc_passes
     );
     for (kind, n) in &c.entries {
         println!("  {kind:<16} {n:>12}");

@@ -264,19 +264,32 @@ fn register_conntrack(registry: &mut Registry, c: &ConntrackReport) {
         "Flow table entries (two per flow) by kind, as of the collector's last pass",
         entries,
     );
-    let capacity = Gauge::<i64>::default();
-    capacity.set(c.capacity as i64);
+    let assured = Gauge::<i64>::default();
+    assured.set(c.assured as i64);
+    registry.register(
+        "conntrack_assured_entries",
+        "Of the flow entries, those of assured flows (answered, or alive for a second), which \
+         nothing evicts",
+        assured,
+    );
+    let capacity = Family::<Labels, Gauge>::default();
+    for (table, n) in [("new", c.new_capacity), ("assured", c.capacity)] {
+        capacity
+            .get_or_create(&vec![("table", table.to_string())])
+            .set(n as i64);
+    }
     registry.register(
         "conntrack_capacity",
-        "Entries the flow table holds before the LRU evicts",
+        "Entries each flow table holds: new flows (an LRU: a flood evicts its oldest) and \
+         assured flows (never evicted: new flows stay new when it is full)",
         capacity,
     );
     let evictions = Counter::<u64>::default();
     evictions.inc_by(c.evictions);
     registry.register(
         "conntrack_evictions",
-        "Flow entries the LRU evicted (created - expired by the collector - live) since the \
-         agent started",
+        "Entries of new flows the LRU evicted (created - expired by the collector - live) \
+         since the agent started",
         evictions,
     );
     let events = Family::<Labels, Counter>::default();
@@ -387,7 +400,9 @@ mod tests {
                     ("nsg".into(), 4),
                     ("host_stack".into(), 0),
                 ],
+                assured: 8,
                 capacity: 262_144,
+                new_capacity: 131_072,
                 evictions: 3,
                 events: vec![("entries_created".into(), 11), ("port_probes".into(), 4)],
                 gc_deleted: vec![("tcp_established".into(), 2), ("orphan".into(), 1)],
@@ -401,7 +416,9 @@ mod tests {
             "vnetd_conntrack_entries{kind=\"host\"} 2",
             "vnetd_conntrack_entries{kind=\"nsg\"} 4",
             "vnetd_conntrack_entries{kind=\"host_stack\"} 0",
-            "vnetd_conntrack_capacity 262144",
+            "vnetd_conntrack_assured_entries 8",
+            "vnetd_conntrack_capacity{table=\"new\"} 131072",
+            "vnetd_conntrack_capacity{table=\"assured\"} 262144",
             "vnetd_conntrack_evictions_total 3",
             "vnetd_conntrack_events_total{event=\"entries_created\"} 11",
             "vnetd_conntrack_events_total{event=\"port_probes\"} 4",

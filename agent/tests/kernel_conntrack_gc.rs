@@ -138,7 +138,9 @@ fn conntrack_counters_are_read_by_name() {
             "entries_created",
             "port_probes",
             "insert_races",
-            "host_ports_remapped"
+            "host_ports_remapped",
+            "flows_assured",
+            "assured_table_full",
         ]
     );
     assert!(stats.iter().all(|(_, n)| *n == 0), "{stats:?}");

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use support::{
-    MAC_A, POD_A, POD_B, TC_ACT_REDIRECT, TC_ACT_SHOT, dataplane_with_host_b,
+    MAC_A, MAC_B, POD_A, POD_B, TC_ACT_REDIRECT, TC_ACT_SHOT, dataplane_with_host_b,
     route_the_vnet_directly, set_ttl, udp,
 };
 use vnetd_common::{Path, programs};
@@ -260,6 +260,19 @@ fn pod_ingress_with_nsg_rules() {
             "vnetd-bench program=pod_ingress_nsg nsg_rules={rules} classified=true runs={done} ns_per_run={first:.1}"
         );
         allowed[37] = 54 + id as u8;
+        // The flow's later packets before it is answered (still in NEW_FLOWS: FLOWS is looked
+        // up first, in vain), then, once pod B has answered and A sent again, assured (in
+        // FLOWS): an established flow's packets.
+        let unassured = batches(&mut dp, &allowed, &mut out, calls, TC_ACT_REDIRECT);
+        println!(
+            "vnetd-bench program=pod_ingress_nsg_unassured nsg_rules={rules} runs={done} ns_per_run={unassured:.1}"
+        );
+        let mut answer = udp(MAC_B, POD_B, POD_A);
+        answer.resize(64, 0);
+        set_ttl(&mut answer, 255);
+        answer[34..36].copy_from_slice(&allowed[36..38]);
+        answer[36..38].copy_from_slice(&allowed[34..36]);
+        batch_of(&mut dp, &answer, &mut out, 1, TC_ACT_REDIRECT);
         let established = batches(&mut dp, &allowed, &mut out, calls, TC_ACT_REDIRECT);
         assert_eq!(
             hits(&dp, id) - hits_before - done,
@@ -407,13 +420,24 @@ fn redirect_batch(dp: &mut vnetd::dataplane::Dataplane, frame: &[u8], out: &mut 
 /// One BPF_PROG_RUN of `pod_ingress` on `frame`, [`BATCH`] times on one skb, whose verdict
 /// must be `verdict` (else the drops are shown): the kernel-timed nanoseconds of the batch.
 fn batch(dp: &mut vnetd::dataplane::Dataplane, frame: &[u8], out: &mut [u8], verdict: u32) -> u64 {
+    batch_of(dp, frame, out, BATCH, verdict)
+}
+
+/// [`batch`] of `repeat` runs.
+fn batch_of(
+    dp: &mut vnetd::dataplane::Dataplane,
+    frame: &[u8],
+    out: &mut [u8],
+    repeat: u32,
+    verdict: u32,
+) -> u64 {
     let r = dp
         .classifier(programs::POD_TC_INGRESS)
         .unwrap()
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(out),
-            repeat: BATCH,
+            repeat,
             ..Default::default()
         })
         .expect("BPF_PROG_RUN of pod_ingress");
@@ -423,5 +447,5 @@ fn batch(dp: &mut vnetd::dataplane::Dataplane, frame: &[u8], out: &mut [u8], ver
         "pod_ingress's verdict; drops: {:?}",
         dp.drops().unwrap()
     );
-    r.duration.as_nanos() as u64 * u64::from(BATCH)
+    r.duration.as_nanos() as u64 * u64::from(repeat)
 }

@@ -5,17 +5,20 @@
 //! to the node's stack. Needs root (CAP_BPF).
 mod support;
 
+use std::time::Duration;
 use support::{packets::*, *};
+
 use vnetd::{
     compile::{ServiceTags, nsg::NsgTables, nsg::compile_nsgs, prefix::complement},
     dataplane::{Dataplane, maps::nsg, tables::TableStore},
+    gc,
     spec::{
         Access, AddressPrefix, Direction, NetworkSecurityGroup, PortRange, Protocol, SecurityRule,
     },
 };
 use vnetd_common::{
-    DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, FlowKind, GroupPortKey, NodeConfig, Path, maps,
-    programs,
+    DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, FLOW_ASSURED, FLOW_SEEN_REPLY, FlowKind, GroupPortKey,
+    NodeConfig, Path, maps, programs,
 };
 
 const POD_B_INBOUND: u32 = 11;
@@ -235,27 +238,15 @@ fn a_flood_of_new_flows_evicts_new_flows_and_keeps_the_flows_in_use() {
         assert_eq!(pod_sends(&mut dp, &syn).verdict, TC_ACT_REDIRECT);
     }
 
-    // B's outbound rules are the defaults, and A has no NSG: each (source port, destination
-    // port) pair from B is a new flow with two entries.
-    let mut flood = from_pod_b(POD_A, UDP, udp_segment(1, 1, true));
-    let flood_flows = 3 * maps::FLOWS_MAX / 4;
     let mut sent = 1u64;
-    for i in 0..flood_flows {
-        let (sport, dport) = (1024 + (i % 60_000) as u16, 10_000 + (i / 60_000) as u16);
-        flood[34..36].copy_from_slice(&sport.to_be_bytes());
-        flood[36..38].copy_from_slice(&dport.to_be_bytes());
-        assert_eq!(pod_sends(&mut dp, &flood).verdict, TC_ACT_REDIRECT);
+    let flood = flood_of_new_flows(&mut dp, |dp, _, i| {
         if i % 512 == 0 {
             for f in [&request, &answer, &stream] {
-                assert_eq!(
-                    pod_sends(&mut dp, f).verdict,
-                    TC_ACT_REDIRECT,
-                    "flood flow {i}"
-                );
+                assert_eq!(pod_sends(dp, f).verdict, TC_ACT_REDIRECT, "flood flow {i}");
             }
             sent += 1;
         }
-    }
+    });
     let entry_of = |f: &[u8], what: &str| entry(&dp, f).unwrap_or_else(|| panic!("{what}"));
     assert_eq!(entry_of(&request, "connection, original").packets, sent);
     assert_eq!(entry_of(&answer, "connection, reply").packets, sent - 1);
@@ -265,9 +256,141 @@ fn a_flood_of_new_flows_evicts_new_flows_and_keeps_the_flows_in_use() {
         entry(&dp, &flood).is_some(),
         "the newest flow got its entries"
     );
+    let mut flood = flood;
     flood[34..38].copy_from_slice(&[4, 0, 0x27, 0x10]); // the first flood flow: 1024 -> 10000
     assert!(
         entry(&dp, &flood).is_none(),
         "the table was full: the oldest flood flow made room"
     );
+}
+
+/// A connection that has been answered is an old flow: a flood of new flows, half again as many
+/// as the table holds, does not take its entries while it is idle. Its next packets pass, on the
+/// same entries: also the answer that B's inbound rules deny unless it is a reply.
+#[test]
+fn a_flood_of_new_flows_keeps_idle_connections() {
+    let mut dp = dataplane();
+    b_with_web_only_nsg(&mut dp);
+    // B connects out to A; A's side comes back against B's deny-all-in, as the reply it is.
+    let handshake = [
+        from_pod_b(POD_A, TCP, tcp(40002, 5432, SYN)),
+        from_pod_a(POD_B, TCP, tcp(5432, 40002, SYN | ACK)),
+        from_pod_b(POD_A, TCP, tcp(40002, 5432, ACK)),
+    ];
+    for f in &handshake {
+        assert_eq!(pod_sends(&mut dp, f).verdict, TC_ACT_REDIRECT);
+    }
+
+    // A storm of short connections: each flood flow is answered, so the table holds nothing
+    // nobody looked up.
+    let mut flood_answer = from_pod_a(POD_B, UDP, udp_segment(1, 1, true));
+    flood_of_new_flows(&mut dp, |dp, flood, _| {
+        flood_answer[34..36].copy_from_slice(&flood[36..38]);
+        flood_answer[36..38].copy_from_slice(&flood[34..36]);
+        assert_eq!(pod_sends(dp, &flood_answer).verdict, TC_ACT_REDIRECT);
+    });
+
+    let denied = drops(&dp, DropReason::NsgDenied);
+    let answer = from_pod_a(POD_B, TCP, tcp(5432, 40002, ACK));
+    assert_eq!(
+        pod_sends(&mut dp, &answer).verdict,
+        TC_ACT_REDIRECT,
+        "the idle connection's answer after the flood"
+    );
+    assert_eq!(drops(&dp, DropReason::NsgDenied), denied);
+    let request = &handshake[2];
+    assert_eq!(pod_sends(&mut dp, request).verdict, TC_ACT_REDIRECT);
+    let packets = |f: &[u8]| entry(&dp, f).map(|flow| flow.packets);
+    assert_eq!(
+        packets(request),
+        Some(3),
+        "the connection's own entries, counting on"
+    );
+    assert_eq!(packets(&answer), Some(2));
+    let events = conntrack_events(&dp);
+    assert_eq!(
+        events["flows_assured"], 1,
+        "only the connection was assured"
+    );
+    assert_eq!(events["assured_table_full"], 0);
+
+    // Assured is not forever: the collector expires it like any flow, and then A's packet is
+    // a new flow that B's inbound rules deny.
+    let mut maps = dp.conntrack_maps().unwrap();
+    let later = gc::monotonic_ns() + 3_600_000_000_000;
+    gc::gc_pass(
+        &mut maps,
+        later,
+        &gc::Timeouts::new(Duration::from_secs(60)),
+    )
+    .unwrap();
+    assert_eq!(entry(&dp, request), None, "expired");
+    assert_eq!(pod_sends(&mut dp, &answer).verdict, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, DropReason::NsgDenied), denied + 1);
+}
+
+/// FLOWS full: a new flow that would be assured stays new (counted), its packets still pass,
+/// and the assured flows keep their entries.
+#[test]
+fn with_the_assured_table_full_new_flows_stay_new_and_pass() {
+    let mut dp = dataplane();
+    b_with_web_only_nsg(&mut dp);
+    // B's UDP exchanges with A (B's outbound defaults allow them; A's answers pass as
+    // replies), each assured by B's second datagram: as many as FLOWS holds.
+    let exchange = |dp: &mut Dataplane, i: u32| {
+        let (sport, dport) = (1024 + (i % 60_000) as u16, 10_000 + (i / 60_000) as u16);
+        let request = from_pod_b(POD_A, UDP, udp_segment(sport, dport, true));
+        let answer = from_pod_a(POD_B, UDP, udp_segment(dport, sport, true));
+        for f in [&request, &answer, &request] {
+            assert_eq!(pod_sends(dp, f).verdict, TC_ACT_REDIRECT, "exchange {i}");
+        }
+        (request, answer)
+    };
+    let assured = maps::FLOWS_MAX / 2;
+    let (first, _) = exchange(&mut dp, 0);
+    for i in 1..assured {
+        exchange(&mut dp, i);
+    }
+    let events = conntrack_events(&dp);
+    assert_eq!(events["flows_assured"], u64::from(assured));
+    assert_eq!(events["assured_table_full"], 0);
+
+    let (request, answer) = exchange(&mut dp, assured);
+    let events = conntrack_events(&dp);
+    assert_eq!(events["flows_assured"], u64::from(assured), "no room");
+    assert_eq!(events["assured_table_full"], 1);
+    let status = |dp: &Dataplane, f: &[u8]| entry(dp, f).map(|flow| flow.status);
+    // Still new; it tries again a second on, not at each packet.
+    assert_eq!(status(&dp, &request), Some(0));
+    assert_eq!(status(&dp, &answer), Some(0));
+    assert_eq!(pod_sends(&mut dp, &answer).verdict, TC_ACT_REDIRECT);
+    assert_eq!(status(&dp, &first), Some(FLOW_ASSURED | FLOW_SEEN_REPLY));
+    assert_eq!(entry(&dp, &first).map(|flow| flow.packets), Some(2));
+}
+
+fn conntrack_events(dp: &Dataplane) -> std::collections::HashMap<&'static str, u64> {
+    let stats = dp.conntrack_stats().unwrap();
+    stats
+        .into_iter()
+        .map(|(stat, n)| (stat.name(), n))
+        .collect()
+}
+
+/// Sends new flows from B to A, three quarters of FLOWS_MAX of them (two entries each: half
+/// again as many entries as the table holds), calling `between(dp, frame, i)` after the `i`-th. B's
+/// outbound rules are the defaults and A has no NSG, so every one gets its entries. Returns the
+/// last flood frame.
+fn flood_of_new_flows(
+    dp: &mut Dataplane,
+    mut between: impl FnMut(&mut Dataplane, &[u8], u32),
+) -> Vec<u8> {
+    let mut flood = from_pod_b(POD_A, UDP, udp_segment(1, 1, true));
+    for i in 0..3 * maps::FLOWS_MAX / 4 {
+        let (sport, dport) = (1024 + (i % 60_000) as u16, 10_000 + (i / 60_000) as u16);
+        flood[34..36].copy_from_slice(&sport.to_be_bytes());
+        flood[36..38].copy_from_slice(&dport.to_be_bytes());
+        assert_eq!(pod_sends(dp, &flood).verdict, TC_ACT_REDIRECT);
+        between(dp, &flood, i);
+    }
+    flood
 }

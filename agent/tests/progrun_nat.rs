@@ -74,9 +74,12 @@ fn nat_dataplane(min: u16, max: u16) -> Dataplane {
 }
 
 fn flows(dp: &mut Dataplane) -> Vec<(FlowKey, Flow)> {
-    let map: HashMap<_, FlowKey, Flow> =
-        HashMap::try_from(dp.raw_map_mut(maps::FLOWS).unwrap()).unwrap();
-    map.iter().map(|e| e.unwrap()).collect()
+    dp.conntrack_maps()
+        .unwrap()
+        .flows()
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 fn to_pod_a(dp: &mut Dataplane, f: &[u8]) -> Run {

@@ -311,11 +311,16 @@ pub struct NsgRuleHits {
 /// The flow table: what is in it, what the programs counted, what the collector deleted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConntrackReport {
-    /// (kind, entries) as of the collector's last pass; two entries per flow.
+    /// (kind, entries) as of the collector's last pass, new and assured flows; two entries
+    /// per flow.
     pub entries: Vec<(String, u64)>,
-    /// FLOWS_MAX.
+    /// Of those, the entries of assured flows (in FLOWS, which never evicts).
+    pub assured: u64,
+    /// FLOWS_MAX: the assured flows' entries.
     pub capacity: u64,
-    /// Entries the LRU evicted since the agent started (see [`crate::gc`]).
+    /// NEW_FLOWS_MAX: the new flows' entries, an LRU.
+    pub new_capacity: u64,
+    /// Entries of new flows the LRU evicted since the agent started (see [`crate::gc`]).
     pub evictions: u64,
     /// The programs' counters: (event, count).
     pub events: Vec<(String, u64)>,

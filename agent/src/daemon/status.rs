@@ -17,10 +17,17 @@ impl Agent {
     pub fn status_report(&self) -> Result<StatusReport> {
         let conntrack = self.conntrack.report(self.dataplane.conntrack_stats()?);
         let mut maps = self.dataplane.occupancy()?;
-        // FLOWS is too large to count every second: its count is the collector's.
+        // The flow tables are too large to count every second: their counts are the
+        // collector's.
+        let entries: u64 = conntrack.entries.iter().map(|(_, n)| n).sum();
+        maps.push((
+            maps::NEW_FLOWS.to_lowercase(),
+            entries.saturating_sub(conntrack.assured),
+            conntrack.new_capacity,
+        ));
         maps.push((
             maps::FLOWS.to_lowercase(),
-            conntrack.entries.iter().map(|(_, n)| n).sum(),
+            conntrack.assured,
             conntrack.capacity,
         ));
         let drops = self.dataplane.drops()?;

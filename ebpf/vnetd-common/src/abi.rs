@@ -15,11 +15,11 @@ use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
     ConntrackStat, Direction, DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT,
-    Endpoint, FLOW_INBOUND, FLOW_OUTBOUND, Flow, FlowDecision, FlowEvent, FlowEventVerdict,
-    FlowKey, FlowKind, FragmentKey, FragmentedDatagram, GroupPortKey, ICMP_ERROR_BURST,
-    ICMP_ERRORS_PER_SEC, IcmpErrorBudget, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey,
-    NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey,
-    RULE_WORDS, Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
+    Endpoint, FLOW_ASSURED, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_SEEN_REPLY, Flow, FlowDecision,
+    FlowEvent, FlowEventVerdict, FlowKey, FlowKind, FragmentKey, FragmentedDatagram, GroupPortKey,
+    ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, IcmpErrorBudget, NO_RULE, NextHop, NodeConfig,
+    NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path,
+    PublicAddress, PublicPortKey, RULE_WORDS, Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
 };
 
 /// Every layout the ABI has had, oldest first: (ABI version, fingerprint).
@@ -38,6 +38,7 @@ pub const RECORDED: &[(u32, u64)] = &[
     (7, 0xed37_a564_d45d_244d),
     (8, 0x97ce_30a2_a444_647d),
     (9, 0x633a_24b6_43db_34b6),
+    (10, 0x515d_58b7_2978_04a3),
 ];
 
 /// Part of every pin path (`<bpffs>/abi-v<N>/...`).
@@ -162,6 +163,8 @@ const fn fingerprint() -> u64 {
     let h = field!(h, Flow, direction);
     let h = field!(h, Flow, tcp_flags_seen);
     let h = field!(h, Flow, nsg_verdict);
+    let h = field!(h, Flow, status);
+    let h = h.word(FLOW_SEEN_REPLY as usize).word(FLOW_ASSURED as usize);
     let h = field!(h, Flow, nsg_rule_subnet);
     let h = field!(h, Flow, nsg_rule_group);
 
@@ -248,6 +251,7 @@ const fn fingerprint() -> u64 {
     let mut h = h
         .word(maps::ENDPOINTS_MAX as usize)
         .word(maps::ROUTES_MAX as usize)
+        .word(maps::NEW_FLOWS_MAX as usize)
         .word(maps::FLOWS_MAX as usize)
         .word(maps::FRAGMENTS_MAX as usize)
         .word(maps::NO_MASQUERADE_MAX as usize)

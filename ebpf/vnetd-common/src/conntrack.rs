@@ -1,8 +1,14 @@
-//! Connection tracking (`FLOWS`): one entry per direction of a flow, each keyed by the 5-tuple
-//! its packets carry where they are looked up, so either direction finds its entry with one
-//! lookup and knows how to rewrite itself. The two entries of a flow point at each other
-//! (`sibling`): the agent's garbage collector deletes both together, and the TCP state of a
-//! flow is read from both (each direction records the flags it has seen).
+//! Connection tracking (`NEW_FLOWS`, `FLOWS`): one entry per direction of a flow, each keyed by
+//! the 5-tuple its packets carry where they are looked up, so either direction finds its entry
+//! with one lookup and knows how to rewrite itself. The two entries of a flow point at each
+//! other (`sibling`): the agent's garbage collector deletes both together, and the TCP state of
+//! a flow is read from both (each direction records the flags it has seen).
+//!
+//! A flow starts in `NEW_FLOWS`, an LRU table a flood of new flows may churn, and moves to
+//! `FLOWS` once it is assured ([`FLOW_ASSURED`], netfilter's word): answered and then used
+//! again by its opener (a TCP handshake's last ACK), 64 packets one way, or alive for a second. `FLOWS` never
+//! evicts: only the garbage collector's timeouts remove its flows. A full table so degrades
+//! new flows (they stay evictable) and never old ones.
 
 /// A packet's 5-tuple as it is on the wire at the hook that looks it up. Addresses and ports in
 /// network byte order. ICMP echo: the identifier is the port of the side that chose it (the
@@ -18,7 +24,7 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// One direction of a tracked flow: `FLOWS[key]`.
+/// One direction of a tracked flow: `NEW_FLOWS[key]` or `FLOWS[key]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
@@ -46,12 +52,18 @@ pub struct Flow {
     pub tcp_flags_seen: u8,
     /// An [`crate::NsgVerdict`]: what the NSGs decided on the flow's first packet.
     pub nsg_verdict: u8,
-    pub _pad: u8,
+    /// [`FLOW_SEEN_REPLY`] and [`FLOW_ASSURED`] bits.
+    pub status: u8,
     /// The deciding rule (its bit in the classifier) of the subnet's and of the group's NSG,
     /// [`crate::NO_RULE`] if that NSG did not decide.
     pub nsg_rule_subnet: u16,
     pub nsg_rule_group: u16,
 }
+
+/// [`Flow::status`] of the original direction's entry: the reply direction has sent a packet.
+pub const FLOW_SEEN_REPLY: u8 = 1;
+/// [`Flow::status`]: the flow is in `FLOWS`, where nothing evicts it (both entries carry it).
+pub const FLOW_ASSURED: u8 = 2;
 
 /// A fragmented datagram as each of its fragments names it: addresses, protocol and IP id (as
 /// on the wire). The key of `FRAGMENTS`.
@@ -70,7 +82,7 @@ pub struct FragmentKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragmentedDatagram {
-    /// The key the first fragment was looked up by in `FLOWS`.
+    /// The key the first fragment's flow entry was looked up by.
     pub flow: FlowKey,
     /// `bpf_ktime_get_coarse_ns` when the first fragment passed.
     pub first_seen_ns: u64,
@@ -169,15 +181,21 @@ pub enum ConntrackStat {
     /// The node's own connections that had to move to another port because a pod flow held
     /// theirs.
     HostPortsRemapped = 3,
+    /// Flows moved from `NEW_FLOWS` to `FLOWS` (assured).
+    FlowsAssured = 4,
+    /// Flows that would have been assured but `FLOWS` was full: they stay in `NEW_FLOWS`.
+    AssuredTableFull = 5,
 }
 
 impl ConntrackStat {
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 6;
     pub const ALL: [ConntrackStat; Self::COUNT as usize] = [
         ConntrackStat::EntriesCreated,
         ConntrackStat::PortProbes,
         ConntrackStat::InsertRaces,
         ConntrackStat::HostPortsRemapped,
+        ConntrackStat::FlowsAssured,
+        ConntrackStat::AssuredTableFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -186,6 +204,8 @@ impl ConntrackStat {
             ConntrackStat::PortProbes => "port_probes",
             ConntrackStat::InsertRaces => "insert_races",
             ConntrackStat::HostPortsRemapped => "host_ports_remapped",
+            ConntrackStat::FlowsAssured => "flows_assured",
+            ConntrackStat::AssuredTableFull => "assured_table_full",
         }
     }
 }

@@ -6,7 +6,9 @@ pub const DROPS: &str = "DROPS";
 pub const NODE: &str = "NODE";
 pub const ENDPOINTS: &str = "ENDPOINTS";
 pub const ROUTES: &str = "ROUTES";
-/// Connection tracking: both directions of every translated flow (LRU hash).
+/// Connection tracking: both directions of every tracked flow, new ones in `NEW_FLOWS` (an LRU
+/// hash: a flood evicts its own flows), assured ones in `FLOWS` (a hash nothing evicts).
+pub const NEW_FLOWS: &str = "NEW_FLOWS";
 pub const FLOWS: &str = "FLOWS";
 pub const CONNTRACK_STATS: &str = "CONNTRACK_STATS";
 /// Fragmented datagrams on translated paths: the flow of each one's first fragment (LRU hash).
@@ -38,8 +40,10 @@ pub const ICMP_ERROR_BUDGET: &str = "ICMP_ERROR_BUDGET";
 /// Capacities: 250 pods per node (plus headroom), 400 routes per table.
 pub const ENDPOINTS_MAX: u32 = 512;
 pub const ROUTES_MAX: u32 = 16384;
-/// Flow entries (two per flow): 131072 flows, 64 MiB at most with the kernel's overhead.
+/// Flow entries (two per flow), in each of the two tables: 131072 new flows and as many
+/// assured ones, about 36 MiB per table with the kernel's overhead (preallocated).
 pub const FLOWS_MAX: u32 = 262_144;
+pub const NEW_FLOWS_MAX: u32 = FLOWS_MAX;
 /// Fragmented datagrams in flight through the NAT (an entry is needed only until the
 /// datagram's last fragment has passed).
 pub const FRAGMENTS_MAX: u32 = 8192;
@@ -73,6 +77,7 @@ pub const ALL: &[&str] = &[
     NODE,
     ENDPOINTS,
     ROUTES,
+    NEW_FLOWS,
     FLOWS,
     CONNTRACK_STATS,
     FRAGMENTS,

@@ -1,33 +1,44 @@
-//! Connection tracking: the flow table where both directions of a translated flow are found
-//! with one lookup each. An entry knows how to rewrite its own packets and where its sibling
-//! (the other direction) is; the agent's garbage collector expires both together.
+//! Connection tracking: the flow tables where both directions of a flow are found with one
+//! lookup each. An entry knows how to rewrite its own packets and where its sibling (the other
+//! direction) is; the agent's garbage collector expires both together.
+//!
+//! New flows go into `NEW_FLOWS`, an LRU hash: a flood of new flows evicts new flows. A flow
+//! that proves itself (answered, then used again by its opener; 64 packets one way; or alive
+//! after a second) moves to `FLOWS`, a hash nothing evicts, so an idle connection outlives any flood. Lookups try
+//! `FLOWS` first: an established packet pays one lookup, as with a single table.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::generated::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use vnetd_common::{
-    ConntrackStat, Direction, DropReason, Flow, FlowKey, FlowKind, NO_RULE, NsgVerdict, Rewrite,
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, maps::FLOWS_MAX,
+    ConntrackStat, Direction, DropReason, FLOW_ASSURED, FLOW_SEEN_REPLY, Flow, FlowKey, FlowKind,
+    NO_RULE, NsgVerdict, Rewrite, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    maps::{FLOWS_MAX, NEW_FLOWS_MAX},
 };
 
 use crate::{nsg::Mark, parse::Ipv4};
 
+#[map(name = "NEW_FLOWS")]
+static NEW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(NEW_FLOWS_MAX, 0);
+
 #[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOWS_MAX, 0);
+static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(FLOWS_MAX, 0);
 
 #[map(name = "CONNTRACK_STATS")]
 static CONNTRACK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ConntrackStat::COUNT, 0);
 
 /// How often an established flow's `last_seen_ns` is written: often enough for idle timeouts
-/// counted in minutes, rarely enough that a busy flow does not write its entry per packet.
+/// counted in minutes, rarely enough that a busy flow does not write its entry per packet. A
+/// new flow still sending after this long is assured.
 const REFRESH_NS: u64 = 1_000_000_000;
 
-/// How many packets of one direction between two looks at the other direction's entry (also
-/// looked at with every refresh): often enough that a busy one-way flow keeps its reply entry
-/// through a flood, rarely enough to cost nothing per packet.
-const SIBLING_TOUCH_EVERY: u64 = 64;
+/// A direction of a new flow that has sent this many packets (or a multiple) is in use: its
+/// flow is assured, so its packets pay one lookup, not two. If `FLOWS` is full, the attempt at
+/// least looks at the other direction's entry, which keeps it from the LRU: a busy one-way
+/// stream keeps its reply entry through a flood. Often enough to cost nothing per packet.
+const BUSY_PACKETS: u64 = 64;
 
 // Flow times are CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`): a tick's precision is
 // plenty for timeouts of seconds and minutes, and it costs a fraction of reading the clock
@@ -61,16 +72,26 @@ pub fn reversed(key: &FlowKey) -> FlowKey {
     }
 }
 
+/// The entry of `key`, assured or new.
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<&'static mut Flow> {
     // SAFETY: the pointer is to a map value; the entry outlives the program run (RCU).
-    FLOWS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+    FLOWS
+        .get_ptr_mut(key)
+        .or_else(|| NEW_FLOWS.get_ptr_mut(key))
+        .map(|p| unsafe { &mut *p })
 }
 
-/// Records a packet of `len` bytes with `tcp_flags` on `flow`. A SYN on a flow whose TCP
-/// connection has ended is the tuple reused: both directions start over.
+/// Records a packet of `len` bytes with `tcp_flags` on `flow`, the entry of `key`. A SYN on a
+/// flow whose TCP connection has ended is the tuple reused: both directions start over.
+/// Returns the flow's entry, which has moved if this packet assured the flow.
 #[inline(always)]
-pub fn seen(flow: &mut Flow, tcp_flags: u8, len: usize) {
+pub fn seen(
+    key: &FlowKey,
+    flow: &'static mut Flow,
+    tcp_flags: u8,
+    len: usize,
+) -> &'static mut Flow {
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let refresh = now.wrapping_sub(flow.last_seen_ns) > REFRESH_NS;
@@ -93,12 +114,88 @@ pub fn seen(flow: &mut Flow, tcp_flags: u8, len: usize) {
     // on every packet.
     flow.packets += 1;
     flow.bytes += len as u64;
-    if refresh || flow.packets.is_multiple_of(SIBLING_TOUCH_EVERY) {
-        // Only looked-up entries count as used for the LRU: a direction that stays silent
-        // (a one-way stream, the quiet end of a transfer) would lose its entry to a flood of
-        // new flows while its flow is in use. A look now and then keeps it.
-        let _ = lookup(&flow.sibling);
+    if flow.status & FLOW_ASSURED != 0 {
+        return flow;
     }
+    seen_new(key, flow, refresh)
+}
+
+/// Records a later fragment (`len` bytes) on its datagram's flow: counted and refreshed, no
+/// more: its first fragment, which has the ports and flags, went through [`seen`]. (And
+/// [`seen`]'s out-of-line part, called from `later_fragment_outbound`, would nest one call
+/// deeper than `pod_ingress`'s stack allows.)
+#[inline(always)]
+pub fn seen_fragment(flow: &mut Flow, len: usize) {
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now.wrapping_sub(flow.last_seen_ns) > REFRESH_NS {
+        flow.last_seen_ns = now;
+    }
+    flow.packets += 1;
+    flow.bytes += len as u64;
+}
+
+/// The rest of [`seen`] for a flow in `NEW_FLOWS`: its first answer is noted on the opener's
+/// entry, and the opener's next packet assures it; so does a direction's 64th packet, or any
+/// packet a second on (a one-way stream). Out of line: a new flow's few packets take this
+/// path, established ones never do.
+#[inline(never)]
+fn seen_new(key: &FlowKey, flow: &'static mut Flow, refresh: bool) -> &'static mut Flow {
+    let original = flow.direction == Direction::Original as u8;
+    let answered = original && flow.status & FLOW_SEEN_REPLY != 0;
+    if !original && flow.packets == 1 {
+        if let Some(opener) = new_entry(&flow.sibling) {
+            opener.status |= FLOW_SEEN_REPLY;
+        }
+    } else if (refresh || answered || flow.packets.is_multiple_of(BUSY_PACKETS))
+        && let Some(assured) = assure(key, flow)
+    {
+        return assured;
+    }
+    flow
+}
+
+/// The entry of `key` in `NEW_FLOWS`.
+#[inline(always)]
+fn new_entry(key: &FlowKey) -> Option<&'static mut Flow> {
+    // SAFETY: a map value, as in `lookup`.
+    NEW_FLOWS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// Moves the flow whose entry `flow` (of `key`) is from `NEW_FLOWS` to `FLOWS`: both entries,
+/// as they are. Returns the entry's place in `FLOWS`, or `None` if the flow stays new: `FLOWS`
+/// is full (counted), or the other entry is gone (an orphan the garbage collector removes).
+#[inline(always)]
+fn assure(key: &FlowKey, flow: &mut Flow) -> Option<&'static mut Flow> {
+    // Only looked-up entries count as used for the LRU: this look also keeps a silent
+    // direction's entry (a one-way stream's, the quiet end of a transfer) while FLOWS is full.
+    let sibling = new_entry(&flow.sibling)?;
+    if sibling.sibling != *key {
+        // The other entry was evicted and its key reused by another flow.
+        return None;
+    }
+    // A copy: `flow`'s memory is not to be read once its entry is deleted.
+    let sibling_key = &{ flow.sibling };
+    flow.status |= FLOW_ASSURED;
+    sibling.status |= FLOW_ASSURED;
+    let moved = |k: &FlowKey, f: &Flow| match FLOWS.insert(k, f, BPF_NOEXIST as u64) {
+        // EEXIST: another CPU assured the flow first.
+        Ok(()) => true,
+        Err(e) => e == -EEXIST,
+    };
+    if !moved(sibling_key, sibling) || !moved(key, flow) {
+        let _ = FLOWS.remove(sibling_key);
+        // Tried again at the flow's next 64th packet or refresh, not at its next packet.
+        flow.status &= !(FLOW_ASSURED | FLOW_SEEN_REPLY);
+        sibling.status &= !FLOW_ASSURED;
+        count(ConntrackStat::AssuredTableFull, 1);
+        return None;
+    }
+    let _ = NEW_FLOWS.remove(key);
+    let _ = NEW_FLOWS.remove(sibling_key);
+    count(ConntrackStat::FlowsAssured, 1);
+    // SAFETY: a map value, as in `lookup`.
+    FLOWS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
 }
 
 /// Why a flow could not be created.
@@ -109,11 +206,21 @@ pub enum CreateError {
     Failed,
 }
 
-/// Inserts `flow` under `key` if the key is free. Not counted: a flow's entries are counted
-/// once both are in (see [`ConntrackStat::EntriesCreated`]), so one taken back is no eviction.
+/// Inserts `flow` into `NEW_FLOWS` under `key` if neither table holds the key. Not counted: a
+/// flow's entries are counted once both are in (see [`ConntrackStat::EntriesCreated`]), so one
+/// taken back is no eviction.
 #[inline(always)]
 pub fn insert_new(key: &FlowKey, flow: &Flow) -> Result<(), CreateError> {
-    match FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
+    if FLOWS.get_ptr(key).is_some() {
+        return Err(CreateError::Exists);
+    }
+    insert_new_unchecked(key, flow)
+}
+
+/// [`insert_new`] for a key just looked up in both tables and not found.
+#[inline(always)]
+fn insert_new_unchecked(key: &FlowKey, flow: &Flow) -> Result<(), CreateError> {
+    match NEW_FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => Err(CreateError::Exists),
         Err(e) => {
@@ -136,7 +243,8 @@ pub fn insert_original(
     reply_key: &FlowKey,
 ) -> Result<(&'static mut Flow, bool), DropReason> {
     let created = insert_original_only(key, original, reply_key).is_ok();
-    let flow = lookup(key).ok_or(DropReason::FlowInsertFailed)?;
+    let flow = if created { new_entry(key) } else { lookup(key) };
+    let flow = flow.ok_or(DropReason::FlowInsertFailed)?;
     Ok((flow, created))
 }
 
@@ -148,7 +256,7 @@ fn insert_original_only(
     original: &Flow,
     reply_key: &FlowKey,
 ) -> Result<(), CreateError> {
-    match insert_new(key, original) {
+    match insert_new_unchecked(key, original) {
         Ok(()) => {
             count(ConntrackStat::EntriesCreated, 2);
             Ok(())
@@ -193,7 +301,7 @@ pub fn create_untranslated(
     // flow if the winner's entries are in (its original may still be on its way).
     let race = |key: &FlowKey| {
         if let Some(flow) = lookup(key) {
-            seen(flow, tcp_flags, len);
+            seen(key, flow, tcp_flags, len);
         }
         Ok(false)
     };
@@ -233,9 +341,10 @@ pub fn stamp(flow: &mut Flow, mark: Mark) {
     flow.nsg_rule_group = mark.rule_group;
 }
 
+/// Takes back a new flow's entry (one whose sibling could not be inserted).
 #[inline(always)]
 pub fn remove(key: &FlowKey) {
-    let _ = FLOWS.remove(key);
+    let _ = NEW_FLOWS.remove(key);
 }
 
 /// A new flow's entry for one direction.
@@ -263,7 +372,7 @@ pub fn new_flow(
         direction,
         tcp_flags_seen: 0,
         nsg_verdict: NsgVerdict::Unclassified as u8,
-        _pad: 0,
+        status: 0,
         nsg_rule_subnet: NO_RULE,
         nsg_rule_group: NO_RULE,
     }

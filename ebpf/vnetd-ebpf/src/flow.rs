@@ -77,7 +77,7 @@ pub fn pod_sent(
     }
     let key = conntrack::key_of(ip);
     if let Some(flow) = conntrack::lookup(&key) {
-        conntrack::seen(flow, ip.tcp_flags, len);
+        let flow = conntrack::seen(&key, flow, ip.tcp_flags, len);
         if flow.kind == FlowKind::HostStack as u8 {
             return Ok(Verdict::Stack);
         }
@@ -111,7 +111,7 @@ pub fn pod_sent(
             };
             flowlog::allowed(&key, FlowKind::PodSnat, ends);
         }
-        conntrack::seen(flow, ip.tcp_flags, len);
+        let flow = conntrack::seen(&key, flow, ip.tcp_flags, len);
         nat::apply(ctx, ip, &key, flow)?;
         return Ok(Verdict::Internet);
     }
@@ -144,7 +144,7 @@ pub fn from_uplink(
     }
     let key = conntrack::key_of(ip);
     if let Some(flow) = conntrack::lookup(&key) {
-        conntrack::seen(flow, ip.tcp_flags, len);
+        let flow = conntrack::seen(&key, flow, ip.tcp_flags, len);
         if flow.kind == FlowKind::HostStack as u8 {
             return Ok(Verdict::Stack);
         }
@@ -183,7 +183,7 @@ pub fn from_stack(
     }
     let key = conntrack::key_of(ip);
     if let Some(flow) = conntrack::lookup(&key) {
-        conntrack::seen(flow, ip.tcp_flags, len);
+        conntrack::seen(&key, flow, ip.tcp_flags, len);
         return Ok(());
     }
     if service && node.is_service(&key.src_ip) {
@@ -229,7 +229,7 @@ pub fn stack_forwarded(ip: &Ipv4, client: &Endpoint, len: usize) -> Result<(), D
     }
     let key = conntrack::key_of(ip);
     if let Some(flow) = conntrack::lookup(&key) {
-        conntrack::seen(flow, ip.tcp_flags, len);
+        conntrack::seen(&key, flow, ip.tcp_flags, len);
         return Ok(());
     }
     let out = nsg::outbound(client, &Tuple::of(ip))?;

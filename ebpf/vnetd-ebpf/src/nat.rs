@@ -123,7 +123,7 @@ pub fn inbound(
         None if to_node => return Ok(Inbound::ToNode),
         None => create_public_inbound(&key, ip)?,
     };
-    conntrack::seen(flow, ip.tcp_flags, pkt.len());
+    let flow = conntrack::seen(&key, flow, ip.tcp_flags, pkt.len());
     let target = if flow.kind == FlowKind::Host as u8 {
         Inbound::ToNode
     } else {
@@ -154,7 +154,7 @@ pub fn host_outbound(ctx: &TcContext, ip: &Ipv4, node: &NodeConfig, len: usize) 
             Err(_) => return false,
         },
     };
-    conntrack::seen(flow, ip.tcp_flags, len);
+    let flow = conntrack::seen(&key, flow, ip.tcp_flags, len);
     flow.nat_port != key.src_port && apply(ctx, ip, &key, flow).is_ok()
 }
 
@@ -195,7 +195,7 @@ pub fn apply(ctx: &TcContext, ip: &Ipv4, key: &FlowKey, flow: &Flow) -> Result<(
 #[inline(always)]
 fn later_fragment_flow(hdr: &Ipv4Hdr, len: usize) -> Option<&'static mut Flow> {
     let flow = conntrack::lookup(&fragment::flow_of(hdr)?)?;
-    conntrack::seen(flow, 0, len);
+    conntrack::seen_fragment(flow, len);
     Some(flow)
 }
 

@@ -9,7 +9,7 @@
 //! (vnetd: Azure's AllowVnetInBound; the reference: FORWARD's accept of the pod's traffic)
 //! lets them through.
 //!
-//! The tables fill within the first second of a run (vnetd: [`vnetd_common::maps::FLOWS_MAX`]
+//! The tables fill within the first second of a run (vnetd: [`vnetd_common::maps::NEW_FLOWS_MAX`]
 //! entries, two per flow; the reference: `nf_conntrack_max`), so what is measured is the
 //! sustained rate with each new flow taking the place of an old one (vnetd's LRU eviction, the
 //! reference's early drop of unanswered entries), as under a flood of new connections. The

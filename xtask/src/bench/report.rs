@@ -316,7 +316,7 @@ pub(super) fn notes(env: &Value, r: &Results) -> Vec<String> {
             "To the internet: from the same client pods to the lab's internet host, through the \
          lab's fabric bridge and edge router (kernel forwarding, shared by both paths), so the \
          ratios are diluted by that common part. vnetd translates in its TC programs (SNAT to \
-         the node's address, FLOWS table); the reference node forwards through iptables \
+         the node's address, flow tables); the reference node forwards through iptables \
          (filter FORWARD, nat POSTROUTING MASQUERADE) and its conntrack."
                 .to_string(),
         );

@@ -1,5 +1,6 @@
-//! FLOWS and CONNTRACK_STATS: the flow table the programs fill and the agent's garbage
-//! collector empties ([`crate::gc`]), and the programs' conntrack counters.
+//! NEW_FLOWS, FLOWS and CONNTRACK_STATS: the flow tables the programs fill (new flows in
+//! NEW_FLOWS, assured ones moved to FLOWS) and the agent's garbage collector empties
+//! ([`crate::gc`]), and the programs' conntrack counters.
 use std::collections::HashMap as StdHashMap;
 
 use anyhow::{Context as _, Result, bail};
@@ -9,50 +10,70 @@ use vnetd_common::{ConntrackStat, Flow, FlowKey, maps};
 use super::removed;
 use crate::dataplane::Dataplane;
 
-/// A handle of its own on FLOWS and CONNTRACK_STATS (other fds on the same maps): the garbage
-/// collector walks the table on a blocking thread without holding the agent.
+/// A handle of its own on the flow tables and CONNTRACK_STATS (other fds on the same maps):
+/// the garbage collector walks the tables on a blocking thread without holding the agent.
 pub struct ConntrackMaps {
+    new_flows: HashMap<MapData, FlowKey, Flow>,
     flows: HashMap<MapData, FlowKey, Flow>,
     stats: PerCpuArray<MapData, u64>,
 }
 
 impl ConntrackMaps {
-    /// Every entry of FLOWS. The walk is bounded: an LRU map the programs evict from while it
-    /// is walked may restart the walk from the first key (the key it continued from is gone),
-    /// so keys may repeat and the walk stops after twice the capacity.
+    /// Every flow entry, new or assured. An entry the programs move from NEW_FLOWS to FLOWS
+    /// during the walk may be read from both: FLOWS's copy wins. The walk of NEW_FLOWS is
+    /// bounded: an LRU map the programs evict from while it is walked may restart the walk
+    /// from the first key (the key it continued from is gone), so keys may repeat and the walk
+    /// stops after twice the capacity.
     pub fn flows(&self) -> Result<StdHashMap<FlowKey, Flow>> {
         let mut out = StdHashMap::new();
-        for entry in self.flows.iter().take(2 * maps::FLOWS_MAX as usize) {
-            match entry {
-                Ok((key, flow)) => {
-                    out.insert(key, flow);
+        for (map, name, capacity) in [
+            (&self.new_flows, maps::NEW_FLOWS, maps::NEW_FLOWS_MAX),
+            (&self.flows, maps::FLOWS, maps::FLOWS_MAX),
+        ] {
+            for entry in map.iter().take(2 * capacity as usize) {
+                match entry {
+                    Ok((key, flow)) => {
+                        out.insert(key, flow);
+                    }
+                    // Evicted, moved or deleted between the key and its lookup.
+                    Err(MapError::KeyNotFound) => {}
+                    Err(err) => return Err(err).with_context(|| format!("reading {name}")),
                 }
-                // Evicted or deleted between the key and its lookup.
-                Err(MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("reading FLOWS"),
             }
         }
         Ok(out)
     }
 
+    /// The entry of `key`, assured or new.
     pub fn get(&self, key: &FlowKey) -> Result<Option<Flow>> {
-        match self.flows.get(key, 0) {
-            Ok(flow) => Ok(Some(flow)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(err) => Err(err).with_context(|| format!("reading FLOWS[{key:?}]")),
+        for (map, name) in [
+            (&self.flows, maps::FLOWS),
+            (&self.new_flows, maps::NEW_FLOWS),
+        ] {
+            match map.get(key, 0) {
+                Ok(flow) => return Ok(Some(flow)),
+                Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).with_context(|| format!("reading {name}[{key:?}]")),
+            }
         }
+        Ok(None)
     }
 
-    /// Deletes `key`; false if it was not there (evicted, or deleted by the programs).
+    /// Deletes `key` from both tables; false if neither had it (evicted, or deleted by the
+    /// programs).
     pub fn remove(&mut self, key: &FlowKey) -> Result<bool> {
-        removed(self.flows.remove(key)).with_context(|| format!("deleting FLOWS[{key:?}]"))
+        let assured = removed(self.flows.remove(key))
+            .with_context(|| format!("deleting {}[{key:?}]", maps::FLOWS))?;
+        let new = removed(self.new_flows.remove(key))
+            .with_context(|| format!("deleting {}[{key:?}]", maps::NEW_FLOWS))?;
+        Ok(assured || new)
     }
 
-    /// Writes an entry (the programs create flows; tests make them here).
+    /// Writes an entry into NEW_FLOWS, where the programs create flows (tests make them here).
     pub fn insert(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
-        self.flows
+        self.new_flows
             .insert(key, flow, 0)
-            .with_context(|| format!("writing FLOWS[{key:?}]"))
+            .with_context(|| format!("writing {}[{key:?}]", maps::NEW_FLOWS))
     }
 
     /// The programs' conntrack counters, summed over CPUs.
@@ -76,17 +97,20 @@ fn conntrack_stats<T: std::borrow::Borrow<MapData>>(
 }
 
 impl Dataplane {
-    /// New fds on FLOWS and CONNTRACK_STATS, for the garbage collector.
+    /// New fds on the flow tables and CONNTRACK_STATS, for the garbage collector.
     pub fn conntrack_maps(&self) -> Result<ConntrackMaps> {
         let reopen = |name: &str| -> Result<MapData> {
             let id = match self.map(name)? {
-                Map::LruHashMap(data) | Map::PerCpuArray(data) => data.info()?.id(),
+                Map::LruHashMap(data) | Map::HashMap(data) | Map::PerCpuArray(data) => {
+                    data.info()?.id()
+                }
                 _ => bail!("{name} is not the kind of map the ABI declares"),
             };
             MapData::from_id(id).with_context(|| format!("opening {name} by id {id}"))
         };
         Ok(ConntrackMaps {
-            flows: HashMap::try_from(Map::LruHashMap(reopen(maps::FLOWS)?))?,
+            new_flows: HashMap::try_from(Map::LruHashMap(reopen(maps::NEW_FLOWS)?))?,
+            flows: HashMap::try_from(Map::HashMap(reopen(maps::FLOWS)?))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(reopen(maps::CONNTRACK_STATS)?))?,
         })
     }
