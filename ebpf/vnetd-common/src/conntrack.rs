@@ -6,9 +6,9 @@
 //!
 //! A flow starts in `NEW_FLOWS`, an LRU table a flood of new flows may churn, and moves to
 //! `FLOWS` once it is assured ([`FLOW_ASSURED`], netfilter's word): answered and then used
-//! again by its opener (a TCP handshake's last ACK), 64 packets one way, or alive for a second. `FLOWS` never
-//! evicts: only the garbage collector's timeouts remove its flows. A full table so degrades
-//! new flows (they stay evictable) and never old ones.
+//! again by its opener (a TCP handshake's last ACK), 64 packets one way, or alive for a
+//! second. `FLOWS` never evicts: only the garbage collector's timeouts remove its flows. A
+//! full table so degrades new flows (they stay evictable) and never old ones.
 
 /// A packet's 5-tuple as it is on the wire at the hook that looks it up. Addresses and ports in
 /// network byte order. ICMP echo: the identifier is the port of the side that chose it (the

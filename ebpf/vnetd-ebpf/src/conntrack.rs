@@ -4,8 +4,9 @@
 //!
 //! New flows go into `NEW_FLOWS`, an LRU hash: a flood of new flows evicts new flows. A flow
 //! that proves itself (answered, then used again by its opener; 64 packets one way; or alive
-//! after a second) moves to `FLOWS`, a hash nothing evicts, so an idle connection outlives any flood. Lookups try
-//! `FLOWS` first: an established packet pays one lookup, as with a single table.
+//! after a second) moves to `FLOWS`, a hash nothing evicts, so an idle connection outlives any
+//! flood. Lookups try `FLOWS` first: an established packet pays one lookup, as with a single
+//! table.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::generated::bpf_ktime_get_coarse_ns,
