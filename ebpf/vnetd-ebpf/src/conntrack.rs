@@ -93,12 +93,7 @@ pub fn seen(
     tcp_flags: u8,
     len: usize,
 ) -> &'static mut Flow {
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let refresh = now.wrapping_sub(flow.last_seen_ns) > REFRESH_NS;
-    if refresh {
-        flow.last_seen_ns = now;
-    }
+    let (now, refresh) = counted(flow, len);
     if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.tcp_flags_seen & (TCP_FIN | TCP_RST) != 0
     {
         flow.tcp_flags_seen = 0;
@@ -110,11 +105,6 @@ pub fn seen(
     if flow.tcp_flags_seen | tcp_flags != flow.tcp_flags_seen {
         flow.tcp_flags_seen |= tcp_flags;
     }
-    // Plain adds: a flow's packets are mostly on one CPU (RSS, one socket), and these sums are
-    // for flow logs, where a rare lost update under contention costs less than a locked add
-    // on every packet.
-    flow.packets += 1;
-    flow.bytes += len as u64;
     if flow.status & FLOW_ASSURED != 0 {
         return flow;
     }
@@ -127,13 +117,25 @@ pub fn seen(
 /// deeper than `pod_ingress`'s stack allows.)
 #[inline(always)]
 pub fn seen_fragment(flow: &mut Flow, len: usize) {
+    counted(flow, len);
+}
+
+/// Counts a packet of `len` bytes on `flow` and refreshes its `last_seen_ns` if that is older
+/// than [`REFRESH_NS`]. Returns the clock and whether it refreshed.
+#[inline(always)]
+fn counted(flow: &mut Flow, len: usize) -> (u64, bool) {
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if now.wrapping_sub(flow.last_seen_ns) > REFRESH_NS {
+    let refresh = now.wrapping_sub(flow.last_seen_ns) > REFRESH_NS;
+    if refresh {
         flow.last_seen_ns = now;
     }
+    // Plain adds: a flow's packets are mostly on one CPU (RSS, one socket), and these sums are
+    // for flow logs, where a rare lost update under contention costs less than a locked add
+    // on every packet.
     flow.packets += 1;
     flow.bytes += len as u64;
+    (now, refresh)
 }
 
 /// The rest of [`seen`] for a flow in `NEW_FLOWS`: its first answer is noted on the opener's
