@@ -468,6 +468,14 @@ fn print_status(r: &StatusReport) {
     for (kind, n) in &c.entries {
         println!("  {kind:<16} {n:>12}");
     }
+    let mut by_pod = c.assured_by_endpoint.clone();
+    by_pod.sort_by_key(|(ip, n)| (std::cmp::Reverse(*n), *ip));
+    if let Some((ip, n)) = by_pod.first() {
+        println!(
+            "  assured flows of the busiest pod: {ip} {n} (a pod may hold {})",
+            c.endpoint_share
+        );
+    }
     for (event, n) in &c.events {
         println!("  {event:<20} {n:>8}");
     }

@@ -403,6 +403,8 @@ mod tests {
                 assured: 8,
                 capacity: 262_144,
                 new_capacity: 131_072,
+                endpoint_share: 16_384,
+                assured_by_endpoint: vec![("10.0.2.10".parse().unwrap(), 4)],
                 evictions: 3,
                 events: vec![("entries_created".into(), 11), ("port_probes".into(), 4)],
                 gc_deleted: vec![("tcp_established".into(), 2), ("orphan".into(), 1)],

@@ -141,6 +141,7 @@ fn conntrack_counters_are_read_by_name() {
             "host_ports_remapped",
             "flows_assured",
             "assured_table_full",
+            "assured_quota_exceeded",
         ]
     );
     assert!(stats.iter().all(|(_, n)| *n == 0), "{stats:?}");

@@ -17,8 +17,8 @@ use vnetd::{
     },
 };
 use vnetd_common::{
-    DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, FLOW_ASSURED, FLOW_SEEN_REPLY, FlowKind, GroupPortKey,
-    NodeConfig, Path, maps, programs,
+    DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, FLOW_ASSURED, FLOW_OWNER_ANSWERER, FLOW_OWNER_OPENER,
+    FLOW_SEEN_REPLY, FlowKind, GroupPortKey, NodeConfig, Path, maps, programs,
 };
 
 const POD_B_INBOUND: u32 = 11;
@@ -329,43 +329,158 @@ fn a_flood_of_new_flows_keeps_idle_connections() {
     assert_eq!(drops(&dp, DropReason::NsgDenied), denied + 1);
 }
 
+/// A UDP exchange between the pod at `client` (on pod B's veth, with B's MAC) and pod A, the
+/// `i`-th of a series (its ports from `i`): the client's request, A's answer, the client's
+/// second request, which assures the flow. Returns the request and the answer.
+fn exchange(dp: &mut Dataplane, client: [u8; 4], i: u32) -> (Vec<u8>, Vec<u8>) {
+    let (sport, dport) = (1024 + (i % 60_000) as u16, 10_000 + (i / 60_000) as u16);
+    let request = frame(
+        (HOST_B, MAC_B),
+        client,
+        POD_A,
+        UDP,
+        udp_segment(sport, dport, true),
+    );
+    let answer = from_pod_a(client, UDP, udp_segment(dport, sport, true));
+    for f in [&request, &answer, &request] {
+        assert_eq!(pod_sends(dp, f).verdict, TC_ACT_REDIRECT, "exchange {i}");
+    }
+    (request, answer)
+}
+
+/// Pods of B's kind (B's veth, MAC, and NSG, so their flows are tracked) at 10.0.3.0, ...
+fn pods_like_b(dp: &mut Dataplane, n: u8) -> Vec<[u8; 4]> {
+    let b = dp.endpoints().unwrap()[&POD_B.into()];
+    (0..n)
+        .map(|i| {
+            let ip = [10, 0, 3, i];
+            dp.put_endpoint(ip.into(), b).unwrap();
+            ip
+        })
+        .collect()
+}
+
+fn status(dp: &Dataplane, f: &[u8]) -> Option<u8> {
+    entry(dp, f).map(|flow| flow.status)
+}
+
 /// FLOWS full: a new flow that would be assured stays new (counted), its packets still pass,
 /// and the assured flows keep their entries.
 #[test]
 fn with_the_assured_table_full_new_flows_stay_new_and_pass() {
     let mut dp = dataplane();
     b_with_web_only_nsg(&mut dp);
-    // B's UDP exchanges with A (B's outbound defaults allow them; A's answers pass as
-    // replies), each assured by B's second datagram: as many as FLOWS holds.
-    let exchange = |dp: &mut Dataplane, i: u32| {
-        let (sport, dport) = (1024 + (i % 60_000) as u16, 10_000 + (i / 60_000) as u16);
-        let request = from_pod_b(POD_A, UDP, udp_segment(sport, dport, true));
-        let answer = from_pod_a(POD_B, UDP, udp_segment(dport, sport, true));
-        for f in [&request, &answer, &request] {
-            assert_eq!(pod_sends(dp, f).verdict, TC_ACT_REDIRECT, "exchange {i}");
+    // Eight pods' UDP exchanges with A, each pod up to its share: as many as FLOWS holds.
+    let share = maps::ASSURED_FLOWS_PER_ENDPOINT as u32;
+    let pods = pods_like_b(&mut dp, 8);
+    assert_eq!(u64::from(share) * 8 * 2, u64::from(maps::FLOWS_MAX));
+    let (first, _) = exchange(&mut dp, pods[0], 0);
+    for (n, pod) in pods.iter().enumerate() {
+        for i in u32::from(n == 0)..share {
+            exchange(&mut dp, *pod, i);
         }
-        (request, answer)
-    };
-    let assured = maps::FLOWS_MAX / 2;
-    let (first, _) = exchange(&mut dp, 0);
-    for i in 1..assured {
-        exchange(&mut dp, i);
     }
     let events = conntrack_events(&dp);
-    assert_eq!(events["flows_assured"], u64::from(assured));
+    assert_eq!(events["flows_assured"], u64::from(8 * share));
     assert_eq!(events["assured_table_full"], 0);
+    assert_eq!(events["assured_quota_exceeded"], 0);
 
-    let (request, answer) = exchange(&mut dp, assured);
+    // B holds no assured flow, but there is no room.
+    let (request, answer) = exchange(&mut dp, POD_B, 0);
     let events = conntrack_events(&dp);
-    assert_eq!(events["flows_assured"], u64::from(assured), "no room");
+    assert_eq!(events["flows_assured"], u64::from(8 * share), "no room");
     assert_eq!(events["assured_table_full"], 1);
-    let status = |dp: &Dataplane, f: &[u8]| entry(dp, f).map(|flow| flow.status);
     // Still new; it tries again a second on, not at each packet.
     assert_eq!(status(&dp, &request), Some(0));
     assert_eq!(status(&dp, &answer), Some(0));
     assert_eq!(pod_sends(&mut dp, &answer).verdict, TC_ACT_REDIRECT);
-    assert_eq!(status(&dp, &first), Some(FLOW_ASSURED | FLOW_SEEN_REPLY));
+    assert_eq!(
+        status(&dp, &first),
+        Some(FLOW_ASSURED | FLOW_SEEN_REPLY | FLOW_OWNER_OPENER)
+    );
     assert_eq!(entry(&dp, &first).map(|flow| flow.packets), Some(2));
+}
+
+/// One pod cannot fill FLOWS for the others: its assured flows stop at its share (its flows
+/// beyond it stay new, and pass), while other pods' flows, opened or answered, are still
+/// assured. The collector's pass writes the true counts, and as flows expire the pod's flows
+/// are assured again.
+#[test]
+fn one_pod_holds_at_most_its_share_of_the_assured_flows() {
+    let mut dp = dataplane();
+    b_with_web_only_nsg(&mut dp);
+    let share = maps::ASSURED_FLOWS_PER_ENDPOINT;
+    for i in 0..share as u32 {
+        exchange(&mut dp, POD_B, i);
+    }
+    let (request, answer) = exchange(&mut dp, POD_B, share as u32);
+    let events = conntrack_events(&dp);
+    assert_eq!(events["flows_assured"], share);
+    assert_eq!(events["assured_quota_exceeded"], 1);
+    assert_eq!(events["assured_table_full"], 0);
+    assert_eq!(
+        status(&dp, &request),
+        Some(0),
+        "B's flow beyond its share stays new"
+    );
+    assert_eq!(pod_sends(&mut dp, &answer).verdict, TC_ACT_REDIRECT);
+
+    // A's connection to B's web port counts against A, its opener.
+    let web = [
+        from_pod_a(POD_B, TCP, tcp(40000, 80, SYN)),
+        from_pod_b(POD_A, TCP, tcp(80, 40000, SYN | ACK)),
+        from_pod_a(POD_B, TCP, tcp(40000, 80, ACK)),
+    ];
+    for f in &web {
+        assert_eq!(pod_sends(&mut dp, f).verdict, TC_ACT_REDIRECT);
+    }
+    assert_eq!(
+        status(&dp, &web[2]),
+        Some(FLOW_ASSURED | FLOW_SEEN_REPLY | FLOW_OWNER_OPENER)
+    );
+    // The node's connection to pod C's web port counts against C, which answered it (the
+    // node is no pod).
+    let c = pods_like_b(&mut dp, 1)[0];
+    let node_to_c = |l4| frame((HOST_B, UPLINK_MAC), NODE_IP, c, TCP, l4);
+    let c_answers = frame((HOST_B, MAC_B), c, NODE_IP, TCP, tcp(80, 41000, SYN | ACK));
+    assert_eq!(
+        stack_sends(&mut dp, &node_to_c(tcp(41000, 80, SYN)), false).verdict,
+        TC_PASS_ON
+    );
+    assert_eq!(pod_sends(&mut dp, &c_answers).verdict, TC_PASS_ON);
+    let node_acks = node_to_c(tcp(41000, 80, ACK));
+    assert_eq!(stack_sends(&mut dp, &node_acks, false).verdict, TC_PASS_ON);
+    assert_eq!(
+        status(&dp, &node_acks),
+        Some(FLOW_ASSURED | FLOW_SEEN_REPLY | FLOW_OWNER_ANSWERER)
+    );
+    assert_eq!(conntrack_events(&dp)["flows_assured"], share + 2);
+
+    let mut maps = dp.conntrack_maps().unwrap();
+    let counts = |maps: &vnetd::dataplane::maps::ConntrackMaps| {
+        let by_pod = maps.assured_by_endpoint().unwrap();
+        [POD_B, POD_A, c].map(|ip| by_pod.get(&ip.into()).copied())
+    };
+    assert_eq!(
+        counts(&maps),
+        [Some(share), Some(1), Some(1)],
+        "as the programs counted"
+    );
+    // The collector's recount agrees, and writes what is left after expiry: B's flows are
+    // UDP, gone after their idle timeout; the two TCP connections are established, kept.
+    let timeouts = gc::Timeouts {
+        tcp_established: Duration::from_secs(3600),
+        ..gc::Timeouts::new(Duration::from_secs(60))
+    };
+    let pass = gc::gc_pass(&mut maps, gc::monotonic_ns(), &timeouts).unwrap();
+    assert_eq!(pass.assured_by_endpoint.len(), 3);
+    assert_eq!(counts(&maps), [Some(share), Some(1), Some(1)]);
+    let later = gc::monotonic_ns() + 120_000_000_000;
+    gc::gc_pass(&mut maps, later, &timeouts).unwrap();
+    assert_eq!(counts(&maps), [None, Some(1), Some(1)], "B's flows expired");
+    exchange(&mut dp, POD_B, 0);
+    assert_eq!(conntrack_events(&dp)["flows_assured"], share + 3);
+    assert_eq!(counts(&maps), [Some(1), Some(1), Some(1)]);
 }
 
 fn conntrack_events(dp: &Dataplane) -> std::collections::HashMap<&'static str, u64> {

@@ -320,6 +320,13 @@ pub struct ConntrackReport {
     pub capacity: u64,
     /// NEW_FLOWS_MAX: the new flows' entries, an LRU.
     pub new_capacity: u64,
+    /// ASSURED_FLOWS_PER_ENDPOINT: the assured flows one pod may hold (its flows beyond that
+    /// stay new).
+    #[serde(default)]
+    pub endpoint_share: u64,
+    /// (pod address, assured flows) of every pod holding any, as of the collector's last pass.
+    #[serde(default)]
+    pub assured_by_endpoint: Vec<(Ipv4Addr, u64)>,
     /// Entries of new flows the LRU evicted since the agent started (see [`crate::gc`]).
     pub evictions: u64,
     /// The programs' counters: (event, count).

@@ -357,8 +357,9 @@ fn remove_pin(path: &Path) -> Result<()> {
 }
 
 /// Maps a pinned map of another shape is replaced for, rather than refused: the agent rewrites
-/// all of NODE and ROUTES before it attaches any program, and TRAFFIC and DROPS only count
-/// (Prometheus sees a counter reset). Any other map (ENDPOINTS: the pods; later conntrack) holds
+/// all of NODE and ROUTES before it attaches any program, TRAFFIC and DROPS only count
+/// (Prometheus sees a counter reset), and the collector recounts ENDPOINT_ASSURED at each
+/// pass. Any other map (ENDPOINTS: the pods; later conntrack) holds
 /// state between agents and is refused.
 const REPLACED_ON_MISMATCH: &[&str] = &[
     maps::NODE,
@@ -366,6 +367,7 @@ const REPLACED_ON_MISMATCH: &[&str] = &[
     maps::TRAFFIC,
     maps::DROPS,
     maps::CONNTRACK_STATS,
+    maps::ENDPOINT_ASSURED,
     maps::NO_MASQUERADE,
     maps::PUBLIC_IPS,
     maps::PUBLIC_PORTS,

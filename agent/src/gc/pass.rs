@@ -1,9 +1,11 @@
 //! One pass of the collector over the flow tables: what it deleted, what it left, and the
 //! NSG-decided flows it saw (for the flow log).
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::Result;
-use vnetd_common::{Direction, Flow, FlowKey, FlowKind};
+use vnetd_common::{
+    Direction, FLOW_ASSURED, FLOW_OWNER_ANSWERER, FLOW_OWNER_OPENER, Flow, FlowKey, FlowKind,
+};
 
 use super::{GcReason, SnatUsage, Timeouts, Verdict, orphan_verdict, snat_usage, verdict};
 use crate::{
@@ -22,6 +24,9 @@ pub struct GcPass {
     pub live: BTreeMap<&'static str, u64>,
     /// Of the entries left, those of assured flows (in FLOWS, where nothing evicts them).
     pub assured: u64,
+    /// The assured flows left, by the pod each counts against (written to ENDPOINT_ASSURED,
+    /// where the programs hold each pod to its share).
+    pub assured_by_endpoint: BTreeMap<Ipv4Addr, u64>,
     /// The flows an NSG decided, with their counts (kept or expired in this pass): the flow
     /// log's C and E records.
     pub samples: Vec<FlowSample>,
@@ -130,10 +135,31 @@ pub fn gc_pass(maps: &mut ConntrackMaps, now_ns: u64, timeouts: &Timeouts) -> Re
     }
     pass.assured = left
         .iter()
-        .filter(|(_, flow)| flow.status & vnetd_common::FLOW_ASSURED != 0)
+        .filter(|(_, flow)| flow.status & FLOW_ASSURED != 0)
         .count() as u64;
+    for (key, flow) in &left {
+        if let Some(owner) = owner(key, flow) {
+            *pass.assured_by_endpoint.entry(owner).or_default() += 1;
+        }
+    }
+    maps.set_assured_by_endpoint(&pass.assured_by_endpoint)?;
     pass.snat = snat_usage(left);
     Ok(pass)
+}
+
+/// The pod an assured flow counts against, from its Original entry (the flow's other entry
+/// gives none, so each flow counts once): as the programs chose when they assured it.
+fn owner(key: &FlowKey, flow: &Flow) -> Option<Ipv4Addr> {
+    if flow.direction != Direction::Original as u8 || flow.status & FLOW_ASSURED == 0 {
+        return None;
+    }
+    if flow.status & FLOW_OWNER_OPENER != 0 {
+        Some(key.src_ip.into())
+    } else if flow.status & FLOW_OWNER_ANSWERER != 0 {
+        Some(flow.sibling.src_ip.into())
+    } else {
+        None
+    }
 }
 
 /// Whether an NSG decided the flow of these two entries (its flow-log records follow it).

@@ -24,6 +24,7 @@ struct Shared {
     deleted: BTreeMap<GcReason, u64>,
     live: BTreeMap<&'static str, u64>,
     assured: u64,
+    assured_by_endpoint: BTreeMap<Ipv4Addr, u64>,
     /// Entries created minus entries alive, when the first pass began: what happened before
     /// this agent (its predecessors' deletions and evictions) is not counted again.
     baseline: Option<i128>,
@@ -39,6 +40,7 @@ impl Conntrack {
             deleted: BTreeMap::new(),
             live: BTreeMap::new(),
             assured: 0,
+            assured_by_endpoint: BTreeMap::new(),
             baseline: None,
             evictions: 0,
             snat: SnatUsage::default(),
@@ -68,6 +70,7 @@ impl Conntrack {
         }
         s.live = pass.live.clone();
         s.assured = pass.assured;
+        s.assured_by_endpoint = pass.assured_by_endpoint.clone();
         s.snat = pass.snat.clone();
         let created = i128::from(created_before);
         let baseline = *s.baseline.get_or_insert(created - i128::from(pass.seen));
@@ -95,6 +98,8 @@ impl Conntrack {
             assured: s.assured,
             capacity: u64::from(vnetd_common::maps::FLOWS_MAX),
             new_capacity: u64::from(vnetd_common::maps::NEW_FLOWS_MAX),
+            endpoint_share: vnetd_common::maps::ASSURED_FLOWS_PER_ENDPOINT,
+            assured_by_endpoint: s.assured_by_endpoint.clone().into_iter().collect(),
             evictions: s.evictions,
             events: stats
                 .into_iter()

@@ -15,11 +15,12 @@ use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
     ConntrackStat, Direction, DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT,
-    Endpoint, FLOW_ASSURED, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_SEEN_REPLY, Flow, FlowDecision,
-    FlowEvent, FlowEventVerdict, FlowKey, FlowKind, FragmentKey, FragmentedDatagram, GroupPortKey,
-    ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, IcmpErrorBudget, NO_RULE, NextHop, NodeConfig,
-    NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path,
-    PublicAddress, PublicPortKey, RULE_WORDS, Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
+    Endpoint, FLOW_ASSURED, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_OWNER_ANSWERER, FLOW_OWNER_OPENER,
+    FLOW_SEEN_REPLY, Flow, FlowDecision, FlowEvent, FlowEventVerdict, FlowKey, FlowKind,
+    FragmentKey, FragmentedDatagram, GroupPortKey, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC,
+    IcmpErrorBudget, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey,
+    NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey, RULE_WORDS, Rewrite,
+    Route, RouteKey, RuleBitmap, Traffic, maps,
 };
 
 /// Every layout the ABI has had, oldest first: (ABI version, fingerprint).
@@ -39,6 +40,7 @@ pub const RECORDED: &[(u32, u64)] = &[
     (8, 0x97ce_30a2_a444_647d),
     (9, 0x633a_24b6_43db_34b6),
     (10, 0x515d_58b7_2978_04a3),
+    (11, 0x8301_26d8_7aba_5eb2),
 ];
 
 /// Part of every pin path (`<bpffs>/abi-v<N>/...`).
@@ -164,7 +166,12 @@ const fn fingerprint() -> u64 {
     let h = field!(h, Flow, tcp_flags_seen);
     let h = field!(h, Flow, nsg_verdict);
     let h = field!(h, Flow, status);
-    let h = h.word(FLOW_SEEN_REPLY as usize).word(FLOW_ASSURED as usize);
+    let h = h
+        .word(FLOW_SEEN_REPLY as usize)
+        .word(FLOW_ASSURED as usize)
+        .word(FLOW_OWNER_OPENER as usize)
+        .word(FLOW_OWNER_ANSWERER as usize)
+        .word(maps::ASSURED_FLOWS_PER_ENDPOINT as usize);
     let h = field!(h, Flow, nsg_rule_subnet);
     let h = field!(h, Flow, nsg_rule_group);
 
@@ -239,8 +246,10 @@ const fn fingerprint() -> u64 {
         .word(ICMP_ERRORS_PER_SEC as usize)
         .word(ICMP_ERROR_BURST as usize);
 
-    // ENDPOINTS is keyed by the IPv4 address.
-    let mut h = h.layout::<[u8; 4]>("endpoint key");
+    // ENDPOINTS and ENDPOINT_ASSURED are keyed by the IPv4 address; ENDPOINT_ASSURED holds a
+    // count of flows.
+    let h = h.layout::<[u8; 4]>("endpoint key");
+    let mut h = h.layout::<u64>("assured flows of an endpoint");
 
     // Map names are pin file names; capacities are the maps' max entries.
     let mut i = 0;

@@ -64,6 +64,12 @@ pub struct Flow {
 pub const FLOW_SEEN_REPLY: u8 = 1;
 /// [`Flow::status`]: the flow is in `FLOWS`, where nothing evicts it (both entries carry it).
 pub const FLOW_ASSURED: u8 = 2;
+/// [`Flow::status`] of an assured flow: it counts against the quota of the pod that opened it
+/// (the original direction's source), or of the pod that answered it (the reply direction's
+/// source: an inbound connection). Neither: no pod of this node is an end (the node's own).
+/// See [`crate::maps::ASSURED_FLOWS_PER_ENDPOINT`].
+pub const FLOW_OWNER_OPENER: u8 = 4;
+pub const FLOW_OWNER_ANSWERER: u8 = 8;
 
 /// A fragmented datagram as each of its fragments names it: addresses, protocol and IP id (as
 /// on the wire). The key of `FRAGMENTS`.
@@ -185,10 +191,13 @@ pub enum ConntrackStat {
     FlowsAssured = 4,
     /// Flows that would have been assured but `FLOWS` was full: they stay in `NEW_FLOWS`.
     AssuredTableFull = 5,
+    /// Flows that would have been assured but their pod holds its share of `FLOWS` already:
+    /// they stay in `NEW_FLOWS`.
+    AssuredQuotaExceeded = 6,
 }
 
 impl ConntrackStat {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const ALL: [ConntrackStat; Self::COUNT as usize] = [
         ConntrackStat::EntriesCreated,
         ConntrackStat::PortProbes,
@@ -196,6 +205,7 @@ impl ConntrackStat {
         ConntrackStat::HostPortsRemapped,
         ConntrackStat::FlowsAssured,
         ConntrackStat::AssuredTableFull,
+        ConntrackStat::AssuredQuotaExceeded,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -206,6 +216,7 @@ impl ConntrackStat {
             ConntrackStat::HostPortsRemapped => "host_ports_remapped",
             ConntrackStat::FlowsAssured => "flows_assured",
             ConntrackStat::AssuredTableFull => "assured_table_full",
+            ConntrackStat::AssuredQuotaExceeded => "assured_quota_exceeded",
         }
     }
 }

@@ -19,8 +19,9 @@ mod route;
 
 pub use abi::ABI_VERSION;
 pub use conntrack::{
-    ConntrackStat, Direction, FLOW_ASSURED, FLOW_SEEN_REPLY, Flow, FlowKey, FlowKind, FragmentKey,
-    FragmentedDatagram, Rewrite, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpState,
+    ConntrackStat, Direction, FLOW_ASSURED, FLOW_OWNER_ANSWERER, FLOW_OWNER_OPENER,
+    FLOW_SEEN_REPLY, Flow, FlowKey, FlowKind, FragmentKey, FragmentedDatagram, Rewrite, TCP_ACK,
+    TCP_FIN, TCP_RST, TCP_SYN, TcpState,
 };
 pub use counters::{DropReason, Path, Traffic};
 pub use endpoint::{ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT, Endpoint, GroupPortKey};

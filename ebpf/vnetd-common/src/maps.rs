@@ -11,6 +11,9 @@ pub const ROUTES: &str = "ROUTES";
 pub const NEW_FLOWS: &str = "NEW_FLOWS";
 pub const FLOWS: &str = "FLOWS";
 pub const CONNTRACK_STATS: &str = "CONNTRACK_STATS";
+/// Assured flows each pod of this node holds, by its address (see
+/// [`ASSURED_FLOWS_PER_ENDPOINT`]).
+pub const ENDPOINT_ASSURED: &str = "ENDPOINT_ASSURED";
 /// Fragmented datagrams on translated paths: the flow of each one's first fragment (LRU hash).
 pub const FRAGMENTS: &str = "FRAGMENTS";
 pub const NO_MASQUERADE: &str = "NO_MASQUERADE";
@@ -44,6 +47,10 @@ pub const ROUTES_MAX: u32 = 16384;
 /// assured ones, about 36 MiB per table with the kernel's overhead (preallocated).
 pub const FLOWS_MAX: u32 = 262_144;
 pub const NEW_FLOWS_MAX: u32 = FLOWS_MAX;
+/// Assured flows one pod may hold: an eighth of `FLOWS`, so no one pod (nor seven) fills the
+/// table that keeps every pod's established connections through a flood. Its flows beyond
+/// this stay new: they pass, and only a flood of new flows can evict them.
+pub const ASSURED_FLOWS_PER_ENDPOINT: u64 = FLOWS_MAX as u64 / 2 / 8;
 /// Fragmented datagrams in flight through the NAT (an entry is needed only until the
 /// datagram's last fragment has passed).
 pub const FRAGMENTS_MAX: u32 = 8192;
@@ -80,6 +87,7 @@ pub const ALL: &[&str] = &[
     NEW_FLOWS,
     FLOWS,
     CONNTRACK_STATS,
+    ENDPOINT_ASSURED,
     FRAGMENTS,
     NO_MASQUERADE,
     PUBLIC_IPS,

@@ -6,7 +6,8 @@
 //! that proves itself (answered, then used again by its opener; 64 packets one way; or alive
 //! after a second) moves to `FLOWS`, a hash nothing evicts, so an idle connection outlives any
 //! flood. Lookups try `FLOWS` first: an established packet pays one lookup, as with a single
-//! table.
+//! table. A pod holds at most its share of `FLOWS` (`ENDPOINT_ASSURED` counts each pod's), so
+//! no one pod can fill it for all the others: its flows beyond that stay new.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::generated::bpf_ktime_get_coarse_ns,
@@ -14,18 +15,24 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use vnetd_common::{
-    ConntrackStat, Direction, DropReason, FLOW_ASSURED, FLOW_SEEN_REPLY, Flow, FlowKey, FlowKind,
-    NO_RULE, NsgVerdict, Rewrite, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-    maps::{FLOWS_MAX, NEW_FLOWS_MAX},
+    ConntrackStat, Direction, DropReason, FLOW_ASSURED, FLOW_OWNER_ANSWERER, FLOW_OWNER_OPENER,
+    FLOW_SEEN_REPLY, Flow, FlowKey, FlowKind, NO_RULE, NsgVerdict, Rewrite, TCP_ACK, TCP_FIN,
+    TCP_RST, TCP_SYN,
+    maps::{ASSURED_FLOWS_PER_ENDPOINT, ENDPOINTS_MAX, FLOWS_MAX, NEW_FLOWS_MAX},
 };
 
-use crate::{nsg::Mark, parse::Ipv4};
+use crate::{endpoint, nsg::Mark, parse::Ipv4};
 
 #[map(name = "NEW_FLOWS")]
 static NEW_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(NEW_FLOWS_MAX, 0);
 
 #[map(name = "FLOWS")]
 static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(FLOWS_MAX, 0);
+
+/// The assured flows each pod of this node holds. The programs add the flows they assure; the
+/// agent's collector, which alone removes assured flows, writes the true counts at each pass.
+#[map(name = "ENDPOINT_ASSURED")]
+static ENDPOINT_ASSURED: HashMap<[u8; 4], u64> = HashMap::with_max_entries(ENDPOINTS_MAX, 0);
 
 #[map(name = "CONNTRACK_STATS")]
 static CONNTRACK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ConntrackStat::COUNT, 0);
@@ -179,8 +186,20 @@ fn assure(key: &FlowKey, flow: &mut Flow) -> Option<&'static mut Flow> {
     }
     // A copy: `flow`'s memory is not to be read once its entry is deleted.
     let sibling_key = &{ flow.sibling };
-    flow.status |= FLOW_ASSURED;
-    sibling.status |= FLOW_ASSURED;
+    let (original, reply) = if flow.direction == Direction::Original as u8 {
+        (key, sibling_key)
+    } else {
+        (sibling_key, key)
+    };
+    let owner = Owner::of(original, reply);
+    if owner.at_quota() {
+        // Tried again at the flow's next 64th packet or refresh, as when FLOWS is full.
+        flow.status &= !FLOW_SEEN_REPLY;
+        count(ConntrackStat::AssuredQuotaExceeded, 1);
+        return None;
+    }
+    flow.status |= FLOW_ASSURED | owner.status;
+    sibling.status |= FLOW_ASSURED | owner.status;
     let moved = |k: &FlowKey, f: &Flow| match FLOWS.insert(k, f, BPF_NOEXIST as u64) {
         // EEXIST: another CPU assured the flow first.
         Ok(()) => true,
@@ -189,16 +208,66 @@ fn assure(key: &FlowKey, flow: &mut Flow) -> Option<&'static mut Flow> {
     if !moved(sibling_key, sibling) || !moved(key, flow) {
         let _ = FLOWS.remove(sibling_key);
         // Tried again at the flow's next 64th packet or refresh, not at its next packet.
-        flow.status &= !(FLOW_ASSURED | FLOW_SEEN_REPLY);
-        sibling.status &= !FLOW_ASSURED;
+        let moved_bits = FLOW_ASSURED | FLOW_OWNER_OPENER | FLOW_OWNER_ANSWERER;
+        flow.status &= !(moved_bits | FLOW_SEEN_REPLY);
+        sibling.status &= !moved_bits;
         count(ConntrackStat::AssuredTableFull, 1);
         return None;
     }
     let _ = NEW_FLOWS.remove(key);
     let _ = NEW_FLOWS.remove(sibling_key);
+    owner.charge();
     count(ConntrackStat::FlowsAssured, 1);
     // SAFETY: a map value, as in `lookup`.
     FLOWS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// The pod of this node an assured flow counts against: its opener, else (an inbound
+/// connection) the pod that answered; none for the node's own flows.
+struct Owner {
+    /// `FLOW_OWNER_OPENER`, `FLOW_OWNER_ANSWERER` or 0.
+    status: u8,
+    ip: [u8; 4],
+}
+
+impl Owner {
+    #[inline(always)]
+    fn of(original: &FlowKey, reply: &FlowKey) -> Owner {
+        let (status, ip) = if endpoint::lookup(&original.src_ip).is_some() {
+            (FLOW_OWNER_OPENER, original.src_ip)
+        } else if endpoint::lookup(&reply.src_ip).is_some() {
+            (FLOW_OWNER_ANSWERER, reply.src_ip)
+        } else {
+            (0, [0; 4])
+        };
+        Owner { status, ip }
+    }
+
+    /// The pod holds its share of `FLOWS` already.
+    #[inline(always)]
+    fn at_quota(&self) -> bool {
+        // SAFETY: the value is only read; the agent replaces it whole.
+        self.status != 0
+            && unsafe { ENDPOINT_ASSURED.get(self.ip) }
+                .is_some_and(|n| *n >= ASSURED_FLOWS_PER_ENDPOINT)
+    }
+
+    /// Counts one more assured flow against the pod.
+    #[inline(always)]
+    fn charge(&self) {
+        if self.status == 0 {
+            return;
+        }
+        // A plain add, as the flows' own counts: two CPUs assuring two flows of one pod at the
+        // same instant may count one, and the collector's next pass writes the true count.
+        match ENDPOINT_ASSURED.get_ptr_mut(self.ip) {
+            // SAFETY: a map value.
+            Some(n) => unsafe { *n += 1 },
+            None => {
+                let _ = ENDPOINT_ASSURED.insert(self.ip, 1, BPF_NOEXIST as u64);
+            }
+        }
+    }
 }
 
 /// Why a flow could not be created.

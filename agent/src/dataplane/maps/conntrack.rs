@@ -1,7 +1,11 @@
 //! NEW_FLOWS, FLOWS and CONNTRACK_STATS: the flow tables the programs fill (new flows in
 //! NEW_FLOWS, assured ones moved to FLOWS) and the agent's garbage collector empties
-//! ([`crate::gc`]), and the programs' conntrack counters.
-use std::collections::HashMap as StdHashMap;
+//! ([`crate::gc`]), and the programs' conntrack counters; ENDPOINT_ASSURED, the assured flows
+//! each pod holds, which the collector recounts.
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    net::Ipv4Addr,
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
@@ -16,6 +20,7 @@ pub struct ConntrackMaps {
     new_flows: HashMap<MapData, FlowKey, Flow>,
     flows: HashMap<MapData, FlowKey, Flow>,
     stats: PerCpuArray<MapData, u64>,
+    endpoint_assured: HashMap<MapData, [u8; 4], u64>,
 }
 
 impl ConntrackMaps {
@@ -80,6 +85,36 @@ impl ConntrackMaps {
     pub fn stats(&self) -> Result<Vec<(ConntrackStat, u64)>> {
         conntrack_stats(&self.stats)
     }
+
+    /// The assured flows each pod holds, as the programs count them (ENDPOINT_ASSURED).
+    pub fn assured_by_endpoint(&self) -> Result<BTreeMap<Ipv4Addr, u64>> {
+        self.endpoint_assured
+            .iter()
+            .map(|entry| {
+                let (ip, n) =
+                    entry.with_context(|| format!("reading {}", maps::ENDPOINT_ASSURED))?;
+                Ok((Ipv4Addr::from(ip), n))
+            })
+            .collect()
+    }
+
+    /// Writes the counts `counted` (every pod holding assured flows) into ENDPOINT_ASSURED and
+    /// removes the pods that hold none. A flow the programs assure meanwhile is missing from the
+    /// count until the next pass.
+    pub fn set_assured_by_endpoint(&mut self, counted: &BTreeMap<Ipv4Addr, u64>) -> Result<()> {
+        let name = maps::ENDPOINT_ASSURED;
+        let written = self.assured_by_endpoint()?;
+        for ip in written.keys().filter(|ip| !counted.contains_key(ip)) {
+            removed(self.endpoint_assured.remove(&ip.octets()))
+                .with_context(|| format!("deleting {name}[{ip}]"))?;
+        }
+        for (ip, n) in counted.iter().filter(|(ip, n)| written.get(ip) != Some(n)) {
+            self.endpoint_assured
+                .insert(ip.octets(), n, 0)
+                .with_context(|| format!("writing {name}[{ip}] = {n}"))?;
+        }
+        Ok(())
+    }
 }
 
 fn conntrack_stats<T: std::borrow::Borrow<MapData>>(
@@ -112,6 +147,7 @@ impl Dataplane {
             new_flows: HashMap::try_from(Map::LruHashMap(reopen(maps::NEW_FLOWS)?))?,
             flows: HashMap::try_from(Map::HashMap(reopen(maps::FLOWS)?))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(reopen(maps::CONNTRACK_STATS)?))?,
+            endpoint_assured: HashMap::try_from(Map::HashMap(reopen(maps::ENDPOINT_ASSURED)?))?,
         })
     }
 
