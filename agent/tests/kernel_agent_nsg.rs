@@ -1,9 +1,10 @@
 //! The agent writes the NSG classifiers and container groups' exposed ports into a real, pinned
-//! dataplane and points every endpoint at them: at start, at CNI ADD, across a reload that
-//! changes a rule (the classifier's other id, the old one kept as its standby), one-rule
-//! changes back and forth (the two ids alternate, the standby never serves, counts carried), a
-//! reload whose NSG write fails (refused, nothing changed) and a restart (ids and standby
-//! kept). Needs root (CAP_BPF, CAP_NET_ADMIN) and a bpffs on /sys/fs/bpf.
+//! dataplane and points every endpoint at them: at start, at CNI ADD (each new classifier gets
+//! its standby after its switch, holding the same rules), across a reload that changes a rule
+//! (written into the standby; the old id is the standby now), one-rule changes back and forth
+//! (the two ids alternate, the standby never serves, counts carried), a reload whose NSG write
+//! does not fit even without the standbys (refused, the serving ids unchanged) and a restart
+//! (ids and standbys kept). Needs root (CAP_BPF, CAP_NET_ADMIN) and a bpffs on /sys/fs/bpf.
 //!
 //! The node, its spec and its scratch (pins, state, pods' namespaces, removed on failure too)
 //! are `support::agent_node`'s.
@@ -36,6 +37,44 @@ fn plan_without_web() -> NodePlan {
     let text = format!("{}{}", &text[..rule], &text[next..]);
     let spec = parse_str(&text).expect("the test spec parses");
     NodePlan::from_spec(&spec, "node-1").expect("the test spec is valid")
+}
+
+/// The spec of [`plan`] (web port 8080, TCP only) with `n` more inbound rules in apps-nsg.
+fn plan_with_more_rules(n: u32) -> NodePlan {
+    let text = SPEC
+        .replace("WEB_PORT", "8080")
+        .replace("GROUP_PORTS", TCP_ONLY);
+    let extra: String = (0..n)
+        .map(|i| {
+            format!(
+                "      - name: extra-{i}\n        priority: {}\n        direction: Inbound\n        \
+                 access: Allow\n        protocol: Tcp\n        sourceAddressPrefix: \"*\"\n        \
+                 sourcePortRange: \"*\"\n        destinationAddressPrefix: \"*\"\n        \
+                 destinationPortRange: \"{}\"\n",
+                300 + i,
+                9000 + i
+            )
+        })
+        .collect();
+    let at = text.find("      - name: deny-smtp-out").unwrap();
+    let text = format!("{}{extra}{}", &text[..at], &text[at..]);
+    let spec = parse_str(&text).expect("the test spec parses");
+    NodePlan::from_spec(&spec, "node-1").expect("the test spec is valid")
+}
+
+/// The standby id of each classifier, by its serving id, as the agent recorded them.
+fn recorded_standbys(state: &Path) -> BTreeMap<u32, u32> {
+    let text = std::fs::read_to_string(state.join("tables.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    record["nsgs"]["tables"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|slot| {
+            let id = slot["id"].as_u64()? as u32;
+            Some((id, slot["standby"].as_u64()? as u32))
+        })
+        .collect()
 }
 
 /// The classifier ids with entries in NSG_RULES, NSG_PORTLESS, NSG_SRC_ADDR and NSG_HITS,
@@ -199,9 +238,22 @@ async fn scenario(scratch: &Scratch) {
     let ids = |ep: &Endpoint| [ep.nsg_in_subnet, ep.nsg_out_subnet];
     let installed: BTreeSet<u32> = ids(&pod).into_iter().chain(ids(&group)).collect();
     assert_eq!(installed.len(), 4, "four classifiers: {pod:?} {group:?}");
+    // Each has its standby, prepared after its switch: another id with the same rules.
+    let standbys = recorded_standbys(&scratch.state);
+    assert_eq!(
+        standbys.keys().copied().collect::<BTreeSet<u32>>(),
+        installed
+    );
+    let held: BTreeSet<u32> = installed.iter().chain(standbys.values()).copied().collect();
+    assert_eq!(held.len(), 8, "four serving, four standbys: {standbys:?}");
     for present in classifier_ids(bpffs) {
-        assert_eq!(present, installed, "every NSG map holds exactly them");
+        assert_eq!(present, held, "every NSG map holds exactly them");
     }
+    assert_eq!(
+        classifier_in_kernel(bpffs, standbys[&pod.nsg_in_subnet]),
+        classifier_in_kernel(bpffs, pod.nsg_in_subnet),
+        "the standby holds the serving rules"
+    );
     assert_eq!(
         pod.flags & ENDPOINT_EXPOSED_PORTS_ONLY,
         0,
@@ -243,48 +295,65 @@ async fn scenario(scratch: &Scratch) {
         );
     }
 
-    // A reload whose NSG write fails (NSG_PORTLESS is full) is refused; nothing changes.
-    let filler: Vec<u32> = (0..maps::NSG_CLASSIFIERS_MAX - installed.len() as u32)
-        .map(|i| 1_000_000 + i)
-        .collect();
+    // A reload whose NSG write does not fit (NSG_RULES is full, and 200 more rules need more
+    // room than the standbys free) is refused: the standbys, a cache, are dropped to make room
+    // and the write tried again whole; the serving ids and their rules stay.
+    let mut filler = Vec::new();
     {
-        let mut portless: HashMap<_, u32, RuleBitmap> =
-            HashMap::try_from(pinned_map(bpffs, maps::NSG_PORTLESS)).unwrap();
-        for id in &filler {
-            portless.insert(id, RuleBitmap::default(), 0).unwrap();
+        let mut rules: HashMap<_, NsgRuleKey, NsgRule> =
+            HashMap::try_from(pinned_map(bpffs, maps::NSG_RULES)).unwrap();
+        for rule in 0u32.. {
+            let key = NsgRuleKey {
+                classifier: 1_000_000,
+                rule,
+            };
+            if rules.insert(key, NsgRule::default(), 0).is_err() {
+                break;
+            }
+            filler.push(key);
         }
     }
     let tables_before = std::fs::read_to_string(scratch.state.join("tables.json")).unwrap();
     let err = agent
-        .reload(plan(8080, TCP_ONLY))
+        .reload(plan_with_more_rules(200))
         .await
         .expect_err("a reload whose NSG tables do not fit is refused");
     assert!(format!("{err:#}").contains("NSG"), "{err:#}");
     assert_eq!(endpoints(bpffs), first, "the endpoints stay on the old ids");
     let [rules, portless, src, hits] = classifier_ids(bpffs);
-    for present in [rules, src, hits] {
+    for present in [portless, src, hits] {
         assert_eq!(
             present, installed,
-            "the new classifier's entries are removed"
+            "the new classifier's entries and the standbys are removed"
         );
     }
-    assert_eq!(portless.len(), maps::NSG_CLASSIFIERS_MAX as usize);
+    assert_eq!(
+        rules,
+        installed.iter().copied().chain([1_000_000]).collect(),
+        "and the filler"
+    );
+    assert_eq!(
+        classifier_in_kernel(bpffs, pod.nsg_in_subnet),
+        apps_inbound(&plan(80, BOTH_PORTS)),
+        "the serving rules are untouched"
+    );
     assert_eq!(
         std::fs::read_to_string(scratch.state.join("tables.json")).unwrap(),
         tables_before,
-        "the recorded ids stay"
+        "the recorded ids stay (the standbys missing from the maps are written whole)"
     );
     {
-        let mut portless: HashMap<_, u32, RuleBitmap> =
-            HashMap::try_from(pinned_map(bpffs, maps::NSG_PORTLESS)).unwrap();
-        for id in &filler {
-            portless.remove(id).unwrap();
+        let mut rules: HashMap<_, NsgRuleKey, NsgRule> =
+            HashMap::try_from(pinned_map(bpffs, maps::NSG_RULES)).unwrap();
+        for key in &filler {
+            rules.remove(key).unwrap();
         }
     }
 
-    // The same reload with room: apps-nsg's inbound rules changed, so the pod's inbound
-    // classifier has a new id; the old one is kept as its standby (no endpoint points at it,
-    // its counters reset); the rest keep their ids.
+    // A reload with room: apps-nsg's inbound rules changed, so the pod's inbound classifier
+    // has a new id (fresh: its standby was dropped); the old one is kept as its standby (no
+    // endpoint points at it, its counters reset); the rest keep their ids and get their
+    // standbys back.
     count_hits(bpffs, pod.nsg_in_subnet, 0, 7);
     agent
         .reload(plan(8080, TCP_ONLY))
@@ -299,13 +368,15 @@ async fn scenario(scratch: &Scratch) {
         "outbound unchanged"
     );
     assert_eq!(ids(&group2), ids(&group), "aci-nsg unchanged");
-    let with_standby: BTreeSet<u32> = installed
+    let standbys = recorded_standbys(&scratch.state);
+    assert_eq!(standbys[&pod2.nsg_in_subnet], pod.nsg_in_subnet);
+    let with_standby: BTreeSet<u32> = standbys
         .iter()
-        .copied()
-        .chain([pod2.nsg_in_subnet])
+        .flat_map(|(id, standby)| [*id, *standby])
         .collect();
+    assert_eq!(with_standby.len(), 8, "{standbys:?}");
     for present in classifier_ids(bpffs) {
-        assert_eq!(present, with_standby, "four serving, one standby");
+        assert_eq!(present, with_standby, "four serving, four standbys");
     }
     assert!(
         counters(bpffs, pod.nsg_in_subnet).values().all(|n| *n == 0),
@@ -372,7 +443,7 @@ async fn scenario(scratch: &Scratch) {
             "change {i}: the serving classifier holds port {port}'s rules"
         );
         for present in classifier_ids(bpffs) {
-            assert_eq!(present, with_standby, "change {i}: the same five ids");
+            assert_eq!(present, with_standby, "change {i}: the same eight ids");
         }
         assert_eq!(
             reported_hits(&agent, "allow-web"),
@@ -454,20 +525,13 @@ async fn scenario(scratch: &Scratch) {
         classifier_in_kernel(bpffs, fresh),
         apps_inbound(&plan(8443, TCP_ONLY))
     );
-    let now: BTreeSet<u32> = with_standby
-        .iter()
-        .copied()
-        .filter(|id| ![serving, standby].contains(id))
-        .chain([fresh, serving])
-        .collect();
     let [rules, portless, src, hits] = classifier_ids(bpffs);
-    for present in [rules, src, hits] {
-        assert_eq!(
-            present, now,
-            "the standby is gone, the old serving id waits"
+    for present in [rules, portless, src, hits] {
+        assert!(
+            present.contains(&fresh) && present.contains(&serving) && !present.contains(&standby),
+            "the standby is gone, the old serving id waits: {present:?}"
         );
     }
-    assert!(portless.contains(&fresh) && !portless.contains(&standby));
     {
         let mut ports: LpmTrie<_, NsgPortKey, RuleBitmap> =
             LpmTrie::try_from(pinned_map(bpffs, maps::NSG_DST_PORT)).unwrap();

@@ -97,13 +97,21 @@ impl Tables<'_> {
         lap("hits read");
         self.routes.finish(dp, routes);
         self.nsgs.finish(dp, nsgs);
-        let live: BTreeSet<u32> = self.nsgs.ids().ids().into_values().collect();
-        if let Err(err) = dp.create_nsg_counters(&live) {
+        lap("old tables retired or deleted");
+        // A classifier new in this generation gets its standby now, with counters: its first
+        // change is then a few entries written, as every later one is.
+        let mut counted: BTreeSet<u32> = self.nsgs.ids().ids().into_values().collect();
+        match self.nsgs.prepare_standbys(dp, &nsgs_wanted) {
+            Ok(standbys) => counted.extend(standbys),
+            Err(err) => warn!("{err:#} (the classifiers' next change writes them whole)"),
+        }
+        lap("standbys prepared");
+        if let Err(err) = dp.create_nsg_counters(&counted) {
             warn!(
                 "creating the new rules' hit counters (the programs create them on a hit): {err:#}"
             );
         }
-        lap("old tables retired or deleted");
+        lap("counters created");
         Ok(hits)
     }
 }

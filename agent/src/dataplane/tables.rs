@@ -391,6 +391,57 @@ impl VersionedTables {
         }
     }
 
+    /// Gives every table of `wanted` that has no standby ([`Slots::Standby`]; a table just
+    /// added, or changed for the first time) one now, under a fresh id, holding what the table
+    /// holds: so its first change writes only the difference, as every later one does, and
+    /// not the whole table under a fresh id (and its counters after). Called after a switch,
+    /// off its path: nothing points at a standby. Records the ids and returns the new
+    /// standbys. On failure what was written is deleted and the tables stay without.
+    pub fn prepare_standbys<T, S: TableStore<T>>(
+        &mut self,
+        store: &mut S,
+        wanted: &BTreeMap<String, T>,
+    ) -> Result<BTreeSet<u32>> {
+        if self.slots != Slots::Standby {
+            return Ok(BTreeSet::new());
+        }
+        let taken = store.present_ids()?;
+        let held = self.ids.held();
+        let mut ids = self.ids.clone();
+        let mut next = ids.next.max(1);
+        let mut writes = Vec::new();
+        for (name, slot) in &mut ids.tables {
+            let Some(table) = wanted.get(name) else {
+                continue;
+            };
+            if slot.standby.is_some() || slot.fingerprint != S::fingerprint(table) {
+                continue;
+            }
+            while taken.contains(&next) || held.contains(&next) {
+                next = next_id(next)?;
+            }
+            slot.standby = Some(next);
+            writes.push((next, table));
+            next = next_id(next)?;
+        }
+        if writes.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        ids.next = next;
+        let standbys: BTreeSet<u32> = writes.iter().map(|(id, _)| *id).collect();
+        let written = store
+            .write(&writes)
+            .and_then(|()| write_record(&self.path, &[(self.kind.as_str(), &ids)]));
+        if let Err(err) = written {
+            if let Err(undo) = store.remove(&standbys) {
+                warn!(kind = %self.kind, "removing the standby tables not recorded failed (removed at the next switch): {undo:#}");
+            }
+            return Err(err.context("preparing standby tables"));
+        }
+        self.ids = ids;
+        Ok(standbys)
+    }
+
     #[cfg(test)]
     fn save(&self, ids: &TableIds) -> Result<()> {
         write_record(&self.path, &[(self.kind.as_str(), ids)])

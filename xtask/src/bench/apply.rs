@@ -14,7 +14,9 @@
 //!
 //! Both reloads are timed from the rename to the last endpoint switched, read by polling the
 //! pinned `ENDPOINTS` map (one lookup per pod per pass, 0.2 ms apart), so they
-//! include the agent's file watch, as a user editing the spec sees it.
+//! include the agent's file watch, as a user editing the spec sees it. Each starts once the
+//! agent has finished the reload before (its status counts it): what the agent does after a
+//! switch (a new classifier's standby and counters) is not charged to the next edit.
 
 use std::{
     net::Ipv4Addr,
@@ -154,8 +156,12 @@ fn start_to_ready(agent: &mut Agent) -> Result<Duration> {
 }
 
 /// Replaces `agent`'s spec with `spec` (written beside, renamed over) and returns the time
-/// from the rename until every pod of `before` is on a new classifier.
+/// from the rename until every pod of `before` is on a new classifier. Returns once the agent
+/// has finished the reload (its status counts it), work it does after the switch included:
+/// so each change is timed from an idle agent, as a user's edit, seconds apart, finds it, not
+/// queued behind the tail of the one before.
 fn reload(agent: &Agent, ep: &Endpoints, before: &Classifiers, spec: &str) -> Result<Duration> {
+    let counted = reloads_counted(agent)?;
     let tmp = agent.spec.with_extension("next");
     std::fs::write(&tmp, spec).with_context(|| format!("writing {}", tmp.display()))?;
     let t = Instant::now();
@@ -165,7 +171,24 @@ fn reload(agent: &Agent, ep: &Endpoints, before: &Classifiers, spec: &str) -> Re
         let tail: Vec<&str> = log.lines().rev().take(8).collect();
         format!("the agent's last lines: {}", tail.join(" | "))
     })?;
+    wait_counted(agent, counted)?;
     Ok(took)
+}
+
+/// The reloads the agent has finished, applied or refused (`vnetd status`).
+fn reloads_counted(agent: &Agent) -> Result<u64> {
+    let s = agent.status()?;
+    Ok(s["reloads_ok"].as_u64().unwrap_or(0) + s["reloads_failed"].as_u64().unwrap_or(0))
+}
+
+/// Waits until the agent has finished more reloads than `counted`.
+fn wait_counted(agent: &Agent, counted: u64) -> Result<()> {
+    ensure!(
+        vnetd_lab::wait_for(APPLY_TIMEOUT, || reloads_counted(agent)
+            .is_ok_and(|n| n > counted)),
+        "the agent did not finish the reload (reloads counted: {counted})"
+    );
+    Ok(())
 }
 
 /// Measures start, reload and one-rule change on a fresh lab; `changes` one-rule changes.
@@ -225,6 +248,7 @@ pub(super) fn run(pods: usize, changes: usize) -> Result<Value> {
     let ep = Endpoints::open(&node)?;
     // Off, then on again by a reload: the spec without the NSG, then with it.
     let without = ep.snapshot(&ips)?;
+    let counted = reloads_counted(&agent)?;
     agent.write_spec(&base)?;
     ensure!(
         vnetd_lab::wait_for(APPLY_TIMEOUT, || ep
@@ -233,6 +257,7 @@ pub(super) fn run(pods: usize, changes: usize) -> Result<Value> {
         "the NSG was not removed from the pods (before: {:?})",
         &without[..without.len().min(3)]
     );
+    wait_counted(&agent, counted)?;
     let before = ep.snapshot(&ips)?;
     let full = reload(&agent, &ep, &before, &nsg_spec).context("reload adding the NSG")?;
     println!(

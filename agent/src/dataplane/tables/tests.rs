@@ -205,6 +205,91 @@ fn a_standby_in_use_is_never_written_into() {
     drop(cleanup);
 }
 
+/// Tables in memory: id -> content (a number, its own fingerprint), and how many ids each
+/// `write` call wrote content into.
+#[derive(Default)]
+struct MemStore {
+    ids: BTreeMap<u32, u64>,
+    writes: Vec<BTreeSet<u32>>,
+}
+
+impl TableStore<u64> for MemStore {
+    fn fingerprint(table: &u64) -> u64 {
+        *table
+    }
+    fn present_ids(&mut self) -> Result<BTreeSet<u32>> {
+        Ok(self.ids.keys().copied().collect())
+    }
+    fn write(&mut self, tables: &[(u32, &u64)]) -> Result<()> {
+        let changed = tables
+            .iter()
+            .filter(|(id, t)| self.ids.insert(*id, **t) != Some(**t))
+            .map(|(id, _)| *id)
+            .collect();
+        self.writes.push(changed);
+        Ok(())
+    }
+    fn remove(&mut self, ids: &BTreeSet<u32>) -> Result<()> {
+        self.ids.retain(|id, _| !ids.contains(id));
+        Ok(())
+    }
+}
+
+/// A table just added gets its standby after the switch, holding the same content: its first
+/// change is written into the standby (what differs), not whole under a fresh id.
+#[test]
+fn a_new_table_gets_its_standby_after_the_switch() {
+    let dir = std::env::temp_dir().join(format!("vnetd-tables-prep-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let cleanup = Cleanup(dir.clone());
+    let mut tables = VersionedTables::open_with(&dir, "nsgs", Slots::Standby).unwrap();
+    let mut store = MemStore::default();
+    let tables_of = |web| BTreeMap::from([("web".to_string(), web)]);
+    let switch = |tables: &mut VersionedTables, store: &mut MemStore, web| {
+        tables
+            .switch(store, &tables_of(web), |_, _| Ok(()), |_| Ok(()))
+            .unwrap()
+    };
+
+    switch(&mut tables, &mut store, 1);
+    let live = tables.id("web").unwrap();
+    let standbys = tables.prepare_standbys(&mut store, &tables_of(1)).unwrap();
+    let standby = tables.ids.standbys()["web"];
+    assert_eq!(standbys, [standby].into());
+    assert_ne!(standby, live);
+    assert_eq!(store.ids, BTreeMap::from([(live, 1), (standby, 1)]));
+    let reopened = VersionedTables::open_with(&dir, "nsgs", Slots::Standby).unwrap();
+    assert_eq!(reopened.ids, tables.ids, "the standby is recorded");
+    assert!(
+        tables
+            .prepare_standbys(&mut store, &tables_of(1))
+            .unwrap()
+            .is_empty(),
+        "one standby per table"
+    );
+
+    // The first change goes into the standby, which becomes the live id; the old live id is
+    // the standby now, and nothing else is held.
+    store.writes.clear();
+    switch(&mut tables, &mut store, 2);
+    assert_eq!(tables.id("web"), Some(standby));
+    assert_eq!(tables.ids.standbys()["web"], live);
+    assert_eq!(store.writes, vec![BTreeSet::from([standby])]);
+    assert_eq!(store.ids, BTreeMap::from([(live, 1), (standby, 2)]));
+
+    // Kinds that take fresh ids keep no standbys.
+    let mut routes = VersionedTables::open(&dir, "routes").unwrap();
+    let mut route_store = MemStore::default();
+    switch(&mut routes, &mut route_store, 3);
+    assert!(
+        routes
+            .prepare_standbys(&mut route_store, &tables_of(3))
+            .unwrap()
+            .is_empty()
+    );
+    drop(cleanup);
+}
+
 #[test]
 fn fingerprints_are_fnv1a() {
     // Stable across builds: the record written by one agent is read by the next.

@@ -40,8 +40,8 @@ impl Dataplane {
     }
 
     /// Creates a zero counter (on every CPU) in NSG_HITS for each rule of the classifiers
-    /// `live` that has none: after a switch, off its path (a classifier's first generation;
-    /// standbys keep theirs). `BPF_NOEXIST`: a counter the program created on a rule's first
+    /// `live` that has none: after a switch, off its path (a classifier's first generation and
+    /// the standby just prepared for it; standbys that served keep theirs). `BPF_NOEXIST`: a counter the program created on a rule's first
     /// hit keeps its count.
     pub fn create_nsg_counters(&mut self, live: &BTreeSet<u32>) -> Result<()> {
         let mut present = self.take_nsgs()?;
