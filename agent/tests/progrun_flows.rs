@@ -109,6 +109,10 @@ fn flow_kind(dp: &Dataplane, f: &[u8]) -> Option<u8> {
     entry(dp, f).map(|flow| flow.kind)
 }
 
+fn status(dp: &Dataplane, f: &[u8]) -> Option<u8> {
+    entry(dp, f).map(|flow| flow.status)
+}
+
 #[test]
 fn a_same_node_flow_is_decided_by_the_receivers_inbound_rules_and_its_replies_pass() {
     let mut dp = dataplane();
@@ -358,10 +362,6 @@ fn pods_like_b(dp: &mut Dataplane, n: u8) -> Vec<[u8; 4]> {
             ip
         })
         .collect()
-}
-
-fn status(dp: &Dataplane, f: &[u8]) -> Option<u8> {
-    entry(dp, f).map(|flow| flow.status)
 }
 
 /// FLOWS full: a new flow that would be assured stays new (counted), its packets still pass,

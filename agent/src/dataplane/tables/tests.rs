@@ -205,12 +205,13 @@ fn a_standby_in_use_is_never_written_into() {
     drop(cleanup);
 }
 
-/// Tables in memory: id -> content (a number, its own fingerprint), and how many ids each
-/// `write` call wrote content into.
+/// Tables in memory: id -> content (a number, its own fingerprint), and the ids each `write`
+/// call wrote content into. With `full`, a write stores its first table and fails.
 #[derive(Default)]
 struct MemStore {
     ids: BTreeMap<u32, u64>,
     writes: Vec<BTreeSet<u32>>,
+    full: bool,
 }
 
 impl TableStore<u64> for MemStore {
@@ -221,6 +222,12 @@ impl TableStore<u64> for MemStore {
         Ok(self.ids.keys().copied().collect())
     }
     fn write(&mut self, tables: &[(u32, &u64)]) -> Result<()> {
+        if self.full {
+            if let Some((id, t)) = tables.first() {
+                self.ids.insert(*id, **t);
+            }
+            bail!("full");
+        }
         let changed = tables
             .iter()
             .filter(|(id, t)| self.ids.insert(*id, **t) != Some(**t))
@@ -253,6 +260,18 @@ fn a_new_table_gets_its_standby_after_the_switch() {
 
     switch(&mut tables, &mut store, 1);
     let live = tables.id("web").unwrap();
+    // No room: what was written is taken back, nothing is recorded, the table stays without.
+    store.full = true;
+    let recorded = fs::read_to_string(dir.join("tables.json")).unwrap();
+    assert!(tables.prepare_standbys(&mut store, &tables_of(1)).is_err());
+    assert_eq!(store.ids, BTreeMap::from([(live, 1)]));
+    assert!(tables.ids.standbys().is_empty());
+    assert_eq!(
+        fs::read_to_string(dir.join("tables.json")).unwrap(),
+        recorded
+    );
+    store.full = false;
+
     let standbys = tables.prepare_standbys(&mut store, &tables_of(1)).unwrap();
     let standby = tables.ids.standbys()["web"];
     assert_eq!(standbys, [standby].into());
