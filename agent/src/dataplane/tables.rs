@@ -146,11 +146,7 @@ impl TableIds {
                     let id = match (slots, standby) {
                         (Slots::Standby, Some(standby)) => standby,
                         _ => {
-                            while taken.contains(&next) || held.contains(&next) {
-                                next = next_id(next)?;
-                            }
-                            let id = next;
-                            next = next_id(next)?;
+                            let id = take_fresh_id(&mut next, taken, &held)?;
                             fresh.insert(id);
                             id
                         }
@@ -176,6 +172,17 @@ impl TableIds {
             record,
         })
     }
+}
+
+/// The first id from `*next` on that is neither `taken` (present in the store) nor `held`
+/// (recorded); `*next` moves past it.
+fn take_fresh_id(next: &mut u32, taken: &BTreeSet<u32>, held: &BTreeSet<u32>) -> Result<u32> {
+    while taken.contains(next) || held.contains(next) {
+        *next = next_id(*next)?;
+    }
+    let id = *next;
+    *next = next_id(id)?;
+    Ok(id)
 }
 
 fn next_id(id: u32) -> Result<u32> {
@@ -417,12 +424,9 @@ impl VersionedTables {
             if slot.standby.is_some() || slot.fingerprint != S::fingerprint(table) {
                 continue;
             }
-            while taken.contains(&next) || held.contains(&next) {
-                next = next_id(next)?;
-            }
-            slot.standby = Some(next);
-            writes.push((next, table));
-            next = next_id(next)?;
+            let id = take_fresh_id(&mut next, &taken, &held)?;
+            slot.standby = Some(id);
+            writes.push((id, table));
         }
         if writes.is_empty() {
             return Ok(BTreeSet::new());
