@@ -19,3 +19,6 @@ pub mod nsg_hits;
 pub mod plan;
 pub mod reload;
 pub mod spec;
+#[cfg(test)]
+#[global_allocator]
+static TMP_ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -528,8 +528,10 @@ fn close_addresses(mut direct: HashMap<Ipv4Net, RuleBitmap>) -> Vec<AddrEntry> {
     direct.entry(Ipv4Net::default()).or_default();
     // Only the lengths some prefix has can hold an ancestor (a rule set of 1000 /32s has two).
     let lengths: BTreeSet<u8> = direct.keys().map(Ipv4Net::prefix_len).collect();
-    let mut entries: Vec<AddrEntry> = direct
-        .keys()
+    // The keys sorted, not the entries: an entry carries a 128-byte bitmap.
+    let mut nets: Vec<&Ipv4Net> = direct.keys().collect();
+    nets.sort_unstable_by_key(|net| (std::cmp::Reverse(net.prefix_len()), net.network()));
+    nets.into_iter()
         .map(|net| {
             let mut rules = RuleBitmap::EMPTY;
             for &len in lengths.range(..=net.prefix_len()) {
@@ -542,17 +544,17 @@ fn close_addresses(mut direct: HashMap<Ipv4Net, RuleBitmap>) -> Vec<AddrEntry> {
                 rules,
             }
         })
-        .collect();
-    entries.sort_by_key(|e| (std::cmp::Reverse(e.prefix.prefix_len()), e.prefix.network()));
-    entries
+        .collect()
 }
 
 /// The closed port table, as [`close_addresses`].
 fn close_ports(mut direct: HashMap<PortPrefix, RuleBitmap>) -> Vec<PortEntry> {
     direct.entry(PortPrefix::ANY).or_default();
     let lengths: BTreeSet<u8> = direct.keys().map(|block| block.len).collect();
-    let mut entries: Vec<PortEntry> = direct
-        .keys()
+    let mut blocks: Vec<&PortPrefix> = direct.keys().collect();
+    blocks.sort_unstable_by_key(|block| (std::cmp::Reverse(block.len), block.port));
+    blocks
+        .into_iter()
         .map(|block| {
             let mut rules = RuleBitmap::EMPTY;
             for &len in lengths.range(..=block.len) {
@@ -565,7 +567,5 @@ fn close_ports(mut direct: HashMap<PortPrefix, RuleBitmap>) -> Vec<PortEntry> {
                 rules,
             }
         })
-        .collect();
-    entries.sort_by_key(|e| (std::cmp::Reverse(e.prefix.len), e.prefix.port));
-    entries
+        .collect()
 }

@@ -385,8 +385,16 @@ impl<'t> Cursor<'t> {
 
     fn double_quoted(&mut self) -> Option<String> {
         self.expect(b'"')?;
-        let mut out = String::new();
         let rest = &self.text[self.at..];
+        // Without escapes (most are: "*", an address, a port), one copy of the slice.
+        if let Some(end) = rest.find(['"', '\\'])
+            && rest.as_bytes()[end] == b'"'
+            && !rest[..end].chars().any(char::is_control)
+        {
+            self.at += end + 1;
+            return Some(rest[..end].to_string());
+        }
+        let mut out = String::new();
         let mut chars = rest.char_indices();
         while let Some((i, c)) = chars.next() {
             match c {

@@ -2,6 +2,9 @@
 //! (`cargo xtask bench --scenario control_plane`: the lab's spec, 250 pods' room and an inbound
 //! NSG of 1000 rules). Ignored: it measures, asserts nothing about speed.
 //! `cargo test --release -p vnetd --lib spec::timing -- --ignored --nocapture`
+//!
+//! The agent's binary allocates with mimalloc, the test binary with glibc's malloc: the harness
+//! measures the steps against each other, not the agent's absolute times.
 
 use std::time::Instant;
 
@@ -119,4 +122,30 @@ fn one_rule_reload_cpu_steps() {
             v[v.len() - 1]
         );
     }
+}
+
+/// The agent's CPU work of a one-rule reload in a loop, for a profiler (`perf record` on the
+/// test binary): parse, validate, compile, plan, the NSG entries and their fingerprints.
+/// `LOOPS` sets the iterations (200).
+#[test]
+#[ignore = "a profiling loop, run by hand"]
+fn one_rule_reload_cpu_loop() {
+    let text = bench_spec(1000, 999);
+    let n: usize = std::env::var("LOOPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let t = Instant::now();
+    for _ in 0..n {
+        let spec = check_str(&text).unwrap();
+        let compiled = crate::compile::compile_valid(&spec, "node-1").unwrap();
+        let plan = crate::plan::NodePlan::from_compiled(compiled).unwrap();
+        let wanted = crate::dataplane::maps::nsg::wanted(plan.classifiers(["apps"]));
+        let fps: Vec<u64> = wanted
+            .values()
+            .map(crate::dataplane::maps::nsg::fingerprint)
+            .collect();
+        assert_eq!(fps.len(), 2);
+    }
+    println!("per iteration {:.2} ms", ms(t) / n as f64);
 }

@@ -310,11 +310,40 @@ fn a_new_table_gets_its_standby_after_the_switch() {
 }
 
 #[test]
-fn fingerprints_are_fnv1a() {
+fn fingerprints_are_stable() {
     // Stable across builds: the record written by one agent is read by the next.
     let mut f = Fingerprint::default();
     f.write(b"a");
     assert_eq!(f.finish(), 0xaf63_dc4c_8601_ec8c);
+    f.write_words(&[1]);
+    assert_eq!(f.finish(), 0xfefd_6afa_b795_e47b);
+}
+
+#[test]
+fn a_fingerprint_tells_any_one_changed_word() {
+    // Every bit of every word of a 16-word bitmap, and pairs of words changed in the same bit
+    // (where a plain multiply per word cancels the top bit).
+    let words = [0x0123_4567_89ab_cdef_u64; 16];
+    let of = |words: &[u64]| {
+        let mut f = Fingerprint::default();
+        f.write(b"d");
+        f.write_words(words);
+        f.finish()
+    };
+    let base = of(&words);
+    let mut seen = std::collections::BTreeSet::from([base]);
+    for i in 0..words.len() {
+        for bit in 0..64 {
+            let mut one = words;
+            one[i] ^= 1 << bit;
+            assert!(seen.insert(of(&one)), "word {i} bit {bit}");
+            for j in i + 1..words.len() {
+                let mut two = one;
+                two[j] ^= 1 << bit;
+                assert_ne!(of(&two), base, "words {i} and {j}, bit {bit}");
+            }
+        }
+    }
 }
 
 struct Cleanup(PathBuf);

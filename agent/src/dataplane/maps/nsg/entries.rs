@@ -88,11 +88,7 @@ pub fn table_name(classifier: &Classifier) -> String {
 /// A stable digest of a classifier's entries.
 pub fn fingerprint(table: &ClassifierEntries) -> u64 {
     let mut digest = Fingerprint::default();
-    let bits = |digest: &mut Fingerprint, rules: &RuleBitmap| {
-        for word in rules.words {
-            digest.write(&word.to_le_bytes());
-        }
-    };
+    let bits = |digest: &mut Fingerprint, rules: &RuleBitmap| digest.write_words(&rules.words);
     for (tag, lpm) in [
         (b's', &table.src_addr),
         (b'd', &table.dst_addr),
