@@ -19,6 +19,9 @@ pub mod nsg_hits;
 pub mod plan;
 pub mod reload;
 pub mod spec;
+
+/// The unit tests allocate as the agent does (`main.rs`), so the timing harness of
+/// `spec::timing` measures what a reload costs in the agent.
 #[cfg(test)]
 #[global_allocator]
-static TMP_ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static TEST_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

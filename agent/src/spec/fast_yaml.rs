@@ -18,11 +18,14 @@ pub(crate) fn parse(text: &str) -> Option<Value> {
         matches!(c, '\n' | ' '..='~' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
             && c != '\u{feff}'
     };
-    if !text
-        .bytes()
-        .all(|b| b == b'\n' || (b' '..=b'~').contains(&b))
-        && !text.chars().all(printable)
-    {
+    // By blocks without an early exit inside, which the compiler vectorizes (a byte at a time
+    // this check took a twentieth of a 1000-rule spec's reload).
+    let plain_ascii = text.as_bytes().chunks(64).all(|block| {
+        block.iter().fold(true, |ok, &b| {
+            ok & ((b == b'\n') | (b.wrapping_sub(b' ') <= b'~' - b' '))
+        })
+    });
+    if !plain_ascii && !text.chars().all(printable) {
         return None;
     }
     let mut lines = Vec::new();
@@ -304,7 +307,8 @@ impl<'t> Cursor<'t> {
         self.at += 1;
         let close = if open == b'{' { b'}' } else { b']' };
         let mut items = Vec::new();
-        let mut entries = Vec::new();
+        // A rule's mapping has nine fields: one allocation, not four.
+        let mut entries = Vec::with_capacity(if open == b'{' { 10 } else { 0 });
         self.spaces();
         if self.peek() == Some(close) {
             self.at += 1;
@@ -372,8 +376,10 @@ impl<'t> Cursor<'t> {
         if rest.starts_with(INDICATORS) && !starts_plain_dash(rest) {
             return None;
         }
+        // Bytes, not chars: the indicators are ASCII, which no multi-byte character contains.
         let end = rest
-            .find([',', ']', '}', ':', '[', '{', '#'])
+            .bytes()
+            .position(|b| matches!(b, b',' | b']' | b'}' | b':' | b'[' | b'{' | b'#'))
             .unwrap_or(rest.len());
         let plain = rest[..end].trim_end_matches(' ');
         if plain.is_empty() || rest[end..].starts_with(['[', '{', '#']) {
@@ -474,7 +480,12 @@ fn resolve_plain(text: &str) -> Option<Value> {
         "false" | "False" | "FALSE" => return Some(Value::Bool(false)),
         _ => {}
     }
-    if text.chars().any(char::is_control) {
+    let control = if text.is_ascii() {
+        text.bytes().any(|b| b.is_ascii_control())
+    } else {
+        text.chars().any(char::is_control)
+    };
+    if control {
         return None;
     }
     let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);

@@ -2,9 +2,7 @@
 //! (`cargo xtask bench --scenario control_plane`: the lab's spec, 250 pods' room and an inbound
 //! NSG of 1000 rules). Ignored: it measures, asserts nothing about speed.
 //! `cargo test --release -p vnetd --lib spec::timing -- --ignored --nocapture`
-//!
-//! The agent's binary allocates with mimalloc, the test binary with glibc's malloc: the harness
-//! measures the steps against each other, not the agent's absolute times.
+//! The unit tests allocate with mimalloc, as the agent does.
 
 use std::time::Instant;
 
