@@ -218,13 +218,14 @@ impl Agent {
             nsgs: &mut self.nsg_tables,
         };
         let switched = tables.switch(&mut self.dataplane, plan, &endpoints, |dp, ids| {
+            let mut changed = Vec::new();
             for ep in &endpoints {
                 let entry = entry_for(plan, ids, ep)?;
                 if before.get(&ep.ip) != Some(&entry) {
-                    dp.put_endpoint(ep.ip, entry)?;
+                    changed.push((ep.ip, entry));
                 }
             }
-            Ok(())
+            dp.put_endpoints(&changed)
         });
         let hits = match switched {
             Ok(hits) => hits,

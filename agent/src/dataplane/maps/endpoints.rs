@@ -11,7 +11,7 @@ use vnetd_common::{
     ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT, Endpoint, GroupPortKey, maps,
 };
 
-use super::{nsg::EndpointNsgs, removed};
+use super::{batch, nsg::EndpointNsgs, removed};
 use crate::{dataplane::Dataplane, endpoints};
 
 /// The route table an endpoint's packets are routed by: its kernel id, and whether it routes
@@ -79,6 +79,25 @@ impl Dataplane {
         written.with_context(|| format!("writing ENDPOINTS[{ip}]"))
     }
 
+    /// Writes `entries` in one system call (a reload repoints every pod of a subnet: one
+    /// call each took half a millisecond for 250 pods), each entry replaced whole, in order.
+    pub fn put_endpoints(&mut self, entries: &[(Ipv4Addr, Endpoint)]) -> Result<()> {
+        let keys: Vec<[u8; 4]> = entries.iter().map(|(ip, _)| ip.octets()).collect();
+        let values: Vec<Endpoint> = entries.iter().map(|(_, ep)| *ep).collect();
+        let map = self.map(maps::ENDPOINTS)?;
+        HashMap::<_, [u8; 4], Endpoint>::try_from(map)?;
+        let written = batch::update(map, &keys, &values);
+        match (&written, self.mirror.endpoints.as_mut()) {
+            (Ok(()), Some(mirror)) => mirror.extend(entries.iter().copied()),
+            (Err(_), _) => self.mirror.endpoints = None,
+            (Ok(()), None) => {}
+        }
+        written.map_err(|s| {
+            let ip = s.entry(entries).0;
+            anyhow::Error::from(s.error).context(format!("writing ENDPOINTS[{ip}]"))
+        })
+    }
+
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
         match removed(self.endpoints_map()?.remove(&ip.octets())) {
             Ok(_) => {
@@ -122,11 +141,12 @@ impl Dataplane {
     /// Makes ENDPOINTS hold exactly `wanted`: new and changed entries first, then removals.
     pub fn sync_endpoints(&mut self, wanted: &BTreeMap<Ipv4Addr, Endpoint>) -> Result<()> {
         let present = self.endpoints_written()?;
-        for (ip, ep) in wanted {
-            if present.get(ip) != Some(ep) {
-                self.put_endpoint(*ip, *ep)?;
-            }
-        }
+        let changed: Vec<(Ipv4Addr, Endpoint)> = wanted
+            .iter()
+            .filter(|(ip, ep)| present.get(ip) != Some(ep))
+            .map(|(ip, ep)| (*ip, *ep))
+            .collect();
+        self.put_endpoints(&changed)?;
         for ip in present.keys().filter(|ip| !wanted.contains_key(ip)) {
             self.remove_endpoint(*ip)?;
         }

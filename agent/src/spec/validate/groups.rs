@@ -16,10 +16,8 @@ impl<'s> Checker<'s> {
     pub(super) fn container_groups(&mut self) {
         let groups = &self.spec.container_groups;
         self.unique_names(
-            groups
-                .iter()
-                .enumerate()
-                .map(|(i, g)| (format!("containerGroups[{i}].name"), g.name.as_str())),
+            groups.iter().map(|g| g.name.as_str()),
+            |i| format!("containerGroups[{i}].name"),
             Case::Sensitive,
         );
         let mut private_ips: HashMap<Ipv4Addr, usize> = HashMap::new();
@@ -195,12 +193,8 @@ impl<'s> Checker<'s> {
             );
         }
         self.unique_names(
-            props.containers.iter().enumerate().map(|(c, container)| {
-                (
-                    format!("{path}.containers[{c}].name"),
-                    container.name.as_str(),
-                )
-            }),
+            props.containers.iter().map(|c| c.name.as_str()),
+            |c| format!("{path}.containers[{c}].name"),
             Case::Sensitive,
         );
         // One network namespace: a port belongs to one container.

@@ -19,10 +19,8 @@ impl<'s> Checker<'s> {
             self.report("nodes", "missing: give at least one node");
         }
         self.unique_names(
-            nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (format!("nodes[{i}].name"), n.name.as_str())),
+            nodes.iter().map(|n| n.name.as_str()),
+            |i| format!("nodes[{i}].name"),
             Case::Sensitive,
         );
         let mut primaries: HashMap<Ipv4Addr, usize> = HashMap::new();

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use super::names::azure_name_problem;
 use super::{Case, Checker};
 use crate::spec::model::*;
 
@@ -15,9 +16,8 @@ impl<'s> Checker<'s> {
     pub(super) fn network_security_groups(&mut self) {
         let nsgs = &self.spec.network_security_groups;
         self.unique_names(
-            nsgs.iter()
-                .enumerate()
-                .map(|(i, n)| (format!("networkSecurityGroups[{i}].name"), n.name.as_str())),
+            nsgs.iter().map(|n| n.name.as_str()),
+            |i| format!("networkSecurityGroups[{i}].name"),
             Case::Insensitive,
         );
         for (i, nsg) in nsgs.iter().enumerate() {
@@ -59,33 +59,34 @@ impl<'s> Checker<'s> {
                 }
             }
             self.unique_names(
-                rules
-                    .iter()
-                    .enumerate()
-                    .map(|(j, r)| (format!("{path}.securityRules[{j}].name"), r.name.as_str())),
+                rules.iter().map(|r| r.name.as_str()),
+                |j| format!("{path}.securityRules[{j}].name"),
                 Case::Insensitive,
             );
             let mut priorities: HashMap<(Direction, u32), usize> = HashMap::new();
             for (j, rule) in rules.iter().enumerate() {
-                let rule_path = format!("{path}.securityRules[{j}]");
-                self.azure_name(&format!("{rule_path}.name"), &rule.name, 80);
+                // Spelled out only for a problem: most rules have none.
+                let rule_path = || format!("{path}.securityRules[{j}]");
+                if let Some(message) = azure_name_problem(&rule.name, 80) {
+                    self.report(format!("{}.name", rule_path()), message);
+                }
                 if let Some(description) = &rule.description
                     && description.chars().count() > MAX_DESCRIPTION_LEN
                 {
                     self.report(
-                        format!("{rule_path}.description"),
+                        format!("{}.description", rule_path()),
                         format!("longer than the {MAX_DESCRIPTION_LEN} characters Azure allows"),
                     );
                 }
                 if !PRIORITY_RANGE.contains(&rule.priority) {
                     self.report(
-                        format!("{rule_path}.priority"),
+                        format!("{}.priority", rule_path()),
                         format!("{} is outside 100..=4096", rule.priority),
                     );
                 } else if let Some(&k) = priorities.get(&(rule.direction, rule.priority)) {
                     let other = &rules[k];
                     self.report(
-                        format!("{rule_path}.priority"),
+                        format!("{}.priority", rule_path()),
                         format!(
                             "rule {:?} and rule {:?} (securityRules[{k}]) both have {} priority {}: priorities must be unique per direction",
                             rule.name, other.name, rule.direction, rule.priority
@@ -113,7 +114,7 @@ impl<'s> Checker<'s> {
                     if missing {
                         let plural = if field.ends_with("Prefix") { "es" } else { "s" };
                         self.report(
-                            format!("{rule_path}.{field}"),
+                            format!("{}.{field}", rule_path()),
                             format!("missing: give {field} or {field}{plural} (\"*\" for any)"),
                         );
                     }

@@ -18,10 +18,8 @@ impl<'s> Checker<'s> {
     pub(super) fn route_tables(&mut self) {
         let tables = &self.spec.route_tables;
         self.unique_names(
-            tables
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (format!("routeTables[{i}].name"), t.name.as_str())),
+            tables.iter().map(|t| t.name.as_str()),
+            |i| format!("routeTables[{i}].name"),
             Case::Insensitive,
         );
         for (i, table) in tables.iter().enumerate() {
@@ -37,11 +35,8 @@ impl<'s> Checker<'s> {
                 );
             }
             self.unique_names(
-                table
-                    .routes
-                    .iter()
-                    .enumerate()
-                    .map(|(j, r)| (format!("{path}.routes[{j}].name"), r.name.as_str())),
+                table.routes.iter().map(|r| r.name.as_str()),
+                |j| format!("{path}.routes[{j}].name"),
                 Case::Insensitive,
             );
             let mut prefixes: HashMap<Ipv4Net, usize> = HashMap::new();

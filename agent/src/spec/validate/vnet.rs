@@ -61,10 +61,8 @@ impl<'s> Checker<'s> {
             );
         }
         self.unique_names(
-            vnet.subnets
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("virtualNetwork.subnets[{i}].name"), s.name.as_str())),
+            vnet.subnets.iter().map(|s| s.name.as_str()),
+            |i| format!("virtualNetwork.subnets[{i}].name"),
             Case::Insensitive,
         );
         for (i, subnet) in vnet.subnets.iter().enumerate() {
