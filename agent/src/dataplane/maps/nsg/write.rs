@@ -33,6 +33,29 @@ fn port_key(id: u32, (len, value): (u8, u32)) -> Key<NsgPortKey> {
     )
 }
 
+/// What makes `old` into `new`, both in key order: the entries of `new` that `old` lacks or
+/// holds differently, and the keys of `old` that `new` lacks. One walk of both, where a lookup
+/// of each key in the other map took a quarter of a one-rule change's switch (a 1000-rule
+/// classifier holds about 4000 entries).
+fn diff<'a, K: Ord + Copy, V: PartialEq + Copy + 'a>(
+    old: impl IntoIterator<Item = (K, &'a V)>,
+    new: impl IntoIterator<Item = (K, &'a V)>,
+) -> (Vec<(K, V)>, Vec<K>) {
+    let (mut writes, mut stale) = (Vec::new(), Vec::new());
+    let mut old = old.into_iter().peekable();
+    for (key, value) in new {
+        while let Some((gone, _)) = old.next_if(|(k, _)| *k < key) {
+            stale.push(gone);
+        }
+        match old.next_if(|(k, _)| *k == key) {
+            Some((_, held)) if held == value => {}
+            _ => writes.push((key, *value)),
+        }
+    }
+    stale.extend(old.map(|(k, _)| k));
+    (writes, stale)
+}
+
 impl Dataplane {
     /// Makes classifier `id` hold exactly `table`, writing only what differs from what it
     /// holds (`present`): new and changed entries first, then the stale ones, the counters of
@@ -51,16 +74,10 @@ impl Dataplane {
         for (name, field, width) in LPM_TABLES {
             let old = field.present(present).get(&id).unwrap_or(&none);
             let new = field.of(table);
-            let writes: Vec<((u8, u32), RuleBitmap)> = new
-                .iter()
-                .filter(|(k, r)| old.get(k) != Some(r))
-                .map(|(k, r)| (*k, *r))
-                .collect();
-            let stale: Vec<(u8, u32)> = old
-                .keys()
-                .filter(|k| !new.contains_key(k))
-                .copied()
-                .collect();
+            let (writes, stale) = diff(
+                old.iter().map(|(k, r)| (*k, r)),
+                new.iter().map(|(k, r)| (*k, r)),
+            );
             changed |= !writes.is_empty() || !stale.is_empty();
             let context = |k: &(u8, u32)| {
                 let value = if width == 32 {
@@ -153,22 +170,20 @@ impl Dataplane {
             })?;
         }
 
-        let old_rules = present.rules.get(&id);
         let rule_key = |rule: u32| NsgRuleKey {
             classifier: id,
             rule,
         };
-        let writes: Vec<(u32, NsgRule)> = (0..)
-            .zip(table.rules.iter().copied())
-            .filter(|(index, rule)| old_rules.and_then(|r| r.get(index)) != Some(rule))
-            .collect();
+        let (writes, stale) = diff(
+            present
+                .rules
+                .get(&id)
+                .into_iter()
+                .flat_map(|r| r.iter().map(|(index, rule)| (*index, rule))),
+            (0..).zip(&table.rules),
+        );
+        let stale: Vec<NsgRuleKey> = stale.into_iter().map(rule_key).collect();
         let count = table.rules.len() as u32;
-        let stale: Vec<NsgRuleKey> = old_rules
-            .into_iter()
-            .flat_map(|r| r.keys())
-            .filter(|index| **index >= count)
-            .map(|index| rule_key(*index))
-            .collect();
         changed |= !writes.is_empty() || !stale.is_empty();
         let map = self.map(maps::NSG_RULES)?;
         HashMap::<_, NsgRuleKey, NsgRule>::try_from(map)?;
@@ -187,8 +202,7 @@ impl Dataplane {
         // The counters of the rules that are gone, and a zero one for each rule without.
         let stale_hits: Vec<NsgRuleKey> = present
             .hits
-            .iter()
-            .filter(|k| k.classifier == id && k.rule >= count)
+            .range(rule_key(count)..=rule_key(u32::MAX))
             .copied()
             .collect();
         changed |= !stale_hits.is_empty();
@@ -335,5 +349,46 @@ impl TableStore<ClassifierEntries> for Dataplane {
         present.removed(ids);
         self.mirror.nsgs = Some(present);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::diff;
+
+    proptest! {
+        /// The walk finds what a lookup of every key in the other map finds.
+        #[test]
+        fn diff_is_what_lookups_find(
+            old in prop::collection::btree_map(0u16..64, 0u8..4, 0..40),
+            new in prop::collection::btree_map(0u16..64, 0u8..4, 0..40),
+        ) {
+            let (writes, stale) = diff(
+                old.iter().map(|(k, v)| (*k, v)),
+                new.iter().map(|(k, v)| (*k, v)),
+            );
+            let want_writes: Vec<(u16, u8)> = new
+                .iter()
+                .filter(|(k, v)| old.get(k) != Some(v))
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            let want_stale: Vec<u16> = old.keys().filter(|k| !new.contains_key(k)).copied().collect();
+            prop_assert_eq!(writes, want_writes);
+            prop_assert_eq!(stale, want_stale);
+        }
+    }
+
+    #[test]
+    fn diff_of_equal_maps_is_empty() {
+        let map: BTreeMap<u32, u64> = (0..100).map(|k| (k, u64::from(k) * 7)).collect();
+        let (writes, stale) = diff(
+            map.iter().map(|(k, v)| (*k, v)),
+            map.iter().map(|(k, v)| (*k, v)),
+        );
+        assert!(writes.is_empty() && stale.is_empty());
     }
 }
