@@ -5,8 +5,9 @@
 //! - **start to ready**: the agent started on that spec, from the process's spawn to `/readyz`
 //!   answering 200 (the programs attached, the API socket bound); once on a fresh node (no
 //!   pods, nothing pinned) and once restarted with the pods to restore and the pins to adopt;
-//!   between the two, the pods' CNI ADDs, the first of which installs the NSG (its time
-//!   against the others' median);
+//!   between the two, the pods' CNI ADDs (the first one's time against the others' median;
+//!   the subnet's NSG classifiers and their standbys are written at the agent's start, which
+//!   has the NSG in its spec, not by the first ADD);
 //! - **reload applying it**: the spec file replaced (written beside, renamed over, as editors
 //!   and kubelet do) by one that adds the 1000-rule NSG, until every pod's `ENDPOINTS` entry
 //!   in the kernel points at the new classifier;
@@ -237,13 +238,13 @@ pub(super) fn run(pods: usize, changes: usize) -> Result<Value> {
         attached.push((pod, ip));
     }
     let ips: Vec<Ipv4Addr> = attached.iter().map(|(_, ip)| *ip).collect();
-    // The first ADD installs the subnet's NSG classifiers (and prepares their standbys).
+    // The first ADD against the others (the NSG's classifiers were written at the start).
     let first_add = adds.first().copied().unwrap_or(f64::NAN);
     let mut others = adds.get(1..).unwrap_or_default().to_vec();
     others.sort_by(f64::total_cmp);
     let others_p50 = super::measure::percentile(&others, 50.0);
     println!(
-        "   {pods} pods attached in {:.1} s; the first ADD (it installs the NSG) {first_add:.1} ms, \
+        "   {pods} pods attached in {:.1} s; the first ADD {first_add:.1} ms, \
          the others' p50 {others_p50:.1} ms",
         t.elapsed().as_secs_f64()
     );
