@@ -68,15 +68,7 @@ fn group_port_key(&(ip, proto, port): &(Ipv4Addr, u8, u16)) -> GroupPortKey {
 
 impl Dataplane {
     pub fn put_endpoint(&mut self, ip: Ipv4Addr, ep: Endpoint) -> Result<()> {
-        let written = self.endpoints_map()?.insert(ip.octets(), ep, 0);
-        match (&written, self.mirror.endpoints.as_mut()) {
-            (Ok(()), Some(mirror)) => {
-                mirror.insert(ip, ep);
-            }
-            (Err(_), _) => self.mirror.endpoints = None,
-            (Ok(()), None) => {}
-        }
-        written.with_context(|| format!("writing ENDPOINTS[{ip}]"))
+        self.put_endpoints(&[(ip, ep)])
     }
 
     /// Writes `entries` in one system call (a reload repoints every pod of a subnet: one
