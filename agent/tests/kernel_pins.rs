@@ -182,6 +182,32 @@ fn pins_of_this_build_are_adopted() {
     assert_eq!(ids(), before, "every map adopted");
 }
 
+/// The programs' endpoint copies are valid under one generation: each agent (each load of the
+/// pins) numbers it past everything before it, so that no copy an earlier agent's programs
+/// kept is current again; and each write to ENDPOINTS moves it on.
+#[test]
+fn every_load_and_every_endpoint_write_moves_the_endpoint_generation_on() {
+    let dir = BpffsDir::new();
+    let mut first = Dataplane::load_pinned(&dir.0).unwrap();
+    let started = first.endpoints_generation();
+    assert_ne!(started, 0, "0 leaves the copies unused");
+    let ep = vnetd_common::Endpoint {
+        host_ifindex: 7,
+        ..Default::default()
+    };
+    let ip = std::net::Ipv4Addr::new(10, 0, 2, 10);
+    first.put_endpoint(ip, ep).unwrap();
+    first.remove_endpoint(ip).unwrap();
+    let written = first.endpoints_generation();
+    assert_eq!(written, started + 2, "one step per write");
+    drop(first);
+    let second = Dataplane::load_pinned(&dir.0).unwrap();
+    assert!(
+        second.endpoints_generation() > written,
+        "a new agent starts past the last"
+    );
+}
+
 /// What another ABI left is removed at load (the maps here; links in e2e_pins), and teardown
 /// removes every ABI's pins.
 #[test]

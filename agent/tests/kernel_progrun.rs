@@ -3,7 +3,7 @@
 //! test (nothing pinned), so the tests are independent.
 mod support;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::programs::TcAttachType;
 use ipnet::Ipv4Net;
@@ -274,6 +274,72 @@ fn a_table_routing_the_vnet_locally_delivers_to_local_pods_without_a_lookup() {
         "an address of no local pod is still routed by the table"
     );
     assert_eq!(drops(&dp, DropReason::RouteNone), 2);
+}
+
+/// The programs keep per-CPU copies of the endpoints a pod's packet is from and to: the next
+/// packet after the agent changes, removes or adds an endpoint must see the change, on the CPU
+/// that holds the copies.
+#[test]
+fn the_next_packet_sees_an_endpoint_changed_removed_or_added() {
+    pin_to_cpu(0);
+    for vnet_direct in [false, true] {
+        let mut dp = dataplane();
+        if vnet_direct {
+            route_the_vnet_directly(&mut dp, &[POD_A]);
+        }
+        let a_to = |dp: &mut Dataplane, dst: [u8; 4]| {
+            run(dp, programs::POD_TC_INGRESS, &udp(MAC_A, POD_A, dst))
+        };
+        let case = if vnet_direct {
+            "VNet routed directly"
+        } else {
+            "routed by lookup"
+        };
+        let r = a_to(&mut dp, POD_B);
+        assert_eq!(
+            (r.verdict, &r.out[0..6]),
+            (TC_ACT_REDIRECT, &MAC_B[..]),
+            "{case}"
+        );
+
+        // Pod B's entry changes (a new MAC stands for any field).
+        let new_mac = [0x02, 0xaa, 0, 0, 0, 0xbb];
+        let ip_b = Ipv4Addr::from(POD_B);
+        dp.put_endpoint(ip_b, pod_endpoint(TEST_IFINDEX, new_mac, HOST_B))
+            .unwrap();
+        let r = a_to(&mut dp, POD_B);
+        assert_eq!(
+            (r.verdict, &r.out[0..6]),
+            (TC_ACT_REDIRECT, &new_mac[..]),
+            "{case}"
+        );
+
+        // Pod B is deleted: its address is routed like any other of the VNet, out of the uplink.
+        dp.remove_endpoint(ip_b).unwrap();
+        let r = a_to(&mut dp, POD_B);
+        assert_ne!(&r.out[0..6], &new_mac[..], "{case}: not to the deleted pod");
+        assert_eq!(traffic(&dp, Path::PodToVnet), 1, "{case}");
+
+        // An address that was nobody's becomes a pod's.
+        dp.put_endpoint(ip_b, pod_endpoint(TEST_IFINDEX, MAC_B, HOST_B))
+            .unwrap();
+        let r = a_to(&mut dp, POD_B);
+        assert_eq!(
+            (r.verdict, &r.out[0..6]),
+            (TC_ACT_REDIRECT, &MAC_B[..]),
+            "{case}"
+        );
+
+        // Pod A is deleted: what it sends is refused; back, it is forwarded again.
+        let ip_a = Ipv4Addr::from(POD_A);
+        let entry_a = dp.endpoints_written().unwrap()[&ip_a];
+        dp.remove_endpoint(ip_a).unwrap();
+        assert_eq!(a_to(&mut dp, POD_B).verdict, TC_ACT_SHOT, "{case}");
+        assert_eq!(drops(&dp, DropReason::Spoofed), 1, "{case}");
+        dp.put_endpoint(ip_a, entry_a).unwrap();
+        assert_eq!(a_to(&mut dp, POD_B).verdict, TC_ACT_REDIRECT, "{case}");
+        assert_eq!(traffic(&dp, Path::PodToPod), 4, "{case}");
+    }
 }
 
 #[test]

@@ -33,6 +33,8 @@ pub struct Dataplane {
     kernel_log: Option<KernelLog>,
     /// What this agent holds in the tables a reload diffs against (see [`Mirror`]).
     mirror: Mirror,
+    /// Moved on after every write to ENDPOINTS (the programs' copies of its entries).
+    endpoints_generation: maps::EndpointsGeneration,
 }
 
 /// What the agent wrote to the maps a reload diffs against, kept so a reload does not read
@@ -93,11 +95,13 @@ impl Dataplane {
         let kernel_log = aya_log::EbpfLogger::init(&mut ebpf)
             .inspect_err(|err| warn!("the programs' log is not forwarded: {err}"))
             .ok();
+        let endpoints_generation = endpoints_generation(&ebpf)?;
         let mut dp = Self {
             ebpf,
             pins: Some(pins),
             kernel_log,
             mirror: Mirror::default(),
+            endpoints_generation,
         };
         dp.load_programs()?;
         Ok(dp)
@@ -108,11 +112,13 @@ impl Dataplane {
         let ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
+        let endpoints_generation = endpoints_generation(&ebpf)?;
         let mut dp = Self {
             ebpf,
             pins: None,
             kernel_log: None,
             mirror: Mirror::default(),
+            endpoints_generation,
         };
         dp.load_programs()?;
         Ok(dp)
@@ -338,6 +344,14 @@ fn is_errno(err: &(dyn std::error::Error + 'static), errno: i32) -> bool {
     false
 }
 
+/// The programs' endpoint copies' generation, numbered afresh before any program is attached.
+fn endpoints_generation(ebpf: &Ebpf) -> Result<maps::EndpointsGeneration> {
+    let map = ebpf
+        .map(maps::ENDPOINTS_GENERATION)
+        .with_context(|| format!("no map {}", maps::ENDPOINTS_GENERATION))?;
+    maps::EndpointsGeneration::open(map)
+}
+
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {
     if path.exists() {
         // Adopted: the pin already names this link.
@@ -358,8 +372,9 @@ fn remove_pin(path: &Path) -> Result<()> {
 
 /// Maps a pinned map of another shape is replaced for, rather than refused: the agent rewrites
 /// all of NODE and ROUTES before it attaches any program, TRAFFIC and DROPS only count
-/// (Prometheus sees a counter reset), and the collector recounts ENDPOINT_ASSURED at each
-/// pass. Any other map (ENDPOINTS: the pods; later conntrack) holds
+/// (Prometheus sees a counter reset), the collector recounts ENDPOINT_ASSURED at each
+/// pass, and the endpoint cache and its generation are numbered afresh at every start (see
+/// `EndpointsGeneration::open`). Any other map (ENDPOINTS: the pods; later conntrack) holds
 /// state between agents and is refused.
 const REPLACED_ON_MISMATCH: &[&str] = &[
     maps::NODE,
@@ -383,6 +398,8 @@ const REPLACED_ON_MISMATCH: &[&str] = &[
     maps::FLOW_EVENTS,
     maps::FLOW_EVENTS_LOST,
     maps::ICMP_ERROR_BUDGET,
+    maps::ENDPOINTS_GENERATION,
+    maps::ENDPOINT_CACHE,
 ];
 
 /// A map as the object defines it: what the kernel reports for a map created from it.

@@ -14,13 +14,13 @@
 use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
-    ConntrackStat, Direction, DropReason, ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT,
-    Endpoint, FLOW_ASSURED, FLOW_INBOUND, FLOW_OUTBOUND, FLOW_OWNER_ANSWERER, FLOW_OWNER_OPENER,
-    FLOW_SEEN_REPLY, Flow, FlowDecision, FlowEvent, FlowEventVerdict, FlowKey, FlowKind,
-    FragmentKey, FragmentedDatagram, GroupPortKey, ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC,
-    IcmpErrorBudget, NO_RULE, NextHop, NodeConfig, NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey,
-    NsgRule, NsgRuleKey, NsgVerdict, Path, PublicAddress, PublicPortKey, RULE_WORDS, Rewrite,
-    Route, RouteKey, RuleBitmap, Traffic, maps,
+    CachedEndpoint, ConntrackStat, Direction, DropReason, ENDPOINT_CACHE_SLOTS,
+    ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT, Endpoint, FLOW_ASSURED, FLOW_INBOUND,
+    FLOW_OUTBOUND, FLOW_OWNER_ANSWERER, FLOW_OWNER_OPENER, FLOW_SEEN_REPLY, Flow, FlowDecision,
+    FlowEvent, FlowEventVerdict, FlowKey, FlowKind, FragmentKey, FragmentedDatagram, GroupPortKey,
+    ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, IcmpErrorBudget, NO_RULE, NextHop, NodeConfig,
+    NsgAccess, NsgAddrKey, NsgPortKey, NsgProtoKey, NsgRule, NsgRuleKey, NsgVerdict, Path,
+    PublicAddress, PublicPortKey, RULE_WORDS, Rewrite, Route, RouteKey, RuleBitmap, Traffic, maps,
 };
 
 /// Every layout the ABI has had, oldest first: (ABI version, fingerprint).
@@ -41,6 +41,7 @@ pub const RECORDED: &[(u32, u64)] = &[
     (9, 0x633a_24b6_43db_34b6),
     (10, 0x515d_58b7_2978_04a3),
     (11, 0x8301_26d8_7aba_5eb2),
+    (12, 0x5dc8_7b22_8dd6_ab5d),
 ];
 
 /// Part of every pin path (`<bpffs>/abi-v<N>/...`).
@@ -130,6 +131,11 @@ const fn fingerprint() -> u64 {
     let h = field!(h, Endpoint, flags);
     let h = h.word(ENDPOINT_EXPOSED_PORTS_ONLY as usize);
     let h = h.word(ENDPOINT_VNET_DIRECT as usize);
+    let h = h.layout::<CachedEndpoint>("CachedEndpoint");
+    let h = field!(h, CachedEndpoint, generation);
+    let h = field!(h, CachedEndpoint, ip);
+    let h = field!(h, CachedEndpoint, endpoint);
+    let h = h.word(ENDPOINT_CACHE_SLOTS as usize);
     let h = h.layout::<GroupPortKey>("GroupPortKey");
     let h = field!(h, GroupPortKey, ip);
     let h = field!(h, GroupPortKey, port);

@@ -24,6 +24,22 @@ pub struct Endpoint {
     pub flags: u32,
 }
 
+/// One CPU's copy of an `ENDPOINTS` entry, in `ENDPOINT_CACHE`: valid while `generation`
+/// equals `ENDPOINTS_GENERATION`, which the agent moves on after every write to `ENDPOINTS`.
+/// `endpoint.host_ifindex == 0`: `ip` is not an endpoint (every endpoint has a veth).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedEndpoint {
+    pub generation: u64,
+    pub ip: [u8; 4],
+    pub _pad: u32,
+    pub endpoint: Endpoint,
+}
+
+/// `ENDPOINT_CACHE` slots per role (a packet's source, its destination) on each CPU: an address
+/// has one slot per role, picked by its last two bytes.
+pub const ENDPOINT_CACHE_SLOTS: u32 = 256;
+
 /// A container group: from outside the group only the (protocol, port) pairs in `GROUP_PORTS`
 /// are reachable over TCP and UDP, whatever the NSGs allow (`ipAddress.ports`).
 pub const ENDPOINT_EXPOSED_PORTS_ONLY: u32 = 1;
@@ -52,4 +68,5 @@ mod user {
     // SAFETY: plain-old-data, repr(C), no implicit padding.
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::GroupPortKey {}
+    unsafe impl aya::Pod for super::CachedEndpoint {}
 }

@@ -24,7 +24,10 @@ pub use conntrack::{
     TCP_FIN, TCP_RST, TCP_SYN, TcpState,
 };
 pub use counters::{DropReason, Path, Traffic};
-pub use endpoint::{ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT, Endpoint, GroupPortKey};
+pub use endpoint::{
+    CachedEndpoint, ENDPOINT_CACHE_SLOTS, ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT,
+    Endpoint, GroupPortKey,
+};
 pub use flowlog::{FLOW_INBOUND, FLOW_OUTBOUND, FlowDecision, FlowEvent, FlowEventVerdict};
 pub use icmp::{ICMP_ERROR_BURST, ICMP_ERRORS_PER_SEC, IcmpErrorBudget};
 pub use nat::{NoMasqueradeKey, PublicAddress, PublicPortKey};

@@ -5,6 +5,10 @@ pub const TRAFFIC: &str = "TRAFFIC";
 pub const DROPS: &str = "DROPS";
 pub const NODE: &str = "NODE";
 pub const ENDPOINTS: &str = "ENDPOINTS";
+/// A counter the agent moves on after every write to `ENDPOINTS` (one u64, mmapable, so the
+/// agent stores it atomically), and each CPU's copies of the entries it looked up under it.
+pub const ENDPOINTS_GENERATION: &str = "ENDPOINTS_GENERATION";
+pub const ENDPOINT_CACHE: &str = "ENDPOINT_CACHE";
 pub const ROUTES: &str = "ROUTES";
 /// Connection tracking: both directions of every tracked flow, new ones in `NEW_FLOWS` (an LRU
 /// hash: a flood evicts its own flows), assured ones in `FLOWS` (a hash nothing evicts).
@@ -83,6 +87,8 @@ pub const ALL: &[&str] = &[
     DROPS,
     NODE,
     ENDPOINTS,
+    ENDPOINTS_GENERATION,
+    ENDPOINT_CACHE,
     ROUTES,
     NEW_FLOWS,
     FLOWS,

@@ -41,7 +41,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
 #[inline(always)]
 fn ipv4(ctx: &TcContext, pkt: &Packet, eth: &mut EthHdr) -> Result<i32, DropReason> {
     let ip = pkt.ipv4().ok_or(DropReason::Malformed)?;
-    let src = endpoint::verified_source(pkt.ifindex, &ip.hdr.src_addr, &eth.src_addr)
+    let src = endpoint::cached_source(pkt.ifindex, &ip.hdr.src_addr, &eth.src_addr)
         .ok_or(DropReason::Spoofed)?;
     let node = node::config().ok_or(DropReason::NoRoute)?;
     if node.is_service(&ip.hdr.dst_addr) {

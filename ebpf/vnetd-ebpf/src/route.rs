@@ -22,9 +22,10 @@ static ROUTES: LpmTrie<RouteKey, Route> =
 #[inline(always)]
 pub fn hop(src: &Endpoint, dst: &[u8; 4]) -> Result<Hop, DropReason> {
     if src.flags & ENDPOINT_VNET_DIRECT == 0 {
-        return next_hop(lookup(src.route_table, dst)?, dst, || endpoint::lookup(dst));
+        let local_dst = || endpoint::cached_destination(dst);
+        return next_hop(lookup(src.route_table, dst)?, dst, local_dst);
     }
-    match endpoint::lookup(dst) {
+    match endpoint::cached_destination(dst) {
         Some(ep) => Ok(Hop::LocalPod(ep, Path::PodToPod)),
         None => next_hop(lookup(src.route_table, dst)?, dst, || None),
     }

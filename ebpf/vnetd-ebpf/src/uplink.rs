@@ -71,7 +71,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(node) = node::config() else {
         return Ok(forward::PASS_ON);
     };
-    if let Some(ep) = endpoint::lookup(&ip.hdr.dst_addr) {
+    if let Some(ep) = endpoint::cached_destination(&ip.hdr.dst_addr) {
         return match flow::from_uplink(&ip, ep, node, pkt.len())? {
             // A reply of a Service connection: kube-proxy's conntrack translates it back.
             Verdict::Stack => Ok(forward::PASS_ON),

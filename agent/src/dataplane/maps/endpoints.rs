@@ -3,10 +3,15 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    num::NonZeroUsize,
+    os::fd::AsFd,
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, Map, MapData};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 use vnetd_common::{
     ENDPOINT_EXPOSED_PORTS_ONLY, ENDPOINT_VNET_DIRECT, Endpoint, GroupPortKey, maps,
 };
@@ -66,6 +71,86 @@ fn group_port_key(&(ip, proto, port): &(Ipv4Addr, u8, u16)) -> GroupPortKey {
     }
 }
 
+/// `ENDPOINTS_GENERATION`, mapped into the agent: the programs keep per-CPU copies of the
+/// `ENDPOINTS` entries they look up, each valid while the generation it was looked up under is
+/// current. The agent moves the generation on after every write to `ENDPOINTS`, with an atomic
+/// store through the mapping (a system call's update of an array copies bytes, and a program
+/// could read half of the old value and half of the new).
+pub struct EndpointsGeneration {
+    word: NonNull<AtomicU64>,
+    len: NonZeroUsize,
+}
+
+// SAFETY: the mapping is shared memory reached only through the atomic.
+unsafe impl Send for EndpointsGeneration {}
+unsafe impl Sync for EndpointsGeneration {}
+
+impl EndpointsGeneration {
+    /// Maps `map` (the mmapable one-slot array) and numbers it afresh: past every number it
+    /// held and every one an earlier map at this pin held this boot (the nanoseconds since
+    /// boot, which a counter moved on once per write never catches up with), so that no copy
+    /// kept under an old number, by whichever agent, is current again.
+    pub fn open(map: &Map) -> Result<Self> {
+        let Map::Array(data) = map else {
+            anyhow::bail!("{} is not an array", maps::ENDPOINTS_GENERATION);
+        };
+        let len = NonZeroUsize::new(page_size()).context("the page size is 0")?;
+        // SAFETY: a new shared mapping of the map's value area; nothing else in this process
+        // aliases it.
+        let area = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                data.fd().as_fd(),
+                0,
+            )
+        }
+        .with_context(|| format!("mapping {} into memory", maps::ENDPOINTS_GENERATION))?;
+        let generation = Self {
+            word: area.cast(),
+            len,
+        };
+        let since_boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .context("reading CLOCK_BOOTTIME")?;
+        let since_boot =
+            u64::try_from(std::time::Duration::from(since_boot).as_nanos()).unwrap_or(u64::MAX);
+        generation
+            .word()
+            .fetch_max(since_boot.max(generation.current() + 1), Ordering::Release);
+        Ok(generation)
+    }
+
+    fn word(&self) -> &AtomicU64 {
+        // SAFETY: the mapping lives as long as `self`; the value is 8-byte aligned (page start).
+        unsafe { self.word.as_ref() }
+    }
+
+    pub fn current(&self) -> u64 {
+        self.word().load(Ordering::Acquire)
+    }
+
+    /// After a write to `ENDPOINTS`: the copies taken before it are stale.
+    fn advance(&self) {
+        self.word().fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Drop for EndpointsGeneration {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `open` made, not used after this.
+        let _ = unsafe { munmap(self.word.cast(), self.len.get()) };
+    }
+}
+
+fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |size| size as usize)
+}
+
 impl Dataplane {
     pub fn put_endpoint(&mut self, ip: Ipv4Addr, ep: Endpoint) -> Result<()> {
         self.put_endpoints(&[(ip, ep)])
@@ -79,6 +164,7 @@ impl Dataplane {
         let map = self.map(maps::ENDPOINTS)?;
         HashMap::<_, [u8; 4], Endpoint>::try_from(map)?;
         let written = batch::update(map, &keys, &values);
+        self.endpoints_generation.advance();
         match (&written, self.mirror.endpoints.as_mut()) {
             (Ok(()), Some(mirror)) => mirror.extend(entries.iter().copied()),
             (Err(_), _) => self.mirror.endpoints = None,
@@ -90,8 +176,15 @@ impl Dataplane {
         })
     }
 
+    /// The generation the programs' endpoint copies must carry to be used.
+    pub fn endpoints_generation(&self) -> u64 {
+        self.endpoints_generation.current()
+    }
+
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
-        match removed(self.endpoints_map()?.remove(&ip.octets())) {
+        let result = removed(self.endpoints_map()?.remove(&ip.octets()));
+        self.endpoints_generation.advance();
+        match result {
             Ok(_) => {
                 if let Some(mirror) = self.mirror.endpoints.as_mut() {
                     mirror.remove(&ip);

@@ -18,7 +18,7 @@ use vnetd_common::{
 };
 
 pub use conntrack::ConntrackMaps;
-pub use endpoints::{EndpointRoutes, GroupPorts, abi_endpoint};
+pub use endpoints::{EndpointRoutes, EndpointsGeneration, GroupPorts, abi_endpoint};
 pub use flowlog::FlowEventRing;
 /// The maps' names and capacities, as the ABI defines them.
 pub use vnetd_common::maps::*;
