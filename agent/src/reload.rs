@@ -14,6 +14,7 @@
 //! [`MIN_INTERVAL`], which reads the last version written.
 use std::{
     future::Future,
+    io,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -95,22 +96,22 @@ pub async fn watch(
     started_from: Option<String>,
 ) -> Result<()> {
     let path = spec_path.clone();
-    watch_with(spec_path, started_from, move || {
+    watch_with(spec_path, started_from, move |text| {
         let (path, node, agent) = (path.clone(), node.clone(), agent.clone());
-        async move { apply(&path, &node, &agent).await }
+        async move { apply(&path, text, &node, &agent).await }
     })
     .await
 }
 
-/// The watch of [`watch`], calling `apply` for every version to apply (it reads the spec
-/// itself).
+/// The watch of [`watch`], calling `apply` with every version to apply (the spec's text as
+/// the watch read it to compare it with the last: one read per change).
 async fn watch_with<F, Fut>(
     spec_path: PathBuf,
     started_from: Option<String>,
     mut apply: F,
 ) -> Result<()>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(io::Result<String>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -148,10 +149,13 @@ where
         .watch(dir, RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {}", dir.display()))?;
     let mut last_read = started_from;
-    if last_read.is_some() && read(&spec_path) != last_read {
-        info!(spec = %spec_path.display(), "the spec changed while the agent started");
-        last_read = read(&spec_path);
-        apply().await;
+    if last_read.is_some() {
+        let now = read(&spec_path);
+        if now.as_ref().ok() != last_read.as_ref() {
+            info!(spec = %spec_path.display(), "the spec changed while the agent started");
+            last_read = now.as_ref().ok().cloned();
+            apply(now).await;
+        }
     }
     let mut last_apply: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
@@ -170,12 +174,12 @@ where
             burst.drain(&mut rx);
         }
         let now = read(&spec_path);
-        let changed = now != last_read;
-        last_read = now;
+        let changed = now.as_ref().ok() != last_read.as_ref();
+        last_read = now.as_ref().ok().cloned();
         if burst.touched == Touched::Spec || changed {
             debug!(spec = %spec_path.display(), "applying the spec");
             last_apply = Some(Instant::now());
-            apply().await;
+            apply(now).await;
         } else {
             debug!(dir = %dir.display(), "a change beside the spec; the spec is unchanged");
         }
@@ -183,15 +187,16 @@ where
     Ok(())
 }
 
-/// The spec's text through any symlinks, `None` when it cannot be read (then `apply` reports
-/// why).
-fn read(spec_path: &Path) -> Option<String> {
-    std::fs::read_to_string(spec_path).ok()
+/// The spec's text through any symlinks (an error: `apply` reports it).
+fn read(spec_path: &Path) -> io::Result<String> {
+    std::fs::read_to_string(spec_path)
 }
 
-async fn apply(spec_path: &Path, node: &str, agent: &Arc<Mutex<Agent>>) {
+/// Applies `text`, what reading `spec_path` returned. (The timing starts after the read: it
+/// measures the agent's work on a spec it has.)
+async fn apply(spec_path: &Path, text: io::Result<String>, node: &str, agent: &Arc<Mutex<Agent>>) {
     let started = Instant::now();
-    let loaded = spec::load_file(spec_path);
+    let loaded = spec::check_read(spec_path, text);
     let parsed = started.elapsed();
     let plan = match loaded {
         Ok(spec) => NodePlan::from_valid_spec(&spec, node),
@@ -272,13 +277,12 @@ mod tests {
     fn watching(spec: &Path) -> (tokio::task::JoinHandle<()>, Arc<StdMutex<Vec<String>>>) {
         let applied = Arc::new(StdMutex::new(Vec::new()));
         let (path, seen) = (spec.to_path_buf(), applied.clone());
-        let started_from = read(spec);
+        let started_from = read(spec).ok();
         let task = tokio::spawn(async move {
-            let read_path = path.clone();
-            let _ = watch_with(path, started_from, move || {
-                let (path, seen) = (read_path.clone(), seen.clone());
+            let _ = watch_with(path, started_from, move |text: io::Result<String>| {
+                let seen = seen.clone();
                 async move {
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let text = text.unwrap_or_default();
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     seen.lock().unwrap().push(text);
                 }

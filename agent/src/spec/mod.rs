@@ -124,7 +124,12 @@ pub fn parse_str(text: &str) -> Result<Spec, Vec<Problem>> {
 
 /// Reads, parses and validates a spec file: `Ok` only for a spec without problems.
 pub fn load_file(path: &Path) -> Result<Spec, Vec<Problem>> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
+    check_read(path, std::fs::read_to_string(path))
+}
+
+/// [`load_file`] for a file already read (`read`: what reading `path` returned).
+pub fn check_read(path: &Path, read: std::io::Result<String>) -> Result<Spec, Vec<Problem>> {
+    let text = read.map_err(|error| {
         vec![Problem::new(
             path.display().to_string(),
             format!("cannot read: {error}"),
