@@ -248,6 +248,30 @@ fn cni_pool_exhaustion_status_gc_and_del() -> Result<()> {
     Ok(())
 }
 
+/// An address handed out again reaches its new pod, both ways, right after the ADD: the
+/// programs keep per-CPU copies of the endpoints they forwarded for, and the old pod's copies
+/// (another veth, another MAC) must not outlive its DEL on any CPU.
+#[test]
+fn an_address_handed_out_again_belongs_to_its_new_pod_at_once() -> Result<()> {
+    let _serial = serial();
+    let (lab, node, _agent) = lab_with_agent()?;
+    let a = add_pod(&lab, &node, "pod-a", Some("apps"), "")?;
+    let b = add_pod(&lab, &node, "pod-b", Some("apps"), "")?;
+    // Both CPUs forward for both pods, each way (the pings' replies come back on either).
+    assert_eq!(a.ping_count(b.ip, 4)?, 4);
+    assert_eq!(b.ping_count(a.ip, 4)?, 4);
+    tcp_echo_ok(&a, &b, b.ip, 5001)?;
+
+    let del = cni_call("DEL", &node, &b.ns, Some("apps"), "");
+    assert_eq!(node.cni(&del)?.exit, 0);
+    let c = add_pod(&lab, &node, "pod-c", Some("apps"), "")?;
+    assert_eq!(c.ip, b.ip, "the lowest free address: pod-b's");
+    assert_eq!(a.ping_count(c.ip, 3)?, 3, "to the new pod");
+    assert_eq!(c.ping_count(a.ip, 3)?, 3, "from the new pod");
+    udp_ok(&a, &c, c.ip, 5002)?;
+    Ok(())
+}
+
 /// A declared container group attached through `VNETD_CONTAINER_GROUP` (no `subnet` in the
 /// network config) gets its declared address in its delegated subnet and is reachable there;
 /// it attaches once, and the delegated subnet takes nothing but declared groups.
