@@ -186,6 +186,7 @@ fn pins_of_this_build_are_adopted() {
 /// pins) numbers it past everything before it, so that no copy an earlier agent's programs
 /// kept is current again; and each write to ENDPOINTS moves it on.
 #[test]
+#[cfg(target_arch = "x86_64")]
 fn every_load_and_every_endpoint_write_moves_the_endpoint_generation_on() {
     let dir = BpffsDir::new();
     let mut first = Dataplane::load_pinned(&dir.0).unwrap();

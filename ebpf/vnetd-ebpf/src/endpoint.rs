@@ -72,14 +72,20 @@ impl Role {
 /// programs write its slots, and a program runs to its end before the next one starts on it.
 ///
 /// The generation is read before `ENDPOINTS`: an entry the agent replaces after that read is
-/// kept under the old generation, which the agent moves on from right after its write.
+/// kept under the old generation, which the agent moves on from right after its write. (A
+/// volatile read before a helper call stays before it in the program; the CPU keeps the order
+/// on x86-64, and elsewhere the agent turns the copies off: `EndpointsGeneration`.)
 #[inline(always)]
 fn cached(ip: &[u8; 4], role: Role) -> Option<&'static Endpoint> {
-    let generation = match ENDPOINTS_GENERATION.get(0) {
-        // 0: the agent has not numbered its writes yet, and every slot starts at 0.
-        Some(&generation) if generation != 0 => generation,
-        _ => return lookup(ip),
+    // SAFETY: an aligned u64 in the map's one slot; the agent stores it atomically.
+    let generation = match ENDPOINTS_GENERATION.get_ptr(0) {
+        Some(word) => unsafe { core::ptr::read_volatile(word) },
+        None => 0,
     };
+    if generation == 0 {
+        // Not numbered (yet): every slot starts at 0.
+        return lookup(ip);
+    }
     let index = role as u32 * ENDPOINT_CACHE_SLOTS
         + ((u32::from(ip[2]) << 3) ^ u32::from(ip[3])) % ENDPOINT_CACHE_SLOTS;
     let Some(slot) = ENDPOINT_CACHE.get_ptr_mut(index) else {

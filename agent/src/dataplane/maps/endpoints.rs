@@ -76,10 +76,20 @@ fn group_port_key(&(ip, proto, port): &(Ipv4Addr, u8, u16)) -> GroupPortKey {
 /// current. The agent moves the generation on after every write to `ENDPOINTS`, with an atomic
 /// store through the mapping (a system call's update of an array copies bytes, and a program
 /// could read half of the old value and half of the new).
+///
+/// A program reads the generation, then looks the entry up: the two loads must stay in that
+/// order, or a program could take the entry from before the agent's write and the generation
+/// from after it, and keep a stale copy as current. x86-64 never reorders two loads; a weakly
+/// ordered CPU (arm64) can, unless the first is a load-acquire, which the programs' BPF target
+/// does not emit. There the agent leaves the generation at 0, which turns the copies off:
+/// every lookup goes to `ENDPOINTS`, as before the cache.
 pub struct EndpointsGeneration {
     word: NonNull<AtomicU64>,
     len: NonZeroUsize,
 }
+
+/// Whether the programs' copies may be used on this architecture (see [`EndpointsGeneration`]).
+const COPIES_ORDERED: bool = cfg!(target_arch = "x86_64");
 
 // SAFETY: the mapping is shared memory reached only through the atomic.
 unsafe impl Send for EndpointsGeneration {}
@@ -112,6 +122,10 @@ impl EndpointsGeneration {
             word: area.cast(),
             len,
         };
+        if !COPIES_ORDERED {
+            generation.word().store(0, Ordering::Release);
+            return Ok(generation);
+        }
         let since_boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
             .context("reading CLOCK_BOOTTIME")?;
         let since_boot =
@@ -133,7 +147,9 @@ impl EndpointsGeneration {
 
     /// After a write to `ENDPOINTS`: the copies taken before it are stale.
     fn advance(&self) {
-        self.word().fetch_add(1, Ordering::Release);
+        if COPIES_ORDERED {
+            self.word().fetch_add(1, Ordering::Release);
+        }
     }
 }
 
