@@ -279,26 +279,37 @@ impl Containerd {
 
     /// The pid of container `id`'s task (remembered, to be killed on drop).
     pub fn task_pid(&self, id: &str) -> Result<i32> {
+        Ok(self.task(id)?.0)
+    }
+
+    /// The pid and status (`CREATED`, `RUNNING`, ...) of container `id`'s task.
+    fn task(&self, id: &str) -> Result<(i32, String)> {
         let out = self.ctr_ok(["tasks", "ls"])?;
-        let pid = out
+        let (pid, status) = out
             .lines()
             .skip(1)
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
             .find(|f| f.first() == Some(&id))
-            .and_then(|f| f.get(1)?.parse::<i32>().ok())
+            .and_then(|f| Some((f.get(1)?.parse::<i32>().ok()?, f.get(2)?.to_string())))
             .with_context(|| format!("no task {id} in `ctr tasks ls`: {out}"))?;
         self.lock_tasks().insert(pid);
-        Ok(pid)
+        Ok((pid, status))
     }
 
-    /// Waits until container `id` has a running task; returns its pid.
+    /// Waits until container `id` has a running task; returns its pid. Running, not only
+    /// created: `ctr run --cni` creates the task (it has a pid), then sets the network up
+    /// (the CNI ADD), then starts it.
     pub fn wait_task(&self, id: &str, timeout: Duration) -> Result<i32> {
         let mut last = None;
         wait_for(timeout, || {
-            last = self.task_pid(id).ok();
-            last.is_some()
+            last = self.task(id).ok();
+            last.as_ref().is_some_and(|(_, status)| status == "RUNNING")
         });
-        last.with_context(|| format!("container {id} has no task after {timeout:?}"))
+        match last {
+            Some((pid, status)) if status == "RUNNING" => Ok(pid),
+            Some((_, status)) => bail!("the task of container {id} is {status} after {timeout:?}"),
+            None => bail!("container {id} has no task after {timeout:?}"),
+        }
     }
 
     /// `ctr tasks exec` of `args` in container `id`: the output whatever the exit.
