@@ -17,8 +17,9 @@ use std::time::Instant;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use support::{
-    MAC_A, MAC_B, POD_A, POD_B, TC_ACT_REDIRECT, TC_ACT_SHOT, dataplane_with_host_b,
-    route_the_vnet_directly, set_ttl, udp,
+    HOST_B, MAC_A, MAC_B, NODE_IP, POD_A, POD_B, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_PASS_ON,
+    TEST_IFINDEX, UPLINK_MAC, dataplane, dataplane_with_host_b, packets, route_the_vnet_directly,
+    set_ttl, skb_ctx_on, udp,
 };
 use vnetd_common::{Path, programs};
 
@@ -95,6 +96,60 @@ fn pod_ingress_pod_to_pod() {
             wall.as_nanos() as f64 / done as f64
         );
     }
+}
+
+/// What the node's stack sends into a pod (`pod_egress` on its host veth: the node's own
+/// traffic, and Services kube-proxy translated): a UDP frame from the node to pod B, which has
+/// no NSG, on a node without Services: finding the pod is most of the work.
+#[test]
+#[ignore = "a benchmark: `cargo xtask bench` runs it"]
+fn pod_egress_node_to_pod() {
+    let runs = runs();
+    let calls = runs.div_ceil(BATCH).max(1);
+    let mut dp = dataplane();
+    let mut frame = packets::frame(
+        (HOST_B, UPLINK_MAC),
+        NODE_IP,
+        POD_B,
+        packets::UDP,
+        packets::udp_segment(40000, 53, false),
+    );
+    frame.resize(64, 0);
+    let ctx = skb_ctx_on(TEST_IFINDEX);
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut total_ns = 0u64;
+    for _ in 0..calls {
+        let r = dp
+            .classifier(programs::POD_TC_EGRESS)
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: BATCH,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_RUN of pod_egress");
+        assert_eq!(
+            r.return_value,
+            TC_PASS_ON,
+            "drops: {:?}",
+            dp.drops().unwrap()
+        );
+        total_ns += r.duration.as_nanos() as u64 * u64::from(BATCH);
+    }
+    let done = u64::from(calls) * u64::from(BATCH);
+    let host_to_pod = dp.traffic().unwrap();
+    let host_to_pod = host_to_pod.iter().find(|(p, _)| *p == Path::HostToPod);
+    assert_eq!(
+        host_to_pod.unwrap().1.packets,
+        done,
+        "every run was counted"
+    );
+    println!(
+        "vnetd-bench program=pod_egress_node_to_pod runs={done} ns_per_run={:.1}",
+        total_ns as f64 / done as f64
+    );
 }
 
 /// Packets counted on the pod-to-pod path.

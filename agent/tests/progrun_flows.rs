@@ -159,6 +159,32 @@ fn the_nodes_own_traffic_into_a_pod_meets_its_inbound_rules_at_pod_egress() {
     assert!(traffic(&dp, Path::HostToPod) >= 2);
 }
 
+/// `pod_egress` finds the pod through this CPU's endpoint cache (pinned to CPU 0, so every run
+/// sees the same cache): the node's next packet meets an NSG added to the pod, or taken away.
+#[test]
+fn the_nodes_next_packet_into_a_pod_meets_its_changed_endpoint() {
+    pin_to_cpu(0);
+    let mut dp = dataplane();
+    let ssh = |sport| {
+        let f = frame(
+            (HOST_B, UPLINK_MAC),
+            NODE_IP,
+            POD_B,
+            TCP,
+            tcp(sport, 22, SYN),
+        );
+        move |dp: &mut Dataplane| stack_sends(dp, &f, false).verdict
+    };
+    assert_eq!(ssh(41000)(&mut dp), TC_PASS_ON, "no NSG yet");
+    b_with_web_only_nsg(&mut dp);
+    assert_eq!(ssh(41001)(&mut dp), TC_ACT_SHOT, "the NSG just given to B");
+    let mut b = dp.endpoints().unwrap()[&POD_B.into()];
+    b.nsg_in_subnet = 0;
+    dp.put_endpoint(POD_B.into(), b).unwrap();
+    assert_eq!(ssh(41002)(&mut dp), TC_PASS_ON, "B's NSG taken away");
+    assert_eq!(drops(&dp, DropReason::NsgDenied), 1);
+}
+
 #[test]
 fn a_container_groups_unexposed_ports_are_refused_before_its_nsg() {
     let mut dp = dataplane();

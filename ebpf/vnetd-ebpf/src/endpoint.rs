@@ -1,6 +1,6 @@
 //! The pods of this node, by address; and anti-spoofing: a pod may send only from its own
-//! address and MAC, through its own veth. The pod-to-pod path's two lookups (its source, its
-//! destination) go through a per-CPU cache: a hash lookup of `ENDPOINTS` took about 15 ns of a
+//! address and MAC, through its own veth. A packet's two lookups (its source, its destination)
+//! go through a per-CPU cache: a hash lookup of `ENDPOINTS` took about 15 ns of a
 //! packet's 100 live, a cache hit a few.
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -45,8 +45,8 @@ pub fn cached_source(ifindex: u32, ip: &[u8; 4], mac: &[u8; 6]) -> Option<&'stat
     cached(ip, Role::Source).filter(|ep| ep.host_ifindex == ifindex && ep.pod_mac == *mac)
 }
 
-/// [`lookup`] through this CPU's cache: the destination of a packet a pod sends, or of one
-/// from the uplink.
+/// [`lookup`] through this CPU's cache: the destination of a packet a pod sends, of one from
+/// the uplink, or of one the node's stack sends into a pod.
 #[inline(always)]
 pub fn cached_destination(ip: &[u8; 4]) -> Option<&'static Endpoint> {
     cached(ip, Role::Destination)

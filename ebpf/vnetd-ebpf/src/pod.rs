@@ -112,7 +112,8 @@ fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
     let (Some(ip), Some(node)) = (pkt.ipv4_frame(), node::config()) else {
         return Ok(forward::PASS_ON);
     };
-    let Some(ep) = endpoint::lookup(&ip.hdr.dst_addr).filter(|ep| ep.host_ifindex == pkt.ifindex)
+    let Some(ep) =
+        endpoint::cached_destination(&ip.hdr.dst_addr).filter(|ep| ep.host_ifindex == pkt.ifindex)
     else {
         return Ok(forward::PASS_ON);
     };

@@ -210,6 +210,13 @@ impl ProgrunFigure {
                 samples: samples(&|v| v[flow_log_ring_key(full)]["ns_per_run"].as_f64()),
             });
         }
+        figures.push(ProgrunFigure {
+            key: "host_to_pod_ns".into(),
+            label: "BPF_PROG_RUN `pod_egress`, the node's stack sending into a pod without an \
+                    NSG (the pod found through the endpoint cache), ns per run"
+                .into(),
+            samples: samples(&|v| v["pod_egress_node_to_pod"]["ns_per_run"].as_f64()),
+        });
         figures.retain(|f| !f.samples.is_empty());
         figures
     }
