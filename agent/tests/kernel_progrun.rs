@@ -9,7 +9,7 @@ use aya::programs::TcAttachType;
 use ipnet::Ipv4Net;
 use support::*;
 use vnetd::dataplane::Dataplane;
-use vnetd_common::{DropReason, ENDPOINT_VNET_DIRECT, NextHop, Path, Route, programs};
+use vnetd_common::{DropReason, ENDPOINT_VNET_DIRECT, NextHop, Path, Route, maps, programs};
 
 #[test]
 fn uplink_answers_arp_for_its_pods_in_place() {
@@ -329,6 +329,67 @@ fn the_next_packet_sees_an_endpoint_changed_removed_or_added() {
         dp.put_endpoint(ip_a, entry_a).unwrap();
         assert_eq!(a_to(&mut dp, POD_B).verdict, TC_ACT_REDIRECT, "{case}");
         assert_eq!(traffic(&dp, Path::PodToPod), 4, "{case}");
+    }
+}
+
+/// With the endpoint copies off (generation 0: an agent built for a CPU that may reorder the
+/// programs' two reads, see `COPIES_ORDERED`), every lookup reads `ENDPOINTS` afresh.
+#[test]
+fn with_the_endpoint_copies_off_every_packet_reads_the_table() {
+    pin_to_cpu(0);
+    let mut dp = dataplane();
+    let copies_off = |dp: &mut Dataplane| {
+        let map = dp.raw_map_mut(maps::ENDPOINTS_GENERATION).unwrap();
+        let mut generation: aya::maps::Array<_, u64> = aya::maps::Array::try_from(map).unwrap();
+        generation.set(0, 0, 0).unwrap();
+    };
+    let a_to_b = |dp: &mut Dataplane| run(dp, programs::POD_TC_INGRESS, &udp(MAC_A, POD_A, POD_B));
+    copies_off(&mut dp);
+    for _ in 0..2 {
+        let r = a_to_b(&mut dp);
+        assert_eq!((r.verdict, &r.out[0..6]), (TC_ACT_REDIRECT, &MAC_B[..]));
+    }
+    let new_mac = [0x02, 0xaa, 0, 0, 0, 0xbb];
+    let ip_b = Ipv4Addr::from(POD_B);
+    dp.put_endpoint(ip_b, pod_endpoint(TEST_IFINDEX, new_mac, HOST_B))
+        .unwrap();
+    copies_off(&mut dp);
+    let r = a_to_b(&mut dp);
+    assert_eq!((r.verdict, &r.out[0..6]), (TC_ACT_REDIRECT, &new_mac[..]));
+    dp.remove_endpoint(ip_b).unwrap();
+    copies_off(&mut dp);
+    let r = a_to_b(&mut dp);
+    assert_ne!(&r.out[0..6], &new_mac[..], "not to the deleted pod");
+    assert_eq!(traffic(&dp, Path::PodToVnet), 1);
+}
+
+/// The kernel's verifier walks every path of a program, up to a million instructions in all
+/// (`BPF_COMPLEXITY_LIMIT_INSNS`), and refuses the program past that. Each program stays within
+/// 60% of it, so the next stage added to a packet path has room. (A pointer that may come from
+/// either of two maps doubles every path after it: the endpoint cache's fallback to `ENDPOINTS`
+/// once took `pod_ingress` to 919,391, 92% of the budget.)
+#[test]
+fn every_program_leaves_the_verifier_room_for_another_stage() {
+    const BUDGET: u32 = 1_000_000;
+    let mut dp = dataplane();
+    let mut verified = BTreeMap::new();
+    for program in [
+        programs::POD_TC_INGRESS,
+        programs::POD_TC_EGRESS,
+        programs::UPLINK_TC_INGRESS,
+        programs::UPLINK_TC_EGRESS,
+    ] {
+        let info = dp.classifier(program).unwrap().info().unwrap();
+        verified.insert(program, info.verified_instruction_count());
+    }
+    let info = dp.xdp(programs::UPLINK_XDP).unwrap().info().unwrap();
+    verified.insert(programs::UPLINK_XDP, info.verified_instruction_count());
+    for (program, n) in &verified {
+        let n = n.unwrap_or_else(|| panic!("{program}: the kernel reports no verified count"));
+        assert!(
+            n <= BUDGET / 10 * 6,
+            "{program}: the verifier walked {n} instructions, over 60% of its {BUDGET}: {verified:?}"
+        );
     }
 }
 
