@@ -1,7 +1,7 @@
 //! The pods of this node, by address; and anti-spoofing: a pod may send only from its own
 //! address and MAC, through its own veth. A packet's two lookups (its source, its destination)
-//! go through a per-CPU cache: a hash lookup of `ENDPOINTS` took about 15 ns of a
-//! packet's 100 live, a cache hit a few.
+//! go through a per-CPU cache: a hash lookup of `ENDPOINTS` took about 15 ns of a packet's 100
+//! live, a cache hit a few.
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
@@ -68,11 +68,12 @@ impl Role {
 /// the slot holds it, else looked up and kept there (an address that is no endpoint too).
 ///
 /// The returned reference points into the slot: it is valid until this CPU's next lookup in
-/// the same role, so a program looks up at most one address per role. It never points into
-/// `ENDPOINTS` (with the copies off, each lookup takes a copy): a pointer that may be from
-/// either of two maps doubles the verifier's paths after it, which took `pod_ingress` to 92% of
-/// the verifier's budget. Only this CPU's
-/// programs write its slots, and a program runs to its end before the next one starts on it.
+/// the same role, so a program looks up at most one address per role. Only this CPU's programs
+/// write its slots, and a program runs to its end before the next one starts on it.
+///
+/// It never points into `ENDPOINTS` (with the copies off, each lookup takes a copy): a pointer
+/// that may be from either of two maps doubles the verifier's paths after it, which once took
+/// `pod_ingress` to 92% of the verifier's budget.
 ///
 /// The generation is read before `ENDPOINTS`: an entry the agent replaces after that read is
 /// kept under the old generation, which the agent moves on from right after its write. (A
